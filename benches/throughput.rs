@@ -1,0 +1,504 @@
+//! Loopback throughput benchmark for tollgate.
+//!
+//! Moves a fixed amount of data (default 1 GiB) over 127.0.0.1 from a client
+//! to a "sink" server that reads and discards it, in three modes:
+//!
+//! * `direct`: client → sink, no proxy (the baseline);
+//! * `splice`: client → tollgate (`forwarding: splice`) → sink;
+//! * `copy`:   client → tollgate (`forwarding: copy`) → sink.
+//!
+//! For each run it reports throughput in Gbit/s (from the first connect until
+//! the sink has seen EOF on every stream) and, for the proxied modes, the CPU
+//! time of the tollgate process per GiB moved (utime + stime from
+//! `/proc/PID/stat`, delta over the transfer). Modes alternate
+//! (direct, splice, copy, direct, …); the median and min–max are printed.
+//!
+//! Run with `cargo bench --bench throughput`; it first builds the release
+//! binary with `cargo build --release --bin tollgate`. Environment variables:
+//!
+//! * `TOLLGATE_BENCH_GIB`: GiB per run, fractional allowed (default 1);
+//! * `TOLLGATE_BENCH_REPS`: repetitions of each mode (default 3);
+//! * `TOLLGATE_BENCH_STREAMS`: parallel TCP streams sharing the bytes (default 1).
+//!
+//! Smoke run: `TOLLGATE_BENCH_GIB=0.05 TOLLGATE_BENCH_REPS=1 cargo bench --bench throughput`.
+
+use std::collections::VecDeque;
+use std::fmt::Display;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use std::{env, fs, thread};
+use tempfile::TempDir;
+
+type Res<T> = Result<T, String>;
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+const BUF_SIZE: usize = 256 * 1024;
+const GIB: f64 = (1u64 << 30) as f64;
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const TAIL_LINES: usize = 20;
+
+/// Adds context to an error, turning it into the bench's `String` error.
+trait Ctx<T> {
+    fn ctx(self, what: impl Display) -> Res<T>;
+}
+
+impl<T, E: Display> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: impl Display) -> Res<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+/// Modes in the order they alternate; the proxied ones are tollgate's `forwarding` values.
+const MODES: [&str; 3] = ["direct", "splice", "copy"];
+
+struct Settings {
+    reps: usize,
+    streams: usize,
+    per_stream: u64,
+    /// Per-run deadline: 120 s, scaled up for transfers above 1 GiB.
+    deadline: Duration,
+    clk_tck: f64,
+}
+
+impl Settings {
+    fn from_env() -> Res<Self> {
+        let gib: f64 = env_or("TOLLGATE_BENCH_GIB", 1.0)?;
+        let reps: usize = env_or("TOLLGATE_BENCH_REPS", 3)?;
+        let streams: usize = env_or("TOLLGATE_BENCH_STREAMS", 1)?;
+        if !(gib.is_finite() && gib > 0.0) || reps == 0 || streams == 0 {
+            return Err("TOLLGATE_BENCH_GIB must be > 0, REPS and STREAMS >= 1".into());
+        }
+        let per_stream = (gib * GIB) as u64 / streams as u64;
+        if per_stream == 0 {
+            return Err("TOLLGATE_BENCH_GIB is too small for the stream count".into());
+        }
+        let deadline = Duration::from_secs_f64(120.0 * gib.max(1.0));
+        let clk_tck = clk_tck()?;
+        Ok(Settings {
+            reps,
+            streams,
+            per_stream,
+            deadline,
+            clk_tck,
+        })
+    }
+
+    fn total(&self) -> u64 {
+        self.per_stream * self.streams as u64
+    }
+}
+
+fn env_or<T: FromStr<Err: Display>>(name: &str, default: T) -> Res<T> {
+    match env::var(name) {
+        Ok(v) => v.trim().parse().ctx(format!("{name}={v:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// One measured run; `cpu` is tollgate's CPU-seconds per GiB.
+struct Sample {
+    mode: &'static str,
+    gbps: f64,
+    cpu: Option<f64>,
+}
+
+/// Everything a run needs.
+struct Bench {
+    settings: Settings,
+    exe: PathBuf,
+    sink: Sink,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("throughput bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Res<()> {
+    let settings = Settings::from_env()?;
+    let (exe, sink) = (build_tollgate()?, Sink::start()?);
+    print_header(&settings);
+    let reps = settings.reps;
+    let bench = Bench {
+        settings,
+        exe,
+        sink,
+    };
+    let mut samples = Vec::new();
+    for rep in 1..=reps {
+        for mode in MODES {
+            let s = bench.run_once(mode)?;
+            let cpu = s.cpu.map(|c| format!("{c:.3} CPU-s/GiB"));
+            let (gbps, cpu) = (s.gbps, cpu.unwrap_or_default());
+            println!("  rep {rep}/{reps} {mode:<6} {gbps:7.2} Gbit/s  {cpu}");
+            samples.push(s);
+        }
+    }
+    print_table(&samples);
+    Ok(())
+}
+
+fn print_header(s: &Settings) {
+    let (total, streams, reps) = (s.total(), s.streams, s.reps);
+    let gib = total as f64 / GIB;
+    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "tollgate throughput: {total} bytes ({gib:.3} GiB) per run, {streams} stream(s), {reps} rep(s), nproc {nproc}"
+    );
+}
+
+/// Builds the release binary and returns its path.
+fn build_tollgate() -> Res<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--bin", "tollgate"])
+        .current_dir(&manifest)
+        .status()
+        .ctx(format!("running {cargo:?}"))?;
+    if !status.success() {
+        return Err(format!("cargo build --release --bin tollgate: {status}"));
+    }
+    let target = env::var_os("CARGO_TARGET_DIR").map_or("target".into(), PathBuf::from);
+    let exe = manifest.join(target).join("release").join("tollgate");
+    if !exe.is_file() {
+        return Err(format!("{} not found after build", exe.display()));
+    }
+    Ok(exe)
+}
+
+impl Bench {
+    fn run_once(&self, mode: &'static str) -> Res<Sample> {
+        let proxy = match mode {
+            "direct" => None,
+            _ => Some(Tollgate::start(&self.exe, mode, self.sink.addr)?),
+        };
+        let target = proxy.as_ref().map_or(self.sink.addr, |(_, addr)| *addr);
+        let pid = proxy.as_ref().map(|(t, _)| t.pid()).transpose()?;
+        let (secs, ticks) = self.transfer(target, pid)?;
+        if let Some((tollgate, _)) = proxy {
+            tollgate.stop()?;
+        }
+        let bytes = self.settings.total() as f64;
+        let cpu = ticks.map(|t| t as f64 / self.settings.clk_tck / (bytes / GIB));
+        let gbps = bytes * 8.0 / secs / 1e9;
+        Ok(Sample { mode, gbps, cpu })
+    }
+
+    /// Runs one timed transfer to `to`; returns (seconds, CPU ticks of `pid`).
+    fn transfer(&self, to: SocketAddr, pid: Option<i32>) -> Res<(f64, Option<u64>)> {
+        let (streams, bytes) = (self.settings.streams, self.settings.per_stream);
+        self.sink.drain_stale();
+        let deadline = Instant::now() + self.settings.deadline;
+        let cpu_before = pid.map(cpu_ticks).transpose()?;
+        let start = Instant::now();
+        let clients: Vec<_> = (0..streams)
+            .map(|_| {
+                // A failing client also reports to the sink's channel, so the
+                // wait below ends at once instead of at the deadline.
+                let failed = self.sink.tx.clone();
+                thread::spawn(move || {
+                    let result = client(to, bytes, deadline);
+                    if let Err(e) = &result {
+                        let _ = failed.send(Err(e.clone()));
+                    }
+                    result
+                })
+            })
+            .collect();
+        self.sink.wait_for(streams, bytes, deadline)?;
+        let secs = start.elapsed().as_secs_f64();
+        let cpu_after = pid.map(cpu_ticks).transpose()?;
+        for handle in clients {
+            handle.join().map_err(|_| "client thread panicked")??;
+        }
+        let ticks = cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b));
+        Ok((secs, ticks))
+    }
+}
+
+/// Sends `bytes` bytes, half-closes, then waits for the peer's EOF.
+fn client(to: SocketAddr, bytes: u64, deadline: Instant) -> Res<()> {
+    let buf: Vec<u8> = (0..BUF_SIZE).map(|i| (i % 251) as u8 + 1).collect();
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let timeout = timeout.max(Duration::from_millis(1));
+    let mut stream = TcpStream::connect_timeout(&to, timeout).ctx(format!("connect {to}"))?;
+    stream.set_write_timeout(Some(timeout)).ctx("SO_SNDTIMEO")?;
+    stream.set_read_timeout(Some(timeout)).ctx("SO_RCVTIMEO")?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(BUF_SIZE, |l| l.min(BUF_SIZE));
+        stream.write_all(&buf[..n]).ctx("client write")?;
+        left -= n as u64;
+    }
+    stream.shutdown(Shutdown::Write).ctx("client shutdown")?;
+    match stream.read(&mut [0u8; 64]).ctx("client waiting for EOF")? {
+        0 => Ok(()),
+        n => Err(format!("client got {n} unexpected bytes back")),
+    }
+}
+
+/// A server that counts and discards everything it receives, reporting the
+/// byte count of each connection once it sees EOF (then closing it).
+struct Sink {
+    addr: SocketAddr,
+    tx: Sender<Res<u64>>,
+    done: Receiver<Res<u64>>,
+}
+
+impl Sink {
+    fn start() -> Res<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").ctx("sink bind")?;
+        let addr = listener.local_addr().ctx("sink local_addr")?;
+        let (tx, done) = mpsc::channel();
+        let accept_tx = tx.clone();
+        thread::spawn(move || accept_loop(listener, accept_tx));
+        Ok(Sink { addr, tx, done })
+    }
+
+    fn drain_stale(&self) {
+        while self.done.try_recv().is_ok() {}
+    }
+
+    /// Waits until `streams` connections each delivered exactly `per_stream` bytes.
+    fn wait_for(&self, streams: usize, per_stream: u64, deadline: Instant) -> Res<()> {
+        let mut finished = 0;
+        while finished < streams {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(wait) {
+                // Connections without data (e.g. a backend health probe) are not ours.
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) if n == per_stream => finished += 1,
+                Ok(Ok(n)) => return Err(format!("sink got {n} bytes, expected {per_stream}")),
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!("deadline: only {finished}/{streams} streams done"));
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err("sink channel closed".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn accept_loop(listener: TcpListener, tx: Sender<Res<u64>>) {
+    for conn in listener.incoming() {
+        let tx = tx.clone();
+        match conn {
+            Ok(stream) => drop(thread::spawn(move || tx.send(discard(stream)))),
+            Err(e) => drop(tx.send(Err(format!("sink accept: {e}")))),
+        }
+    }
+}
+
+fn discard(mut stream: TcpStream) -> Res<u64> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("sink read after {total} bytes: {e}")),
+        }
+    }
+}
+
+/// A running tollgate child; killed on drop unless stopped cleanly.
+struct Tollgate {
+    child: Child,
+    tail: Tail,
+    _config_dir: TempDir,
+}
+
+impl Tollgate {
+    /// Starts tollgate in front of `backend`; returns it with its listening address.
+    fn start(exe: &Path, mode: &str, backend: SocketAddr) -> Res<(Self, SocketAddr)> {
+        let config_dir = tempfile::tempdir().ctx("creating tempdir")?;
+        let config = config_dir.path().join("tollgate.yaml");
+        fs::write(&config, config_yaml(mode, backend)).ctx("writing config")?;
+        let mut child = Command::new(exe)
+            .args(["run", "-c"])
+            .arg(&config)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ctx(format!("spawning {}", exe.display()))?;
+        let (stderr, tail) = (child.stderr.take(), Tail::default());
+        let mut tollgate = Tollgate {
+            child,
+            tail,
+            _config_dir: config_dir,
+        };
+        let stderr = stderr.ok_or("tollgate stderr was not captured")?;
+        let (tx, rx) = mpsc::channel();
+        let tail = Arc::clone(&tollgate.tail);
+        thread::spawn(move || watch_stderr(stderr, tx, tail));
+        match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => Ok((tollgate, addr)),
+            Err(RecvTimeoutError::Timeout) => Err(tollgate.failure("no 'listener bound' log")),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = tollgate.child.wait().ctx("waiting for tollgate")?;
+                Err(tollgate.failure(format!("tollgate exited during startup ({status})")))
+            }
+        }
+    }
+
+    fn pid(&self) -> Res<i32> {
+        i32::try_from(self.child.id()).ctx("child pid")
+    }
+
+    /// Sends SIGTERM and requires a zero exit status within `STOP_TIMEOUT`.
+    fn stop(mut self) -> Res<()> {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own unreaped child, so it cannot have been recycled.
+        if unsafe { libc::kill(self.pid()?, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx("kill(SIGTERM)");
+        }
+        let give_up = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < give_up {
+            match self.child.try_wait().ctx("waiting for tollgate")? {
+                Some(status) if status.success() => return Ok(()),
+                Some(status) => return Err(self.failure(format!("tollgate exited: {status}"))),
+                None => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        Err(self.failure("tollgate did not exit within 10 s of SIGTERM"))
+    }
+
+    fn failure(&self, what: impl Display) -> String {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("{what}; last stderr lines:\n{}", lines.join("\n"))
+    }
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn config_yaml(forwarding: &str, backend: SocketAddr) -> String {
+    format!(
+        "workers: 1\nforwarding: {forwarding}\n\
+         listeners:\n  bench:\n    bind: \"127.0.0.1:0\"\n    pool: sink\n\
+         pools:\n  sink:\n    backends:\n      - address: \"{backend}\"\n"
+    )
+}
+
+/// Reads tollgate's stderr to EOF (so the child never blocks on it), reports
+/// the bound address once and keeps the last lines for error messages.
+fn watch_stderr(stderr: ChildStderr, tx: Sender<SocketAddr>, tail: Tail) {
+    let mut tx = Some(tx);
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if let Some(addr) = bound_addr(&line) {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(addr);
+            }
+        }
+        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Parses `{"fields":{"message":"listener bound","listener":"bench","addr":"..."}}`.
+fn bound_addr(line: &str) -> Option<SocketAddr> {
+    let message = json_str(line, "message")?;
+    let ours = message == "listener bound" && json_str(line, "listener")? == "bench";
+    if !ours {
+        return None;
+    }
+    json_str(line, "addr")?.parse().ok()
+}
+
+/// The first string value of `"key": "value"` in a JSON line (no escapes).
+fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let (_, rest) = line.split_once(&format!("\"{key}\""))?;
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let (value, _) = rest.strip_prefix('"')?.split_once('"')?;
+    Some(value)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: i32) -> Res<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).ctx(format!("reading {path}"))?;
+    // Fields after the parenthesised comm start at field 3 (state); utime and
+    // stime are fields 14 and 15.
+    let (_, after_comm) = stat.rsplit_once(')').ok_or("malformed /proc stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (field(11), field(12)) {
+        (Some(utime), Some(stime)) => Ok(utime + stime),
+        _ => Err(format!("cannot parse utime/stime from {path}")),
+    }
+}
+
+fn clk_tck() -> Res<f64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return Err("sysconf(_SC_CLK_TCK) failed".into());
+    }
+    Ok(ticks as f64)
+}
+
+/// (median, min, max) of the values; `None` if there are none.
+fn summary(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
+    values.sort_by(f64::total_cmp);
+    let (min, max, mid) = (*values.first()?, *values.last()?, values.len() / 2);
+    let median = match values.len() % 2 {
+        0 => (values[mid - 1] + values[mid]) / 2.0,
+        _ => values[mid],
+    };
+    Some((median, min, max))
+}
+
+fn fmt_summary(v: Option<(f64, f64, f64)>, precision: usize) -> String {
+    let p = precision;
+    v.map_or("-".into(), |(m, lo, hi)| {
+        format!("{m:.p$} ({lo:.p$}-{hi:.p$})")
+    })
+}
+
+fn print_table(samples: &[Sample]) {
+    let rate_header = "Gbit/s median (min-max)";
+    println!("\nmode     {rate_header:<28} tollgate CPU-s/GiB median (min-max)");
+    let mut medians = [0.0; 3];
+    for (median, mode) in medians.iter_mut().zip(MODES) {
+        let of_mode = || samples.iter().filter(move |s| s.mode == mode);
+        let rate = summary(of_mode().map(|s| s.gbps).collect());
+        let cpu = summary(of_mode().filter_map(|s| s.cpu).collect());
+        *median = rate.map_or(0.0, |r| r.0);
+        println!(
+            "{mode:<8} {:<28} {}",
+            fmt_summary(rate, 2),
+            fmt_summary(cpu, 3)
+        );
+    }
+    let [direct, splice, copy] = medians;
+    let (s, c) = (splice / direct, copy / direct);
+    println!("ratio splice/direct: {s:.2}   copy/direct: {c:.2}");
+}

@@ -1,0 +1,154 @@
+//! Smooth weighted round robin as a precomputed sequence.
+//!
+//! Backend `i` with weight `w_i` is given virtual finish times `1/w_i, 2/w_i, ...`; taking
+//! them in ascending order (ties by index) interleaves backends as evenly as their weights
+//! allow — the same smoothness as nginx's smooth weighted round robin — and over one period
+//! of `sum(w_i)` picks each backend appears exactly `w_i` times. Weights are divided by their
+//! greatest common divisor first so the period stays short. Building costs
+//! `O(period · log n)` once per configuration change; a pick is an index into the sequence.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+#[derive(Debug, Clone, Default)]
+pub struct RoundRobin {
+    sequence: Vec<u32>,
+}
+
+/// The next virtual finish time of one backend: `(picks + 1) / weight`.
+#[derive(Debug, PartialEq, Eq)]
+struct Next {
+    picks: u64,
+    weight: u64,
+    index: u32,
+}
+
+impl Ord for Next {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: reverse so the smallest finish time (then index) pops first.
+        let mine = u128::from(self.picks + 1) * u128::from(other.weight);
+        let theirs = u128::from(other.picks + 1) * u128::from(self.weight);
+        theirs.cmp(&mine).then(other.index.cmp(&self.index))
+    }
+}
+
+impl PartialOrd for Next {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+impl RoundRobin {
+    /// Builds the sequence for `weights` (index = backend position). Zero weights never appear.
+    pub fn new(weights: &[u32]) -> RoundRobin {
+        let divisor = weights
+            .iter()
+            .filter(|w| **w > 0)
+            .fold(0u64, |g, w| gcd(g, u64::from(*w)));
+        if divisor == 0 {
+            return RoundRobin::default();
+        }
+        let mut heap: BinaryHeap<Next> = weights
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w > 0)
+            .filter_map(|(i, w)| {
+                Some(Next {
+                    picks: 0,
+                    weight: u64::from(*w) / divisor,
+                    index: u32::try_from(i).ok()?,
+                })
+            })
+            .collect();
+        let period: u64 = heap.iter().map(|n| n.weight).sum();
+        let mut sequence = Vec::with_capacity(usize::try_from(period).unwrap_or(0));
+        for _ in 0..period {
+            let Some(mut next) = heap.pop() else { break };
+            sequence.push(next.index);
+            next.picks += 1;
+            heap.push(next);
+        }
+        RoundRobin { sequence }
+    }
+
+    /// Length of one full period; 0 when every weight is 0.
+    pub fn period(&self) -> usize {
+        self.sequence.len()
+    }
+
+    /// The backend for `ticket`, then distinct others in sequence order, for connect retries:
+    /// at most `want` indices, fewer when the pool has fewer selectable backends.
+    pub fn candidates(&self, ticket: u64, want: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let len = self.sequence.len();
+        if len == 0 || want == 0 {
+            return;
+        }
+        let start = usize::try_from(ticket % len as u64).unwrap_or(0);
+        for step in 0..len {
+            let index = self.sequence[(start + step) % len] as usize;
+            if !out.contains(&index) {
+                out.push(index);
+                if out.len() == want {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picks(rr: &RoundRobin, n: u64) -> Vec<usize> {
+        let mut out = Vec::new();
+        (0..n)
+            .map(|t| {
+                rr.candidates(t, 1, &mut out);
+                out[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_weights_rotate() {
+        let rr = RoundRobin::new(&[1, 1, 1]);
+        assert_eq!(picks(&rr, 6), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn weights_give_exact_shares_smoothly() {
+        let rr = RoundRobin::new(&[5, 1, 1]);
+        let seq = picks(&rr, 7);
+        assert_eq!(seq.iter().filter(|i| **i == 0).count(), 5);
+        // Smooth: the heavy backend never takes the whole period in one run.
+        assert_ne!(&seq[..5], &[0, 0, 0, 0, 0]);
+        let rr = RoundRobin::new(&[300, 200, 100]);
+        assert_eq!(rr.period(), 6, "weights are reduced by their gcd");
+        let seq = picks(&rr, 600);
+        for (i, w) in [300, 200, 100].iter().enumerate() {
+            assert_eq!(seq.iter().filter(|p| **p == i).count(), *w);
+        }
+    }
+
+    #[test]
+    fn zero_weight_is_never_picked() {
+        let rr = RoundRobin::new(&[0, 2, 0]);
+        assert!(picks(&rr, 10).iter().all(|i| *i == 1));
+        assert_eq!(RoundRobin::new(&[0, 0]).period(), 0);
+    }
+
+    #[test]
+    fn candidates_are_distinct_and_bounded() {
+        let rr = RoundRobin::new(&[3, 1]);
+        let mut out = Vec::new();
+        rr.candidates(0, 5, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_ne!(out[0], out[1]);
+    }
+}

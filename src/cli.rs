@@ -1,0 +1,45 @@
+//! The command line (DESIGN.md §3.1), as clap derive types. No logic lives here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_CONFIG: &str = "/etc/tollgate/tollgate.yaml";
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about = "A layer-4 (TCP) load balancer")]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace); TOLLGATE_LOG, an EnvFilter directive,
+    /// takes precedence when set.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run in the foreground with the given config.
+    Run {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config and print a summary; exit 78 with every error when it is bad.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// A first look: the balancer on 127.0.0.1:8080 over two built-in HTTP demo backends.
+    Demo,
+    /// Print the version.
+    Version,
+}

@@ -1,0 +1,138 @@
+//! YAML text → [`FileConfig`] with serde-saphyr, under hard resource limits, and its errors
+//! turned into [`ConfigErrors`] with a line, a column and the key path at that place.
+
+use serde_saphyr::{budget, options};
+
+use super::error::ConfigErrors;
+use super::file::FileConfig;
+
+/// Parses `text`. Budgets stop an alias bomb, a node flood or deep nesting long before they
+/// cost memory or time; a real config is a few hundred nodes.
+pub fn parse_yaml(text: &str, label: &str) -> Result<FileConfig, ConfigErrors> {
+    let limits = budget! {
+        max_events: 200_000,
+        max_aliases: 1_000,
+        max_anchors: 1_000,
+        max_recorded_anchor_events: 50_000,
+        max_recorded_anchor_bytes: 1024 * 1024,
+        max_depth: 32,
+        max_documents: 1,
+        max_nodes: 100_000,
+        max_total_scalar_bytes: 4 * 1024 * 1024,
+    };
+    let opts = options! { budget: limits, with_snippet: false };
+    serde_saphyr::from_str_with_options::<FileConfig>(text, opts).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        let message = clean_message(&e.without_snippet().to_string());
+        let key = key_path_at(text, line);
+        ConfigErrors::single(label, line, column, &key, message)
+    })
+}
+
+/// serde-saphyr appends the location (which we print in front) and, for duplicates, advice
+/// meant for programmers; an operator needs neither.
+fn clean_message(raw: &str) -> String {
+    let mut msg = raw.lines().next().unwrap_or(raw).trim().to_owned();
+    if let Some(at) = msg.rfind(" at line ") {
+        msg.truncate(at);
+    }
+    if let Some(at) = msg.find(", set DuplicateKeyPolicy") {
+        msg.truncate(at);
+    }
+    if msg.is_empty() { raw.to_owned() } else { msg }
+}
+
+/// The dotted key path of the block-style key on `line` (1-based), found by walking up to
+/// each less-indented key. Good enough to name the place in a hand-written config; for flow
+/// style or an unknown line it returns what it can (possibly nothing).
+pub(super) fn key_path_at(text: &str, line: u64) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = usize::try_from(line).ok().and_then(|l| l.checked_sub(1)) else {
+        return String::new();
+    };
+    if start >= lines.len() {
+        return String::new();
+    }
+    let mut path = Vec::new();
+    let mut limit = usize::MAX;
+    for raw in lines[..=start].iter().rev() {
+        if let Some((indent, key)) = block_key(raw)
+            && indent < limit
+        {
+            path.push(key);
+            limit = indent;
+            if indent == 0 {
+                break;
+            }
+        }
+    }
+    path.reverse();
+    path.join(".")
+}
+
+/// `(indentation, key)` for a line like `    name: value` or `  - name: value`.
+fn block_key(raw: &str) -> Option<(usize, String)> {
+    let trimmed = raw.trim_start();
+    let mut indent = raw.len() - trimmed.len();
+    let mut body = trimmed;
+    while let Some(rest) = body.strip_prefix("- ") {
+        indent += 2;
+        body = rest.trim_start();
+    }
+    if body.starts_with('#') || body.is_empty() {
+        return None;
+    }
+    let colon = body.find(':')?;
+    let key = body[..colon].trim().trim_matches(|c| c == '"' || c == '\'');
+    let valid = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    valid.then(|| (indent, key.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse_yaml(text, "t.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_its_place_and_path() {
+        let e = err("listeners:\n  web:\n    bindd: x\n");
+        assert!(
+            e.starts_with("t.yaml:3:5: listeners.web.bindd: unknown field `bindd`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_key_is_an_error() {
+        let e = err("workers: 1\nworkers: 2\n");
+        assert!(
+            e.starts_with("t.yaml:2:1: workers: duplicate mapping key"),
+            "{e}"
+        );
+        assert!(!e.contains("DuplicateKeyPolicy"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let e = err("listeners:\n  web:\n    limits:\n      max_connections: abc\n");
+        assert!(
+            e.starts_with("t.yaml:4:24: listeners.web.limits.max_connections:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_path_follows_list_items() {
+        let text = "pools:\n  web:\n    backends:\n      - address: x\n        weight: y\n";
+        assert_eq!(key_path_at(text, 5), "pools.web.backends.weight");
+    }
+}

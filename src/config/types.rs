@@ -1,0 +1,139 @@
+//! The typed, validated configuration: what `validate.rs` produces and `app.rs` consumes.
+//! Every value here is already checked; nothing downstream parses a string.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub workers: Workers,
+    pub forwarding: Forwarding,
+    pub drain_timeout: Duration,
+    /// Sorted by name.
+    pub listeners: Vec<Listener>,
+    /// Sorted by name.
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available core.
+    Auto,
+    Fixed(NonZeroUsize),
+}
+
+impl Workers {
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Fixed(n) => n.get(),
+            Workers::Auto => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        }
+    }
+}
+
+/// How bytes move between the two legs of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// `splice(2)` through a pipe, with a buffered copy when no pipe can be had.
+    Splice,
+    /// Always a buffered copy through user space.
+    Copy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: Protocol,
+    pub bind: Vec<SocketAddr>,
+    pub pool: String,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub proxy_header_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    pub balance: Balance,
+    pub connect_retries: u32,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub address: SocketAddr,
+    /// 0..=1000; 0 takes no new connections.
+    pub weight: u32,
+}
+
+/// Defaults of DESIGN.md §3.3, in one place.
+pub mod defaults {
+    use std::time::Duration;
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_CONNECTIONS: u64 = 100_000;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+    pub const CONNECT_RETRIES: u64 = 2;
+    pub const WEIGHT: u64 = 1;
+    pub const MAX_WEIGHT: u64 = 1000;
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The one-screen summary `tollgate check` prints.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let workers = match self.workers {
+            Workers::Auto => format!("auto ({})", self.workers.resolve()),
+            Workers::Fixed(n) => n.to_string(),
+        };
+        let _ = writeln!(out, "workers: {workers}, forwarding: {:?}", self.forwarding);
+        let _ = writeln!(out, "drain timeout: {:?}", self.drain_timeout);
+        let _ = writeln!(out, "listeners ({}):", self.listeners.len());
+        for l in &self.listeners {
+            let binds: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "  {} tcp {} -> pool {} (max {} connections, connect {:?}, idle {:?})",
+                l.name,
+                binds.join(", "),
+                l.pool,
+                l.max_connections,
+                l.connect_timeout,
+                l.idle_timeout
+            );
+        }
+        let _ = writeln!(out, "pools ({}):", self.pools.len());
+        for p in &self.pools {
+            let _ = writeln!(
+                out,
+                "  {} {:?}, {} backend(s), {} connect retries",
+                p.name,
+                p.balance,
+                p.backends.len(),
+                p.connect_retries
+            );
+            for b in &p.backends {
+                let _ = writeln!(out, "    {} weight {}", b.address, b.weight);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,328 @@
+//! [`FileConfig`] → [`Config`]: every value checked and typed, every problem collected (not
+//! just the first), each with its line, column and key path.
+//!
+//! The whole schema of DESIGN.md §3.3 is checked here. Keys whose behaviour tollgate does not
+//! have yet are refused with "not supported yet" — a setting that would be silently ignored
+//! is worse than an error. Pools and backends live in `validate_pool.rs`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde_saphyr::Location;
+
+use super::error::{ConfigError, ConfigErrors};
+use super::file::{self, FileConfig, ListenerFile, S};
+use super::types::*;
+use super::values;
+
+/// Collects errors while walking the file.
+pub(super) struct Checker<'a> {
+    label: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    pub(super) fn at_loc(&mut self, loc: Location, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.label.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn at<T>(&mut self, spanned: &S<T>, key: &str, message: impl Into<String>) {
+        self.at_loc(spanned.referenced, key, message);
+    }
+
+    pub(super) fn unsupported<T>(&mut self, spanned: &S<T>, key: &str, what: &str) {
+        self.at(spanned, key, format!("not supported yet: {what}"));
+    }
+
+    /// A duration setting, or `default` when absent; `min` rejects values that make no sense
+    /// (a zero connect timeout).
+    pub(super) fn duration(
+        &mut self,
+        value: &Option<S<String>>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let Some(v) = value else { return default };
+        match values::duration(&v.value) {
+            Ok(d) if d < min => {
+                self.at(
+                    v,
+                    key,
+                    format!("`{}` is too short; the minimum is {min:?}", v.value),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.at(v, key, e);
+                default
+            }
+        }
+    }
+
+    /// A whole-number setting within `range`, or `default` when absent.
+    pub(super) fn number(
+        &mut self,
+        value: &Option<S<u64>>,
+        key: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> u64 {
+        let Some(v) = value else { return default };
+        if range.contains(&v.value) {
+            v.value
+        } else {
+            let (lo, hi) = (range.start(), range.end());
+            self.at(v, key, format!("{} is out of range ({lo}-{hi})", v.value));
+            default
+        }
+    }
+
+    pub(super) fn cidrs(&mut self, list: &Option<S<Vec<String>>>, key: &str) -> usize {
+        let Some(list) = list else { return 0 };
+        for (i, c) in list.value.iter().enumerate() {
+            if let Err(e) = values::cidr(c) {
+                self.at(list, &format!("{key}[{i}]"), e);
+            }
+        }
+        list.value.len()
+    }
+}
+
+pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        label,
+        errors: Vec::new(),
+    };
+    let workers = match &raw.workers {
+        None => Workers::Auto,
+        Some(w) => match w.value {
+            file::Workers::Auto => Workers::Auto,
+            file::Workers::Count(n) => match usize::try_from(n).ok().and_then(NonZeroUsize::new) {
+                Some(n) if n.get() <= 1024 => Workers::Fixed(n),
+                _ => {
+                    c.at(
+                        w,
+                        "workers",
+                        format!("{n} is out of range (1-1024, or auto)"),
+                    );
+                    Workers::Auto
+                }
+            },
+        },
+    };
+    let forwarding = match raw.forwarding.as_ref().map(|f| (f, f.value.as_str())) {
+        None | Some((_, "splice")) => Forwarding::Splice,
+        Some((_, "copy")) => Forwarding::Copy,
+        Some((f, other)) => {
+            c.at(
+                f,
+                "forwarding",
+                format!("`{other}` is not one of: splice, copy"),
+            );
+            Forwarding::Splice
+        }
+    };
+    if let Some(admin) = &raw.admin {
+        c.unsupported(admin, "admin", "the admin API and metrics endpoint");
+    }
+    if let Some(resolver) = &raw.resolver {
+        c.unsupported(resolver, "resolver", "DNS-resolved backends");
+    }
+    let drain_timeout = c.duration(
+        &raw.shutdown.as_ref().and_then(|s| s.drain_timeout.clone()),
+        "shutdown.drain_timeout",
+        defaults::DRAIN_TIMEOUT,
+        Duration::ZERO,
+    );
+    let pools = super::validate_pool::pools(&mut c, raw.pools.as_ref());
+    let listeners = listeners(&mut c, raw.listeners.as_ref(), &pools);
+    if c.errors.is_empty() {
+        Ok(Config {
+            workers,
+            forwarding,
+            drain_timeout,
+            listeners,
+            pools,
+        })
+    } else {
+        c.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+type Map<T> = std::collections::BTreeMap<String, S<T>>;
+
+fn listeners(c: &mut Checker, raw: Option<&S<Map<ListenerFile>>>, pools: &[Pool]) -> Vec<Listener> {
+    let Some(raw) = raw.filter(|m| !m.value.is_empty()) else {
+        let loc = raw.map_or(Location::UNKNOWN, |m| m.referenced);
+        c.at_loc(loc, "listeners", "at least one listener is required");
+        return Vec::new();
+    };
+    let mut seen_binds: HashMap<SocketAddr, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, l) in &raw.value {
+        let key = format!("listeners.{name}");
+        if let Err(e) = values::name(name) {
+            c.at(l, &key, e);
+        }
+        if let Some(listener) = listener(c, &key, name, l, pools) {
+            for addr in &listener.bind {
+                if addr.port() != 0
+                    && let Some(other) = seen_binds.insert(*addr, name.clone())
+                {
+                    c.at(
+                        l,
+                        &format!("{key}.bind"),
+                        format!("{addr} is also bound by listener `{other}`"),
+                    );
+                }
+            }
+            out.push(listener);
+        }
+    }
+    out
+}
+
+fn listener(
+    c: &mut Checker,
+    key: &str,
+    name: &str,
+    l: &S<ListenerFile>,
+    pools: &[Pool],
+) -> Option<Listener> {
+    let f = &l.value;
+    match f.protocol.as_ref().map(|p| (p, p.value.as_str())) {
+        None | Some((_, "tcp")) => {}
+        Some((p, "udp")) => c.unsupported(p, &format!("{key}.protocol"), "UDP listeners"),
+        Some((p, other)) => c.at(
+            p,
+            &format!("{key}.protocol"),
+            format!("`{other}` is not one of: tcp, udp"),
+        ),
+    }
+    let bind = binds(c, key, l);
+    let pool = match &f.pool {
+        Some(p) if pools.iter().any(|pool| pool.name == p.value) => Some(p.value.clone()),
+        Some(p) => {
+            c.at(
+                p,
+                &format!("{key}.pool"),
+                format!("no pool named `{}` is defined", p.value),
+            );
+            None
+        }
+        None => {
+            c.at(l, &format!("{key}.pool"), "a pool is required");
+            None
+        }
+    };
+    if let Some(sni) = &f.sni {
+        c.unsupported(sni, &format!("{key}.sni"), "routing by TLS server name");
+    }
+    if let Some(udp) = &f.udp {
+        c.at(
+            udp,
+            &format!("{key}.udp"),
+            "udp settings apply only to `protocol: udp` listeners",
+        );
+    }
+    if let Some(pp) = &f.proxy_protocol {
+        if let Some(send) = &pp.send {
+            match send.value.as_str() {
+                "none" => {}
+                "v1" | "v2" => c.unsupported(
+                    send,
+                    &format!("{key}.proxy_protocol.send"),
+                    "sending PROXY protocol headers",
+                ),
+                other => c.at(
+                    send,
+                    &format!("{key}.proxy_protocol.send"),
+                    format!("`{other}` is not one of: none, v1, v2"),
+                ),
+            }
+        }
+        let k = format!("{key}.proxy_protocol.accept_from");
+        if c.cidrs(&pp.accept_from, &k) > 0
+            && let Some(a) = &pp.accept_from
+        {
+            c.unsupported(a, &k, "accepting PROXY protocol headers");
+        }
+    }
+    super::validate_limits::access_and_limits(c, key, f);
+    let t = f.timeouts.as_ref();
+    let ms = Duration::from_millis(1);
+    let connect_timeout = c.duration(
+        &t.and_then(|t| t.connect.clone()),
+        &format!("{key}.timeouts.connect"),
+        defaults::CONNECT_TIMEOUT,
+        ms,
+    );
+    let idle_timeout = c.duration(
+        &t.and_then(|t| t.idle.clone()),
+        &format!("{key}.timeouts.idle"),
+        defaults::IDLE_TIMEOUT,
+        ms,
+    );
+    let proxy_header_timeout = c.duration(
+        &t.and_then(|t| t.proxy_header.clone()),
+        &format!("{key}.timeouts.proxy_header"),
+        defaults::PROXY_HEADER_TIMEOUT,
+        ms,
+    );
+    let max_connections = c.number(
+        &f.limits.as_ref().and_then(|l| l.max_connections.clone()),
+        &format!("{key}.limits.max_connections"),
+        defaults::MAX_CONNECTIONS,
+        1..=10_000_000,
+    );
+    Some(Listener {
+        name: name.to_owned(),
+        protocol: Protocol::Tcp,
+        bind: bind?,
+        pool: pool?,
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        connect_timeout,
+        idle_timeout,
+        proxy_header_timeout,
+    })
+}
+
+fn binds(c: &mut Checker, key: &str, l: &S<ListenerFile>) -> Option<Vec<SocketAddr>> {
+    let key = format!("{key}.bind");
+    let Some(bind) = &l.value.bind else {
+        c.at(l, &key, "at least one bind address is required");
+        return None;
+    };
+    let items: Vec<(String, Location, String)> = match &bind.value {
+        file::Bind::One(s) => vec![(s.clone(), bind.referenced, key.clone())],
+        file::Bind::Many(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.value.clone(), s.referenced, format!("{key}[{i}]")))
+            .collect(),
+    };
+    if items.is_empty() {
+        c.at(bind, &key, "at least one bind address is required");
+        return None;
+    }
+    let mut out = Vec::new();
+    for (text, loc, k) in items {
+        match values::socket_addr(&text, true) {
+            Ok(a) if out.contains(&a) => c.at_loc(loc, &k, format!("{a} is listed twice")),
+            Ok(a) => out.push(a),
+            Err(e) => c.at_loc(loc, &k, e),
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,232 @@
+//! Checks `pools.*`: balancing, retries and every backend. Literal `address:` backends are
+//! built now; DNS (`host:`, `srv:`), health checks, backup tiers and slow start are refused as
+//! "not supported yet" until they exist.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::file::{BackendFile, HealthCheckFile, PoolFile, S};
+use super::types::*;
+use super::validate::Checker;
+use super::values;
+
+pub(super) fn pools(c: &mut Checker, raw: Option<&S<BTreeMap<String, S<PoolFile>>>>) -> Vec<Pool> {
+    let Some(raw) = raw else { return Vec::new() };
+    let mut out = Vec::new();
+    for (name, p) in &raw.value {
+        let key = format!("pools.{name}");
+        if let Err(e) = values::name(name) {
+            c.at(p, &key, e);
+        }
+        if let Some(pool) = pool(c, &key, name, p) {
+            out.push(pool);
+        }
+    }
+    out
+}
+
+fn pool(c: &mut Checker, key: &str, name: &str, p: &S<PoolFile>) -> Option<Pool> {
+    let f = &p.value;
+    if let Some(b) = &f.balance {
+        let k = format!("{key}.balance");
+        match b.value.as_str() {
+            "round_robin" => {}
+            "least_connections" | "random_two" | "maglev" => {
+                c.unsupported(
+                    b,
+                    &k,
+                    &format!("balance `{}` (round_robin is available)", b.value),
+                );
+            }
+            other => c.at(
+                b,
+                &k,
+                format!(
+                    "`{other}` is not one of: round_robin, least_connections, random_two, maglev"
+                ),
+            ),
+        }
+    }
+    if let Some(h) = &f.hash {
+        let k = format!("{key}.hash");
+        match h.value.as_str() {
+            "source_ip" | "source_ip_port" => {
+                c.unsupported(h, &k, "hashing (it applies to balance: maglev)")
+            }
+            other => c.at(
+                h,
+                &k,
+                format!("`{other}` is not one of: source_ip, source_ip_port"),
+            ),
+        }
+    }
+    if let Some(w) = &f.when_all_down {
+        let k = format!("{key}.when_all_down");
+        match w.value.as_str() {
+            "reject" => {}
+            "use_all" => c.unsupported(w, &k, "when_all_down: use_all"),
+            other => c.at(w, &k, format!("`{other}` is not one of: reject, use_all")),
+        }
+    }
+    let retries = c.number(
+        &f.connect_retries,
+        &format!("{key}.connect_retries"),
+        defaults::CONNECT_RETRIES,
+        0..=100,
+    );
+    let slow = c.duration(
+        &f.slow_start,
+        &format!("{key}.slow_start"),
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    if slow > Duration::ZERO
+        && let Some(s) = &f.slow_start
+    {
+        c.unsupported(s, &format!("{key}.slow_start"), "slow start");
+    }
+    if let Some(hc) = &f.health_check {
+        health_check(c, &format!("{key}.health_check"), hc);
+    }
+    if let Some(passive) = &f.passive {
+        c.number(
+            &passive.value.consecutive_failures,
+            &format!("{key}.passive.consecutive_failures"),
+            5,
+            1..=1000,
+        );
+        c.unsupported(passive, &format!("{key}.passive"), "passive health checks");
+    }
+    let backends = backends(c, key, p)?;
+    Some(Pool {
+        name: name.to_owned(),
+        balance: Balance::RoundRobin,
+        connect_retries: u32::try_from(retries).unwrap_or(u32::MAX),
+        backends,
+    })
+}
+
+fn backends(c: &mut Checker, key: &str, p: &S<PoolFile>) -> Option<Vec<Backend>> {
+    let k = format!("{key}.backends");
+    let list = match &p.value.backends {
+        Some(list) if !list.value.is_empty() => list,
+        Some(list) => {
+            c.at(list, &k, "at least one backend is required");
+            return None;
+        }
+        None => {
+            c.at(p, &k, "at least one backend is required");
+            return None;
+        }
+    };
+    let mut out: Vec<Backend> = Vec::new();
+    for (i, b) in list.value.iter().enumerate() {
+        let k = format!("{k}[{i}]");
+        if let Some(backend) = backend(c, &k, b) {
+            if out.iter().any(|o| o.address == backend.address) {
+                c.at(
+                    b,
+                    &k,
+                    format!("{} is listed twice in this pool", backend.address),
+                );
+            }
+            out.push(backend);
+        }
+    }
+    Some(out)
+}
+
+fn backend(c: &mut Checker, key: &str, b: &S<BackendFile>) -> Option<Backend> {
+    let f = &b.value;
+    let weight = c.number(
+        &f.weight,
+        &format!("{key}.weight"),
+        defaults::WEIGHT,
+        0..=defaults::MAX_WEIGHT,
+    );
+    if let Some(backup) = &f.backup
+        && backup.value
+    {
+        c.unsupported(backup, &format!("{key}.backup"), "backup backends");
+    }
+    let kinds = [f.address.is_some(), f.host.is_some(), f.srv.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        c.at(
+            b,
+            key,
+            "each backend needs exactly one of `address`, `host` or `srv`",
+        );
+        return None;
+    }
+    if let Some(port) = &f.port {
+        if let Err(e) = values::port(port.value) {
+            c.at(port, &format!("{key}.port"), e);
+        }
+        if f.host.is_none() {
+            c.at(
+                port,
+                &format!("{key}.port"),
+                "`port` goes with `host`; write `address: IP:PORT`",
+            );
+        }
+    }
+    if let Some(host) = &f.host {
+        if f.port.is_none() {
+            c.at(host, &format!("{key}.port"), "`host` needs a `port`");
+        }
+        c.unsupported(host, &format!("{key}.host"), "DNS-resolved backends");
+        return None;
+    }
+    if let Some(srv) = &f.srv {
+        c.unsupported(srv, &format!("{key}.srv"), "SRV-resolved backends");
+        return None;
+    }
+    let addr = f.address.as_ref()?;
+    match values::socket_addr(&addr.value, false) {
+        Ok(address) => Some(Backend {
+            address,
+            weight: u32::try_from(weight).unwrap_or(1),
+        }),
+        Err(e) => {
+            c.at(addr, &format!("{key}.address"), e);
+            None
+        }
+    }
+}
+
+fn health_check(c: &mut Checker, key: &str, hc: &S<HealthCheckFile>) {
+    let f = &hc.value;
+    if let Some(kind) = &f.kind
+        && !["tcp", "send_expect", "http", "udp"].contains(&kind.value.as_str())
+    {
+        c.at(
+            kind,
+            &format!("{key}.type"),
+            format!(
+                "`{}` is not one of: tcp, send_expect, http, udp",
+                kind.value
+            ),
+        );
+    }
+    let ms = Duration::from_millis(1);
+    c.duration(
+        &f.interval,
+        &format!("{key}.interval"),
+        Duration::from_secs(2),
+        ms,
+    );
+    c.duration(
+        &f.timeout,
+        &format!("{key}.timeout"),
+        Duration::from_secs(1),
+        ms,
+    );
+    c.number(&f.rise, &format!("{key}.rise"), 2, 1..=100);
+    c.number(&f.fall, &format!("{key}.fall"), 3, 1..=100);
+    if let Some(port) = &f.port
+        && let Err(e) = values::port(port.value)
+    {
+        c.at(port, &format!("{key}.port"), e);
+    }
+    c.unsupported(hc, key, "active health checks");
+}

@@ -1,0 +1,64 @@
+//! The `tollgate` binary: command line → logging → config → run, mapped to exit codes
+//! (0 clean stop, 64 bad usage, 78 bad config, 1 runtime failure).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tollgate::cli::{Cli, Command};
+use tollgate::{app, config, demo, logging};
+
+const EXIT_USAGE: u8 = 64;
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("tollgate: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match cli.command {
+        Command::Version => {
+            println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match config::load(&config) {
+            Ok(cfg) => {
+                println!("{}: ok", config.display());
+                print!("{}", cfg.summary());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => match config::load(&config) {
+            Ok(cfg) => exit(app::run(&cfg)),
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Demo => exit(demo::run()),
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Moving bytes both ways between the client and the backend until both directions end.
+//!
+//! Each direction is a pump: it waits for the source to be readable, moves what is there to
+//! the destination, and on end of stream passes the FIN on (`shutdown(SHUT_WR)`) once every
+//! byte is delivered, while the other direction keeps flowing. A pump uses `splice(2)` through
+//! a pooled pipe when the mode allows and a pipe can be had, and a bounded buffer otherwise.
+//! Both pumps and an idle watchdog run in the connection's one task; an error on either side
+//! ends the whole connection, and the error says which side and which operation failed.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::ForwardMode;
+use crate::sys::{Pipe, PipePool};
+
+/// Size of the buffer a copying pump allocates (only once it has data to move).
+const COPY_BUF: usize = 32 * 1024;
+
+/// Which leg of a connection an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{side} {op} failed")]
+    Io {
+        side: Side,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+}
+
+/// Bytes moved in each direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    pub to_backend: u64,
+    pub to_client: u64,
+}
+
+/// Milliseconds since `start` at which either direction last moved a byte.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The two legs of one direction and how to name their failures.
+struct Leg<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    src_side: Side,
+    dst_side: Side,
+}
+
+/// Forwards until both directions have ended, an error occurs, or nothing moved for `idle`.
+/// Counts land in `progress` as they happen, so an error still reports the bytes moved.
+pub async fn forward(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    mode: ForwardMode,
+    pipes: &PipePool,
+    progress: &mut Transfer,
+) -> Result<(), ForwardError> {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let up_count = AtomicU64::new(0);
+    let down_count = AtomicU64::new(0);
+    let up = Leg {
+        src: client,
+        dst: backend,
+        src_side: Side::Client,
+        dst_side: Side::Backend,
+    };
+    let down = Leg {
+        src: backend,
+        dst: client,
+        src_side: Side::Backend,
+        dst_side: Side::Client,
+    };
+    let both = async {
+        tokio::try_join!(
+            pump(up, mode, pipes, &activity, &up_count),
+            pump(down, mode, pipes, &activity, &down_count)
+        )
+    };
+    let result = tokio::select! {
+        r = both => r.map(|_| ()),
+        () = idle_watchdog(&activity, idle) => Err(ForwardError::Idle(idle)),
+    };
+    progress.to_backend = up_count.load(Ordering::Relaxed);
+    progress.to_client = down_count.load(Ordering::Relaxed);
+    result
+}
+
+async fn idle_watchdog(activity: &Activity, idle: Duration) {
+    loop {
+        let deadline = activity.last() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// One direction, start to finish: waits for the first bytes before committing to splice or
+/// copy, so an idle connection holds neither a pipe nor a buffer.
+async fn pump(
+    leg: Leg<'_>,
+    mode: ForwardMode,
+    pipes: &PipePool,
+    activity: &Activity,
+    count: &AtomicU64,
+) -> Result<(), ForwardError> {
+    leg.src
+        .readable()
+        .await
+        .map_err(|e| io_err(leg.src_side, "read", e))?;
+    let pipe = match mode {
+        ForwardMode::Splice => pipes.take(),
+        ForwardMode::Copy => None,
+    };
+    let result = match pipe {
+        Some(mut pipe) => {
+            let r = pump_splice(&leg, &mut pipe, activity, count).await;
+            pipes.give_back(pipe);
+            r
+        }
+        None => pump_copy(&leg, activity, count).await,
+    };
+    result?;
+    // Every byte is delivered: pass the FIN on. The peer may already be gone (ENOTCONN),
+    // which is not this direction's failure.
+    match socket2::SockRef::from(leg.dst).shutdown(std::net::Shutdown::Write) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        Err(e) => Err(io_err(leg.dst_side, "shutdown", e)),
+    }
+}
+
+async fn pump_splice(
+    leg: &Leg<'_>,
+    pipe: &mut Pipe,
+    activity: &Activity,
+    count: &AtomicU64,
+) -> Result<(), ForwardError> {
+    loop {
+        let n = loop {
+            leg.src
+                .readable()
+                .await
+                .map_err(|e| io_err(leg.src_side, "read", e))?;
+            match leg
+                .src
+                .try_io(Interest::READABLE, || pipe.fill_from(leg.src.as_fd()))
+            {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_err(leg.src_side, "read", e)),
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        activity.touch();
+        while pipe.held() > 0 {
+            leg.dst
+                .writable()
+                .await
+                .map_err(|e| io_err(leg.dst_side, "write", e))?;
+            match leg
+                .dst
+                .try_io(Interest::WRITABLE, || pipe.drain_into(leg.dst.as_fd()))
+            {
+                Ok(n) => {
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    activity.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_err(leg.dst_side, "write", e)),
+            }
+        }
+    }
+}
+
+async fn pump_copy(
+    leg: &Leg<'_>,
+    activity: &Activity,
+    count: &AtomicU64,
+) -> Result<(), ForwardError> {
+    let mut buf = vec![0u8; COPY_BUF].into_boxed_slice();
+    loop {
+        let n = loop {
+            leg.src
+                .readable()
+                .await
+                .map_err(|e| io_err(leg.src_side, "read", e))?;
+            match leg.src.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_err(leg.src_side, "read", e)),
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        activity.touch();
+        let mut sent = 0;
+        while sent < n {
+            leg.dst
+                .writable()
+                .await
+                .map_err(|e| io_err(leg.dst_side, "write", e))?;
+            match leg.dst.try_write(&buf[sent..n]) {
+                Ok(w) => {
+                    sent += w;
+                    count.fetch_add(w as u64, Ordering::Relaxed);
+                    activity.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_err(leg.dst_side, "write", e)),
+            }
+        }
+    }
+}
+
+fn io_err(side: Side, op: &'static str, source: io::Error) -> ForwardError {
+    ForwardError::Io { side, op, source }
+}

@@ -1,0 +1,134 @@
+//! Listening sockets and the accept loop of one worker.
+//!
+//! Every worker owns its own `SO_REUSEPORT` socket per bind address, so the kernel spreads
+//! connections across workers and no lock is shared on accept. The loop takes a
+//! `max_connections` slot before accepting (at the cap it simply stops accepting and the
+//! kernel queues), survives resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) by pausing
+//! with back-off, counts every error and logs at most once a second.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::tcp::{self, Admitted};
+use super::{DataPlane, Tracker};
+
+/// Listen backlog; the kernel clamps it to `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+const PAUSE_MIN: Duration = Duration::from_millis(10);
+const PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// Binds one `SO_REUSEPORT` listening socket (non-blocking, close-on-exec, v6-only on IPv6).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Accepts on `listener` until `shutdown` turns true, spawning a task per connection on the
+/// current (worker) runtime.
+pub async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    plane: Arc<DataPlane>,
+    mut shutdown: watch::Receiver<bool>,
+    tracker: Tracker,
+) {
+    let mut errors = ErrorLog::default();
+    let mut pause = PAUSE_MIN;
+    loop {
+        let Some(spec) = plane.snapshot.load().listener(&name).cloned() else {
+            // The listener left the configuration: stop accepting; open connections finish.
+            return;
+        };
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            p = spec.live.slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                pause = PAUSE_MIN;
+                spec.live.accepted.fetch_add(1, Ordering::Relaxed);
+                let conn = Admitted {
+                    client,
+                    peer,
+                    spec,
+                    permit,
+                    guard: tracker.enter(),
+                };
+                tokio::spawn(tcp::serve(conn, plane.clone()));
+            }
+            Err(e) => {
+                spec.live.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if is_per_connection(&e) {
+                    debug!(listener = %name, error = %e, "accept failed for one connection");
+                    continue;
+                }
+                errors.report(&name, &e, pause);
+                // Resource exhaustion: the pending connection stays queued in the kernel.
+                // Retrying at once would spin, so wait, longer each time it persists.
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(PAUSE_MAX);
+            }
+        }
+    }
+}
+
+/// Errors that concern only the connection being accepted (it was reset while queued, or a
+/// firewall refused it); the listener is fine.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPERM | libc::EPROTO | libc::EINTR)
+    )
+}
+
+/// Logs accept errors at most once a second, with how many were suppressed in between.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn report(&mut self, listener: &str, e: &io::Error, pause: Duration) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        warn!(listener, error = %e, suppressed = self.suppressed, pause = ?pause, "accept failed; pausing listener");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}

@@ -1,0 +1,84 @@
+//! The data plane: listening sockets and accept loops (`listener.rs`), the life of one TCP
+//! connection (`tcp.rs`) and moving its bytes (`copy.rs`).
+//!
+//! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
+//! it never imports `config`, `app` or admin code.
+
+pub mod copy;
+pub mod listener;
+pub mod tcp;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+use crate::state::SharedSnapshot;
+use crate::sys::PipePool;
+
+/// How bytes move between the legs of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMode {
+    /// `splice(2)` through a pooled pipe; a buffered copy when no pipe can be had.
+    Splice,
+    /// Always a buffered copy.
+    Copy,
+}
+
+/// What every worker shares: the snapshot, the pipe pool and the forwarding mode.
+#[derive(Debug)]
+pub struct DataPlane {
+    pub snapshot: SharedSnapshot,
+    pub pipes: PipePool,
+    pub mode: ForwardMode,
+}
+
+/// Counts a worker's open connections so a drain can wait for them to finish.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    inner: Arc<TrackerInner>,
+}
+
+#[derive(Debug, Default)]
+struct TrackerInner {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a connection task; dropping it marks the connection finished.
+#[derive(Debug)]
+pub struct TrackerGuard {
+    inner: Arc<TrackerInner>,
+}
+
+impl Tracker {
+    pub fn enter(&self) -> TrackerGuard {
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.inner.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The life of one TCP connection: pick a backend from the snapshot, connect (with timeout,
+//! then the next candidate), forward both ways, account, and log once when it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, debug, field, info_span, warn};
+
+use super::copy::{self, ForwardError, Side, Transfer};
+use super::{DataPlane, TrackerGuard};
+use crate::state::{Backend, ListenerSpec};
+
+/// Everything a connection task owns; dropping it releases the listener slot and marks the
+/// connection finished for the drain.
+pub struct Admitted {
+    pub client: TcpStream,
+    pub peer: SocketAddr,
+    pub spec: Arc<ListenerSpec>,
+    pub permit: OwnedSemaphorePermit,
+    pub guard: TrackerGuard,
+}
+
+pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
+    let span =
+        info_span!("conn", listener = %conn.spec.name, client = %conn.peer, backend = field::Empty);
+    serve_inner(conn, plane).instrument(span).await;
+}
+
+async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
+    let live = conn.spec.live.clone();
+    live.active.fetch_add(1, Ordering::Relaxed);
+    let _active = scopeguard(move || {
+        live.active.fetch_sub(1, Ordering::Relaxed);
+    });
+    // Nagle would delay small writes we pass on; the proxy adds no batching of its own.
+    let _ = conn.client.set_nodelay(true);
+    let Some((backend, upstream)) = connect(&conn.spec).await else {
+        conn.spec
+            .live
+            .rejected_no_backend
+            .fetch_add(1, Ordering::Relaxed);
+        warn!("no backend could be reached; closing client");
+        return;
+    };
+    tracing::Span::current().record("backend", field::display(backend.address));
+    let stats = backend.stats.clone();
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    let backend_active = stats.clone();
+    let _backend_active = scopeguard(move || {
+        backend_active.active.fetch_sub(1, Ordering::Relaxed);
+    });
+    let mut moved = Transfer::default();
+    let result = copy::forward(
+        &conn.client,
+        &upstream,
+        conn.spec.idle_timeout,
+        plane.mode,
+        &plane.pipes,
+        &mut moved,
+    )
+    .await;
+    stats
+        .sent_bytes
+        .fetch_add(moved.to_backend, Ordering::Relaxed);
+    stats
+        .received_bytes
+        .fetch_add(moved.to_client, Ordering::Relaxed);
+    log_end(&result, moved);
+    drop(conn.permit);
+    drop(conn.guard);
+}
+
+fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
+    let (up, down) = (moved.to_backend, moved.to_client);
+    match result {
+        Ok(()) => debug!(to_backend = up, to_client = down, "connection closed"),
+        Err(ForwardError::Idle(t)) => {
+            debug!(to_backend = up, to_client = down, idle = ?t, "connection idle; closed")
+        }
+        Err(
+            e @ ForwardError::Io {
+                side: Side::Backend,
+                source,
+                ..
+            },
+        ) => {
+            warn!(to_backend = up, to_client = down, error = %source, "{e}; connection closed")
+        }
+        Err(e @ ForwardError::Io { source, .. }) => {
+            debug!(to_backend = up, to_client = down, error = %source, "{e}; connection closed")
+        }
+    }
+}
+
+/// Tries the pool's candidates in order, each within the connect timeout.
+async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
+    for backend in spec.pool.candidates() {
+        let attempt = tokio::time::timeout(spec.connect_timeout, dial(backend.address)).await;
+        let error = match attempt {
+            Ok(Ok(stream)) => return Some((backend, stream)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {:?}", spec.connect_timeout),
+        };
+        backend
+            .stats
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(backend = %backend.address, pool = %spec.pool.name, %error, "backend connect failed");
+    }
+    None
+}
+
+async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+/// Runs `f` when dropped: keeps a gauge right on every exit path, including cancellation at
+/// the drain deadline.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

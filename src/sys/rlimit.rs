@@ -1,0 +1,65 @@
+//! The process's open-file limit: raised once at start so that the configured connection caps
+//! can fit (each proxied connection costs two sockets and, while it moves data, up to four
+//! pipe ends).
+
+use std::io;
+
+/// The soft and hard `RLIMIT_NOFILE` after [`raise_nofile_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+fn get() -> io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable `rlimit` that outlives the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lim)
+}
+
+/// Raises the soft open-file limit to the hard limit and returns both.
+///
+/// Linux refuses a soft limit above `fs.nr_open` even when the hard limit is "unlimited", so
+/// an `RLIM_INFINITY` hard limit is clamped to `nr_open` first.
+pub fn raise_nofile_limit() -> io::Result<FdLimit> {
+    let mut lim = get()?;
+    let mut target = lim.rlim_max;
+    if target == libc::RLIM_INFINITY {
+        target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1_048_576);
+    }
+    if lim.rlim_cur < target {
+        lim.rlim_cur = target;
+        // SAFETY: `lim` is a valid, initialised `rlimit` that outlives the call.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let now = get()?;
+    Ok(FdLimit {
+        soft: now.rlim_cur,
+        hard: now.rlim_max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raising_leaves_soft_equal_to_hard_or_nr_open() {
+        let lim = raise_nofile_limit().unwrap();
+        assert!(lim.soft <= lim.hard);
+        assert!(lim.soft >= 64, "soft limit {} is implausibly low", lim.soft);
+    }
+}
