@@ -1,9 +1,10 @@
 //! Smooth weighted round robin as a precomputed sequence.
 //!
-//! Backend `i` with weight `w_i` is given virtual finish times `1/w_i, 2/w_i, ...`; taking
-//! them in ascending order (ties by index) interleaves backends as evenly as their weights
-//! allow — the same smoothness as nginx's smooth weighted round robin — and over one period
-//! of `sum(w_i)` picks each backend appears exactly `w_i` times. Weights are divided by their
+//! Backend `i` with weight `w_i` owns the virtual times `(k + ½) / w_i` for `k = 0, 1, ...`
+//! (the midpoints of its `w_i` equal slots in one period); taking them in ascending order
+//! (ties by index) spreads each backend's turns evenly through the period, as nginx's smooth
+//! weighted round robin does, and over one period of `sum(w_i)` picks each backend appears
+//! exactly `w_i` times. Weights are divided by their
 //! greatest common divisor first so the period stays short. Building costs
 //! `O(period · log n)` once per configuration change; a pick is an index into the sequence.
 
@@ -15,7 +16,7 @@ pub struct RoundRobin {
     sequence: Vec<u32>,
 }
 
-/// The next virtual finish time of one backend: `(picks + 1) / weight`.
+/// The next virtual time of one backend: `(picks + ½) / weight`.
 #[derive(Debug, PartialEq, Eq)]
 struct Next {
     picks: u64,
@@ -26,8 +27,8 @@ struct Next {
 impl Ord for Next {
     fn cmp(&self, other: &Self) -> Ordering {
         // BinaryHeap is a max-heap: reverse so the smallest finish time (then index) pops first.
-        let mine = u128::from(self.picks + 1) * u128::from(other.weight);
-        let theirs = u128::from(other.picks + 1) * u128::from(self.weight);
+        let mine = u128::from(2 * self.picks + 1) * u128::from(other.weight);
+        let theirs = u128::from(2 * other.picks + 1) * u128::from(self.weight);
         theirs.cmp(&mine).then(other.index.cmp(&self.index))
     }
 }
