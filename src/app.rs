@@ -86,6 +86,11 @@ impl Server {
         self.plane.snapshot.load_full()
     }
 
+    /// Splice pipes that exist now (in use or pooled); 0 when nothing has been spliced.
+    pub fn pipes_open(&self) -> usize {
+        self.plane.pipes.open()
+    }
+
     /// Stops accepting on every listener at once; open connections carry on until they end or
     /// the drain timeout passes. Returns immediately; [`Server::wait`] joins.
     pub fn begin_shutdown(&self) {

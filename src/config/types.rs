@@ -104,7 +104,11 @@ impl Config {
             Workers::Auto => format!("auto ({})", self.workers.resolve()),
             Workers::Fixed(n) => n.to_string(),
         };
-        let _ = writeln!(out, "workers: {workers}, forwarding: {:?}", self.forwarding);
+        let forwarding = match self.forwarding {
+            Forwarding::Splice => "splice",
+            Forwarding::Copy => "copy",
+        };
+        let _ = writeln!(out, "workers: {workers}, forwarding: {forwarding}");
         let _ = writeln!(out, "drain timeout: {:?}", self.drain_timeout);
         let _ = writeln!(out, "listeners ({}):", self.listeners.len());
         for l in &self.listeners {
@@ -124,9 +128,8 @@ impl Config {
         for p in &self.pools {
             let _ = writeln!(
                 out,
-                "  {} {:?}, {} backend(s), {} connect retries",
+                "  {} round_robin, {} backend(s), {} connect retries",
                 p.name,
-                p.balance,
                 p.backends.len(),
                 p.connect_retries
             );

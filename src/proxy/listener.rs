@@ -1,9 +1,9 @@
 //! Listening sockets and the accept loop of one worker.
 //!
 //! Every worker owns its own `SO_REUSEPORT` socket per bind address, so the kernel spreads
-//! connections across workers and no lock is shared on accept. The loop takes a
-//! `max_connections` slot before accepting (at the cap it simply stops accepting and the
-//! kernel queues), survives resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) by pausing
+//! connections across workers and no lock is shared on accept. Each accepted connection takes
+//! a `max_connections` slot (at the cap the loop stops accepting and the kernel queues new
+//! clients), and the loop survives resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) by pausing
 //! with back-off, counts every error and logs at most once a second.
 
 use std::io;
@@ -56,14 +56,6 @@ pub async fn accept_loop(
             // The listener left the configuration: stop accepting; open connections finish.
             return;
         };
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            p = spec.live.slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -72,6 +64,20 @@ pub async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 pause = PAUSE_MIN;
+                // Take the slot after accepting: a permit held while waiting in accept would
+                // be unusable by the other workers, and with a small cap they would starve.
+                // At the cap this loop waits here, holding one accepted client, and accepts
+                // nothing more until a connection ends.
+                let permit = match spec.live.slots.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                        p = spec.live.slots.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                    },
+                };
                 spec.live.accepted.fetch_add(1, Ordering::Relaxed);
                 let conn = Admitted {
                     client,

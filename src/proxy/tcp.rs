@@ -99,11 +99,17 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
 /// Tries the pool's candidates in order, each within the connect timeout.
 async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
     for backend in spec.pool.candidates() {
-        let attempt = tokio::time::timeout(spec.connect_timeout, dial(backend.address)).await;
-        let error = match attempt {
-            Ok(Ok(stream)) => return Some((backend, stream)),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("timed out after {:?}", spec.connect_timeout),
+        let deadline = tokio::time::Instant::now() + spec.connect_timeout;
+        let error = match dial_until(backend.address, deadline).await {
+            Ok(stream) => return Some((backend, stream)),
+            // Out of descriptors or memory here: every backend would fail alike, and it is
+            // not the backend's fault, so no failure is counted against it.
+            Err(Dial::Local(e)) => {
+                warn!(backend = %backend.address, error = %e, "cannot open a socket to the backend; closing client");
+                return None;
+            }
+            Err(Dial::Backend(e)) => e.to_string(),
+            Err(Dial::TimedOut) => format!("timed out after {:?}", spec.connect_timeout),
         };
         backend
             .stats
@@ -114,14 +120,50 @@ async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
     None
 }
 
-async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+/// Why a connect attempt failed: on this host (no socket could be made), at the backend, or
+/// the backend did not answer before the deadline.
+enum Dial {
+    Local(std::io::Error),
+    Backend(std::io::Error),
+    TimedOut,
+}
+
+/// Dials `addr` until `deadline`. While the host is out of descriptors or buffers it waits
+/// (with back-off) and tries again, so a short exhaustion delays the client instead of
+/// failing it; if the deadline passes that way, the local error is what is reported.
+async fn dial_until(addr: SocketAddr, deadline: tokio::time::Instant) -> Result<TcpStream, Dial> {
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match tokio::time::timeout_at(deadline, dial(addr)).await {
+            Err(_) => return Err(Dial::TimedOut),
+            Ok(Err(Dial::Local(e))) if is_exhaustion(&e) => {
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(Dial::Local(e));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            Ok(other) => return other,
+        }
+    }
+}
+
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+async fn dial(addr: SocketAddr) -> Result<TcpStream, Dial> {
     let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
+        TcpSocket::new_v4()
     } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_nodelay(true)?;
-    socket.connect(addr).await
+        TcpSocket::new_v6()
+    }
+    .map_err(Dial::Local)?;
+    socket.set_nodelay(true).map_err(Dial::Local)?;
+    socket.connect(addr).await.map_err(Dial::Backend)
 }
 
 /// Runs `f` when dropped: keeps a gauge right on every exit path, including cancellation at

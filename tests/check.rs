@@ -1,0 +1,195 @@
+//! `tollgate check`: a good file passes with a summary; each kind of bad file exits 78 with
+//! `PATH:LINE:COLUMN: key.path: message` on stderr, quickly, whatever the file holds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::binary::bin;
+
+fn check(yaml: &str) -> (Output, String, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let started = Instant::now();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "t.yaml");
+    (out, stderr, took)
+}
+
+/// Asserts exit 78 and a first error line that starts with `prefix` (`t.yaml:LINE:COL: key`).
+fn rejected(yaml: &str, prefix: &str, words: &str) {
+    let (out, stderr, took) = check(yaml);
+    assert_eq!(out.status.code(), Some(78), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with(prefix),
+        "expected {prefix:?} first, got:\n{stderr}"
+    );
+    assert!(stderr.contains(words), "expected {words:?} in:\n{stderr}");
+    assert!(took < Duration::from_secs(5), "check took {took:?}");
+}
+
+const GOOD: &str = "listeners:\n  web:\n    bind: \"127.0.0.1:8080\"\n    pool: web\npools:\n  web:\n    backends:\n      - address: \"127.0.0.1:9001\"\n";
+
+#[test]
+fn the_example_config_passes() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.example.yaml");
+    let out = Command::new(bin())
+        .args(["check", "-c", path])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("listeners (1)") && stdout.contains("127.0.0.1:9002 weight 2"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_minimal_config_passes() {
+    let (out, stderr, _) = check(GOOD);
+    assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
+fn unknown_key() {
+    rejected(
+        &GOOD.replace("    pool: web\n", "    pool: web\n    pol: x\n"),
+        "t.yaml:5:5: listeners.web.pol:",
+        "unknown field `pol`",
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    rejected(
+        &GOOD.replace("    pool: web\n", "    pool: web\n    pool: web\n"),
+        "t.yaml:5:5: listeners.web.pool:",
+        "duplicate",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    rejected(
+        &format!("{GOOD}workers: [1, 2]\n"),
+        "t.yaml:9:1: workers:",
+        "invalid type",
+    );
+}
+
+#[test]
+fn port_out_of_range() {
+    rejected(
+        &GOOD.replace("127.0.0.1:9001", "127.0.0.1:65536"),
+        "t.yaml:8:18: pools.web.backends[0].address:",
+        "out of range",
+    );
+}
+
+#[test]
+fn negative_duration() {
+    rejected(
+        &format!("{GOOD}shutdown:\n  drain_timeout: -5s\n"),
+        "t.yaml:10:18: shutdown.drain_timeout:",
+        "negative",
+    );
+}
+
+#[test]
+fn billion_laughs_alias_bomb() {
+    let mut yaml = String::from(
+        "listeners:\n  web:\n    bind: &a [\"1.1.1.1:1\",\"1.1.1.1:1\",\"1.1.1.1:1\",\"1.1.1.1:1\",\"1.1.1.1:1\",\"1.1.1.1:1\",\"1.1.1.1:1\",\"1.1.1.1:1\",\"1.1.1.1:1\"]\n",
+    );
+    let mut prev = 'a';
+    for name in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'] {
+        let refs = vec![format!("*{prev}"); 9].join(",");
+        yaml.push_str(&format!("    x{name}: &{name} [{refs}]\n"));
+        prev = name;
+    }
+    yaml.push_str(&format!("    pool: *{prev}\n"));
+    let (out, stderr, took) = check(&yaml);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.starts_with("t.yaml:")
+            && stderr
+                .split(':')
+                .nth(1)
+                .is_some_and(|l| l.parse::<u32>().is_ok()),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(5), "an alias bomb took {took:?}");
+}
+
+#[test]
+fn every_error_is_reported_at_once_in_file_order() {
+    let yaml = "workers: 0\nlisteners:\n  web:\n    bind: \"1.2.3.4:99999\"\n    pool: nope\n    timeouts: { idle: 5 }\npools:\n  web:\n    backends: []\n";
+    let (out, stderr, _) = check(yaml);
+    assert_eq!(out.status.code(), Some(78));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 5, "{stderr}");
+    assert!(lines[0].starts_with("t.yaml:1:10: workers:"), "{stderr}");
+    assert!(
+        lines[1].starts_with("t.yaml:4:11: listeners.web.bind:"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with("t.yaml:5:11: listeners.web.pool: no pool named `nope`"),
+        "{stderr}"
+    );
+    assert!(
+        lines[3].starts_with("t.yaml:6:23: listeners.web.timeouts.idle:"),
+        "{stderr}"
+    );
+    assert!(
+        lines[4].starts_with("t.yaml:9:15: pools.web.backends: at least one backend"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unsupported_features_are_refused_not_ignored() {
+    rejected(
+        &format!("{GOOD}admin:\n  bind: 127.0.0.1:9100\n"),
+        "t.yaml:10:3: admin: not supported yet",
+        "admin API",
+    );
+    rejected(
+        &GOOD.replace("    pool: web\n", "    pool: web\n    protocol: udp\n"),
+        "t.yaml:5:15: listeners.web.protocol: not supported yet",
+        "UDP",
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_config_error() {
+    let out = Command::new(bin())
+        .args(["check", "-c", "/nonexistent/tollgate.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn bad_usage_exits_64() {
+    let out = Command::new(bin()).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}

@@ -1,0 +1,135 @@
+//! Running the built `tollgate` binary as a child process: config in a temp dir, JSON logs on
+//! stderr collected by a thread, bound addresses read from the "listener bound" log lines.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Running {
+    pub child: Child,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// Starts `tollgate run` on `yaml`, optionally under `prlimit` with an open-file limit, and
+/// waits until `listener` has logged its bound address.
+pub fn spawn(yaml: &str, nofile: Option<u64>) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
+    cmd.args(["run", "--log-format", "json", "-c"]).arg(&path);
+    cmd.env("TOLLGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("tollgate binary starts");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Running {
+        child,
+        logs,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}; logs:\n{}",
+                self.logs.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The address from the first "listener bound" line.
+    pub fn addr(&self) -> SocketAddr {
+        let line = self.wait_log("listener bound", Duration::from_secs(20));
+        let start = line.find("\"addr\":\"").expect("addr field") + 8;
+        let end = line[start..].find('"').unwrap() + start;
+        line[start..end].parse().unwrap()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // Through the `kill` command, so the tests need no unsafe code.
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit within `within`; kills and panics on timeout.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tollgate did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// User + system CPU time of the process so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let hz = 100; // USER_HZ is 100 on every Linux ABI tollgate supports
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

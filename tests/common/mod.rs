@@ -1,0 +1,207 @@
+//! Shared test harness: start tollgate in-process (or as the built binary), real backends on
+//! loopback, deterministic payloads with SHA-256 digests, and waiting on conditions with a
+//! deadline instead of sleeping.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tollgate::app::Server;
+
+pub mod binary;
+
+/// Starts tollgate in-process from YAML.
+pub fn start(yaml: &str) -> Server {
+    let config = tollgate::config::load_str(yaml, "test.yaml")
+        .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    Server::start(&config).expect("server starts")
+}
+
+/// A one-listener (`front`) one-pool (`back`) config over `backends` (address, weight).
+pub fn config(
+    backends: &[(SocketAddr, u32)],
+    listener_extra: &str,
+    pool_extra: &str,
+    top_extra: &str,
+) -> String {
+    let mut yaml = format!(
+        "workers: 2\n{top_extra}\nlisteners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n"
+    );
+    for line in listener_extra.lines() {
+        yaml.push_str(&format!("    {line}\n"));
+    }
+    yaml.push_str("pools:\n  back:\n");
+    for line in pool_extra.lines() {
+        yaml.push_str(&format!("    {line}\n"));
+    }
+    yaml.push_str("    backends:\n");
+    for (addr, weight) in backends {
+        yaml.push_str(&format!(
+            "      - {{ address: \"{addr}\", weight: {weight} }}\n"
+        ));
+    }
+    yaml
+}
+
+pub fn front(server: &Server) -> SocketAddr {
+    server.addrs("front")[0]
+}
+
+/// A backend on 127.0.0.1:0 that runs `handler` on its own thread for each connection.
+pub fn backend<F>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let h = handler.clone();
+            std::thread::spawn(move || h(stream));
+        }
+    });
+    addr
+}
+
+/// A backend that echoes every byte until EOF, then closes.
+pub fn echo_backend() -> SocketAddr {
+    backend(|mut s| {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// An address on which nothing listens: connects are refused at once.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64) in chunks; `seed` picks the stream.
+pub struct Pattern {
+    state: u64,
+    left: u64,
+}
+
+impl Pattern {
+    pub fn new(seed: u64, len: u64) -> Pattern {
+        Pattern {
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            left: len,
+        }
+    }
+
+    /// Fills `buf` with the next bytes; returns how many (0 at the end).
+    pub fn fill(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            chunk.copy_from_slice(&self.state.to_le_bytes()[..chunk.len()]);
+        }
+        self.left -= n as u64;
+        n
+    }
+}
+
+pub fn digest_of(seed: u64, len: u64) -> [u8; 32] {
+    let mut p = Pattern::new(seed, len);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = p.fill(&mut buf);
+        if n == 0 {
+            return h.finalize().into();
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Writes `len` pattern bytes from `seed`, then shuts down writing.
+pub fn send_pattern(s: &mut TcpStream, seed: u64, len: u64) -> io::Result<()> {
+    let mut p = Pattern::new(seed, len);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = p.fill(&mut buf);
+        if n == 0 {
+            break;
+        }
+        s.write_all(&buf[..n])?;
+    }
+    s.shutdown(Shutdown::Write)
+}
+
+/// Reads to EOF; returns (bytes, SHA-256).
+pub fn read_digest(s: &mut TcpStream) -> io::Result<(u64, [u8; 32])> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok((total, h.finalize().into()));
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
+/// Polls `cond` until it holds or `within` passes; panics with `what` on timeout.
+pub fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Connects to `addr`, sends `msg` and reads back exactly as many bytes.
+pub fn round_trip(addr: SocketAddr, msg: &[u8]) -> io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
+
+/// True when the peer has closed: a read returns EOF or a reset within `within`.
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Bytes arrive exactly as sent, in both directions at once, for sizes around the pipe and
+//! buffer boundaries, on the splice path and on the forced copy path.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use common::*;
+
+const SIZES: [u64; 7] = [0, 1, 65_535, 65_536, 65_537, (1 << 20) + 7, 64 << 20];
+
+/// For each size: the client sends `size` bytes of one pattern while the backend sends `size`
+/// bytes of another; both ends check length and SHA-256 of what they received.
+fn exact_both_ways(forwarding: &str) {
+    let reply_len = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel::<(u64, [u8; 32])>();
+    let len = reply_len.clone();
+    let tx = std::sync::Mutex::new(tx);
+    let addr = backend(move |mut s| {
+        let n = len.load(Ordering::SeqCst);
+        let mut writer = s.try_clone().unwrap();
+        let sending = std::thread::spawn(move || send_pattern(&mut writer, 2, n));
+        let got = read_digest(&mut s).unwrap();
+        sending.join().unwrap().unwrap();
+        tx.lock().unwrap().send(got).unwrap();
+    });
+    let server = start(&config(
+        &[(addr, 1)],
+        "",
+        "",
+        &format!("forwarding: {forwarding}"),
+    ));
+    for size in SIZES {
+        reply_len.store(size, Ordering::SeqCst);
+        let mut client = TcpStream::connect(front(&server)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut writer = client.try_clone().unwrap();
+        let sending = std::thread::spawn(move || send_pattern(&mut writer, 1, size));
+        let (n, digest) = read_digest(&mut client).unwrap();
+        sending.join().unwrap().unwrap();
+        assert_eq!(n, size, "{forwarding}: client received {n} of {size} bytes");
+        assert_eq!(
+            digest,
+            digest_of(2, size),
+            "{forwarding}: client-side digest differs at size {size}"
+        );
+        let (n, digest) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            n, size,
+            "{forwarding}: backend received {n} of {size} bytes"
+        );
+        assert_eq!(
+            digest,
+            digest_of(1, size),
+            "{forwarding}: backend-side digest differs at size {size}"
+        );
+    }
+    let snapshot = server.snapshot();
+    let stats = &snapshot.listener("front").unwrap().pool.backends[0].stats;
+    let total: u64 = SIZES.iter().sum();
+    wait_for("byte counters settle", Duration::from_secs(5), || {
+        stats.sent_bytes.load(Ordering::Relaxed) == total
+            && stats.received_bytes.load(Ordering::Relaxed) == total
+    });
+    let pipes = server.pipes_open();
+    match forwarding {
+        "splice" => assert!(pipes > 0, "the splice path used no pipe"),
+        _ => assert_eq!(pipes, 0, "the copy path must not create pipes"),
+    }
+    server.shutdown();
+}
+
+#[test]
+fn splice_path_is_byte_exact_both_ways() {
+    exact_both_ways("splice");
+}
+
+#[test]
+fn copy_path_is_byte_exact_both_ways() {
+    exact_both_ways("copy");
+}
