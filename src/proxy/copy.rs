@@ -260,3 +260,65 @@ async fn pump_copy(
 fn io_err(side: Side, op: &'static str, source: io::Error) -> ForwardError {
     ForwardError::Io { side, op, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Splice mode with a pool that has no pipe to give must still move every byte, through
+    /// the buffered copy.
+    #[tokio::test]
+    async fn splice_mode_falls_back_to_copy_when_no_pipe_can_be_had() {
+        let (mut client_end, client) = pair().await;
+        let (backend, mut backend_end) = pair().await;
+        let empty_pool = PipePool::new(0, 0, 65_536);
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
+        let peer = tokio::spawn(async move {
+            client_end.write_all(&payload).await.unwrap();
+            client_end.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client_end.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let echo = tokio::spawn(async move {
+            let mut got = Vec::new();
+            backend_end.read_to_end(&mut got).await.unwrap();
+            backend_end.write_all(&got[..1000]).await.unwrap();
+            got
+        });
+        let mut moved = Transfer::default();
+        let idle = Duration::from_secs(10);
+        forward(
+            &client,
+            &backend,
+            idle,
+            ForwardMode::Splice,
+            &empty_pool,
+            &mut moved,
+        )
+        .await
+        .unwrap();
+        drop((client, backend));
+        assert_eq!(echo.await.unwrap(), expected);
+        assert_eq!(peer.await.unwrap(), expected[..1000]);
+        assert_eq!(
+            moved,
+            Transfer {
+                to_backend: 300_000,
+                to_client: 1000
+            }
+        );
+        assert_eq!(empty_pool.open(), 0, "no pipe was made");
+    }
+}

@@ -1,0 +1,80 @@
+//! Listening sockets: several bind addresses per listener, IPv4 and IPv6 (v6-only), every
+//! worker sharing one kernel-chosen port for a port-0 bind, and a bind that fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::*;
+
+#[test]
+fn one_listener_serves_ipv4_and_ipv6_addresses() {
+    let echo = echo_backend();
+    let yaml = format!(
+        "workers: 2\nlisteners:\n  dual:\n    bind: [\"127.0.0.1:0\", \"[::1]:0\"]\n    pool: back\n\
+         pools:\n  back:\n    backends:\n      - address: \"{echo}\"\n"
+    );
+    let server = start(&yaml);
+    let addrs = server.addrs("dual").to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
+    assert!(
+        addrs.iter().all(|a| a.port() != 0),
+        "real ports are reported: {addrs:?}"
+    );
+    for addr in addrs {
+        for i in 0..4u8 {
+            assert_eq!(
+                round_trip(addr, &[i; 10]).unwrap(),
+                vec![i; 10],
+                "via {addr}"
+            );
+        }
+    }
+    server.shutdown();
+}
+
+#[test]
+fn an_ipv6_backend_is_reached_from_an_ipv4_listener() {
+    let l = TcpListener::bind("[::1]:0").unwrap();
+    let v6 = l.local_addr().unwrap();
+    drop(l);
+    let echo6 = backend_on(v6);
+    let server = start(&config(&[(echo6, 1)], "", "", ""));
+    assert_eq!(round_trip(front(&server), b"over v6").unwrap(), b"over v6");
+    server.shutdown();
+}
+
+#[test]
+fn a_bind_that_fails_fails_the_start_with_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let yaml = format!(
+        "listeners:\n  busy:\n    bind: \"{addr}\"\n    pool: back\npools:\n  back:\n    backends:\n      - address: \"127.0.0.1:9\"\n"
+    );
+    let config = tollgate::config::load_str(&yaml, "t.yaml").unwrap();
+    let err = match tollgate::app::Server::start(&config) {
+        Ok(_) => panic!("binding a taken address must fail"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("busy"),
+        "{err}"
+    );
+}
+
+/// An echo backend on a specific address.
+fn backend_on(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    addr
+}
