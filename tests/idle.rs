@@ -66,3 +66,36 @@ fn traffic_keeps_a_connection_open_past_the_idle_timeout() {
     );
     server.shutdown();
 }
+
+/// Regression: a connection closed by the idle timeout mid-splice used to drop its pipe
+/// without returning it, so the pool's count grew until every connection fell back to copy.
+#[test]
+fn idle_closed_spliced_connections_return_their_pipes() {
+    let addr = echo_backend();
+    let server = start(&config(
+        &[(addr, 1)],
+        "timeouts: { idle: 100ms }",
+        "",
+        "forwarding: splice",
+    ));
+    for i in 0..20u8 {
+        let mut client = TcpStream::connect(front(&server)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(&[i; 100]).unwrap();
+        let mut back = [0u8; 100];
+        client.read_exact(&mut back).unwrap();
+        assert!(
+            closed_within(&mut client, Duration::from_secs(5)),
+            "idle close {i}"
+        );
+    }
+    wait_for(
+        "pipes are reused, not leaked",
+        Duration::from_secs(5),
+        || server.pipes_open() <= 4,
+    );
+    assert!(server.pipes_open() > 0, "these connections were spliced");
+    server.shutdown();
+}

@@ -154,11 +154,7 @@ async fn pump(
         ForwardMode::Copy => None,
     };
     let result = match pipe {
-        Some(mut pipe) => {
-            let r = pump_splice(&leg, &mut pipe, activity, count).await;
-            pipes.give_back(pipe);
-            r
-        }
+        Some(mut pipe) => pump_splice(&leg, &mut pipe, activity, count).await,
         None => pump_copy(&leg, activity, count).await,
     };
     result?;

@@ -9,5 +9,5 @@
 pub mod pipe;
 pub mod rlimit;
 
-pub use pipe::{Pipe, PipePool};
+pub use pipe::{Pipe, PipePool, PooledPipe};
 pub use rlimit::raise_nofile_limit;

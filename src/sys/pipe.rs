@@ -129,8 +129,17 @@ impl PipePool {
     }
 
     /// An empty pipe, or `None` when the pool is at its bound or the kernel refuses one
-    /// (for example EMFILE): the caller then copies through a buffer instead.
-    pub fn take(&self) -> Option<Pipe> {
+    /// (for example EMFILE): the caller then copies through a buffer instead. The pipe goes
+    /// back to the pool when the returned guard is dropped, however its user ends (a
+    /// connection task cancelled mid-transfer included).
+    pub fn take(&self) -> Option<PooledPipe<'_>> {
+        self.take_pipe().map(|pipe| PooledPipe {
+            pipe: Some(pipe),
+            pool: self,
+        })
+    }
+
+    fn take_pipe(&self) -> Option<Pipe> {
         if let Some(pipe) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             return Some(pipe);
         }
@@ -154,7 +163,7 @@ impl PipePool {
 
     /// Returns a pipe. One that still holds bytes is closed, never reused: its bytes belong
     /// to a connection that is gone.
-    pub fn give_back(&self, pipe: Pipe) {
+    fn give_back(&self, pipe: Pipe) {
         if pipe.held == 0
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
@@ -164,6 +173,39 @@ impl PipePool {
         }
         drop(pipe);
         self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A pipe on loan from a [`PipePool`]; dropping it gives the pipe back.
+#[derive(Debug)]
+pub struct PooledPipe<'a> {
+    pipe: Option<Pipe>,
+    pool: &'a PipePool,
+}
+
+impl std::ops::Deref for PooledPipe<'_> {
+    type Target = Pipe;
+    fn deref(&self) -> &Pipe {
+        // The Option is Some from construction until drop.
+        self.pipe
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("pooled pipe used after drop"))
+    }
+}
+
+impl std::ops::DerefMut for PooledPipe<'_> {
+    fn deref_mut(&mut self) -> &mut Pipe {
+        self.pipe
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("pooled pipe used after drop"))
+    }
+}
+
+impl Drop for PooledPipe<'_> {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            self.pool.give_back(pipe);
+        }
     }
 }
 
@@ -211,9 +253,28 @@ mod tests {
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
         assert!(pool.take().is_none(), "a third pipe exceeds max_open");
-        pool.give_back(a);
-        pool.give_back(b);
+        drop(a);
+        drop(b);
         assert_eq!(pool.open(), 1, "only max_idle pipes are kept");
         assert!(pool.take().is_some());
+    }
+
+    #[test]
+    fn a_pipe_that_still_holds_bytes_is_closed_not_reused() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        a.write_all(b"left behind").unwrap();
+        let pool = PipePool::new(4, 4, 65_536);
+        let mut pipe = pool.take().unwrap();
+        while pipe.held() == 0 {
+            let _ = pipe.fill_from(b.as_fd());
+        }
+        drop(pipe);
+        assert_eq!(
+            pool.open(),
+            0,
+            "the non-empty pipe was closed and uncounted"
+        );
     }
 }
