@@ -1,0 +1,258 @@
+//! Replays the cargo-fuzz seed corpus, `fuzz/corpus/config_load/`, through
+//! `tollgate::config::load_str` on every `cargo test`, so the seeds guard the config loader
+//! even where nobody runs the fuzzer (`fuzz/fuzz_targets/config_load.rs` says how to).
+//!
+//! For every file: no panic, an answer within [`TIME_LIMIT`] (an alias bomb or a quadratic
+//! blow-up shows up as a timeout), and, for an `Err`, a non-empty message whose every line
+//! reads `LABEL:LINE:COLUMN: ...`. Files that are not UTF-8 go in through
+//! `String::from_utf8_lossy`.
+//!
+//! The file name also says what the loader must answer, so the corpus doubles as a spec check:
+//!
+//! - `valid_*`: loads `Ok` (uses only what is implemented today);
+//! - `bad_*`: an `Err` (invalid YAML, unknown keys, wrong types, out-of-range values, ...);
+//! - `unsupported_*`: an `Err` that says "not supported yet" (schema features not built yet;
+//!   rename the seed when its feature lands);
+//! - anything else (`edge_*`, or inputs the fuzzer adds): either answer, the checks above only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Generous: a seed takes about a millisecond; a budget breach well under a second.
+const TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// So that the test cannot pass vacuously when the directory is missing or emptied.
+const MIN_SEEDS: usize = 20;
+
+/// Seeds whose error messages may span several lines. None: the loader escapes control
+/// characters in names and values (a seed like `bad_newline_in_name.yaml` guards that), so
+/// every error keeps to one `LABEL:LINE:COLUMN: ...` line. Kept as a list for the day an
+/// exception is truly needed; the test flags an entry that no longer needs to be here.
+const KNOWN_MULTILINE: &[&str] = &[];
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config_load")
+}
+
+/// Every regular file of the corpus as (file name, contents), sorted by name.
+fn seeds() -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir();
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read the fuzz corpus {}: {e}", dir.display()));
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        out.push((name, std::fs::read(entry.path()).unwrap()));
+    }
+    out.sort();
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Valid,
+    Bad,
+    Unsupported,
+    Any,
+}
+
+fn expectation(name: &str) -> Expect {
+    if name.starts_with("valid_") {
+        Expect::Valid
+    } else if name.starts_with("bad_") {
+        Expect::Bad
+    } else if name.starts_with("unsupported_") {
+        Expect::Unsupported
+    } else {
+        Expect::Any
+    }
+}
+
+/// What one call answered, and how long it took.
+struct Answer {
+    elapsed: Duration,
+    /// `None` for `Ok`.
+    error: Option<Rejection>,
+}
+
+/// An `Err` as shown: the whole Display, and each error's place and own Display.
+struct Rejection {
+    shown: String,
+    each: Vec<(u64, u64, String)>,
+}
+
+/// Runs `load_str` on a thread of its own, so a hang fails this seed after [`TIME_LIMIT`]
+/// instead of hanging the test, and a panic is reported with the seed's name.
+fn load(text: String, label: String) -> Result<Answer, String> {
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let start = Instant::now();
+        let result = tollgate::config::load_str(&text, &label);
+        let elapsed = start.elapsed();
+        let error = result.err().map(|errs| Rejection {
+            shown: errs.to_string(),
+            each: errs
+                .iter()
+                .map(|e| (e.line, e.column, e.to_string()))
+                .collect(),
+        });
+        let _ = tx.send(Answer { elapsed, error });
+    });
+    match rx.recv_timeout(TIME_LIMIT) {
+        Ok(answer) => {
+            worker.join().unwrap();
+            Ok(answer)
+        }
+        // The sender was dropped without sending: the loader panicked.
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let panic = worker.join().err().map_or_else(String::new, |p| {
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default()
+            });
+            Err(format!("load_str panicked: {panic}"))
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "load_str did not return within {TIME_LIMIT:?} (the thread is left running)"
+        )),
+    }
+}
+
+/// `LABEL:LINE:COLUMN: message` with numeric LINE and COLUMN and a non-empty message.
+fn well_formed_line(line: &str, label: &str) -> bool {
+    let Some(rest) = line.strip_prefix(label).and_then(|r| r.strip_prefix(':')) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, ':');
+    let (Some(l), Some(c), Some(message)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    number(l) && number(c) && message.starts_with(' ') && !message.trim().is_empty()
+}
+
+/// Every problem with one seed's answer; empty when it passes.
+fn check(name: &str, answer: &Answer) -> Vec<String> {
+    let mut problems = Vec::new();
+    if answer.elapsed > TIME_LIMIT {
+        problems.push(format!("took {:?}", answer.elapsed));
+    }
+    match (expectation(name), &answer.error) {
+        (Expect::Valid, Some(Rejection { shown, .. })) => {
+            problems.push(format!("a valid_ seed was rejected:\n{shown}"));
+        }
+        (Expect::Bad | Expect::Unsupported, None) => {
+            problems.push("loaded Ok, but its name says it must be rejected".to_owned());
+        }
+        (Expect::Unsupported, Some(Rejection { shown, .. }))
+            if !shown.contains("not supported yet") =>
+        {
+            problems.push(format!(
+                "no \"not supported yet\" error; if the feature is built now, rename the \
+                 seed (valid_ or bad_):\n{shown}"
+            ));
+        }
+        _ => {}
+    }
+    let Some(Rejection { shown, each }) = &answer.error else {
+        return problems;
+    };
+    if shown.trim().is_empty() || each.is_empty() {
+        problems.push(format!("an Err with an empty message: {shown:?}"));
+    }
+    for (line, column, text) in each {
+        if !text.starts_with(&format!("{name}:{line}:{column}: ")) {
+            problems.push(format!("an error without its place: {text:?}"));
+        }
+    }
+    let lines: Vec<&str> = shown.lines().collect();
+    if KNOWN_MULTILINE.contains(&name) {
+        if lines.len() == each.len() {
+            problems.push(
+                "its errors now keep to one line each: remove it from KNOWN_MULTILINE".to_owned(),
+            );
+        }
+    } else {
+        if lines.len() != each.len() {
+            problems.push(format!(
+                "{} errors shown on {} lines:\n{shown}",
+                each.len(),
+                lines.len()
+            ));
+        }
+        for line in lines {
+            if !well_formed_line(line, name) {
+                problems.push(format!(
+                    "a line not shaped `{name}:LINE:COLUMN: ...`: {line:?}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn fuzz_corpus_replays_cleanly() {
+    let seeds = seeds();
+    assert!(
+        seeds.len() >= MIN_SEEDS,
+        "{} holds {} files; expected at least {MIN_SEEDS}",
+        corpus_dir().display(),
+        seeds.len()
+    );
+    for kind in [Expect::Valid, Expect::Bad, Expect::Unsupported] {
+        assert!(
+            seeds.iter().any(|(name, _)| expectation(name) == kind),
+            "the corpus has no {kind:?} seed"
+        );
+    }
+    for known in KNOWN_MULTILINE {
+        assert!(
+            seeds.iter().any(|(name, _)| name == known),
+            "KNOWN_MULTILINE names {known}, which is not in the corpus"
+        );
+    }
+
+    let mut failures = Vec::new();
+    for (name, bytes) in &seeds {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        match load(text, name.clone()) {
+            Ok(answer) => {
+                for problem in check(name, &answer) {
+                    failures.push(format!("{name}: {problem}"));
+                }
+            }
+            Err(problem) => failures.push(format!("{name}: {problem}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus files failed:\n\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn line_format_check_rejects_malformed_lines() {
+    assert!(well_formed_line(
+        "a.yaml:3:5: listeners.web: oops",
+        "a.yaml"
+    ));
+    assert!(well_formed_line("a.yaml:0:0: cannot read", "a.yaml"));
+    assert!(!well_formed_line("a.yaml:3:5:", "a.yaml"));
+    assert!(!well_formed_line("a.yaml:3: oops", "a.yaml"));
+    assert!(!well_formed_line("a.yaml:x:5: oops", "a.yaml"));
+    assert!(!well_formed_line("b.yaml:3:5: oops", "a.yaml"));
+    assert!(!well_formed_line("other.yaml:1:1: forged", "a.yaml"));
+}
