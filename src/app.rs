@@ -27,8 +27,31 @@ const PIPE_SIZE: usize = 128 * 1024;
 pub struct Server {
     bound: HashMap<String, Vec<SocketAddr>>,
     plane: Arc<DataPlane>,
-    shutdown: watch::Sender<bool>,
+    stop: StopHandle,
     workers: Vec<JoinHandle<()>>,
+}
+
+/// Stops a running [`Server`] from anywhere (a signal handler, another thread).
+#[derive(Clone)]
+pub struct StopHandle {
+    /// true: stop accepting and drain.
+    drain: Arc<watch::Sender<bool>>,
+    /// true: close every connection now, without waiting for the drain timeout.
+    now: Arc<watch::Sender<bool>>,
+}
+
+impl StopHandle {
+    /// Stops accepting on every listener at once; open connections carry on until they end
+    /// or the drain timeout passes.
+    pub fn drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    /// Ends the drain early: every open connection is closed now.
+    pub fn now(&self) {
+        self.drain();
+        self.now.send_replace(true);
+    }
 }
 
 impl Server {
@@ -42,8 +65,8 @@ impl Server {
         let snapshot = build_snapshot(config, 1);
         let (bound, sockets) = bind_all(config, workers)?;
         // Pipes cost two descriptors each; keep them to a quarter of the limit so sockets
-        // never starve (beyond it, connections copy through a buffer instead).
-        let max_pipes = usize::try_from(fd_limit.soft / 4).unwrap_or(1024).max(2);
+        // never starve (beyond it, bursts copy through a buffer instead).
+        let max_pipes = usize::try_from(fd_limit.soft / 8).unwrap_or(1024).max(2);
         let plane = Arc::new(DataPlane {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             pipes: PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE),
@@ -52,14 +75,17 @@ impl Server {
                 Forwarding::Copy => ForwardMode::Copy,
             },
         });
-        let (shutdown, _) = watch::channel(false);
+        let stop = StopHandle {
+            drain: Arc::new(watch::channel(false).0),
+            now: Arc::new(watch::channel(false).0),
+        };
         let drain = config.drain_timeout;
         let mut handles = Vec::with_capacity(workers);
         for (id, socks) in sockets.into_iter().enumerate() {
-            let (plane, rx) = (plane.clone(), shutdown.subscribe());
+            let (plane, rx, now) = (plane.clone(), stop.drain.subscribe(), stop.now.subscribe());
             let handle = std::thread::Builder::new()
                 .name(format!("tollgate-w{id}"))
-                .spawn(move || run_worker(id, socks, plane, rx, drain))
+                .spawn(move || run_worker(id, socks, plane, (rx, now), drain))
                 .context("cannot start a worker thread")?;
             handles.push(handle);
         }
@@ -71,7 +97,7 @@ impl Server {
         Ok(Server {
             bound,
             plane,
-            shutdown,
+            stop,
             workers: handles,
         })
     }
@@ -94,7 +120,12 @@ impl Server {
     /// Stops accepting on every listener at once; open connections carry on until they end or
     /// the drain timeout passes. Returns immediately; [`Server::wait`] joins.
     pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
+        self.stop.drain();
+    }
+
+    /// A handle that can drain or stop this server from elsewhere.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// Begins the drain (if not yet begun) and waits for every worker to finish.
@@ -126,6 +157,12 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundAddrs, Vec<WorkerSo
         let mut addrs = Vec::new();
         for want in &l.bind {
             let mut addr = *want;
+            listener::ensure_unclaimed(addr).with_context(|| {
+                format!(
+                    "listener {}: cannot bind {addr} (is another process using it?)",
+                    l.name
+                )
+            })?;
             for worker in sockets.iter_mut() {
                 let sock = listener::bind(addr)
                     .with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
@@ -189,7 +226,7 @@ fn run_worker(
     id: usize,
     sockets: WorkerSockets,
     plane: Arc<DataPlane>,
-    shutdown: watch::Receiver<bool>,
+    (shutdown, mut now): (watch::Receiver<bool>, watch::Receiver<bool>),
     drain: Duration,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -228,15 +265,13 @@ fn run_worker(
         let open = tracker.open();
         if open > 0 {
             info!(worker = id, open, timeout = ?drain, "draining connections");
-            if tokio::time::timeout(drain, tracker.wait_idle())
-                .await
-                .is_err()
-            {
-                info!(
-                    worker = id,
-                    open = tracker.open(),
-                    "drain timeout reached; closing the rest"
-                );
+            tokio::select! {
+                r = tokio::time::timeout(drain, tracker.wait_idle()) => if r.is_err() {
+                    info!(worker = id, open = tracker.open(), "drain timeout reached; closing the rest");
+                },
+                _ = now.wait_for(|n| *n) => {
+                    info!(worker = id, open = tracker.open(), "stopping now; closing the rest");
+                }
             }
         }
     });
@@ -259,30 +294,61 @@ fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
     }
 }
 
-/// Runs `config` in the foreground until SIGTERM or SIGINT, then drains and returns.
+/// Runs `config` in the foreground until SIGTERM or SIGINT, then drains and returns. A second
+/// SIGTERM or SIGINT during the drain closes the remaining connections at once.
 pub fn run(config: &Config) -> Result<()> {
     let server = Server::start(config)?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot build the control runtime")?;
-    control.block_on(wait_for_stop_signal())?;
-    info!(timeout = ?config.drain_timeout, "stop signal received; draining");
-    server.shutdown();
-    info!("stopped");
-    Ok(())
+    control.block_on(async move {
+        let mut signals = Signals::new()?;
+        signals.next_stop().await;
+        info!(timeout = ?config.drain_timeout, "stop signal received; draining");
+        let stop = server.stop_handle();
+        stop.drain();
+        let mut joined = tokio::task::spawn_blocking(move || server.wait());
+        tokio::select! {
+            _ = &mut joined => {}
+            () = signals.next_stop() => {
+                info!("second stop signal; closing every connection now");
+                stop.now();
+                let _ = joined.await;
+            }
+        }
+        info!("stopped");
+        Ok(())
+    })
 }
 
-async fn wait_for_stop_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => tracing::warn!("SIGHUP received, but live reload is not available yet; restart to apply a new config"),
+/// The process signals tollgate acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT; SIGHUP in the meantime is answered with a warning.
+    async fn next_stop(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => tracing::warn!(
+                    "SIGHUP received, but live reload is not available yet; restart to apply a new config"
+                ),
+            }
         }
     }
 }

@@ -193,3 +193,63 @@ fn bad_usage_exits_64() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn backends_that_would_loop_or_are_not_one_host_are_refused() {
+    let own = GOOD.replace("127.0.0.1:9001", "127.0.0.1:8080");
+    rejected(
+        &own,
+        "t.yaml:8:18: pools.web.backends[0].address:",
+        "loop back",
+    );
+    let wild = GOOD.replace("\"127.0.0.1:8080\"", "\"0.0.0.0:8080\"");
+    rejected(
+        &wild.replace("127.0.0.1:9001", "127.0.0.1:8080"),
+        "t.yaml:8:18:",
+        "loop back",
+    );
+    rejected(
+        &GOOD.replace("127.0.0.1:9001", "0.0.0.0:9001"),
+        "t.yaml:8:18:",
+        "not a single host",
+    );
+    rejected(
+        &GOOD.replace("127.0.0.1:9001", "224.0.0.1:9001"),
+        "t.yaml:8:18:",
+        "not a single host",
+    );
+}
+
+#[test]
+fn a_pool_of_only_zero_weights_is_refused() {
+    let zero = GOOD.replace(
+        "\"127.0.0.1:9001\"\n",
+        "\"127.0.0.1:9001\"\n        weight: 0\n",
+    );
+    rejected(&zero, "t.yaml:8:7: pools.web.backends:", "weight 0");
+}
+
+#[test]
+fn overlapping_binds_are_refused() {
+    let yaml = GOOD.replace(
+        "    bind: \"127.0.0.1:8080\"\n",
+        "    bind: [\"0.0.0.0:8080\", \"127.0.0.1:8080\"]\n",
+    );
+    rejected(
+        &yaml,
+        "t.yaml:3:5: listeners.web.bind:",
+        "overlaps 0.0.0.0:8080",
+    );
+}
+
+#[test]
+fn control_characters_in_names_cannot_split_an_error_line() {
+    let yaml = GOOD.replace(
+        "    pool: web\n",
+        "    pool: \"web\\nt.yaml:1:1: forged\"\n",
+    );
+    let (out, stderr, _) = check(&yaml);
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("web\\nt.yaml"), "{stderr}");
+}

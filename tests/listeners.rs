@@ -78,3 +78,20 @@ fn backend_on(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     });
     addr
 }
+
+#[test]
+fn a_second_instance_cannot_share_the_port() {
+    let echo = echo_backend();
+    let first = start(&config(&[(echo, 1)], "", "", ""));
+    let addr = front(&first);
+    let yaml = format!(
+        "listeners:\n  again:\n    bind: \"{addr}\"\n    pool: back\npools:\n  back:\n    backends:\n      - address: \"{echo}\"\n"
+    );
+    let config = tollgate::config::load_str(&yaml, "t.yaml").unwrap();
+    let err = match tollgate::app::Server::start(&config) {
+        Ok(_) => panic!("a second instance on the same port must fail, not split the traffic"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains(&addr.to_string()), "{err}");
+    first.shutdown();
+}

@@ -91,3 +91,25 @@ fn at_the_drain_timeout_remaining_connections_are_closed_and_the_exit_is_clean()
         "the unfinished connection was closed"
     );
 }
+
+#[test]
+fn a_second_signal_during_the_drain_closes_everything_at_once() {
+    let mut lb = binary::spawn(&lb_config(slow_sender(1000), "60s"), None);
+    let front = lb.addr();
+    let mut client = TcpStream::connect(front).unwrap();
+    client.write_all(b"go").unwrap();
+    let mut first = [0u8; 1];
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.read_exact(&mut first).unwrap();
+    lb.signal(libc::SIGTERM);
+    lb.wait_log("draining connections", Duration::from_secs(10));
+    lb.signal(libc::SIGTERM);
+    let status = lb.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        closed_within(&mut client, Duration::from_secs(5)),
+        "the connection was closed"
+    );
+}

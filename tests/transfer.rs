@@ -85,3 +85,32 @@ fn splice_path_is_byte_exact_both_ways() {
 fn copy_path_is_byte_exact_both_ways() {
     exact_both_ways("copy");
 }
+
+/// Pipes are borrowed per burst of data, not per connection: many connections that have
+/// exchanged data and then gone quiet hold no pipes (the pool keeps a few for reuse).
+#[test]
+fn quiet_connections_hold_no_pipes() {
+    let server = start(&config(
+        &[(echo_backend(), 1)],
+        "",
+        "",
+        "forwarding: splice",
+    ));
+    let mut quiet = Vec::new();
+    for i in 0..50u8 {
+        let mut s = TcpStream::connect(front(&server)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Write::write_all(&mut s, &[i; 1000]).unwrap();
+        let mut back = [0u8; 1000];
+        std::io::Read::read_exact(&mut s, &mut back).unwrap();
+        quiet.push(s);
+    }
+    let pipes = server.pipes_open();
+    assert!(pipes > 0, "the exchanges were spliced");
+    assert!(
+        pipes <= 4,
+        "{pipes} pipes for 50 quiet connections: they are not given back"
+    );
+    drop(quiet);
+    server.shutdown();
+}

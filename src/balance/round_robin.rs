@@ -14,6 +14,8 @@ use std::collections::BinaryHeap;
 #[derive(Debug, Clone, Default)]
 pub struct RoundRobin {
     sequence: Vec<u32>,
+    /// Backends with a non-zero weight: the most distinct candidates a pick can yield.
+    selectable: usize,
 }
 
 /// The next virtual time of one backend: `(picks + ½) / weight`.
@@ -65,6 +67,7 @@ impl RoundRobin {
                 })
             })
             .collect();
+        let selectable = heap.len();
         let period: u64 = heap.iter().map(|n| n.weight).sum();
         let mut sequence = Vec::with_capacity(usize::try_from(period).unwrap_or(0));
         for _ in 0..period {
@@ -73,7 +76,10 @@ impl RoundRobin {
             next.picks += 1;
             heap.push(next);
         }
-        RoundRobin { sequence }
+        RoundRobin {
+            sequence,
+            selectable,
+        }
     }
 
     /// Length of one full period; 0 when every weight is 0.
@@ -86,6 +92,8 @@ impl RoundRobin {
     pub fn candidates(&self, ticket: u64, want: usize, out: &mut Vec<usize>) {
         out.clear();
         let len = self.sequence.len();
+        // Asking for more than there are would scan the whole period looking for them.
+        let want = want.min(self.selectable);
         if len == 0 || want == 0 {
             return;
         }

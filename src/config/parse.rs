@@ -13,7 +13,7 @@ pub fn parse_yaml(text: &str, label: &str) -> Result<FileConfig, ConfigErrors> {
         max_events: 200_000,
         max_aliases: 1_000,
         max_anchors: 1_000,
-        max_recorded_anchor_events: 50_000,
+        max_recorded_anchor_events: 5_000,
         max_recorded_anchor_bytes: 1024 * 1024,
         max_depth: 32,
         max_documents: 1,
@@ -36,13 +36,28 @@ pub fn parse_yaml(text: &str, label: &str) -> Result<FileConfig, ConfigErrors> {
 /// meant for programmers; an operator needs neither.
 fn clean_message(raw: &str) -> String {
     let mut msg = raw.lines().next().unwrap_or(raw).trim().to_owned();
-    if let Some(at) = msg.rfind(" at line ") {
+    if let Some(at) = msg.rfind(" at line ")
+        && is_location_suffix(&msg[at + 9..])
+    {
         msg.truncate(at);
     }
     if let Some(at) = msg.find(", set DuplicateKeyPolicy") {
         msg.truncate(at);
     }
     if msg.is_empty() { raw.to_owned() } else { msg }
+}
+
+/// `N, column M` and nothing more: the location serde-saphyr appends.
+fn is_location_suffix(rest: &str) -> bool {
+    let Some((line, column)) = rest.split_once(", column ") else {
+        return false;
+    };
+    !line.is_empty()
+        && !column.is_empty()
+        && line
+            .chars()
+            .chain(column.chars())
+            .all(|c| c.is_ascii_digit())
 }
 
 /// The dotted key path of the block-style key on `line` (1-based), found by walking up to

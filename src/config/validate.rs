@@ -5,7 +5,6 @@
 //! have yet are refused with "not supported yet" — a setting that would be silently ignored
 //! is worse than an error. Pools and backends live in `validate_pool.rs`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -144,8 +143,16 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
         defaults::DRAIN_TIMEOUT,
         Duration::ZERO,
     );
-    let pools = super::validate_pool::pools(&mut c, raw.pools.as_ref());
-    let listeners = listeners(&mut c, raw.listeners.as_ref(), &pools);
+    let pool_names: Vec<&str> = raw
+        .pools
+        .as_ref()
+        .map_or(Vec::new(), |m| m.value.keys().map(String::as_str).collect());
+    let listeners = listeners(&mut c, raw.listeners.as_ref(), &pool_names);
+    let binds: Vec<SocketAddr> = listeners
+        .iter()
+        .flat_map(|l| l.bind.iter().copied())
+        .collect();
+    let pools = super::validate_pool::pools(&mut c, raw.pools.as_ref(), &binds);
     if c.errors.is_empty() {
         Ok(Config {
             workers,
@@ -162,13 +169,13 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
 
 type Map<T> = std::collections::BTreeMap<String, S<T>>;
 
-fn listeners(c: &mut Checker, raw: Option<&S<Map<ListenerFile>>>, pools: &[Pool]) -> Vec<Listener> {
+fn listeners(c: &mut Checker, raw: Option<&S<Map<ListenerFile>>>, pools: &[&str]) -> Vec<Listener> {
     let Some(raw) = raw.filter(|m| !m.value.is_empty()) else {
         let loc = raw.map_or(Location::UNKNOWN, |m| m.referenced);
         c.at_loc(loc, "listeners", "at least one listener is required");
         return Vec::new();
     };
-    let mut seen_binds: HashMap<SocketAddr, String> = HashMap::new();
+    let mut seen_binds: Vec<(SocketAddr, String)> = Vec::new();
     let mut out = Vec::new();
     for (name, l) in &raw.value {
         let key = format!("listeners.{name}");
@@ -177,15 +184,12 @@ fn listeners(c: &mut Checker, raw: Option<&S<Map<ListenerFile>>>, pools: &[Pool]
         }
         if let Some(listener) = listener(c, &key, name, l, pools) {
             for addr in &listener.bind {
-                if addr.port() != 0
-                    && let Some(other) = seen_binds.insert(*addr, name.clone())
+                if let Some((theirs, other)) = seen_binds.iter().find(|(b, _)| overlaps(*b, *addr))
                 {
-                    c.at(
-                        l,
-                        &format!("{key}.bind"),
-                        format!("{addr} is also bound by listener `{other}`"),
-                    );
+                    let msg = format!("{addr} overlaps {theirs} of listener `{other}`");
+                    c.at(l, &format!("{key}.bind"), msg);
                 }
+                seen_binds.push((*addr, name.clone()));
             }
             out.push(listener);
         }
@@ -198,7 +202,7 @@ fn listener(
     key: &str,
     name: &str,
     l: &S<ListenerFile>,
-    pools: &[Pool],
+    pools: &[&str],
 ) -> Option<Listener> {
     let f = &l.value;
     match f.protocol.as_ref().map(|p| (p, p.value.as_str())) {
@@ -212,7 +216,7 @@ fn listener(
     }
     let bind = binds(c, key, l);
     let pool = match &f.pool {
-        Some(p) if pools.iter().any(|pool| pool.name == p.value) => Some(p.value.clone()),
+        Some(p) if pools.contains(&p.value.as_str()) => Some(p.value.clone()),
         Some(p) => {
             c.at(
                 p,
@@ -296,6 +300,15 @@ fn listener(
         idle_timeout,
         proxy_header_timeout,
     })
+}
+
+/// Two binds collide when they share a port and family and one address covers the other
+/// (equal, or either is the wildcard). Port 0 asks for a fresh port and collides with nothing.
+pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn binds(c: &mut Checker, key: &str, l: &S<ListenerFile>) -> Option<Vec<SocketAddr>> {

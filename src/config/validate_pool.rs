@@ -3,6 +3,7 @@
 //! "not supported yet" until they exist.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::file::{BackendFile, HealthCheckFile, PoolFile, S};
@@ -10,7 +11,12 @@ use super::types::*;
 use super::validate::Checker;
 use super::values;
 
-pub(super) fn pools(c: &mut Checker, raw: Option<&S<BTreeMap<String, S<PoolFile>>>>) -> Vec<Pool> {
+/// `binds` are every listener's bind addresses: a backend that is one of them would loop.
+pub(super) fn pools(
+    c: &mut Checker,
+    raw: Option<&S<BTreeMap<String, S<PoolFile>>>>,
+    binds: &[SocketAddr],
+) -> Vec<Pool> {
     let Some(raw) = raw else { return Vec::new() };
     let mut out = Vec::new();
     for (name, p) in &raw.value {
@@ -18,14 +24,20 @@ pub(super) fn pools(c: &mut Checker, raw: Option<&S<BTreeMap<String, S<PoolFile>
         if let Err(e) = values::name(name) {
             c.at(p, &key, e);
         }
-        if let Some(pool) = pool(c, &key, name, p) {
+        if let Some(pool) = pool(c, &key, name, p, binds) {
             out.push(pool);
         }
     }
     out
 }
 
-fn pool(c: &mut Checker, key: &str, name: &str, p: &S<PoolFile>) -> Option<Pool> {
+fn pool(
+    c: &mut Checker,
+    key: &str,
+    name: &str,
+    p: &S<PoolFile>,
+    binds: &[SocketAddr],
+) -> Option<Pool> {
     let f = &p.value;
     if let Some(b) = &f.balance {
         let k = format!("{key}.balance");
@@ -97,7 +109,7 @@ fn pool(c: &mut Checker, key: &str, name: &str, p: &S<PoolFile>) -> Option<Pool>
         );
         c.unsupported(passive, &format!("{key}.passive"), "passive health checks");
     }
-    let backends = backends(c, key, p)?;
+    let backends = backends(c, key, p, binds)?;
     Some(Pool {
         name: name.to_owned(),
         balance: Balance::RoundRobin,
@@ -106,7 +118,12 @@ fn pool(c: &mut Checker, key: &str, name: &str, p: &S<PoolFile>) -> Option<Pool>
     })
 }
 
-fn backends(c: &mut Checker, key: &str, p: &S<PoolFile>) -> Option<Vec<Backend>> {
+fn backends(
+    c: &mut Checker,
+    key: &str,
+    p: &S<PoolFile>,
+    binds: &[SocketAddr],
+) -> Option<Vec<Backend>> {
     let k = format!("{key}.backends");
     let list = match &p.value.backends {
         Some(list) if !list.value.is_empty() => list,
@@ -122,7 +139,7 @@ fn backends(c: &mut Checker, key: &str, p: &S<PoolFile>) -> Option<Vec<Backend>>
     let mut out: Vec<Backend> = Vec::new();
     for (i, b) in list.value.iter().enumerate() {
         let k = format!("{k}[{i}]");
-        if let Some(backend) = backend(c, &k, b) {
+        if let Some(backend) = backend(c, &k, b, binds) {
             if out.iter().any(|o| o.address == backend.address) {
                 c.at(
                     b,
@@ -133,10 +150,22 @@ fn backends(c: &mut Checker, key: &str, p: &S<PoolFile>) -> Option<Vec<Backend>>
             out.push(backend);
         }
     }
+    if !out.is_empty() && out.iter().all(|b| b.weight == 0) {
+        c.at(
+            list,
+            &k,
+            "every backend has weight 0, so this pool could never take a connection",
+        );
+    }
     Some(out)
 }
 
-fn backend(c: &mut Checker, key: &str, b: &S<BackendFile>) -> Option<Backend> {
+fn backend(
+    c: &mut Checker,
+    key: &str,
+    b: &S<BackendFile>,
+    binds: &[SocketAddr],
+) -> Option<Backend> {
     let f = &b.value;
     let weight = c.number(
         &f.weight,
@@ -182,7 +211,7 @@ fn backend(c: &mut Checker, key: &str, b: &S<BackendFile>) -> Option<Backend> {
         return None;
     }
     let addr = f.address.as_ref()?;
-    match values::socket_addr(&addr.value, false) {
+    match values::socket_addr(&addr.value, false).and_then(|a| routable(a, binds)) {
         Ok(address) => Some(Backend {
             address,
             weight: u32::try_from(weight).unwrap_or(1),
@@ -192,6 +221,29 @@ fn backend(c: &mut Checker, key: &str, b: &S<BackendFile>) -> Option<Backend> {
             None
         }
     }
+}
+
+/// Refuses destinations that are not one host (wildcard, multicast, broadcast) and ones that
+/// are tollgate's own listeners — a connection there would be proxied to itself, endlessly.
+fn routable(a: SocketAddr, binds: &[SocketAddr]) -> Result<SocketAddr, String> {
+    let ip = a.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(format!(
+            "{a} is not a single host (wildcard, multicast or broadcast address)"
+        ));
+    }
+    let loops = binds.iter().any(|b| {
+        b.port() == a.port()
+            && b.is_ipv4() == a.is_ipv4()
+            && (b.ip() == ip || (b.ip().is_unspecified() && ip.is_loopback()))
+    });
+    if loops {
+        return Err(format!(
+            "{a} is one of tollgate's own listeners; connections would loop back into it"
+        ));
+    }
+    Ok(a)
 }
 
 fn health_check(c: &mut Checker, key: &str, hc: &S<HealthCheckFile>) {

@@ -2,8 +2,9 @@
 //!
 //! Each direction is a pump: it waits for the source to be readable, moves what is there to
 //! the destination, and on end of stream passes the FIN on (`shutdown(SHUT_WR)`) once every
-//! byte is delivered, while the other direction keeps flowing. A pump uses `splice(2)` through
-//! a pooled pipe when the mode allows and a pipe can be had, and a bounded buffer otherwise.
+//! byte is delivered, while the other direction keeps flowing. Each burst of data uses
+//! `splice(2)` through a pipe borrowed from the pool when the mode allows and one can be had,
+//! and a bounded buffer otherwise; both go back as soon as the source would block.
 //! Both pumps and an idle watchdog run in the connection's one task; an error on either side
 //! ends the whole connection, and the error says which side and which operation failed.
 
@@ -136,8 +137,18 @@ async fn idle_watchdog(activity: &Activity, idle: Duration) {
     }
 }
 
-/// One direction, start to finish: waits for the first bytes before committing to splice or
-/// copy, so an idle connection holds neither a pipe nor a buffer.
+/// How a burst of forwarding ended.
+enum Burst {
+    /// The source has nothing more for now; everything read was delivered.
+    Drained,
+    /// The source sent its FIN; everything before it was delivered.
+    Eof,
+}
+
+/// One direction, start to finish. Each burst of data (from readable until the source would
+/// block) borrows a pipe — or, without one, a buffer — and gives it back once everything is
+/// delivered, so an idle connection holds neither and the pool serves many more connections
+/// than it has pipes.
 async fn pump(
     leg: Leg<'_>,
     mode: ForwardMode,
@@ -145,19 +156,23 @@ async fn pump(
     activity: &Activity,
     count: &AtomicU64,
 ) -> Result<(), ForwardError> {
-    leg.src
-        .readable()
-        .await
-        .map_err(|e| io_err(leg.src_side, "read", e))?;
-    let pipe = match mode {
-        ForwardMode::Splice => pipes.take(),
-        ForwardMode::Copy => None,
-    };
-    let result = match pipe {
-        Some(mut pipe) => pump_splice(&leg, &mut pipe, activity, count).await,
-        None => pump_copy(&leg, activity, count).await,
-    };
-    result?;
+    loop {
+        leg.src
+            .readable()
+            .await
+            .map_err(|e| io_err(leg.src_side, "read", e))?;
+        let pipe = match mode {
+            ForwardMode::Splice => pipes.take(),
+            ForwardMode::Copy => None,
+        };
+        let burst = match pipe {
+            Some(mut pipe) => splice_burst(&leg, &mut pipe, activity, count).await?,
+            None => copy_burst(&leg, activity, count).await?,
+        };
+        if let Burst::Eof = burst {
+            break;
+        }
+    }
     // Every byte is delivered: pass the FIN on. The peer may already be gone (ENOTCONN),
     // which is not this direction's failure.
     match socket2::SockRef::from(leg.dst).shutdown(std::net::Shutdown::Write) {
@@ -167,32 +182,31 @@ async fn pump(
     }
 }
 
-async fn pump_splice(
+/// Splices source → pipe → destination until the source would block or ends. The pipe is
+/// filled only when empty, so a `WouldBlock` from the fill always means the source has no
+/// data (never a full pipe) and clearing the source's readiness is right.
+async fn splice_burst(
     leg: &Leg<'_>,
     pipe: &mut Pipe,
     activity: &Activity,
     count: &AtomicU64,
-) -> Result<(), ForwardError> {
+) -> Result<Burst, ForwardError> {
     loop {
-        let n = loop {
-            leg.src
-                .readable()
-                .await
-                .map_err(|e| io_err(leg.src_side, "read", e))?;
-            match leg
-                .src
-                .try_io(Interest::READABLE, || pipe.fill_from(leg.src.as_fd()))
-            {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(io_err(leg.src_side, "read", e)),
-            }
+        // A busy transfer would otherwise never yield: readiness futures that are already
+        // ready do not spend tokio's cooperative budget.
+        tokio::task::coop::consume_budget().await;
+        let n = match leg
+            .src
+            .try_io(Interest::READABLE, || pipe.fill_from(leg.src.as_fd()))
+        {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(e) => return Err(io_err(leg.src_side, "read", e)),
         };
-        if n == 0 {
-            return Ok(());
-        }
         activity.touch();
-        while pipe.held() > 0 {
+        let mut left = n;
+        while left > 0 {
             leg.dst
                 .writable()
                 .await
@@ -201,8 +215,9 @@ async fn pump_splice(
                 .dst
                 .try_io(Interest::WRITABLE, || pipe.drain_into(leg.dst.as_fd()))
             {
-                Ok(n) => {
-                    count.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(w) => {
+                    left -= w.min(left);
+                    count.fetch_add(w as u64, Ordering::Relaxed);
                     activity.touch();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -212,27 +227,22 @@ async fn pump_splice(
     }
 }
 
-async fn pump_copy(
+/// Copies through a buffer until the source would block or ends. The buffer lives only for
+/// the burst, so idle connections cost no buffer memory.
+async fn copy_burst(
     leg: &Leg<'_>,
     activity: &Activity,
     count: &AtomicU64,
-) -> Result<(), ForwardError> {
+) -> Result<Burst, ForwardError> {
     let mut buf = vec![0u8; COPY_BUF].into_boxed_slice();
     loop {
-        let n = loop {
-            leg.src
-                .readable()
-                .await
-                .map_err(|e| io_err(leg.src_side, "read", e))?;
-            match leg.src.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(io_err(leg.src_side, "read", e)),
-            }
+        tokio::task::coop::consume_budget().await;
+        let n = match leg.src.try_read(&mut buf) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(e) => return Err(io_err(leg.src_side, "read", e)),
         };
-        if n == 0 {
-            return Ok(());
-        }
         activity.touch();
         let mut sent = 0;
         while sent < n {

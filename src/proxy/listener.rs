@@ -40,6 +40,22 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails when another socket already holds `addr`. `SO_REUSEPORT` would otherwise let a
+/// second tollgate (or any process of the same user that set it) join the port and silently
+/// take a share of the connections; a probe bound without it is refused in that case.
+pub fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR so that sockets in TIME_WAIT from an earlier run do not count as holders.
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())
+}
+
 /// Accepts on `listener` until `shutdown` turns true, spawning a task per connection on the
 /// current (worker) runtime.
 pub async fn accept_loop(
@@ -107,12 +123,26 @@ pub async fn accept_loop(
     }
 }
 
-/// Errors that concern only the connection being accepted (it was reset while queued, or a
-/// firewall refused it); the listener is fine.
+/// Errors that concern only the connection being accepted (it was reset while queued, a
+/// firewall refused it, or — as accept(2) documents for Linux — a network error pending on
+/// the new socket); the listener is fine and the next accept may succeed at once.
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPERM | libc::EPROTO | libc::EINTR)
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EPERM
+                | libc::EPROTO
+                | libc::EINTR
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
     )
 }
 

@@ -7,6 +7,7 @@
 pub mod copy;
 pub mod listener;
 pub mod tcp;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

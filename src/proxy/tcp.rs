@@ -10,6 +10,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::copy::{self, ForwardError, Side, Transfer};
+use super::throttle::LogThrottle;
+
+static NO_BACKEND_LOG: LogThrottle = LogThrottle::new();
+static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
+static LOCAL_LOG: LogThrottle = LogThrottle::new();
+static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
 use super::{DataPlane, TrackerGuard};
 use crate::state::{Backend, ListenerSpec};
 
@@ -42,7 +48,9 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
             .live
             .rejected_no_backend
             .fetch_add(1, Ordering::Relaxed);
-        warn!("no backend could be reached; closing client");
+        if let Some(suppressed) = NO_BACKEND_LOG.allow() {
+            warn!(suppressed, "no backend could be reached; closing client");
+        }
         return;
     };
     tracing::Span::current().record("backend", field::display(backend.address));
@@ -87,9 +95,14 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
                 source,
                 ..
             },
-        ) => {
-            warn!(to_backend = up, to_client = down, error = %source, "{e}; connection closed")
-        }
+        ) => match BACKEND_ERROR_LOG.allow() {
+            Some(suppressed) => {
+                warn!(to_backend = up, to_client = down, error = %source, suppressed, "{e}; connection closed")
+            }
+            None => {
+                debug!(to_backend = up, to_client = down, error = %source, "{e}; connection closed")
+            }
+        },
         Err(e @ ForwardError::Io { source, .. }) => {
             debug!(to_backend = up, to_client = down, error = %source, "{e}; connection closed")
         }
@@ -105,7 +118,9 @@ async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
             // Out of descriptors or memory here: every backend would fail alike, and it is
             // not the backend's fault, so no failure is counted against it.
             Err(Dial::Local(e)) => {
-                warn!(backend = %backend.address, error = %e, "cannot open a socket to the backend; closing client");
+                if let Some(suppressed) = LOCAL_LOG.allow() {
+                    warn!(backend = %backend.address, error = %e, suppressed, "no local resources to reach the backend; closing client");
+                }
                 return None;
             }
             Err(Dial::Backend(e)) => e.to_string(),
@@ -115,7 +130,14 @@ async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
             .stats
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
-        warn!(backend = %backend.address, pool = %spec.pool.name, %error, "backend connect failed");
+        match CONNECT_FAILED_LOG.allow() {
+            Some(suppressed) => {
+                warn!(backend = %backend.address, pool = %spec.pool.name, %error, suppressed, "backend connect failed")
+            }
+            None => {
+                debug!(backend = %backend.address, pool = %spec.pool.name, %error, "backend connect failed")
+            }
+        }
     }
     None
 }
@@ -136,7 +158,7 @@ async fn dial_until(addr: SocketAddr, deadline: tokio::time::Instant) -> Result<
     loop {
         match tokio::time::timeout_at(deadline, dial(addr)).await {
             Err(_) => return Err(Dial::TimedOut),
-            Ok(Err(Dial::Local(e))) if is_exhaustion(&e) => {
+            Ok(Err(Dial::Local(e))) if is_local(&e) => {
                 if tokio::time::Instant::now() + pause >= deadline {
                     return Err(Dial::Local(e));
                 }
@@ -148,10 +170,12 @@ async fn dial_until(addr: SocketAddr, deadline: tokio::time::Instant) -> Result<
     }
 }
 
-fn is_exhaustion(e: &std::io::Error) -> bool {
+/// Failures of this host, not of the backend, that pass: out of descriptors, buffers,
+/// memory, or ephemeral ports (EADDRNOTAVAIL). The dial waits and retries on them.
+fn is_local(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
     )
 }
 
@@ -163,7 +187,13 @@ async fn dial(addr: SocketAddr) -> Result<TcpStream, Dial> {
     }
     .map_err(Dial::Local)?;
     socket.set_nodelay(true).map_err(Dial::Local)?;
-    socket.connect(addr).await.map_err(Dial::Backend)
+    socket.connect(addr).await.map_err(|e| {
+        if is_local(&e) {
+            Dial::Local(e)
+        } else {
+            Dial::Backend(e)
+        }
+    })
 }
 
 /// Runs `f` when dropped: keeps a gauge right on every exit path, including cancellation at

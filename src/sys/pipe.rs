@@ -12,6 +12,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Below this a pipe is not worth splicing through (see [`Pipe::new`]).
+const MIN_USEFUL_CAPACITY: usize = 64 * 1024;
+
 const SPLICE_FLAGS: libc::c_uint = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
 
 /// A non-blocking, close-on-exec pipe and the number of bytes it currently holds.
@@ -44,10 +47,19 @@ impl Pipe {
         if got <= 0 {
             return Err(io::Error::last_os_error());
         }
+        let capacity = usize::try_from(got).unwrap_or(0);
+        if capacity < MIN_USEFUL_CAPACITY {
+            // The kernel granted a token pipe (per-user pipe quota exhausted): splicing a page
+            // at a time costs more than copying, so report it as unavailable.
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("pipe capacity only {capacity} bytes"),
+            ));
+        }
         Ok(Pipe {
             read,
             write,
-            capacity: usize::try_from(got).unwrap_or(65_536),
+            capacity,
             held: 0,
         })
     }
@@ -62,9 +74,11 @@ impl Pipe {
         self.held
     }
 
-    /// Moves up to the free capacity from `src` (a socket) into the pipe. `Ok(0)` is end of
-    /// stream; `WouldBlock` means `src` has nothing to read right now.
+    /// Moves up to the capacity from `src` (a socket) into the pipe, which must be empty —
+    /// so a `WouldBlock` can only mean `src` has nothing to read, never a full pipe (callers
+    /// clear the socket's readiness on it). `Ok(0)` is end of stream.
     pub fn fill_from(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+        debug_assert_eq!(self.held, 0, "fill_from on a pipe that still holds bytes");
         let room = self.capacity - self.held;
         let n = splice(src, self.write.as_fd(), room)?;
         self.held += n;
