@@ -53,15 +53,20 @@ fn a_bind_that_fails_fails_the_start_with_the_address() {
     let yaml = format!(
         "listeners:\n  busy:\n    bind: \"{addr}\"\n    pool: back\npools:\n  back:\n    backends:\n      - address: \"127.0.0.1:9\"\n"
     );
-    let config = tollgate::config::load_str(&yaml, "t.yaml").unwrap();
-    let err = match tollgate::app::Server::start(&config) {
-        Ok(_) => panic!("binding a taken address must fail"),
-        Err(e) => format!("{e:#}"),
-    };
+    let err = start_error(&yaml);
     assert!(
         err.contains(&addr.to_string()) && err.contains("busy"),
         "{err}"
     );
+}
+
+/// The error of a start that must fail (for example, a port that is already taken).
+fn start_error(yaml: &str) -> String {
+    let config = tollgate::config::load_str(yaml, "t.yaml").unwrap();
+    match tollgate::app::Server::start(&config) {
+        Ok(_) => panic!("the start must fail: the address is taken"),
+        Err(e) => format!("{e:#}"),
+    }
 }
 
 /// An echo backend on a specific address.
@@ -87,11 +92,7 @@ fn a_second_instance_cannot_share_the_port() {
     let yaml = format!(
         "listeners:\n  again:\n    bind: \"{addr}\"\n    pool: back\npools:\n  back:\n    backends:\n      - address: \"{echo}\"\n"
     );
-    let config = tollgate::config::load_str(&yaml, "t.yaml").unwrap();
-    let err = match tollgate::app::Server::start(&config) {
-        Ok(_) => panic!("a second instance on the same port must fail, not split the traffic"),
-        Err(e) => format!("{e:#}"),
-    };
+    let err = start_error(&yaml);
     assert!(err.contains(&addr.to_string()), "{err}");
     first.shutdown();
 }

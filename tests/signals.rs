@@ -31,6 +31,18 @@ fn slow_sender(chunks: u64) -> std::net::SocketAddr {
     })
 }
 
+/// Opens a transfer through `lb` and waits for its first byte, so it is surely in flight.
+fn start_transfer(lb: &binary::Running) -> TcpStream {
+    let mut client = TcpStream::connect(lb.addr()).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    client.write_all(b"go").unwrap();
+    let mut first = [0u8; 1];
+    client.read_exact(&mut first).unwrap();
+    client
+}
+
 fn lb_config(backend: std::net::SocketAddr, drain: &str) -> String {
     format!(
         "workers: 2\nshutdown: {{ drain_timeout: {drain} }}\nlisteners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
@@ -43,13 +55,7 @@ fn sigterm_lets_an_open_transfer_finish_and_refuses_new_connections() {
     let chunks = 20; // ~1 s of transfer
     let mut lb = binary::spawn(&lb_config(slow_sender(chunks), "10s"), None);
     let front = lb.addr();
-    let mut client = TcpStream::connect(front).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    client.write_all(b"go").unwrap();
-    let mut first = [0u8; 1];
-    client.read_exact(&mut first).unwrap();
+    let mut client = start_transfer(&lb);
     lb.signal(libc::SIGTERM);
     lb.wait_log("stop signal received", Duration::from_secs(10));
     wait_for(
@@ -70,14 +76,7 @@ fn sigterm_lets_an_open_transfer_finish_and_refuses_new_connections() {
 #[test]
 fn at_the_drain_timeout_remaining_connections_are_closed_and_the_exit_is_clean() {
     let mut lb = binary::spawn(&lb_config(slow_sender(1000), "500ms"), None);
-    let front = lb.addr();
-    let mut client = TcpStream::connect(front).unwrap();
-    client.write_all(b"go").unwrap();
-    let mut first = [0u8; 1];
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client.read_exact(&mut first).unwrap();
+    let mut client = start_transfer(&lb);
     let started = Instant::now();
     lb.signal(libc::SIGINT);
     let status = lb.wait_exit(Duration::from_secs(10));
@@ -95,14 +94,7 @@ fn at_the_drain_timeout_remaining_connections_are_closed_and_the_exit_is_clean()
 #[test]
 fn a_second_signal_during_the_drain_closes_everything_at_once() {
     let mut lb = binary::spawn(&lb_config(slow_sender(1000), "60s"), None);
-    let front = lb.addr();
-    let mut client = TcpStream::connect(front).unwrap();
-    client.write_all(b"go").unwrap();
-    let mut first = [0u8; 1];
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    client.read_exact(&mut first).unwrap();
+    let mut client = start_transfer(&lb);
     lb.signal(libc::SIGTERM);
     lb.wait_log("draining connections", Duration::from_secs(10));
     lb.signal(libc::SIGTERM);
