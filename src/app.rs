@@ -1,34 +1,37 @@
-//! The supervisor: turns a validated [`Config`] into the first [`Snapshot`], binds every
+//! The supervisor: turns a validated [`Config`] into the first snapshot, binds every
 //! listening socket (all before any worker starts, so a bad bind fails the start cleanly),
-//! runs the data-plane workers, and drains them on shutdown.
+//! runs the data-plane workers and the control plane (admin API), and drains on shutdown.
 //!
 //! [`Server`] is the in-process handle that `main.rs`, the demo and the tests use alike.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::config::{Config, Forwarding};
-use crate::proxy::{DataPlane, ForwardMode, Tracker, listener};
-use crate::state::{Backend, BackendStats, ListenerLive, ListenerSpec, Pool, Snapshot};
+use crate::control::{BoundMap, Control};
+use crate::live::Live;
+use crate::proxy::listener::{self, BoundSocket};
+use crate::proxy::{DataPlane, ForwardMode, Tracker};
+use crate::reload::bind_group;
+use crate::state::{Published, Snapshot};
 use crate::sys::PipePool;
 
 /// Bytes each splice pipe asks the kernel for.
 const PIPE_SIZE: usize = 128 * 1024;
 
-/// A running tollgate: its workers, their sockets, and the way to stop them.
+/// A running tollgate: its workers, the control plane, and the way to stop them.
 pub struct Server {
-    bound: HashMap<String, Vec<SocketAddr>>,
-    plane: Arc<DataPlane>,
+    control: Arc<Control>,
     stop: StopHandle,
     workers: Vec<JoinHandle<()>>,
+    control_thread: Option<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
 }
 
 /// Stops a running [`Server`] from anywhere (a signal handler, another thread).
@@ -55,71 +58,119 @@ impl StopHandle {
 }
 
 impl Server {
-    /// Binds every listener and starts the workers. Returns once all sockets are bound and
-    /// accepting (a port-0 bind then has its real port in [`Server::addrs`]).
+    /// Starts `config` built in memory; reloads are refused (there is no file).
     pub fn start(config: &Config) -> Result<Server> {
-        let fd_limit =
-            crate::sys::raise_nofile_limit().context("cannot read or raise the open-file limit")?;
+        Server::start_from(config, None)
+    }
+
+    /// Binds every listener (and the admin API) and starts the workers and the control
+    /// plane. `path` is the file that reloads re-read.
+    pub fn start_from(config: &Config, path: Option<PathBuf>) -> Result<Server> {
+        let fd_limit = match crate::sys::raise_nofile_limit() {
+            Ok(limit) => limit,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot raise the open-file limit; assuming 1024");
+                crate::sys::rlimit::FdLimit {
+                    soft: 1024,
+                    hard: 1024,
+                }
+            }
+        };
         let workers = config.workers.resolve();
         warn_if_caps_exceed(config, fd_limit.soft);
-        let snapshot = build_snapshot(config, 1);
         let (bound, sockets) = bind_all(config, workers)?;
+        let admin = match &config.admin {
+            Some(a) => Some(
+                crate::admin::bind(a.bind)
+                    .with_context(|| format!("admin: cannot bind {}", a.bind))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         // Pipes cost two descriptors each; keep them to a quarter of the limit so sockets
         // never starve (beyond it, bursts copy through a buffer instead).
         let max_pipes = usize::try_from(fd_limit.soft / 8).unwrap_or(1024).max(2);
-        let plane = Arc::new(DataPlane {
-            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-            pipes: PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE),
-            mode: match config.forwarding {
+        let live = Live::default();
+        let plane = Arc::new(DataPlane::new(
+            Published::new(live.build(config, 1)),
+            PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE),
+            match config.forwarding {
                 Forwarding::Splice => ForwardMode::Splice,
                 Forwarding::Copy => ForwardMode::Copy,
             },
-        });
+        ));
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let control = Arc::new(Control::new(
+            plane,
+            live,
+            Arc::new(config.clone()),
+            path,
+            senders,
+            bound.clone(),
+        ));
         let stop = StopHandle {
             drain: Arc::new(watch::channel(false).0),
             now: Arc::new(watch::channel(false).0),
         };
-        let drain = config.drain_timeout;
         let mut handles = Vec::with_capacity(workers);
-        for (id, socks) in sockets.into_iter().enumerate() {
-            let (plane, rx, now) = (plane.clone(), stop.drain.subscribe(), stop.now.subscribe());
+        for (id, (socks, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+            let (control, stop) = (control.clone(), stop.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("tollgate-w{id}"))
-                .spawn(move || run_worker(id, socks, plane, (rx, now), drain))
+                .spawn(move || run_worker(id, socks, rx, control, stop))
                 .context("cannot start a worker thread")?;
             handles.push(handle);
         }
-        for (name, addrs) in &bound {
-            for addr in addrs {
-                info!(listener = %name, %addr, workers, "listener bound");
-            }
+        let control_thread = match admin {
+            Some(l) => Some(spawn_control_plane(l, control.clone(), stop.clone())?),
+            None => None,
+        };
+        for ((name, _), addr) in &bound {
+            info!(listener = %name, %addr, workers, "listener bound");
+        }
+        if let Some(addr) = admin_addr {
+            info!(%addr, "admin API listening");
         }
         Ok(Server {
-            bound,
-            plane,
+            control,
             stop,
             workers: handles,
+            control_thread,
+            admin_addr,
         })
     }
 
     /// The addresses a listener is bound to (with real ports for port-0 binds).
-    pub fn addrs(&self, listener: &str) -> &[SocketAddr] {
-        self.bound.get(listener).map_or(&[], Vec::as_slice)
+    pub fn addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        self.control.addrs(listener)
+    }
+
+    /// Where the admin API listens, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// The published snapshot, for inspection.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.plane.snapshot.load_full()
+        self.control.plane.snapshot.load_full()
     }
 
     /// Splice pipes that exist now (in use or pooled); 0 when nothing has been spliced.
     pub fn pipes_open(&self) -> usize {
-        self.plane.pipes.open()
+        self.control.plane.pipes.open()
     }
 
     /// Stops accepting on every listener at once; open connections carry on until they end or
     /// the drain timeout passes. Returns immediately; [`Server::wait`] joins.
     pub fn begin_shutdown(&self) {
+        self.control
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
         self.stop.drain();
     }
 
@@ -128,106 +179,86 @@ impl Server {
         self.stop.clone()
     }
 
-    /// Begins the drain (if not yet begun) and waits for every worker to finish.
+    /// Begins the drain (if not yet begun) and waits for everything to finish.
     pub fn shutdown(self) {
         self.begin_shutdown();
         self.wait();
     }
 
-    /// Waits for the workers to exit (they exit only after a shutdown began).
+    /// Waits for the workers, then the control plane, to exit (only after a shutdown began).
     pub fn wait(self) {
         for w in self.workers {
             if w.join().is_err() {
                 error!("a worker thread panicked");
             }
         }
+        // The admin API answers (503 on /readyz) until the last connection is gone.
+        self.stop.now();
+        if let Some(t) = self.control_thread
+            && t.join().is_err()
+        {
+            error!("the control-plane thread panicked");
+        }
     }
 }
 
-type WorkerSockets = Vec<(Arc<str>, std::net::TcpListener)>;
-type BoundAddrs = HashMap<String, Vec<SocketAddr>>;
+type WorkerSockets = Vec<BoundSocket>;
 
-/// Binds each address once per worker. A port-0 address is bound by the first worker and the
-/// others join the port the kernel chose, so every worker shares one real port.
-fn bind_all(config: &Config, workers: usize) -> Result<(BoundAddrs, Vec<WorkerSockets>)> {
-    let mut bound = HashMap::new();
+/// Binds each (listener, address) once per worker.
+fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSockets>)> {
+    let mut bound = BoundMap::new();
     let mut sockets: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         let name: Arc<str> = l.name.as_str().into();
-        let mut addrs = Vec::new();
         for want in &l.bind {
-            let mut addr = *want;
-            listener::ensure_unclaimed(addr).with_context(|| {
+            let (actual, group) = bind_group(*want, workers, true).with_context(|| {
                 format!(
-                    "listener {}: cannot bind {addr} (is another process using it?)",
+                    "listener {}: cannot bind {want} (is another process using it?)",
                     l.name
                 )
             })?;
-            for worker in sockets.iter_mut() {
-                let sock = listener::bind(addr)
-                    .with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
-                addr = sock
-                    .local_addr()
-                    .with_context(|| format!("listener {}: bound socket has no address", l.name))?;
-                worker.push((name.clone(), sock));
+            for (worker, socket) in sockets.iter_mut().zip(group) {
+                worker.push(BoundSocket {
+                    name: name.clone(),
+                    configured: *want,
+                    socket,
+                });
             }
-            addrs.push(addr);
+            bound.insert((l.name.clone(), *want), actual);
         }
-        bound.insert(l.name.clone(), addrs);
     }
     Ok((bound, sockets))
 }
 
-/// The first snapshot of a configuration.
-pub fn build_snapshot(config: &Config, generation: u64) -> Snapshot {
-    let pools: HashMap<&str, Arc<Pool>> = config
-        .pools
-        .iter()
-        .map(|p| {
-            let backends = p
-                .backends
-                .iter()
-                .map(|b| {
-                    Arc::new(Backend {
-                        address: b.address,
-                        weight: b.weight,
-                        stats: Arc::new(BackendStats::default()),
-                    })
-                })
-                .collect();
-            (
-                p.name.as_str(),
-                Arc::new(Pool::new(&p.name, backends, p.connect_retries)),
-            )
+fn spawn_control_plane(
+    admin: std::net::TcpListener,
+    control: Arc<Control>,
+    stop: StopHandle,
+) -> Result<JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the control-plane runtime")?;
+    let mut done = stop.now.subscribe();
+    std::thread::Builder::new()
+        .name("tollgate-ctl".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    () = crate::admin::serve(admin, control) => {}
+                    _ = done.wait_for(|n| *n) => {}
+                }
+            });
         })
-        .collect();
-    let listeners = config
-        .listeners
-        .iter()
-        .filter_map(|l| {
-            let pool = pools.get(l.pool.as_str())?.clone();
-            let spec = ListenerSpec {
-                name: l.name.as_str().into(),
-                pool,
-                connect_timeout: l.connect_timeout,
-                idle_timeout: l.idle_timeout,
-                live: Arc::new(ListenerLive::new(l.max_connections)),
-            };
-            Some((spec.name.clone(), Arc::new(spec)))
-        })
-        .collect();
-    Snapshot {
-        generation,
-        listeners,
-    }
+        .context("cannot start the control-plane thread")
 }
 
 fn run_worker(
     id: usize,
     sockets: WorkerSockets,
-    plane: Arc<DataPlane>,
-    (shutdown, mut now): (watch::Receiver<bool>, watch::Receiver<bool>),
-    drain: Duration,
+    mut added: mpsc::UnboundedReceiver<BoundSocket>,
+    control: Arc<Control>,
+    stop: StopHandle,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -239,31 +270,26 @@ fn run_worker(
             return;
         }
     };
+    let plane = control.plane.clone();
+    let (shutdown, mut now) = (stop.drain.subscribe(), stop.now.subscribe());
     rt.block_on(async move {
         let tracker = Tracker::default();
-        let mut loops = Vec::new();
-        for (name, sock) in sockets {
-            match tokio::net::TcpListener::from_std(sock) {
-                Ok(l) => loops.push(tokio::spawn(listener::accept_loop(
-                    l,
-                    name,
-                    plane.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                ))),
-                Err(e) => {
-                    error!(worker = id, listener = %name, error = %e, "cannot register listener")
-                }
+        let spawn = |b: BoundSocket| tokio::spawn(listener::accept_loop(b, plane.clone(), shutdown.clone(), tracker.clone()));
+        let mut loops: Vec<_> = sockets.into_iter().map(spawn).collect();
+        let mut stop_rx = shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = stop_rx.wait_for(|s| *s) => break,
+                Some(b) = added.recv() => loops.push(spawn(b)),
             }
         }
-        let mut stop = shutdown.clone();
-        let _ = stop.wait_for(|s| *s).await;
         // Accept loops return on shutdown and drop their sockets: new connects are refused.
         for l in loops {
             let _ = l.await;
         }
         let open = tracker.open();
         if open > 0 {
+            let drain = control.config().drain_timeout;
             info!(worker = id, open, timeout = ?drain, "draining connections");
             tokio::select! {
                 r = tokio::time::timeout(drain, tracker.wait_idle()) => if r.is_err() {
@@ -284,7 +310,7 @@ fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
         .iter()
         .map(|l| l.max_connections as u64)
         .sum();
-    // Each proxied connection holds two sockets at least.
+    // Each proxied connection holds two sockets, and up to two pipes while moving data.
     if total.saturating_mul(2) > fd_soft {
         tracing::warn!(
             fd_limit = fd_soft,
@@ -294,24 +320,26 @@ fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
     }
 }
 
-/// Runs `config` in the foreground until SIGTERM or SIGINT, then drains and returns. A second
-/// SIGTERM or SIGINT during the drain closes the remaining connections at once.
-pub fn run(config: &Config) -> Result<()> {
-    let server = Server::start(config)?;
-    let control = tokio::runtime::Builder::new_current_thread()
+/// Runs the config at `path` in the foreground until SIGTERM or SIGINT, then drains and
+/// returns. SIGHUP reloads the file. A second SIGTERM or SIGINT during the drain closes the
+/// remaining connections at once.
+pub fn run(config: &Config, path: PathBuf) -> Result<()> {
+    let server = Server::start_from(config, Some(path))?;
+    let signals_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot build the control runtime")?;
-    control.block_on(async move {
-        let mut signals = Signals::new()?;
-        signals.next_stop().await;
+        .context("cannot build the signal runtime")?;
+    signals_rt.block_on(async move {
+        let mut signals = crate::signals::Signals::new()?;
+        let control = server.control().clone();
+        signals.next_stop(|| drop(control.reload())).await;
         info!(timeout = ?config.drain_timeout, "stop signal received; draining");
+        server.begin_shutdown();
         let stop = server.stop_handle();
-        stop.drain();
         let mut joined = tokio::task::spawn_blocking(move || server.wait());
         tokio::select! {
             _ = &mut joined => {}
-            () = signals.next_stop() => {
+            () = signals.next_stop(|| tracing::warn!("SIGHUP during the drain is ignored")) => {
                 info!("second stop signal; closing every connection now");
                 stop.now();
                 let _ = joined.await;
@@ -320,35 +348,4 @@ pub fn run(config: &Config) -> Result<()> {
         info!("stopped");
         Ok(())
     })
-}
-
-/// The process signals tollgate acts on.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
-        })
-    }
-
-    /// Resolves on SIGTERM or SIGINT; SIGHUP in the meantime is answered with a warning.
-    async fn next_stop(&mut self) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return,
-                _ = self.int.recv() => return,
-                _ = self.hup.recv() => tracing::warn!(
-                    "SIGHUP received, but live reload is not available yet; restart to apply a new config"
-                ),
-            }
-        }
-    }
 }

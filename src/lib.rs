@@ -13,12 +13,18 @@
 //! `config` parses and validates YAML and never touches sockets; the data plane never
 //! imports `config` or `app`. `demo` is used only by `tollgate demo`.
 
+pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
+pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
+pub mod signals;
 pub mod state;
 pub mod sys;

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => match config::load(&config) {
-            Ok(cfg) => exit(app::run(&cfg)),
+            Ok(cfg) => exit(app::run(&cfg, config)),
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(EXIT_CONFIG)

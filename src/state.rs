@@ -1,39 +1,127 @@
-//! The runtime state the data plane reads: one immutable [`Snapshot`] per configuration,
-//! published through [`arc_swap::ArcSwap`], and the live per-backend and per-listener facts
-//! (atomics) that outlive any one snapshot.
+//! The runtime state the data plane reads: one immutable [`Snapshot`] per change, published
+//! through [`arc_swap::ArcSwap`], and the live per-backend, per-pool and per-listener facts
+//! (atomics) that outlive any one snapshot because the control plane hands the same `Arc`s to
+//! every snapshot it builds for the same identity.
 //!
 //! A worker loads the snapshot once per connection and keeps that `Arc` for the connection's
-//! life, so no lock is taken on the hot path. This module knows nothing of YAML or config
-//! files: the control plane builds snapshots from whatever it validated.
+//! life, so no lock is taken on the hot path. Metrics are read from these atomics at scrape
+//! time. This module knows nothing of YAML, config files or the admin API.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::balance::RoundRobin;
+
+/// Why a connect to a backend failed; the `reason` label of the failure counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Timeout,
+    Unreachable,
+    Other,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 4] =
+        [Self::Refused, Self::Timeout, Self::Unreachable, Self::Other];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Other => "error",
+        }
+    }
+}
 
 /// Live counters of one backend; kept by identity (pool, address) across snapshots.
 #[derive(Debug, Default)]
 pub struct BackendStats {
     pub active: AtomicU64,
     pub connections: AtomicU64,
-    pub connect_failures: AtomicU64,
+    /// By [`ConnectFailure`], in `ConnectFailure::ALL` order.
+    pub connect_failures: [AtomicU64; 4],
     /// Bytes sent to the backend (client → backend).
     pub sent_bytes: AtomicU64,
     /// Bytes received from the backend (backend → client).
     pub received_bytes: AtomicU64,
 }
 
+impl BackendStats {
+    pub fn count_failure(&self, why: ConnectFailure) {
+        self.connect_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.connect_failures
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 #[derive(Debug)]
 pub struct Backend {
     pub address: SocketAddr,
+    /// The weight selection uses now (0 while draining or disabled).
     pub weight: u32,
     pub stats: Arc<BackendStats>,
+}
+
+/// Upper bounds (seconds) of the connect-duration histogram buckets.
+pub const CONNECT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A fixed-bucket histogram of atomics: observing is a few relaxed adds, no lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    buckets: [AtomicU64; CONNECT_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = CONNECT_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(CONNECT_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// (cumulative counts per bucket bound, count, sum in seconds).
+    pub fn read(&self) -> (Vec<u64>, u64, f64) {
+        let mut running = 0;
+        let cumulative = CONNECT_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                running += self.buckets[i].load(Ordering::Relaxed);
+                running
+            })
+            .collect();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (cumulative, self.count.load(Ordering::Relaxed), sum)
+    }
+}
+
+/// Live facts of one pool; kept by name across snapshots.
+#[derive(Debug, Default)]
+pub struct PoolLive {
+    pub connect_duration: Histogram,
 }
 
 /// A pool as the data plane sees it: its backends and how to choose among them.
@@ -42,18 +130,25 @@ pub struct Pool {
     pub name: Arc<str>,
     pub backends: Vec<Arc<Backend>>,
     pub connect_retries: u32,
+    pub live: Arc<PoolLive>,
     rr: RoundRobin,
     ticket: AtomicU64,
 }
 
 impl Pool {
-    pub fn new(name: &str, backends: Vec<Arc<Backend>>, connect_retries: u32) -> Pool {
+    pub fn new(
+        name: &str,
+        backends: Vec<Arc<Backend>>,
+        connect_retries: u32,
+        live: Arc<PoolLive>,
+    ) -> Pool {
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         Pool {
             name: name.into(),
             rr: RoundRobin::new(&weights),
             backends,
             connect_retries,
+            live,
             ticket: AtomicU64::new(0),
         }
     }
@@ -72,6 +167,11 @@ impl Pool {
             .filter_map(|i| self.backends.get(i).cloned())
             .collect()
     }
+
+    /// Whether any backend can take a new connection.
+    pub fn has_selectable(&self) -> bool {
+        self.rr.period() > 0
+    }
 }
 
 /// Live facts of one listener; kept by name across snapshots.
@@ -81,19 +181,59 @@ pub struct ListenerLive {
     pub active: AtomicU64,
     pub accept_errors: AtomicU64,
     pub rejected_no_backend: AtomicU64,
-    /// Permits for `limits.max_connections`: the accept loop takes one before accepting.
+    /// Permits for `limits.max_connections`: each accepted connection holds one.
     pub slots: Arc<Semaphore>,
+    max: AtomicUsize,
+    /// Permits still to retire after the cap was lowered while they were in use.
+    debt: AtomicUsize,
 }
 
 impl ListenerLive {
     pub fn new(max_connections: usize) -> ListenerLive {
+        let max = max_connections.min(Semaphore::MAX_PERMITS);
         ListenerLive {
             accepted: AtomicU64::new(0),
             active: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             rejected_no_backend: AtomicU64::new(0),
-            slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            slots: Arc::new(Semaphore::new(max)),
+            max: AtomicUsize::new(max),
+            debt: AtomicUsize::new(0),
         }
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Changes the cap (a reload). Lowering it retires idle permits now and in-use ones as
+    /// their connections end (see [`ListenerLive::retire`]); open connections are not cut.
+    pub fn set_max_connections(&self, want: usize) {
+        let want = want.min(Semaphore::MAX_PERMITS);
+        let old = self.max.swap(want, Ordering::AcqRel);
+        if want > old {
+            let raise = want - old;
+            // Pay back debt first: those permits were never retired.
+            let paid = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - d.min(raise))
+                })
+                .map_or(0, |prev| prev.min(raise));
+            self.slots.add_permits(raise - paid);
+        } else if want < old {
+            let shrink = old - want;
+            let forgotten = self.slots.forget_permits(shrink);
+            self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+    }
+
+    /// Called when a connection ends: true when its permit must be retired (forgotten)
+    /// rather than returned, because the cap was lowered.
+    pub fn retire(&self) -> bool {
+        self.debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok()
     }
 }
 
@@ -101,24 +241,120 @@ impl ListenerLive {
 #[derive(Debug)]
 pub struct ListenerSpec {
     pub name: Arc<str>,
+    /// The configured bind addresses (port 0 as written); an accept loop whose address is no
+    /// longer here stops.
+    pub bind: Vec<SocketAddr>,
     pub pool: Arc<Pool>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub live: Arc<ListenerLive>,
 }
 
-/// One generation of the running configuration.
+/// One published state of the running configuration and runtime overrides.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The config generation: 1 at start, +1 per successful reload.
     pub generation: u64,
     pub listeners: HashMap<Arc<str>, Arc<ListenerSpec>>,
+    pub pools: HashMap<Arc<str>, Arc<Pool>>,
 }
 
 impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSpec>> {
         self.listeners.get(name)
     }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
 }
 
-/// The published snapshot: swapped whole by the control plane, loaded by the workers.
-pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+/// The published snapshot plus a version channel that ticks on every publish, so accept
+/// loops parked in `accept()` notice that their listener went away.
+#[derive(Debug)]
+pub struct Published {
+    current: ArcSwap<Snapshot>,
+    version: watch::Sender<u64>,
+}
+
+impl Published {
+    pub fn new(first: Snapshot) -> Published {
+        Published {
+            current: ArcSwap::from_pointee(first),
+            version: watch::channel(0).0,
+        }
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn publish(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowering_the_cap_retires_permits_as_connections_end() {
+        let live = ListenerLive::new(3);
+        let held: Vec<_> = (0..3)
+            .map(|_| live.slots.clone().try_acquire_owned().unwrap())
+            .collect();
+        live.set_max_connections(1);
+        assert_eq!(live.slots.available_permits(), 0);
+        let mut returned = 0;
+        for permit in held {
+            if live.retire() {
+                permit.forget();
+            } else {
+                drop(permit);
+                returned += 1;
+            }
+        }
+        assert_eq!(returned, 1);
+        assert_eq!(live.slots.available_permits(), 1, "the new cap holds");
+        live.set_max_connections(4);
+        assert_eq!(live.slots.available_permits(), 4);
+    }
+
+    #[test]
+    fn raising_the_cap_pays_debt_first() {
+        let live = ListenerLive::new(2);
+        let a = live.slots.clone().try_acquire_owned().unwrap();
+        let b = live.slots.clone().try_acquire_owned().unwrap();
+        live.set_max_connections(0);
+        live.set_max_connections(1);
+        // One of the two in-use permits is still owed; the other is the new cap's.
+        for p in [a, b] {
+            if live.retire() { p.forget() } else { drop(p) }
+        }
+        assert_eq!(live.slots.available_permits(), 1);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(20));
+        h.observe(Duration::from_secs(10));
+        let (buckets, count, sum) = h.read();
+        assert_eq!(count, 3);
+        assert_eq!(buckets[0], 1);
+        assert_eq!(buckets[5], 2); // ≤ 25 ms
+        assert_eq!(*buckets.last().unwrap(), 2, "10 s is only in +Inf");
+        assert!((sum - 10.0203).abs() < 1e-6);
+    }
+}

@@ -164,9 +164,9 @@ fn every_error_is_reported_at_once_in_file_order() {
 #[test]
 fn unsupported_features_are_refused_not_ignored() {
     rejected(
-        &format!("{GOOD}admin:\n  bind: 127.0.0.1:9100\n"),
-        "t.yaml:10:3: admin: not supported yet",
-        "admin API",
+        &format!("{GOOD}resolver:\n  min_ttl: 1s\n"),
+        "t.yaml:10:3: resolver: not supported yet",
+        "DNS",
     );
     rejected(
         &GOOD.replace("    pool: web\n", "    pool: web\n    protocol: udp\n"),

@@ -34,8 +34,7 @@ fn blackhole() -> (SocketAddr, Vec<Socket>) {
 fn failures(server: &tollgate::app::Server, index: usize) -> u64 {
     server.snapshot().listener("front").unwrap().pool.backends[index]
         .stats
-        .connect_failures
-        .load(Ordering::Relaxed)
+        .failures()
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod file;
 mod parse;
 mod types;
 mod validate;
+mod validate_admin;
 mod validate_limits;
 mod validate_pool;
 mod values;
@@ -18,6 +19,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use types::*;
+pub use values::format_duration;
 
 /// Bounds on what the YAML loader will do for a file, whatever the file says: nesting depth,
 /// alias expansion and size. They make an alias bomb or a deeply nested document fail fast.

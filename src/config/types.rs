@@ -8,12 +8,32 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub workers: Workers,
+    pub admin: Option<Admin>,
     pub forwarding: Forwarding,
     pub drain_timeout: Duration,
     /// Sorted by name.
     pub listeners: Vec<Listener>,
     /// Sorted by name.
     pub pools: Vec<Pool>,
+}
+
+/// The admin HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    pub token_file: Option<std::path::PathBuf>,
+    /// The bearer token read from `token_file`; never printed or served.
+    pub token: Option<Secret>,
+}
+
+/// A value that must not appear in logs or API answers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +130,14 @@ impl Config {
         };
         let _ = writeln!(out, "workers: {workers}, forwarding: {forwarding}");
         let _ = writeln!(out, "drain timeout: {:?}", self.drain_timeout);
+        if let Some(a) = &self.admin {
+            let auth = if a.token.is_some() {
+                "bearer token"
+            } else {
+                "no token"
+            };
+            let _ = writeln!(out, "admin: {} ({auth})", a.bind);
+        }
         let _ = writeln!(out, "listeners ({}):", self.listeners.len());
         for l in &self.listeners {
             let binds: Vec<String> = l.bind.iter().map(ToString::to_string).collect();

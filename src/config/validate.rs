@@ -131,9 +131,10 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
             Forwarding::Splice
         }
     };
-    if let Some(admin) = &raw.admin {
-        c.unsupported(admin, "admin", "the admin API and metrics endpoint");
-    }
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| super::validate_admin::admin(&mut c, a));
     if let Some(resolver) = &raw.resolver {
         c.unsupported(resolver, "resolver", "DNS-resolved backends");
     }
@@ -156,6 +157,7 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
     if c.errors.is_empty() {
         Ok(Config {
             workers,
+            admin,
             forwarding,
             drain_timeout,
             listeners,

@@ -35,6 +35,22 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// The shortest exact form of `d` in the config's own syntax (`90s`, `5m`, `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms > 0 && ms % per == 0 {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// A rate `N/s`, `N/m` or `N/h`, or `none`: returned as (count, period).
 pub fn rate(s: &str) -> Result<Option<(u64, Duration)>, String> {
     let s = s.trim();

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::tcp::{self, Admitted};
 use super::{DataPlane, Tracker};
+use crate::state::ListenerSpec;
 
 /// Listen backlog; the kernel clamps it to `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -56,26 +57,64 @@ pub fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
     probe.bind(&addr.into())
 }
 
-/// Accepts on `listener` until `shutdown` turns true, spawning a task per connection on the
-/// current (worker) runtime.
+/// One listening socket of one worker: which listener it serves and the address as
+/// configured (port 0 as written), which is how a reload recognises it.
+pub struct BoundSocket {
+    pub name: Arc<str>,
+    pub configured: SocketAddr,
+    pub socket: std::net::TcpListener,
+}
+
+/// The listener spec `name` has in the current snapshot, if `configured` is still one of
+/// its binds.
+fn current_spec(
+    plane: &DataPlane,
+    name: &str,
+    configured: SocketAddr,
+) -> Option<Arc<ListenerSpec>> {
+    plane
+        .snapshot
+        .load()
+        .listener(name)
+        .filter(|l| l.bind.contains(&configured))
+        .cloned()
+}
+
+/// Accepts until `shutdown` turns true or a published snapshot no longer has this socket's
+/// listener and address (a reload removed it), spawning a task per connection on the
+/// current (worker) runtime. Returning drops the socket: new connects to it are refused,
+/// while connections already accepted carry on.
 pub async fn accept_loop(
-    listener: TcpListener,
-    name: Arc<str>,
+    bound: BoundSocket,
     plane: Arc<DataPlane>,
     mut shutdown: watch::Receiver<bool>,
     tracker: Tracker,
 ) {
+    let BoundSocket {
+        name,
+        configured,
+        socket,
+    } = bound;
+    let listener = match TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(listener = %name, error = %e, "cannot register listening socket");
+            return;
+        }
+    };
+    let mut versions = plane.snapshot.subscribe();
     let mut errors = ErrorLog::default();
     let mut pause = PAUSE_MIN;
-    loop {
-        let Some(spec) = plane.snapshot.load().listener(&name).cloned() else {
-            // The listener left the configuration: stop accepting; open connections finish.
-            return;
-        };
+    while current_spec(&plane, &name, configured).is_some() {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = snapshot_changed(&mut versions) => continue,
             r = listener.accept() => r,
+        };
+        // The snapshot as of now, not as of when this accept began waiting.
+        let Some(spec) = current_spec(&plane, &name, configured) else {
+            return;
         };
         match accepted {
             Ok((client, peer)) => {
@@ -120,6 +159,14 @@ pub async fn accept_loop(
                 pause = (pause * 2).min(PAUSE_MAX);
             }
         }
+    }
+}
+
+/// Resolves when a new snapshot is published. Never resolves if the publisher is gone (it
+/// lives as long as the data plane), so a closed channel cannot turn into a busy loop.
+async fn snapshot_changed(versions: &mut watch::Receiver<u64>) {
+    if versions.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -10,11 +10,11 @@ pub mod tcp;
 pub mod throttle;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use crate::state::SharedSnapshot;
+use crate::state::Published;
 use crate::sys::PipePool;
 
 /// How bytes move between the legs of a connection.
@@ -29,9 +29,33 @@ pub enum ForwardMode {
 /// What every worker shares: the snapshot, the pipe pool and the forwarding mode.
 #[derive(Debug)]
 pub struct DataPlane {
-    pub snapshot: SharedSnapshot,
+    pub snapshot: Published,
     pub pipes: PipePool,
-    pub mode: ForwardMode,
+    /// `ForwardMode` as a flag (true = copy), so a reload can change it for new connections.
+    copy_only: AtomicBool,
+}
+
+impl DataPlane {
+    pub fn new(snapshot: Published, pipes: PipePool, mode: ForwardMode) -> DataPlane {
+        DataPlane {
+            snapshot,
+            pipes,
+            copy_only: AtomicBool::new(mode == ForwardMode::Copy),
+        }
+    }
+
+    pub fn mode(&self) -> ForwardMode {
+        if self.copy_only.load(Ordering::Relaxed) {
+            ForwardMode::Copy
+        } else {
+            ForwardMode::Splice
+        }
+    }
+
+    pub fn set_mode(&self, mode: ForwardMode) {
+        self.copy_only
+            .store(mode == ForwardMode::Copy, Ordering::Relaxed);
+    }
 }
 
 /// Counts a worker's open connections so a drain can wait for them to finish.

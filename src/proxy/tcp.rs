@@ -17,7 +17,7 @@ static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
 static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
 use super::{DataPlane, TrackerGuard};
-use crate::state::{Backend, ListenerSpec};
+use crate::state::{Backend, ConnectFailure, ListenerSpec};
 
 /// Everything a connection task owns; dropping it releases the listener slot and marks the
 /// connection finished for the drain.
@@ -66,7 +66,7 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
         &conn.client,
         &upstream,
         conn.spec.idle_timeout,
-        plane.mode,
+        plane.mode(),
         &plane.pipes,
         &mut moved,
     )
@@ -78,7 +78,11 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
         .received_bytes
         .fetch_add(moved.to_client, Ordering::Relaxed);
     log_end(&result, moved);
-    drop(conn.permit);
+    // The listener's cap may have been lowered by a reload while this connection held a
+    // slot: then the slot is retired instead of returned.
+    if conn.spec.live.retire() {
+        conn.permit.forget();
+    }
     drop(conn.guard);
 }
 
@@ -112,9 +116,13 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
 /// Tries the pool's candidates in order, each within the connect timeout.
 async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
     for backend in spec.pool.candidates() {
-        let deadline = tokio::time::Instant::now() + spec.connect_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + spec.connect_timeout;
         let error = match dial_until(backend.address, deadline).await {
-            Ok(stream) => return Some((backend, stream)),
+            Ok(stream) => {
+                spec.pool.live.connect_duration.observe(started.elapsed());
+                return Some((backend, stream));
+            }
             // Out of descriptors or memory here: every backend would fail alike, and it is
             // not the backend's fault, so no failure is counted against it.
             Err(Dial::Local(e)) => {
@@ -123,13 +131,15 @@ async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
                 }
                 return None;
             }
-            Err(Dial::Backend(e)) => e.to_string(),
-            Err(Dial::TimedOut) => format!("timed out after {:?}", spec.connect_timeout),
+            Err(Dial::Backend(e)) => {
+                backend.stats.count_failure(failure_reason(&e));
+                e.to_string()
+            }
+            Err(Dial::TimedOut) => {
+                backend.stats.count_failure(ConnectFailure::Timeout);
+                format!("timed out after {:?}", spec.connect_timeout)
+            }
         };
-        backend
-            .stats
-            .connect_failures
-            .fetch_add(1, Ordering::Relaxed);
         match CONNECT_FAILED_LOG.allow() {
             Some(suppressed) => {
                 warn!(backend = %backend.address, pool = %spec.pool.name, %error, suppressed, "backend connect failed")
@@ -167,6 +177,17 @@ async fn dial_until(addr: SocketAddr, deadline: tokio::time::Instant) -> Result<
             }
             Ok(other) => return other,
         }
+    }
+}
+
+fn failure_reason(e: &std::io::Error) -> ConnectFailure {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
+        Some(libc::ETIMEDOUT) => ConnectFailure::Timeout,
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
+            ConnectFailure::Unreachable
+        }
+        _ => ConnectFailure::Other,
     }
 }
 

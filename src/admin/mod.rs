@@ -1,0 +1,107 @@
+//! The admin HTTP API (DESIGN.md §3.4) on hyper, run by the control plane's own runtime so it
+//! can never slow the data plane. This file owns the listening socket and the bounds on
+//! every connection: a small connection cap, header count and size, a header deadline, a
+//! body cap and a whole-connection lifetime. Routing and handlers are in `routes.rs`,
+//! bearer-token checks in `auth.rs`, the JSON views in `views.rs`.
+//!
+//! It must not parse HTTP itself, touch sockets of the data plane, or block.
+
+mod auth;
+mod routes;
+mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::proxy::throttle::LogThrottle;
+
+/// Concurrent admin connections; more are closed at once.
+const MAX_CONNECTIONS: usize = 32;
+/// Time allowed for a request's headers to arrive.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an admin connection may live, requests included.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+const MAX_HEADERS: usize = 64;
+/// Bytes of request line plus headers.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Request bodies are small JSON documents.
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time allowed for a request body to arrive.
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+static OVER_CAP_LOG: LogThrottle = LogThrottle::new();
+
+/// Binds the admin socket (before any worker starts, so a bad address fails the start).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// What every admin request can reach.
+pub(crate) struct Ctx {
+    pub control: Arc<Control>,
+    pub metrics: Metrics,
+}
+
+/// Serves the admin API until the future is dropped.
+pub async fn serve(listener: std::net::TcpListener, control: Arc<Control>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "admin: cannot register the listening socket");
+            return;
+        }
+    };
+    let metrics = match Metrics::new(control.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "admin: cannot set up metrics");
+            return;
+        }
+    };
+    let ctx = Arc::new(Ctx { control, metrics });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!(error = %e, "admin: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if let Some(suppressed) = OVER_CAP_LOG.allow() {
+                warn!(%peer, suppressed, "admin: connection cap reached; closing new connection");
+            }
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| routes::handle(req, ctx.clone()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_headers(MAX_HEADERS)
+                .max_buf_size(MAX_HEAD_BYTES.max(8192))
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "admin: connection ended with an error"),
+                Err(_) => debug!(%peer, "admin: connection lifetime reached; closed"),
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,279 @@
+//! Routing and handlers of the admin API. Every answer is JSON (`{"error": "..."}` on
+//! failure) except `/healthz`, `/metrics` and the OpenAPI document. Mutations are POST or PUT
+//! only and need the bearer token when one is configured.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, views};
+use crate::control::{ActionError, BackendAction};
+
+pub(crate) const OPENAPI: &str = include_str!("openapi.yaml");
+
+type Reply = Response<Full<Bytes>>;
+
+pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Reply, Infallible> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let reply = match (segments.as_slice(), &method) {
+        (["healthz"], &Method::GET) => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
+        (["readyz"], &Method::GET) => ready(&ctx),
+        (["metrics"], &Method::GET) => metrics(&ctx),
+        (["api", "v1", "status"], &Method::GET) => {
+            json_reply(StatusCode::OK, views::status(&ctx.control))
+        }
+        (["api", "v1", "config"], &Method::GET) => {
+            json_reply(StatusCode::OK, views::config(&ctx.control.config()))
+        }
+        (["api", "v1", "openapi.yaml"], &Method::GET) => {
+            text(StatusCode::OK, "application/yaml", OPENAPI)
+        }
+        (["api", "v1", "reload"], &Method::POST) => guarded(&req, &ctx, reload),
+        (
+            [
+                "api",
+                "v1",
+                "pools",
+                pool,
+                "backends",
+                backend,
+                action @ ("drain" | "disable" | "enable"),
+            ],
+            &Method::POST,
+        ) => {
+            let action = match *action {
+                "drain" => BackendAction::Drain,
+                "disable" => BackendAction::Disable,
+                _ => BackendAction::Enable,
+            };
+            let (pool, backend) = (pool.to_string(), backend.to_string());
+            guarded(&req, &ctx, |ctx| {
+                backend_action(ctx, &pool, &backend, action)
+            })
+        }
+        (["api", "v1", "pools", pool, "backends", backend, "weight"], &Method::PUT) => {
+            let (pool, backend) = (pool.to_string(), backend.to_string());
+            if !auth::authorized(req.headers(), token(&ctx).as_deref()) {
+                unauthorized()
+            } else {
+                match read_weight(req).await {
+                    Ok(w) => backend_action(&ctx, &pool, &backend, BackendAction::Weight(w)),
+                    Err(reply) => reply,
+                }
+            }
+        }
+        (segs, _) => match allowed_methods(segs) {
+            Some(allow) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &format!("{method} is not allowed here; use {allow}"),
+                );
+                if let Ok(v) = allow.parse() {
+                    r.headers_mut().insert(ALLOW, v);
+                }
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+        },
+    };
+    Ok(reply)
+}
+
+/// The methods a known path takes, for a 405; `None` for an unknown path.
+fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
+    match segs {
+        ["healthz"] | ["readyz"] | ["metrics"] => Some("GET"),
+        ["api", "v1", "status" | "config" | "openapi.yaml"] => Some("GET"),
+        ["api", "v1", "reload"] => Some("POST"),
+        [
+            "api",
+            "v1",
+            "pools",
+            _,
+            "backends",
+            _,
+            "drain" | "disable" | "enable",
+        ] => Some("POST"),
+        ["api", "v1", "pools", _, "backends", _, "weight"] => Some("PUT"),
+        _ => None,
+    }
+}
+
+fn token(ctx: &Ctx) -> Option<String> {
+    ctx.control
+        .config()
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+        .map(|t| t.0.clone())
+}
+
+fn guarded(req: &Request<Incoming>, ctx: &Ctx, f: impl FnOnce(&Ctx) -> Reply) -> Reply {
+    if auth::authorized(req.headers(), token(ctx).as_deref()) {
+        f(ctx)
+    } else {
+        unauthorized()
+    }
+}
+
+fn ready(ctx: &Ctx) -> Reply {
+    let reasons = views::unready_reasons(&ctx.control);
+    if reasons.is_empty() {
+        json_reply(StatusCode::OK, json!({"ready": true}))
+    } else {
+        json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "reasons": reasons}),
+        )
+    }
+}
+
+fn metrics(ctx: &Ctx) -> Reply {
+    match ctx.metrics.render() {
+        Ok(body) => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            body,
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot render metrics: {e}"),
+        ),
+    }
+}
+
+fn reload(ctx: &Ctx) -> Reply {
+    match ctx.control.reload() {
+        Ok(generation) => json_reply(StatusCode::OK, json!({"generation": generation})),
+        Err(crate::reload::ReloadError::Config(errors)) => {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            json_reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "the new config is invalid; nothing changed", "errors": list}),
+            )
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &format!("{e:#}")),
+    }
+}
+
+fn backend_action(ctx: &Ctx, pool: &str, backend: &str, action: BackendAction) -> Reply {
+    let Some(address) = percent_decode(backend).and_then(|b| b.parse::<SocketAddr>().ok()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("`{backend}` is not a backend address (IP:PORT, percent-encoded)"),
+        );
+    };
+    match ctx.control.backend_action(pool, address, action) {
+        Ok(()) => json_reply(StatusCode::OK, views::backend(&ctx.control, pool, address)),
+        Err(e @ (ActionError::NoPool(_) | ActionError::NoBackend(..))) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+    }
+}
+
+async fn read_weight(req: Request<Incoming>) -> Result<u32, Reply> {
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("cannot read the body: {e}"),
+            ));
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not JSON: {e}"),
+        )
+    })?;
+    match value.get("weight").and_then(Value::as_u64) {
+        Some(w) if w <= 1000 => Ok(u32::try_from(w).unwrap_or(1000)),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"weight\": N} with N from 0 to 1000",
+        )),
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json_reply(status: StatusCode, value: Value) -> Reply {
+    let mut body = value.to_string();
+    body.push('\n');
+    text(status, "application/json", body)
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json_reply(status, json!({ "error": message }))
+}
+
+fn unauthorized() -> Reply {
+    let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("127.0.0.1%3A9001").as_deref(),
+            Some("127.0.0.1:9001")
+        );
+        assert_eq!(
+            percent_decode("%5B%3A%3A1%5D%3A80").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
+}

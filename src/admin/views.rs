@@ -1,0 +1,163 @@
+//! The JSON views the admin API serves: status, one backend, the effective config (secrets
+//! left out) and readiness. Built from the published snapshot and the live registry, read
+//! at request time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, Forwarding, Workers};
+use crate::control::Control;
+use crate::state::Backend;
+
+pub(crate) fn status(control: &Control) -> Value {
+    let snapshot = control.plane.snapshot.load_full();
+    let config = control.config();
+    let listeners: Vec<Value> = config
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let spec = snapshot.listener(&l.name)?;
+            let live = &spec.live;
+            Some(json!({
+                "name": l.name,
+                "pool": l.pool,
+                "bind": control.addrs(&l.name).iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "active": live.active.load(Relaxed),
+                "accepted": live.accepted.load(Relaxed),
+                "accept_errors": live.accept_errors.load(Relaxed),
+                "rejected_no_backend": live.rejected_no_backend.load(Relaxed),
+                "max_connections": live.max_connections(),
+            }))
+        })
+        .collect();
+    let pools: Vec<Value> = config
+        .pools
+        .iter()
+        .filter_map(|p| {
+            let pool = snapshot.pool(&p.name)?;
+            let backends: Vec<Value> = pool
+                .backends
+                .iter()
+                .map(|b| backend_json(control, &p.name, b))
+                .collect();
+            Some(json!({"name": p.name, "balance": "round_robin", "backends": backends}))
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "generation": control.generation(),
+        "draining": control.draining.load(Relaxed),
+        "listeners": listeners,
+        "pools": pools,
+    })
+}
+
+fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
+    let ov = control.live.override_of(pool, b.address);
+    let configured = control
+        .config()
+        .pool(pool)
+        .and_then(|p| {
+            p.backends
+                .iter()
+                .find(|c| c.address == b.address)
+                .map(|c| c.weight)
+        })
+        .unwrap_or(0);
+    json!({
+        "address": b.address.to_string(),
+        "state": ov.state.label(),
+        "weight": ov.weight.unwrap_or(configured),
+        "configured_weight": configured,
+        "active": b.stats.active.load(Relaxed),
+        "connections": b.stats.connections.load(Relaxed),
+        "connect_failures": b.stats.failures(),
+        "sent_bytes": b.stats.sent_bytes.load(Relaxed),
+        "received_bytes": b.stats.received_bytes.load(Relaxed),
+        "last_check": Value::Null,
+    })
+}
+
+/// One backend's status, after an admin action.
+pub(crate) fn backend(control: &Control, pool: &str, address: SocketAddr) -> Value {
+    let snapshot = control.plane.snapshot.load_full();
+    snapshot
+        .pool(pool)
+        .and_then(|p| p.backends.iter().find(|b| b.address == address))
+        .map_or(Value::Null, |b| backend_json(control, pool, b))
+}
+
+/// Why the instance should not take traffic now; empty when ready.
+pub(crate) fn unready_reasons(control: &Control) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if control.draining.load(Relaxed) {
+        reasons.push("draining: shutting down".to_owned());
+    }
+    let config = control.config();
+    let bound = control.bound().clone();
+    for l in &config.listeners {
+        for addr in &l.bind {
+            if !bound.contains_key(&(l.name.clone(), *addr)) {
+                reasons.push(format!("listener {}: {addr} is not bound", l.name));
+            }
+        }
+    }
+    let snapshot = control.plane.snapshot.load_full();
+    for p in &config.pools {
+        if !snapshot
+            .pool(&p.name)
+            .is_some_and(|pool| pool.has_selectable())
+        {
+            reasons.push(format!("pool {}: no backend is up", p.name));
+        }
+    }
+    reasons
+}
+
+/// The effective config as JSON: every default filled in, durations as strings, the admin
+/// token left out.
+pub(crate) fn config(config: &Config) -> Value {
+    let d = crate::config::format_duration;
+    let listeners: Vec<Value> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name, "protocol": "tcp", "pool": l.pool,
+                "bind": l.bind.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "limits": {"max_connections": l.max_connections},
+                "timeouts": {"connect": d(l.connect_timeout), "idle": d(l.idle_timeout), "proxy_header": d(l.proxy_header_timeout)},
+            })
+        })
+        .collect();
+    let pools: Vec<Value> = config
+        .pools
+        .iter()
+        .map(|p| {
+            let backends: Vec<Value> =
+                p.backends.iter().map(|b| json!({"address": b.address.to_string(), "weight": b.weight})).collect();
+            json!({"name": p.name, "balance": "round_robin", "connect_retries": p.connect_retries, "backends": backends})
+        })
+        .collect();
+    let workers = match config.workers {
+        Workers::Auto => json!("auto"),
+        Workers::Fixed(n) => json!(n.get()),
+    };
+    let forwarding = match config.forwarding {
+        Forwarding::Splice => "splice",
+        Forwarding::Copy => "copy",
+    };
+    let admin = config.admin.as_ref().map(|a| {
+        json!({"bind": a.bind.to_string(), "token_file": a.token_file.as_ref().map(|p| p.display().to_string())})
+    });
+    json!({
+        "workers": workers,
+        "forwarding": forwarding,
+        "admin": admin,
+        "shutdown": {"drain_timeout": d(config.drain_timeout)},
+        "listeners": listeners,
+        "pools": pools,
+    })
+}

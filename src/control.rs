@@ -1,0 +1,150 @@
+//! The control plane's handle on a running tollgate: the current config, the live registry,
+//! the data plane it publishes to, and the operations the admin API and signals perform —
+//! backend overrides here, reload in `reload.rs`. Everything here runs off the data path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::live::{AdminState, Live};
+use crate::proxy::DataPlane;
+use crate::proxy::listener::BoundSocket;
+
+/// (listener name, bind address as configured) → the address actually bound.
+pub type BoundMap = HashMap<(String, SocketAddr), SocketAddr>;
+
+pub struct Control {
+    pub plane: Arc<DataPlane>,
+    pub live: Live,
+    config: Mutex<Arc<Config>>,
+    /// Where `reload` reads from; `None` for a config built in memory (tests, the demo).
+    pub config_path: Option<PathBuf>,
+    generation: AtomicU64,
+    pub reloads_succeeded: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub draining: AtomicBool,
+    /// One channel per worker, for listening sockets bound after start.
+    pub(crate) workers: Vec<mpsc::UnboundedSender<BoundSocket>>,
+    pub(crate) bound: Mutex<BoundMap>,
+    /// Serialises reloads and overrides, so each builds on the last.
+    pub(crate) changes: Mutex<()>,
+}
+
+/// What an operator can do to one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendAction {
+    Drain,
+    Disable,
+    Enable,
+    Weight(u32),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActionError {
+    #[error("no pool named `{0}`")]
+    NoPool(String),
+    #[error("pool `{0}` has no backend {1}")]
+    NoBackend(String, SocketAddr),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here replaces whole values, so a poisoned lock is consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Control {
+    pub(crate) fn new(
+        plane: Arc<DataPlane>,
+        live: Live,
+        config: Arc<Config>,
+        config_path: Option<PathBuf>,
+        workers: Vec<mpsc::UnboundedSender<BoundSocket>>,
+        bound: BoundMap,
+    ) -> Control {
+        Control {
+            plane,
+            live,
+            config: Mutex::new(config),
+            config_path,
+            generation: AtomicU64::new(1),
+            reloads_succeeded: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            workers,
+            bound: Mutex::new(bound),
+            changes: Mutex::new(()),
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        lock(&self.config).clone()
+    }
+
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
+        *lock(&self.config) = config;
+    }
+
+    /// 1 at start, +1 per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bump_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The real addresses of a listener's sockets, in configured order.
+    pub fn addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        let config = self.config();
+        let bound = lock(&self.bound);
+        config
+            .listeners
+            .iter()
+            .filter(|l| l.name == listener)
+            .flat_map(|l| {
+                l.bind
+                    .iter()
+                    .filter_map(|b| bound.get(&(l.name.clone(), *b)).copied())
+            })
+            .collect()
+    }
+
+    pub(crate) fn bound(&self) -> MutexGuard<'_, BoundMap> {
+        lock(&self.bound)
+    }
+
+    /// Drains, disables, enables or re-weights one backend and publishes the result. The
+    /// override lasts while the backend exists, across reloads.
+    pub fn backend_action(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+        action: BackendAction,
+    ) -> Result<(), ActionError> {
+        let _serial = lock(&self.changes);
+        let config = self.config();
+        let p = config
+            .pool(pool)
+            .ok_or_else(|| ActionError::NoPool(pool.to_owned()))?;
+        if !p.backends.iter().any(|b| b.address == address) {
+            return Err(ActionError::NoBackend(pool.to_owned(), address));
+        }
+        self.live.set_override(pool, address, |o| match action {
+            BackendAction::Drain => o.state = AdminState::Draining,
+            BackendAction::Disable => o.state = AdminState::Disabled,
+            BackendAction::Enable => o.state = AdminState::Active,
+            BackendAction::Weight(w) => o.weight = Some(w),
+        });
+        self.plane
+            .snapshot
+            .publish(self.live.build(&config, self.generation()));
+        tracing::info!(pool, backend = %address, ?action, "backend override applied");
+        Ok(())
+    }
+}

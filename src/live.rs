@@ -1,0 +1,159 @@
+//! The control plane's registry of live state kept by identity across snapshots — backend
+//! counters by (pool, address), pool and listener facts by name — and the runtime overrides
+//! an operator sets through the admin API (drain, disable, weight). [`Live::build`] turns a
+//! validated config plus these into the next [`Snapshot`], and forgets identities the config
+//! no longer has, so their metric series disappear and their overrides do not linger.
+//!
+//! Only the control plane touches this (under a mutex, never on the data path).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::Config;
+use crate::state::{Backend, BackendStats, ListenerLive, ListenerSpec, Pool, PoolLive, Snapshot};
+
+/// What an operator has said about one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminState {
+    #[default]
+    Active,
+    /// No new connections; open ones finish.
+    Draining,
+    /// No new connections until enabled again.
+    Disabled,
+}
+
+impl AdminState {
+    pub fn label(self) -> &'static str {
+        match self {
+            AdminState::Active => "up",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Override {
+    pub state: AdminState,
+    /// Replaces the configured weight while set.
+    pub weight: Option<u32>,
+}
+
+type BackendKey = (String, SocketAddr);
+
+#[derive(Debug, Default)]
+struct Inner {
+    backends: HashMap<BackendKey, Arc<BackendStats>>,
+    pools: HashMap<String, Arc<PoolLive>>,
+    listeners: HashMap<String, Arc<ListenerLive>>,
+    overrides: HashMap<BackendKey, Override>,
+}
+
+#[derive(Debug, Default)]
+pub struct Live {
+    inner: Mutex<Inner>,
+}
+
+impl Live {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps inconsistent (each update is
+        // one insert or remove), so a poisoned lock is still safe to use.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The override of a backend, or the default when none is set.
+    pub fn override_of(&self, pool: &str, address: SocketAddr) -> Override {
+        self.lock()
+            .overrides
+            .get(&(pool.to_owned(), address))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Changes a backend's override; the caller republishes the snapshot.
+    pub fn set_override(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+        change: impl FnOnce(&mut Override),
+    ) {
+        let mut inner = self.lock();
+        let entry = inner
+            .overrides
+            .entry((pool.to_owned(), address))
+            .or_default();
+        change(entry);
+        if *entry == Override::default() {
+            inner.overrides.remove(&(pool.to_owned(), address));
+        }
+    }
+
+    /// Builds the snapshot for `config`, reusing live state by identity and applying the
+    /// overrides; identities `config` no longer has are forgotten.
+    pub fn build(&self, config: &Config, generation: u64) -> Snapshot {
+        let mut inner = self.lock();
+        let mut pools: HashMap<Arc<str>, Arc<Pool>> = HashMap::new();
+        let mut keep_backends = HashMap::new();
+        for p in &config.pools {
+            let mut backends = Vec::with_capacity(p.backends.len());
+            for b in &p.backends {
+                let key = (p.name.clone(), b.address);
+                let stats = inner.backends.get(&key).cloned().unwrap_or_default();
+                let ov = inner.overrides.get(&key).copied().unwrap_or_default();
+                let weight = match ov.state {
+                    AdminState::Active => ov.weight.unwrap_or(b.weight),
+                    AdminState::Draining | AdminState::Disabled => 0,
+                };
+                backends.push(Arc::new(Backend {
+                    address: b.address,
+                    weight,
+                    stats: stats.clone(),
+                }));
+                keep_backends.insert(key, stats);
+            }
+            let live = inner.pools.get(&p.name).cloned().unwrap_or_default();
+            let pool = Pool::new(&p.name, backends, p.connect_retries, live);
+            pools.insert(p.name.as_str().into(), Arc::new(pool));
+        }
+        let mut listeners = HashMap::new();
+        let mut keep_listeners = HashMap::new();
+        for l in &config.listeners {
+            let Some(pool) = pools.get(l.pool.as_str()).cloned() else {
+                continue;
+            };
+            let live = match inner.listeners.get(&l.name) {
+                Some(live) => {
+                    live.set_max_connections(l.max_connections);
+                    live.clone()
+                }
+                None => Arc::new(ListenerLive::new(l.max_connections)),
+            };
+            keep_listeners.insert(l.name.clone(), live.clone());
+            let spec = ListenerSpec {
+                name: l.name.as_str().into(),
+                bind: l.bind.clone(),
+                pool,
+                connect_timeout: l.connect_timeout,
+                idle_timeout: l.idle_timeout,
+                live,
+            };
+            listeners.insert(spec.name.clone(), Arc::new(spec));
+        }
+        inner.overrides.retain(|k, _| keep_backends.contains_key(k));
+        inner.backends = keep_backends;
+        inner.pools = pools
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.live.clone()))
+            .collect();
+        inner.listeners = keep_listeners;
+        Snapshot {
+            generation,
+            listeners,
+            pools,
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! Every metric tollgate exports (DESIGN.md §3.5): names, help texts and label sets live in
+//! this one file. Values are read from the data plane's atomics at scrape time by a custom
+//! collector in an explicit `prometheus::Registry` (with the process collector beside it),
+//! so nothing on the data path takes a lock or sends a message per connection. Labels are
+//! bounded: listener, pool, backend (`IP:PORT` from the config), reason, result — never a
+//! client address. A backend or listener that leaves the config leaves the output with it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::control::Control;
+use crate::state::{CONNECT_BUCKETS, ConnectFailure};
+
+/// (name, help, labels, type) of every tollgate metric.
+const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
+    (
+        "tollgate_build_info",
+        "Build information; always 1.",
+        &["version"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_config_generation",
+        "Generation of the running config: 1 at start, +1 per successful reload.",
+        &[],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_config_reloads_total",
+        "Config reloads by result (success, failure).",
+        &["result"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_listener_connections_accepted_total",
+        "Connections accepted.",
+        &["listener"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_listener_connections_rejected_total",
+        "Connections closed without being proxied, by reason.",
+        &["listener", "reason"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_listener_connections_active",
+        "Connections open now.",
+        &["listener"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_listener_accept_errors_total",
+        "Failed accept() calls (EMFILE and the like).",
+        &["listener"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_backend_up",
+        "1 when the backend takes new connections, else 0.",
+        &["pool", "backend"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_backend_connections_active",
+        "Connections open to the backend now.",
+        &["pool", "backend"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_backend_connections_total",
+        "Connections established to the backend.",
+        &["pool", "backend"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_backend_connect_failures_total",
+        "Failed connects to the backend, by reason.",
+        &["pool", "backend", "reason"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_backend_sent_bytes_total",
+        "Bytes sent to the backend (from clients).",
+        &["pool", "backend"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_backend_received_bytes_total",
+        "Bytes received from the backend (to clients).",
+        &["pool", "backend"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_backend_connect_duration_seconds",
+        "Time to establish a backend connection.",
+        &["pool"],
+        MetricType::HISTOGRAM,
+    ),
+];
+
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new(control: Arc<Control>) -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, help, labels, _)| {
+                Desc::new(
+                    (*name).into(),
+                    (*help).into(),
+                    labels.iter().map(|l| (*l).to_owned()).collect(),
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        registry.register(Box::new(TollgateCollector { control, descs }))?;
+        Ok(Metrics { registry })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> prometheus::Result<String> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+struct TollgateCollector {
+    control: Arc<Control>,
+    descs: Vec<Desc>,
+}
+
+/// Samples of one family, keyed by family name while collecting.
+type Samples = HashMap<&'static str, Vec<Metric>>;
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_owned());
+            l.set_value((*v).to_owned());
+            l
+        })
+        .collect()
+}
+
+fn push(out: &mut Samples, name: &'static str, pairs: &[(&str, &str)], value: f64) {
+    let kind = FAMILIES
+        .iter()
+        .find(|f| f.0 == name)
+        .map_or(MetricType::GAUGE, |f| f.3);
+    let mut m = Metric::default();
+    m.set_label(labels(pairs));
+    if kind == MetricType::COUNTER {
+        let mut c = Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+    } else {
+        let mut g = Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+    }
+    out.entry(name).or_default().push(m);
+}
+
+impl Collector for TollgateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut out = Samples::new();
+        self.process(&mut out);
+        self.listeners(&mut out);
+        self.pools(&mut out);
+        FAMILIES
+            .iter()
+            .filter_map(|(name, help, _, kind)| {
+                let metrics = out.remove(name)?;
+                let mut f = MetricFamily::default();
+                f.set_name((*name).to_owned());
+                f.set_help((*help).to_owned());
+                f.set_field_type(*kind);
+                *f.mut_metric() = metrics;
+                Some(f)
+            })
+            .collect()
+    }
+}
+
+impl TollgateCollector {
+    fn process(&self, out: &mut Samples) {
+        let c = &self.control;
+        push(
+            out,
+            "tollgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        push(
+            out,
+            "tollgate_config_generation",
+            &[],
+            c.generation() as f64,
+        );
+        push(
+            out,
+            "tollgate_config_reloads_total",
+            &[("result", "success")],
+            c.reloads_succeeded.load(Relaxed) as f64,
+        );
+        push(
+            out,
+            "tollgate_config_reloads_total",
+            &[("result", "failure")],
+            c.reloads_failed.load(Relaxed) as f64,
+        );
+    }
+
+    fn listeners(&self, out: &mut Samples) {
+        let snapshot = self.control.plane.snapshot.load_full();
+        for (name, spec) in &snapshot.listeners {
+            let live = &spec.live;
+            let l = [("listener", name.as_ref())];
+            push(
+                out,
+                "tollgate_listener_connections_accepted_total",
+                &l,
+                live.accepted.load(Relaxed) as f64,
+            );
+            push(
+                out,
+                "tollgate_listener_connections_active",
+                &l,
+                live.active.load(Relaxed) as f64,
+            );
+            push(
+                out,
+                "tollgate_listener_accept_errors_total",
+                &l,
+                live.accept_errors.load(Relaxed) as f64,
+            );
+            let rejected = live.rejected_no_backend.load(Relaxed) as f64;
+            push(
+                out,
+                "tollgate_listener_connections_rejected_total",
+                &[("listener", name), ("reason", "no_backend")],
+                rejected,
+            );
+        }
+    }
+
+    fn pools(&self, out: &mut Samples) {
+        let snapshot = self.control.plane.snapshot.load_full();
+        for (pool_name, pool) in &snapshot.pools {
+            let pool_label = pool_name.as_ref();
+            for b in &pool.backends {
+                let addr = b.address.to_string();
+                let l = [("pool", pool_label), ("backend", addr.as_str())];
+                let s = &b.stats;
+                push(
+                    out,
+                    "tollgate_backend_up",
+                    &l,
+                    if b.weight > 0 { 1.0 } else { 0.0 },
+                );
+                push(
+                    out,
+                    "tollgate_backend_connections_active",
+                    &l,
+                    s.active.load(Relaxed) as f64,
+                );
+                push(
+                    out,
+                    "tollgate_backend_connections_total",
+                    &l,
+                    s.connections.load(Relaxed) as f64,
+                );
+                push(
+                    out,
+                    "tollgate_backend_sent_bytes_total",
+                    &l,
+                    s.sent_bytes.load(Relaxed) as f64,
+                );
+                push(
+                    out,
+                    "tollgate_backend_received_bytes_total",
+                    &l,
+                    s.received_bytes.load(Relaxed) as f64,
+                );
+                for why in ConnectFailure::ALL {
+                    let n = s.connect_failures[why as usize].load(Relaxed) as f64;
+                    let l = [
+                        ("pool", pool_label),
+                        ("backend", addr.as_str()),
+                        ("reason", why.label()),
+                    ];
+                    push(out, "tollgate_backend_connect_failures_total", &l, n);
+                }
+            }
+            out.entry("tollgate_backend_connect_duration_seconds")
+                .or_default()
+                .push(histogram(pool_label, pool));
+        }
+    }
+}
+
+fn histogram(pool_label: &str, pool: &crate::state::Pool) -> Metric {
+    let (cumulative, count, sum) = pool.live.connect_duration.read();
+    let mut h = Histogram::default();
+    h.set_sample_count(count);
+    h.set_sample_sum(sum);
+    h.set_bucket(
+        CONNECT_BUCKETS
+            .iter()
+            .zip(cumulative)
+            .map(|(bound, n)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(*bound);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect(),
+    );
+    let mut m = Metric::default();
+    m.set_label(labels(&[("pool", pool_label)]));
+    m.set_histogram(h);
+    m
+}
