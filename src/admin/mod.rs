@@ -8,6 +8,8 @@
 
 mod auth;
 mod routes;
+
+pub use routes::ROUTES;
 mod views;
 
 use std::net::SocketAddr;

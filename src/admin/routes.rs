@@ -88,24 +88,37 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
     Ok(reply)
 }
 
+/// Every route the server answers, as (method, path template). The router below matches
+/// the same shapes; a test checks this list against the router and against `openapi.yaml`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/status"),
+    ("GET", "/api/v1/config"),
+    ("GET", "/api/v1/openapi.yaml"),
+    ("POST", "/api/v1/reload"),
+    ("POST", "/api/v1/pools/{pool}/backends/{backend}/drain"),
+    ("POST", "/api/v1/pools/{pool}/backends/{backend}/disable"),
+    ("POST", "/api/v1/pools/{pool}/backends/{backend}/enable"),
+    ("PUT", "/api/v1/pools/{pool}/backends/{backend}/weight"),
+];
+
 /// The methods a known path takes, for a 405; `None` for an unknown path.
-fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
-    match segs {
-        ["healthz"] | ["readyz"] | ["metrics"] => Some("GET"),
-        ["api", "v1", "status" | "config" | "openapi.yaml"] => Some("GET"),
-        ["api", "v1", "reload"] => Some("POST"),
-        [
-            "api",
-            "v1",
-            "pools",
-            _,
-            "backends",
-            _,
-            "drain" | "disable" | "enable",
-        ] => Some("POST"),
-        ["api", "v1", "pools", _, "backends", _, "weight"] => Some("PUT"),
-        _ => None,
-    }
+fn allowed_methods(segs: &[&str]) -> Option<String> {
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, template)| {
+            let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+            parts.len() == segs.len()
+                && parts
+                    .iter()
+                    .zip(segs)
+                    .all(|(p, s)| p.starts_with('{') || p == s)
+        })
+        .map(|(m, _)| *m)
+        .collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
 }
 
 fn token(ctx: &Ctx) -> Option<String> {

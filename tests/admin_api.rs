@@ -1,0 +1,302 @@
+//! The admin API: every route, its auth, its bounds, and that abusing it never touches the
+//! data plane. The OpenAPI document matches the routes the server answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::http::{get, request};
+use common::*;
+use tollgate::app::Server;
+
+const TOKEN: &str = "t0ps3cret-admin-token";
+
+/// A server with an admin API (token-protected) over one echo backend and one refused one.
+fn admin_server(dir: &tempfile::TempDir) -> (Server, SocketAddr, SocketAddr) {
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let echo = echo_backend();
+    let top = format!(
+        "admin:\n  bind: \"127.0.0.1:0\"\n  token_file: \"{}\"",
+        token_file.display()
+    );
+    let server = start(&config(&[(echo, 1)], "", "", &top));
+    let admin = server.admin_addr().unwrap();
+    (server, admin, echo)
+}
+
+fn enc(addr: SocketAddr) -> String {
+    addr.to_string()
+        .replace(':', "%3A")
+        .replace('[', "%5B")
+        .replace(']', "%5D")
+}
+
+#[test]
+fn read_only_routes_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    let a = get(admin, "/healthz");
+    assert_eq!((a.status, a.body.as_str()), (200, "ok\n"));
+    let a = get(admin, "/readyz");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = get(admin, "/metrics");
+    assert_eq!(a.status, 200);
+    assert!(
+        a.body.contains("tollgate_build_info{version="),
+        "{}",
+        a.body
+    );
+    let status = get(admin, "/api/v1/status").json();
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["listeners"][0]["name"], "front");
+    assert_eq!(
+        status["listeners"][0]["bind"][0],
+        front(&server).to_string()
+    );
+    assert_eq!(
+        status["pools"][0]["backends"][0]["address"],
+        echo.to_string()
+    );
+    assert_eq!(status["pools"][0]["backends"][0]["state"], "up");
+    let config = get(admin, "/api/v1/config");
+    assert_eq!(config.json()["pools"][0]["backends"][0]["weight"], 1);
+    assert!(
+        !config.body.contains(TOKEN),
+        "the token never leaves the process"
+    );
+    let doc = get(admin, "/api/v1/openapi.yaml");
+    assert_eq!(doc.status, 200);
+    assert!(doc.body.starts_with("openapi: 3"));
+    server.shutdown();
+}
+
+#[test]
+fn mutations_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    let path = format!("/api/v1/pools/back/backends/{}/drain", enc(echo));
+    for token in [None, Some("wrong"), Some("t0ps3cret-admin-toke")] {
+        let a = request(admin, "POST", &path, token, "");
+        assert_eq!(a.status, 401, "token {token:?}: {}", a.body);
+        assert_eq!(a.header("www-authenticate").as_deref(), Some("Bearer"));
+        assert!(a.json()["error"].is_string());
+    }
+    let a = request(
+        admin,
+        "PUT",
+        &format!("/api/v1/pools/back/backends/{}/weight", enc(echo)),
+        None,
+        r#"{"weight":5}"#,
+    );
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        request(admin, "POST", "/api/v1/reload", Some("nope"), "").status,
+        401
+    );
+    assert_eq!(
+        get(admin, "/api/v1/status").json()["pools"][0]["backends"][0]["state"],
+        "up",
+        "nothing changed"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn backend_overrides_take_effect_and_show_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    let base = format!("/api/v1/pools/back/backends/{}", enc(echo));
+    let a = request(admin, "POST", &format!("{base}/disable"), Some(TOKEN), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["state"], "disabled");
+    let mut refused = TcpStream::connect(front(&server)).unwrap();
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(5)),
+        "no backend takes connections"
+    );
+    let ready = get(admin, "/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("pool back: no backend is up"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(
+        request(admin, "POST", &format!("{base}/enable"), Some(TOKEN), "").json()["state"],
+        "up"
+    );
+    assert_eq!(round_trip(front(&server), b"back").unwrap(), b"back");
+    let a = request(
+        admin,
+        "PUT",
+        &format!("{base}/weight"),
+        Some(TOKEN),
+        r#"{"weight": 7}"#,
+    );
+    assert_eq!((a.status, a.json()["weight"].clone()), (200, 7.into()));
+    assert_eq!(a.json()["configured_weight"], 1);
+    let a = request(
+        admin,
+        "PUT",
+        &format!("{base}/weight"),
+        Some(TOKEN),
+        r#"{"weight": 1001}"#,
+    );
+    assert_eq!(a.status, 400);
+    let a = request(
+        admin,
+        "PUT",
+        &format!("{base}/weight"),
+        Some(TOKEN),
+        "not json",
+    );
+    assert_eq!(a.status, 400);
+    server.shutdown();
+}
+
+#[test]
+fn unknown_things_are_404_and_wrong_methods_405() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    assert_eq!(get(admin, "/nope").status, 404);
+    let a = request(
+        admin,
+        "POST",
+        &format!("/api/v1/pools/nope/backends/{}/drain", enc(echo)),
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = request(
+        admin,
+        "POST",
+        "/api/v1/pools/back/backends/127.0.0.1%3A1/drain",
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = request(
+        admin,
+        "POST",
+        "/api/v1/pools/back/backends/not-an-address/drain",
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = request(admin, "DELETE", "/api/v1/status", Some(TOKEN), "");
+    assert_eq!((a.status, a.header("allow").as_deref()), (405, Some("GET")));
+    server.shutdown();
+}
+
+#[test]
+fn requests_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    let big = format!("{{\"weight\": 1, \"pad\": \"{}\"}}", "x".repeat(100_000));
+    let a = request(
+        admin,
+        "PUT",
+        &format!("/api/v1/pools/back/backends/{}/weight", enc(echo)),
+        Some(TOKEN),
+        &big,
+    );
+    assert_eq!(a.status, 413, "{}", a.body);
+    // Too many headers: refused, not stored.
+    let mut s = TcpStream::connect(admin).unwrap();
+    let headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{headers}\r\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+    assert!(!reply.contains("200 OK"), "{reply}");
+    // A slow client that never finishes its headers is cut off after the header timeout.
+    let mut slow = TcpStream::connect(admin).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(15)),
+        "a slow request is closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    server.shutdown();
+}
+
+#[test]
+fn abusing_the_admin_port_does_not_touch_the_data_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, _) = admin_server(&dir);
+    // Far more idle connections than the admin cap, all holding half-sent requests.
+    let hogs: Vec<TcpStream> = (0..200)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(admin).ok()?;
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n");
+            Some(s)
+        })
+        .collect();
+    let started = Instant::now();
+    for i in 0..200u16 {
+        let msg = i.to_be_bytes();
+        assert_eq!(
+            round_trip(front(&server), &msg).unwrap(),
+            msg,
+            "data plane round trip {i}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(hogs);
+    wait_for(
+        "the admin API answers again",
+        Duration::from_secs(15),
+        || std::panic::catch_unwind(|| get(admin, "/healthz").status == 200).unwrap_or(false),
+    );
+    server.shutdown();
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_served() {
+    let doc: serde_json::Value = serde_saphyr::from_str(tollgate_openapi()).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> = tollgate::admin::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    // And the server really answers each one (not 404/405).
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    for (method, path) in &served {
+        let path = path
+            .replace("{pool}", "back")
+            .replace("{backend}", &enc(echo));
+        let body = if method == "PUT" {
+            r#"{"weight": 1}"#
+        } else {
+            ""
+        };
+        let a = request(admin, method, &path, Some(TOKEN), body);
+        assert!(
+            ![404, 405].contains(&a.status),
+            "{method} {path}: {} {}",
+            a.status,
+            a.body
+        );
+    }
+    server.shutdown();
+}
+
+fn tollgate_openapi() -> &'static str {
+    include_str!("../src/admin/openapi.yaml")
+}
