@@ -23,7 +23,7 @@ pub fn spawn(yaml: &str, nofile: Option<u64>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let mut cmd = match nofile {
+    let cmd = match nofile {
         Some(n) => {
             let mut c = Command::new("prlimit");
             c.arg(format!("--nofile={n}:{n}")).arg(bin());
@@ -31,7 +31,16 @@ pub fn spawn(yaml: &str, nofile: Option<u64>) -> Running {
         }
         None => Command::new(bin()),
     };
-    cmd.args(["run", "--log-format", "json", "-c"]).arg(&path);
+    launch(cmd, &path, dir)
+}
+
+/// Starts `tollgate run` on the config file at `path` (which the test may rewrite and reload).
+pub fn spawn_file(path: &std::path::Path) -> Running {
+    launch(Command::new(bin()), path, tempfile::tempdir().unwrap())
+}
+
+fn launch(mut cmd: Command, path: &std::path::Path, dir: tempfile::TempDir) -> Running {
+    cmd.args(["run", "--log-format", "json", "-c"]).arg(path);
     cmd.env("TOLLGATE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -82,10 +91,41 @@ impl Running {
 
     /// The address from the first "listener bound" line.
     pub fn addr(&self) -> SocketAddr {
-        let line = self.wait_log("listener bound", Duration::from_secs(20));
-        let start = line.find("\"addr\":\"").expect("addr field") + 8;
-        let end = line[start..].find('"').unwrap() + start;
-        line[start..end].parse().unwrap()
+        addr_field(&self.wait_log("listener bound", Duration::from_secs(20)))
+    }
+
+    /// The address of the most recent log line containing every one of `needles`.
+    pub fn logged_addr(&self, needles: &[&str]) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .cloned();
+            if let Some(line) = found {
+                return addr_field(&line);
+            }
+            assert!(Instant::now() < deadline, "no log line with {needles:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Open descriptors of the process that are sockets.
+    pub fn sockets(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     pub fn signal(&self, sig: libc::c_int) {
@@ -123,6 +163,12 @@ impl Running {
         let hz = 100; // USER_HZ is 100 on every Linux ABI tollgate supports
         Duration::from_millis(ticks * 1000 / hz)
     }
+}
+
+fn addr_field(line: &str) -> SocketAddr {
+    let start = line.find("\"addr\":\"").expect("addr field") + 8;
+    let end = line[start..].find('"').unwrap() + start;
+    line[start..end].parse().unwrap()
 }
 
 impl Drop for Running {
