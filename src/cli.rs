@@ -37,6 +37,12 @@ pub enum Command {
     Check {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Also ask the running instance's admin API what a reload of this file would change.
+        #[arg(long)]
+        diff: bool,
+        /// The running instance's admin address (default: the file's `admin.bind`).
+        #[arg(long, requires = "diff")]
+        admin: Option<std::net::SocketAddr>,
     },
     /// A first look: the balancer on 127.0.0.1:8080 over two built-in HTTP demo backends.
     Demo,

@@ -13,6 +13,7 @@ use crate::app::Server;
 use crate::config;
 
 pub const DEMO_LISTEN: &str = "127.0.0.1:8080";
+pub const DEMO_ADMIN: &str = "127.0.0.1:9100";
 
 pub fn run() -> Result<()> {
     let control = tokio::runtime::Builder::new_current_thread()
@@ -25,8 +26,9 @@ pub fn run() -> Result<()> {
         let yaml = demo_config(a, b);
         let cfg =
             config::load_str(&yaml, "<demo>").map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-        let server = Server::start(&cfg)
-            .with_context(|| format!("cannot start the demo on {DEMO_LISTEN} (is it in use?)"))?;
+        let server = Server::start(&cfg).with_context(|| {
+            format!("cannot start the demo on {DEMO_LISTEN} and {DEMO_ADMIN} (in use?)")
+        })?;
         print_welcome(a, b);
         wait_for_stop().await?;
         println!("stopping the demo");
@@ -38,6 +40,7 @@ pub fn run() -> Result<()> {
 fn demo_config(a: SocketAddr, b: SocketAddr) -> String {
     format!(
         "workers: 2\n\
+         admin:\n  bind: \"{DEMO_ADMIN}\"\n\
          shutdown:\n  drain_timeout: 2s\n\
          listeners:\n  demo:\n    bind: \"{DEMO_LISTEN}\"\n    pool: demo\n    limits:\n      max_connections: 1000\n\
          pools:\n  demo:\n    balance: round_robin\n    backends:\n      - address: \"{a}\"\n      - address: \"{b}\"\n"
@@ -45,12 +48,18 @@ fn demo_config(a: SocketAddr, b: SocketAddr) -> String {
 }
 
 fn print_welcome(a: SocketAddr, b: SocketAddr) {
+    let a_enc = a.to_string().replace(':', "%3A");
     println!(
         "\ntollgate demo is running.\n\n\
          \x20 balancer   http://{DEMO_LISTEN}  (round robin over two backends)\n\
-         \x20 backends   demo-backend-1 on {a}, demo-backend-2 on {b}\n\n\
+         \x20 backends   demo-backend-1 on {a}, demo-backend-2 on {b}\n\
+         \x20 admin      http://{DEMO_ADMIN}  (status, metrics, runtime control)\n\n\
          Try:\n\
          \x20 for i in 1 2 3 4; do curl -s http://{DEMO_LISTEN}/; done     # answers alternate\n\
+         \x20 curl -s http://{DEMO_ADMIN}/api/v1/status                     # pools, backends, counters\n\
+         \x20 curl -s http://{DEMO_ADMIN}/metrics | grep tollgate_backend     # Prometheus metrics\n\
+         \x20 curl -s -X POST http://{DEMO_ADMIN}/api/v1/pools/demo/backends/{a_enc}/drain\n\
+         \x20                                              # then only demo-backend-2 answers\n\
          \x20 TOLLGATE_LOG=debug cargo run --release -- demo              # see every connection\n\n\
          Press Ctrl-C to stop (tollgate drains open connections first).\n"
     );

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod diff;
 pub mod live;
 pub mod logging;
 pub mod metrics;

@@ -31,10 +31,17 @@ fn main() -> ExitCode {
             println!("tollgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check { config } => match config::load(&config) {
+        Command::Check {
+            config,
+            diff,
+            admin,
+        } => match config::load(&config) {
             Ok(cfg) => {
                 println!("{}: ok", config.display());
                 print!("{}", cfg.summary());
+                if diff {
+                    print_diff(&cfg, admin);
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -50,6 +57,35 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => exit(demo::run()),
+    }
+}
+
+/// Prints what a reload of `cfg` would change in the running instance, if it can be reached.
+fn print_diff(cfg: &config::Config, admin: Option<std::net::SocketAddr>) {
+    let Some(mut addr) = admin.or(cfg.admin.as_ref().map(|a| a.bind)) else {
+        println!(
+            "diff: the file has no admin section and --admin was not given; nothing to compare with"
+        );
+        return;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    match tollgate::diff::fetch_running(addr) {
+        Err(e) => println!(
+            "diff: the running instance at {addr} cannot be reached ({e}); nothing to compare with"
+        ),
+        Ok((running, status)) => {
+            let lines = tollgate::diff::describe(&running, &status, cfg);
+            if lines.is_empty() {
+                println!("diff: a reload would change nothing in the instance at {addr}");
+            } else {
+                println!("diff: a reload would change, in the instance at {addr}:");
+                for line in lines {
+                    println!("  {line}");
+                }
+            }
+        }
     }
 }
 

@@ -179,3 +179,38 @@ fn promtool_check(text: &str) {
         "promtool check metrics failed:\n{report}"
     );
 }
+
+#[test]
+fn a_backend_that_leaves_the_config_loses_its_series() {
+    let (a, b) = (echo_backend(), echo_backend());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let top = "admin:\n  bind: \"127.0.0.1:0\"";
+    std::fs::write(&path, config(&[(a, 1), (b, 1)], "", "", top)).unwrap();
+    let cfg = tollgate::config::load(&path).unwrap();
+    let server = tollgate::app::Server::start_from(&cfg, Some(path.clone())).unwrap();
+    let admin = server.admin_addr().unwrap();
+    let (_, s) = scrape(admin);
+    assert_eq!(
+        value(&s, "tollgate_backend_up", &[("backend", &b.to_string())]),
+        Some(1.0)
+    );
+    std::fs::write(&path, config(&[(a, 1)], "", "", top)).unwrap();
+    assert_eq!(server.control().reload().unwrap(), 2);
+    let (text, s) = scrape(admin);
+    assert!(!text.contains(&b.to_string()), "{text}");
+    assert_eq!(
+        value(&s, "tollgate_backend_up", &[("backend", &a.to_string())]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "tollgate_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&s, "tollgate_config_generation", &[]), Some(2.0));
+    server.shutdown();
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
-use crate::config::{Config, Forwarding, Workers};
+use crate::config::Config;
 use crate::control::Control;
 use crate::state::Backend;
 
@@ -116,48 +116,7 @@ pub(crate) fn unready_reasons(control: &Control) -> Vec<String> {
     reasons
 }
 
-/// The effective config as JSON: every default filled in, durations as strings, the admin
-/// token left out.
+/// The effective config as JSON (see [`Config::to_json`]).
 pub(crate) fn config(config: &Config) -> Value {
-    let d = crate::config::format_duration;
-    let listeners: Vec<Value> = config
-        .listeners
-        .iter()
-        .map(|l| {
-            json!({
-                "name": l.name, "protocol": "tcp", "pool": l.pool,
-                "bind": l.bind.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "limits": {"max_connections": l.max_connections},
-                "timeouts": {"connect": d(l.connect_timeout), "idle": d(l.idle_timeout), "proxy_header": d(l.proxy_header_timeout)},
-            })
-        })
-        .collect();
-    let pools: Vec<Value> = config
-        .pools
-        .iter()
-        .map(|p| {
-            let backends: Vec<Value> =
-                p.backends.iter().map(|b| json!({"address": b.address.to_string(), "weight": b.weight})).collect();
-            json!({"name": p.name, "balance": "round_robin", "connect_retries": p.connect_retries, "backends": backends})
-        })
-        .collect();
-    let workers = match config.workers {
-        Workers::Auto => json!("auto"),
-        Workers::Fixed(n) => json!(n.get()),
-    };
-    let forwarding = match config.forwarding {
-        Forwarding::Splice => "splice",
-        Forwarding::Copy => "copy",
-    };
-    let admin = config.admin.as_ref().map(|a| {
-        json!({"bind": a.bind.to_string(), "token_file": a.token_file.as_ref().map(|p| p.display().to_string())})
-    });
-    json!({
-        "workers": workers,
-        "forwarding": forwarding,
-        "admin": admin,
-        "shutdown": {"drain_timeout": d(config.drain_timeout)},
-        "listeners": listeners,
-        "pools": pools,
-    })
+    config.to_json()
 }

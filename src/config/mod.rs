@@ -7,6 +7,7 @@
 
 mod error;
 pub mod file;
+mod json;
 mod parse;
 mod types;
 mod validate;

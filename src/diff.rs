@@ -1,0 +1,221 @@
+//! `tollgate check --diff`: what a reload of a file would change in the running instance —
+//! listeners, pools, backends, limits and timeouts — and how many open connections the
+//! change touches. It asks the running instance's admin API for its effective config and
+//! status (`GET /api/v1/config`, `/api/v1/status`) and compares them with the file's, both
+//! in the same JSON form (`Config::to_json`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::config::Config;
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Fetches the running instance's config and status from the admin API at `admin`.
+pub fn fetch_running(admin: SocketAddr) -> Result<(Value, Value), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build a runtime: {e}"))?;
+    rt.block_on(async {
+        let config = get_json(admin, "/api/v1/config").await?;
+        let status = get_json(admin, "/api/v1/status").await?;
+        Ok((config, status))
+    })
+}
+
+async fn get_json(admin: SocketAddr, path: &str) -> Result<Value, String> {
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(admin)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(hyper::header::HOST, admin.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("cannot read the answer: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("{path} answered {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{path} did not answer JSON: {e}"))
+    };
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
+}
+
+/// The lines describing how `next` differs from the running config; empty when identical.
+pub fn describe(running: &Value, status: &Value, next: &Config) -> Vec<String> {
+    let next = next.to_json();
+    let mut out = Vec::new();
+    for key in ["workers", "forwarding", "admin", "shutdown"] {
+        changes(key, &running[key], &next[key], &mut out);
+    }
+    if running["workers"] != next["workers"] {
+        out.push("  (a reload cannot change workers: restart to apply it)".to_owned());
+    }
+    named(
+        "listener",
+        "name",
+        &running["listeners"],
+        &next["listeners"],
+        &mut out,
+        |name| {
+            let active = find(&status["listeners"], "name", name)["active"]
+                .as_u64()
+                .unwrap_or(0);
+            format!("{active} open connection(s) drain")
+        },
+    );
+    for (old, new) in pairs(&running["pools"], &next["pools"], "name", &mut out, "pool") {
+        let pool = old["name"].as_str().unwrap_or_default();
+        let live = find(&status["pools"], "name", pool);
+        for key in ["balance", "connect_retries"] {
+            changes(
+                &format!("pool {pool}: {key}"),
+                &old[key],
+                &new[key],
+                &mut out,
+            );
+        }
+        named(
+            &format!("pool {pool}: backend"),
+            "address",
+            &old["backends"],
+            &new["backends"],
+            &mut out,
+            |addr| {
+                let active = find(&live["backends"], "address", addr)["active"]
+                    .as_u64()
+                    .unwrap_or(0);
+                format!("{active} open connection(s) drain")
+            },
+        );
+    }
+    out
+}
+
+/// Adds `~ what: old -> new` for every leaf that differs (objects are walked).
+fn changes(what: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            for (k, nv) in n {
+                changes(
+                    &format!("{what}.{k}"),
+                    o.get(k).unwrap_or(&Value::Null),
+                    nv,
+                    out,
+                );
+            }
+        }
+        _ if old != new => out.push(format!("~ {what}: {} -> {}", show(old), show(new))),
+        _ => {}
+    }
+}
+
+/// Compares two lists of objects keyed by `key`: added, removed (with what draining
+/// costs), and changed fields of those in both.
+fn named(
+    what: &str,
+    key: &str,
+    old: &Value,
+    new: &Value,
+    out: &mut Vec<String>,
+    removed: impl Fn(&str) -> String,
+) {
+    let empty = Vec::new();
+    let (olds, news) = (
+        old.as_array().unwrap_or(&empty),
+        new.as_array().unwrap_or(&empty),
+    );
+    for n in news {
+        let id = n[key].as_str().unwrap_or_default();
+        match olds.iter().find(|o| o[key] == n[key]) {
+            None => out.push(format!("+ {what} {id}: {}", show(n))),
+            Some(o) if o != n => {
+                if let (Value::Object(oo), Value::Object(nn)) = (o, n) {
+                    for (k, nv) in nn.iter().filter(|(k, _)| k.as_str() != key) {
+                        changes(
+                            &format!("{what} {id}: {k}"),
+                            oo.get(k).unwrap_or(&Value::Null),
+                            nv,
+                            out,
+                        );
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for o in olds
+        .iter()
+        .filter(|o| !news.iter().any(|n| n[key] == o[key]))
+    {
+        let id = o[key].as_str().unwrap_or_default();
+        out.push(format!("- {what} {id} ({})", removed(id)));
+    }
+}
+
+/// Pools present in both (for a deeper look), reporting added and removed ones.
+fn pairs<'a>(
+    old: &'a Value,
+    new: &'a Value,
+    key: &str,
+    out: &mut Vec<String>,
+    what: &str,
+) -> Vec<(&'a Value, &'a Value)> {
+    let empty: &[Value] = &[];
+    let olds = old.as_array().map_or(empty, Vec::as_slice);
+    let news = new.as_array().map_or(empty, Vec::as_slice);
+    let mut both = Vec::new();
+    for n in news {
+        match olds.iter().find(|o| o[key] == n[key]) {
+            Some(o) => both.push((o, n)),
+            None => out.push(format!(
+                "+ {what} {}: {} backend(s)",
+                show(&n[key]),
+                n["backends"].as_array().map_or(0, Vec::len)
+            )),
+        }
+    }
+    for o in olds
+        .iter()
+        .filter(|o| !news.iter().any(|n| n[key] == o[key]))
+    {
+        out.push(format!("- {what} {}", show(&o[key])));
+    }
+    both
+}
+
+fn find<'a>(list: &'a Value, key: &str, id: &str) -> &'a Value {
+    list.as_array()
+        .and_then(|l| l.iter().find(|x| x[key] == id))
+        .unwrap_or(&Value::Null)
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,105 @@
+//! `tollgate check --diff`: against a running instance, it lists what a reload of the file
+//! would change and how many open connections that touches; with no instance it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::binary::bin;
+use common::*;
+
+fn yaml(admin: &str, backends: &[(SocketAddr, u32)], idle: &str, extra: bool) -> String {
+    let mut y = format!(
+        "workers: 1\nadmin:\n  bind: \"{admin}\"\nlisteners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n    timeouts: {{ idle: {idle} }}\n"
+    );
+    if extra {
+        y.push_str("  side:\n    bind: \"127.0.0.1:0\"\n    pool: back\n");
+    }
+    y.push_str("pools:\n  back:\n    backends:\n");
+    for (b, w) in backends {
+        y.push_str(&format!("      - {{ address: \"{b}\", weight: {w} }}\n"));
+    }
+    y
+}
+
+fn check_diff(path: &std::path::Path, admin: Option<SocketAddr>) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(["check", "--diff", "-c"]).arg(path);
+    if let Some(a) = admin {
+        cmd.arg("--admin").arg(a.to_string());
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn diff_lists_changes_and_the_connections_they_touch() {
+    let (a, b, c) = (echo_backend(), echo_backend(), echo_backend());
+    let server = start(&yaml("127.0.0.1:0", &[(a, 1), (b, 1)], "10m", true));
+    let admin = server.admin_addr().unwrap();
+    // Two open connections: one lands on a, one on b.
+    let held: Vec<TcpStream> = (0..2u8)
+        .map(|i| {
+            let mut s = TcpStream::connect(front(&server)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&[i]).unwrap();
+            let mut x = [0u8; 1];
+            s.read_exact(&mut x).unwrap();
+            s
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("next.yaml");
+    std::fs::write(&path, yaml("127.0.0.1:0", &[(a, 3), (c, 1)], "5m", false)).unwrap();
+    let out = check_diff(&path, Some(admin));
+    assert!(
+        out.contains("~ listener front: timeouts.idle: 10m -> 5m"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- listener side (0 open connection(s) drain)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("~ pool back: backend {a}: weight: 1 -> 3")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("+ pool back: backend {c}")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "- pool back: backend {b} (1 open connection(s) drain)"
+        )),
+        "{out}"
+    );
+    // The same file as running: nothing to change.
+    std::fs::write(&path, yaml("127.0.0.1:0", &[(a, 1), (b, 1)], "10m", true)).unwrap();
+    assert!(check_diff(&path, Some(admin)).contains("a reload would change nothing"));
+    drop(held);
+    server.shutdown();
+}
+
+#[test]
+fn without_a_running_instance_it_only_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("next.yaml");
+    let nobody = refused_addr();
+    std::fs::write(
+        &path,
+        yaml(&nobody.to_string(), &[(echo_backend(), 1)], "10m", false),
+    )
+    .unwrap();
+    let out = check_diff(&path, None);
+    assert!(
+        out.contains(": ok") && out.contains("cannot be reached"),
+        "{out}"
+    );
+}
