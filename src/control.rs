@@ -3,13 +3,14 @@
 //! backend overrides here, reload in `reload.rs`. Everything here runs off the data path.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
+use crate::admission::Cidr;
 use crate::config::Config;
 use crate::live::{AdminState, Live};
 use crate::proxy::DataPlane;
@@ -50,6 +51,19 @@ pub enum ActionError {
     NoPool(String),
     #[error("pool `{0}` has no backend {1}")]
     NoBackend(String, SocketAddr),
+    #[error("no listener named `{0}`")]
+    NoListener(String),
+}
+
+/// Why a source would be admitted or refused by a listener right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub admitted: bool,
+    /// The deny-list block that refuses it, if one does.
+    pub denied_by: Option<Cidr>,
+    /// Connections open on the listener now, and its cap.
+    pub listener_active: u64,
+    pub listener_max: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +131,48 @@ impl Control {
 
     pub(crate) fn bound(&self) -> MutexGuard<'_, BoundMap> {
         lock(&self.bound)
+    }
+
+    /// Adds `block` to (or removes it from) `listener`'s runtime deny list and publishes the
+    /// result; true when the list changed. The list lasts while the listener exists.
+    pub fn deny(&self, listener: &str, block: Cidr, add: bool) -> Result<bool, ActionError> {
+        let _serial = lock(&self.changes);
+        let config = self.config();
+        if !config.listeners.iter().any(|l| l.name == listener) {
+            return Err(ActionError::NoListener(listener.to_owned()));
+        }
+        let changed = self.live.set_deny(listener, block, add);
+        if changed {
+            self.plane
+                .snapshot
+                .publish(self.live.build(&config, self.generation()));
+            tracing::info!(listener, %block, add, "runtime deny list changed");
+        }
+        Ok(changed)
+    }
+
+    /// What `listener` would do with a new connection from `source` now.
+    pub fn explain(&self, listener: &str, source: IpAddr) -> Result<Verdict, ActionError> {
+        let snapshot = self.plane.snapshot.load_full();
+        let spec = snapshot
+            .listener(listener)
+            .ok_or_else(|| ActionError::NoListener(listener.to_owned()))?;
+        let denied_by = spec.deny.matching(source);
+        Ok(Verdict {
+            admitted: denied_by.is_none(),
+            denied_by,
+            listener_active: spec.live.active.load(Ordering::Relaxed),
+            listener_max: spec.live.max_connections(),
+        })
+    }
+
+    /// The runtime deny list of a listener.
+    pub fn deny_list(&self, listener: &str) -> Vec<Cidr> {
+        let snapshot = self.plane.snapshot.load_full();
+        snapshot
+            .listener(listener)
+            .map(|l| l.deny.blocks().to_vec())
+            .unwrap_or_default()
     }
 
     /// Drains, disables, enables or re-weights one backend and publishes the result. The

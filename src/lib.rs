@@ -14,6 +14,7 @@
 //! imports `config` or `app`. `demo` is used only by `tollgate demo`.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod balance;
 pub mod cli;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::admission::{Cidr, DenyList};
 use crate::config::Config;
 use crate::state::{Backend, BackendStats, ListenerLive, ListenerSpec, Pool, PoolLive, Snapshot};
 
@@ -49,6 +50,8 @@ struct Inner {
     pools: HashMap<String, Arc<PoolLive>>,
     listeners: HashMap<String, Arc<ListenerLive>>,
     overrides: HashMap<BackendKey, Override>,
+    /// Runtime deny lists by listener name.
+    deny: HashMap<String, Vec<Cidr>>,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +95,22 @@ impl Live {
         }
     }
 
+    /// Adds (or removes) `block` to `listener`'s runtime deny list; true when it changed.
+    pub fn set_deny(&self, listener: &str, block: Cidr, add: bool) -> bool {
+        let mut inner = self.lock();
+        let list = inner.deny.entry(listener.to_owned()).or_default();
+        let had = list.contains(&block);
+        if add && !had {
+            list.push(block);
+        } else if !add && had {
+            list.retain(|b| *b != block);
+        }
+        if list.is_empty() {
+            inner.deny.remove(listener);
+        }
+        add != had
+    }
+
     /// Builds the snapshot for `config`, reusing live state by identity and applying the
     /// overrides; identities `config` no longer has are forgotten.
     pub fn build(&self, config: &Config, generation: u64) -> Snapshot {
@@ -133,6 +152,7 @@ impl Live {
                 None => Arc::new(ListenerLive::new(l.max_connections)),
             };
             keep_listeners.insert(l.name.clone(), live.clone());
+            let deny = DenyList::new(inner.deny.get(&l.name).cloned().unwrap_or_default());
             let spec = ListenerSpec {
                 name: l.name.as_str().into(),
                 bind: l.bind.clone(),
@@ -140,6 +160,7 @@ impl Live {
                 connect_timeout: l.connect_timeout,
                 idle_timeout: l.idle_timeout,
                 live,
+                deny: Arc::new(deny),
             };
             listeners.insert(spec.name.clone(), Arc::new(spec));
         }
@@ -149,6 +170,9 @@ impl Live {
             .iter()
             .map(|(n, p)| (n.to_string(), p.live.clone()))
             .collect();
+        inner
+            .deny
+            .retain(|name, _| keep_listeners.contains_key(name));
         inner.listeners = keep_listeners;
         Snapshot {
             generation,

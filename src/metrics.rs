@@ -255,13 +255,18 @@ impl TollgateCollector {
                 &l,
                 live.accept_errors.load(Relaxed) as f64,
             );
-            let rejected = live.rejected_no_backend.load(Relaxed) as f64;
-            push(
-                out,
-                "tollgate_listener_connections_rejected_total",
-                &[("listener", name), ("reason", "no_backend")],
-                rejected,
-            );
+            for (reason, n) in [
+                ("no_backend", &live.rejected_no_backend),
+                ("acl", &live.rejected_acl),
+            ] {
+                let l = [("listener", name.as_ref()), ("reason", reason)];
+                push(
+                    out,
+                    "tollgate_listener_connections_rejected_total",
+                    &l,
+                    n.load(Relaxed) as f64,
+                );
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, watch};
 
+use crate::admission::DenyList;
 use crate::balance::RoundRobin;
 
 /// Why a connect to a backend failed; the `reason` label of the failure counter.
@@ -181,6 +182,8 @@ pub struct ListenerLive {
     pub active: AtomicU64,
     pub accept_errors: AtomicU64,
     pub rejected_no_backend: AtomicU64,
+    /// Connections closed at once because the source matched the deny list.
+    pub rejected_acl: AtomicU64,
     /// Permits for `limits.max_connections`: each accepted connection holds one.
     pub slots: Arc<Semaphore>,
     max: AtomicUsize,
@@ -196,6 +199,7 @@ impl ListenerLive {
             active: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             rejected_no_backend: AtomicU64::new(0),
+            rejected_acl: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(max)),
             max: AtomicUsize::new(max),
             debt: AtomicUsize::new(0),
@@ -248,6 +252,8 @@ pub struct ListenerSpec {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub live: Arc<ListenerLive>,
+    /// Sources refused at once (the runtime deny list).
+    pub deny: Arc<DenyList>,
 }
 
 /// One published state of the running configuration and runtime overrides.

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, views};
-use crate::control::{ActionError, BackendAction};
+use crate::control::BackendAction;
 
 pub(crate) const OPENAPI: &str = include_str!("openapi.yaml");
 
@@ -60,6 +60,17 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
                 backend_action(ctx, &pool, &backend, action)
             })
         }
+        (["api", "v1", "listeners", listener, "sources", ip], &Method::GET) => {
+            explain(&ctx, listener, ip)
+        }
+        (
+            ["api", "v1", "listeners", listener, "deny", cidr],
+            m @ (&Method::POST | &Method::DELETE),
+        ) => {
+            let add = *m == Method::POST;
+            let (listener, cidr) = (listener.to_string(), cidr.to_string());
+            guarded(&req, &ctx, |ctx| deny(ctx, &listener, &cidr, add))
+        }
         (["api", "v1", "pools", pool, "backends", backend, "weight"], &Method::PUT) => {
             let (pool, backend) = (pool.to_string(), backend.to_string());
             if !auth::authorized(req.headers(), token(&ctx).as_deref()) {
@@ -102,6 +113,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/disable"),
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/enable"),
     ("PUT", "/api/v1/pools/{pool}/backends/{backend}/weight"),
+    ("GET", "/api/v1/listeners/{listener}/sources/{ip}"),
+    ("POST", "/api/v1/listeners/{listener}/deny/{cidr}"),
+    ("DELETE", "/api/v1/listeners/{listener}/deny/{cidr}"),
 ];
 
 /// The methods a known path takes, for a 405; `None` for an unknown path.
@@ -187,9 +201,45 @@ fn backend_action(ctx: &Ctx, pool: &str, backend: &str, action: BackendAction) -
     };
     match ctx.control.backend_action(pool, address, action) {
         Ok(()) => json_reply(StatusCode::OK, views::backend(&ctx.control, pool, address)),
-        Err(e @ (ActionError::NoPool(_) | ActionError::NoBackend(..))) => {
-            error(StatusCode::NOT_FOUND, &e.to_string())
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+fn explain(ctx: &Ctx, listener: &str, ip: &str) -> Reply {
+    let Some(source) = percent_decode(ip).and_then(|s| s.parse::<std::net::IpAddr>().ok()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("`{ip}` is not an IP address"),
+        );
+    };
+    match ctx.control.explain(listener, source) {
+        Ok(v) => json_reply(StatusCode::OK, views::verdict(listener, source, &v)),
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+    }
+}
+
+fn deny(ctx: &Ctx, listener: &str, cidr: &str, add: bool) -> Reply {
+    let Some(block) = percent_decode(cidr).and_then(|c| c.parse::<crate::admission::Cidr>().ok())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("`{cidr}` is not a CIDR (percent-encode the slash: 10.0.0.0%2F8)"),
+        );
+    };
+    match ctx.control.deny(listener, block, add) {
+        Ok(changed) => {
+            let list: Vec<String> = ctx
+                .control
+                .deny_list(listener)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            json_reply(
+                StatusCode::OK,
+                json!({"listener": listener, "changed": changed, "deny": list}),
+            )
         }
+        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
     }
 }
 

@@ -29,6 +29,8 @@ pub(crate) fn status(control: &Control) -> Value {
                 "accept_errors": live.accept_errors.load(Relaxed),
                 "rejected_no_backend": live.rejected_no_backend.load(Relaxed),
                 "max_connections": live.max_connections(),
+                "rejected_acl": live.rejected_acl.load(Relaxed),
+                "deny": spec.deny.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
             }))
         })
         .collect();
@@ -77,6 +79,24 @@ fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
         "sent_bytes": b.stats.sent_bytes.load(Relaxed),
         "received_bytes": b.stats.received_bytes.load(Relaxed),
         "last_check": Value::Null,
+    })
+}
+
+/// Why a source would be admitted or refused (`GET /api/v1/listeners/{l}/sources/{ip}`).
+pub(crate) fn verdict(
+    listener: &str,
+    source: std::net::IpAddr,
+    v: &crate::control::Verdict,
+) -> Value {
+    json!({
+        "listener": listener,
+        "source": source.to_canonical().to_string(),
+        "admitted": v.admitted,
+        "rule": v.denied_by.map(|c| json!({"kind": "runtime_deny", "cidr": c.to_string()})),
+        // Per-source rate and concurrency limits are not configurable yet, so no source has
+        // tokens or a connection count to report.
+        "per_source": Value::Null,
+        "listener_connections": {"active": v.listener_active, "max": v.listener_max},
     })
 }
 

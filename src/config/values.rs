@@ -113,44 +113,10 @@ pub fn port(n: u64) -> Result<u16, String> {
     }
 }
 
-/// `ADDR/LEN`, or a bare address meaning a single host. Host bits must be zero, so that
+/// `ADDR/LEN`, or a bare address meaning a single host; host bits must be zero, so that
 /// `10.0.0.1/8` (probably a typo) is reported rather than silently widened.
-pub fn cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let s = s.trim();
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("`{s}` is not a CIDR like 10.0.0.0/8"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) => l
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("`{s}`: prefix length must be 0-{max}"))?,
-    };
-    let host_bits = match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)) & mask_low(32 - u32::from(len)),
-        IpAddr::V6(v6) => u128::from(v6) & mask_low(128 - u32::from(len)),
-    };
-    if host_bits != 0 {
-        return Err(format!(
-            "`{s}` has host bits set; did you mean the network address?"
-        ));
-    }
-    Ok((ip, len))
-}
-
-fn mask_low(bits: u32) -> u128 {
-    if bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    }
+pub fn cidr(s: &str) -> Result<crate::admission::Cidr, String> {
+    s.parse()
 }
 
 /// Listener and pool names appear in metric labels and URLs: keep them short and plain.
@@ -218,9 +184,9 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!(cidr("10.0.0.0/8").unwrap().1, 8);
-        assert_eq!(cidr("2001:db8::/32").unwrap().1, 32);
-        assert_eq!(cidr("192.0.2.7").unwrap().1, 32);
+        assert_eq!(cidr("10.0.0.0/8").unwrap().prefix_len(), 8);
+        assert_eq!(cidr("2001:db8::/32").unwrap().prefix_len(), 32);
+        assert_eq!(cidr("192.0.2.7").unwrap().prefix_len(), 32);
         assert!(cidr("10.0.0.1/8").unwrap_err().contains("host bits"));
         assert!(cidr("10.0.0.0/33").is_err());
         assert!(cidr("0.0.0.0/0").is_ok());

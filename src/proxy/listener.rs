@@ -19,11 +19,14 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::tcp::{self, Admitted};
+use super::throttle::LogThrottle;
 use super::{DataPlane, Tracker};
 use crate::state::ListenerSpec;
 
 /// Listen backlog; the kernel clamps it to `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
+static DENIED_LOG: LogThrottle = LogThrottle::new();
+
 const PAUSE_MIN: Duration = Duration::from_millis(10);
 const PAUSE_MAX: Duration = Duration::from_millis(500);
 
@@ -119,6 +122,15 @@ pub async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 pause = PAUSE_MIN;
+                if let Some(rule) = spec.deny.matching(peer.ip()) {
+                    // Closed at once, before a slot or a backend is touched.
+                    spec.live.rejected_acl.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = DENIED_LOG.allow() {
+                        debug!(listener = %name, client = %peer, %rule, suppressed, "source denied; closed");
+                    }
+                    drop(client);
+                    continue;
+                }
                 // Take the slot after accepting: a permit held while waiting in accept would
                 // be unusable by the other workers, and with a small cap they would starve.
                 // At the cap this loop waits here, holding one accepted client, and accepts
