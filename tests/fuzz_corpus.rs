@@ -34,13 +34,15 @@ const MIN_SEEDS: usize = 20;
 /// exception is truly needed; the test flags an entry that no longer needs to be here.
 const KNOWN_MULTILINE: &[&str] = &[];
 
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config_load")
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
 }
 
-/// Every regular file of the corpus as (file name, contents), sorted by name.
-fn seeds() -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir();
+/// Every regular file of a target's corpus as (file name, contents), sorted by name.
+fn seeds_of(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(target);
     let entries = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read the fuzz corpus {}: {e}", dir.display()));
     let mut out = Vec::new();
@@ -202,11 +204,11 @@ fn check(name: &str, answer: &Answer) -> Vec<String> {
 
 #[test]
 fn fuzz_corpus_replays_cleanly() {
-    let seeds = seeds();
+    let seeds = seeds_of("config_load");
     assert!(
         seeds.len() >= MIN_SEEDS,
         "{} holds {} files; expected at least {MIN_SEEDS}",
-        corpus_dir().display(),
+        corpus_dir("config_load").display(),
         seeds.len()
     );
     for kind in [Expect::Valid, Expect::Bad, Expect::Unsupported] {
@@ -240,6 +242,36 @@ fn fuzz_corpus_replays_cleanly() {
         failures.len(),
         seeds.len(),
         failures.join("\n\n")
+    );
+}
+
+/// The admin-input seeds go through the same parsers and checks as the fuzz target.
+#[test]
+fn admin_input_corpus_replays_cleanly() {
+    use tollgate::admin::input::{parse_weight, percent_decode};
+    use tollgate::admission::Cidr;
+    let seeds = seeds_of("admin_input");
+    assert!(seeds.len() >= 10, "only {} admin_input seeds", seeds.len());
+    let mut accepted = 0;
+    for (name, data) in seeds {
+        if let Ok(w) = parse_weight(&data) {
+            assert!(w <= 1000, "{name}");
+            accepted += 1;
+        }
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        if let Some(decoded) = percent_decode(text)
+            && let Ok(cidr) = decoded.parse::<Cidr>()
+        {
+            assert!(cidr.contains(cidr.network()), "{name}");
+            assert_eq!(cidr.to_string().parse::<Cidr>(), Ok(cidr), "{name}");
+            accepted += 1;
+        }
+    }
+    assert!(
+        accepted >= 3,
+        "the corpus holds inputs that parse, not only rejects"
     );
 }
 

@@ -7,6 +7,7 @@
 //! It must not parse HTTP itself, touch sockets of the data plane, or block.
 
 mod auth;
+pub mod input;
 mod routes;
 
 pub use routes::ROUTES;

@@ -13,7 +13,7 @@ use hyper::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, views};
+use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, input, views};
 use crate::control::BackendAction;
 
 pub(crate) const OPENAPI: &str = include_str!("openapi.yaml");
@@ -193,7 +193,8 @@ fn reload(ctx: &Ctx) -> Reply {
 }
 
 fn backend_action(ctx: &Ctx, pool: &str, backend: &str, action: BackendAction) -> Reply {
-    let Some(address) = percent_decode(backend).and_then(|b| b.parse::<SocketAddr>().ok()) else {
+    let Some(address) = input::percent_decode(backend).and_then(|b| b.parse::<SocketAddr>().ok())
+    else {
         return error(
             StatusCode::BAD_REQUEST,
             &format!("`{backend}` is not a backend address (IP:PORT, percent-encoded)"),
@@ -206,7 +207,8 @@ fn backend_action(ctx: &Ctx, pool: &str, backend: &str, action: BackendAction) -
 }
 
 fn explain(ctx: &Ctx, listener: &str, ip: &str) -> Reply {
-    let Some(source) = percent_decode(ip).and_then(|s| s.parse::<std::net::IpAddr>().ok()) else {
+    let Some(source) = input::percent_decode(ip).and_then(|s| s.parse::<std::net::IpAddr>().ok())
+    else {
         return error(
             StatusCode::BAD_REQUEST,
             &format!("`{ip}` is not an IP address"),
@@ -219,7 +221,8 @@ fn explain(ctx: &Ctx, listener: &str, ip: &str) -> Reply {
 }
 
 fn deny(ctx: &Ctx, listener: &str, cidr: &str, add: bool) -> Reply {
-    let Some(block) = percent_decode(cidr).and_then(|c| c.parse::<crate::admission::Cidr>().ok())
+    let Some(block) =
+        input::percent_decode(cidr).and_then(|c| c.parse::<crate::admission::Cidr>().ok())
     else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -260,37 +263,7 @@ async fn read_weight(req: Request<Incoming>) -> Result<u32, Reply> {
         }
         Ok(Ok(b)) => b.to_bytes(),
     };
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!("the body is not JSON: {e}"),
-        )
-    })?;
-    match value.get("weight").and_then(Value::as_u64) {
-        Some(w) if w <= 1000 => Ok(u32::try_from(w).unwrap_or(1000)),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            "the body must be {\"weight\": N} with N from 0 to 1000",
-        )),
-    }
-}
-
-/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    input::parse_weight(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &e))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
@@ -320,23 +293,4 @@ fn unauthorized() -> Reply {
         hyper::header::HeaderValue::from_static("Bearer"),
     );
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(
-            percent_decode("127.0.0.1%3A9001").as_deref(),
-            Some("127.0.0.1:9001")
-        );
-        assert_eq!(
-            percent_decode("%5B%3A%3A1%5D%3A80").as_deref(),
-            Some("[::1]:80")
-        );
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-    }
 }

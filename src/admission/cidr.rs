@@ -58,11 +58,10 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let ip: IpAddr = addr
+        let written: IpAddr = addr
             .parse()
             .map_err(|_| format!("`{s}` is not a CIDR like 10.0.0.0/8"))?;
-        let ip = ip.to_canonical();
-        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
             Some(l) => l
@@ -70,6 +69,15 @@ impl FromStr for Cidr {
                 .ok()
                 .filter(|l| *l <= max)
                 .ok_or_else(|| format!("`{s}`: prefix length must be 0-{max}"))?,
+        };
+        // `::ffff:a.b.c.d/len` is the IPv4 block a.b.c.d/(len - 96).
+        let ip = written.to_canonical();
+        let len = if ip.is_ipv4() && written.is_ipv6() {
+            len.checked_sub(96).ok_or_else(|| {
+                format!("`{s}`: an IPv4-mapped block needs a prefix of at least 96")
+            })?
+        } else {
+            len
         };
         let (value, width) = bits(ip);
         if value & mask_low(width - u32::from(len)) != 0 {
@@ -116,6 +124,7 @@ mod tests {
     #[test]
     fn ipv4_mapped_ipv6_counts_as_ipv4() {
         assert!(c("127.0.0.0/8").contains("::ffff:127.0.0.1".parse().unwrap()));
-        assert_eq!(c("::ffff:10.0.0.0/8").to_string(), "10.0.0.0/8");
+        assert_eq!(c("::ffff:10.0.0.0/104").to_string(), "10.0.0.0/8");
+        assert!("::ffff:10.0.0.0/8".parse::<Cidr>().is_err());
     }
 }
