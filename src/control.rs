@@ -104,6 +104,11 @@ impl Control {
         *lock(&self.config) = config;
     }
 
+    /// Data-plane worker threads running.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// 1 at start, +1 per successful reload.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -65,13 +65,26 @@ async fn get_json(admin: SocketAddr, path: &str) -> Result<Value, String> {
 }
 
 /// The lines describing how `next` differs from the running config; empty when identical.
-pub fn describe(running: &Value, status: &Value, next: &Config) -> Vec<String> {
-    let next = next.to_json();
+pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<String> {
+    let next = next_cfg.to_json();
     let mut out = Vec::new();
-    for key in ["workers", "forwarding", "admin", "shutdown"] {
+    for key in ["forwarding", "admin", "shutdown"] {
         changes(key, &running[key], &next[key], &mut out);
     }
-    if running["workers"] != next["workers"] {
+    if running["admin"]["bind"] != next["admin"]["bind"] {
+        out.push(
+            "  (a reload cannot move, add or remove the admin API: restart to apply it)".to_owned(),
+        );
+    }
+    // What matters is the number of threads: `auto` and the core count are the same thing.
+    let resolved = next_cfg.workers.resolve();
+    if status["workers"].as_u64() != Some(resolved as u64) {
+        changes(
+            "workers",
+            &status["workers"],
+            &serde_json::json!(resolved),
+            &mut out,
+        );
         out.push("  (a reload cannot change workers: restart to apply it)".to_owned());
     }
     named(
@@ -87,7 +100,24 @@ pub fn describe(running: &Value, status: &Value, next: &Config) -> Vec<String> {
             format!("{active} open connection(s) drain")
         },
     );
-    for (old, new) in pairs(&running["pools"], &next["pools"], "name", &mut out, "pool") {
+    let pool_load = |name: &str| {
+        let backends = find(&status["pools"], "name", name)["backends"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        backends
+            .iter()
+            .filter_map(|b| b["active"].as_u64())
+            .sum::<u64>()
+    };
+    for (old, new) in pairs(
+        &running["pools"],
+        &next["pools"],
+        "name",
+        &mut out,
+        "pool",
+        pool_load,
+    ) {
         let pool = old["name"].as_str().unwrap_or_default();
         let live = find(&status["pools"], "name", pool);
         for key in ["balance", "connect_retries"] {
@@ -176,13 +206,15 @@ fn named(
     }
 }
 
-/// Pools present in both (for a deeper look), reporting added and removed ones.
+/// Pools present in both (for a deeper look), reporting added and removed ones; `open`
+/// counts the connections a removed one still has.
 fn pairs<'a>(
     old: &'a Value,
     new: &'a Value,
     key: &str,
     out: &mut Vec<String>,
     what: &str,
+    open: impl Fn(&str) -> u64,
 ) -> Vec<(&'a Value, &'a Value)> {
     let empty: &[Value] = &[];
     let olds = old.as_array().map_or(empty, Vec::as_slice);
@@ -191,18 +223,21 @@ fn pairs<'a>(
     for n in news {
         match olds.iter().find(|o| o[key] == n[key]) {
             Some(o) => both.push((o, n)),
-            None => out.push(format!(
-                "+ {what} {}: {} backend(s)",
-                show(&n[key]),
-                n["backends"].as_array().map_or(0, Vec::len)
-            )),
+            None => {
+                let backends = n["backends"].as_array().map_or(0, Vec::len);
+                out.push(format!("+ {what} {}: {backends} backend(s)", show(&n[key])));
+            }
         }
     }
     for o in olds
         .iter()
         .filter(|o| !news.iter().any(|n| n[key] == o[key]))
     {
-        out.push(format!("- {what} {}", show(&o[key])));
+        let id = show(&o[key]);
+        out.push(format!(
+            "- {what} {id} ({} open connection(s) drain)",
+            open(&id)
+        ));
     }
     both
 }

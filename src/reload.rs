@@ -26,7 +26,13 @@ pub enum ReloadError {
         "`workers` cannot change by a reload (running {running}, the file asks for {wanted}): restart to apply it"
     )]
     Workers { running: usize, wanted: usize },
-    #[error("listener {listener}: cannot bind {addr}")]
+    #[error(
+        "the admin API cannot move, appear or disappear by a reload (running {running}, the file asks for {wanted}): restart to apply it"
+    )]
+    Admin { running: String, wanted: String },
+    #[error("tollgate is draining for shutdown; reloads are refused")]
+    Draining,
+    #[error("listener {listener}: cannot bind {addr}: {source}")]
     Bind {
         listener: String,
         addr: SocketAddr,
@@ -89,10 +95,26 @@ impl Control {
             .changes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.draining.load(Ordering::Acquire) {
+            return Err(ReloadError::Draining);
+        }
         let current = self.config();
         let (running, wanted) = (self.workers.len(), next.workers.resolve());
         if running != wanted {
             return Err(ReloadError::Workers { running, wanted });
+        }
+        // The admin socket is bound once at start: a reload that moved or removed it would
+        // leave the old socket serving under the new (perhaps token-less) rules.
+        let admin_bind = |c: &Config| {
+            c.admin
+                .as_ref()
+                .map_or("no admin API".to_owned(), |a| a.bind.to_string())
+        };
+        if admin_bind(&current) != admin_bind(&next) {
+            return Err(ReloadError::Admin {
+                running: admin_bind(&current),
+                wanted: admin_bind(&next),
+            });
         }
         let fresh = self.bind_new(&next)?;
         let generation = self.bump_generation();
@@ -142,8 +164,11 @@ impl Control {
                 if bound.contains_key(&(l.name.clone(), *addr)) {
                     continue;
                 }
-                // An address we already hold under another listener name cannot be probed.
-                let ours = bound.keys().any(|(_, a)| a == addr);
+                // An address that overlaps one we already hold (another listener name, or the
+                // same port narrowed or widened) would collide with our own probe.
+                let ours = bound
+                    .keys()
+                    .any(|(_, a)| a == addr || crate::config::overlaps(*a, *addr));
                 let (actual, sockets) =
                     bind_group(*addr, self.workers.len(), !ours).map_err(|source| {
                         ReloadError::Bind {

@@ -226,9 +226,12 @@ impl ListenerLive {
                 .map_or(0, |prev| prev.min(raise));
             self.slots.add_permits(raise - paid);
         } else if want < old {
-            let shrink = old - want;
-            let forgotten = self.slots.forget_permits(shrink);
-            self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
+            // Invariant: available + in use = max + debt. Claim the whole debt (a connection
+            // ending meanwhile then returns its permit, which keeps the sum), forget what is
+            // available now, and owe the rest.
+            let owed = self.debt.swap(0, Ordering::AcqRel) + (old - want);
+            let forgotten = self.slots.forget_permits(owed);
+            self.debt.fetch_add(owed - forgotten, Ordering::AcqRel);
         }
     }
 

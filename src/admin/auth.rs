@@ -10,9 +10,13 @@ pub(crate) fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
     let Some(given) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let Some(given) = given.strip_prefix("Bearer ") else {
+    // The scheme name is case-insensitive (RFC 7235); the token is not.
+    let Some((scheme, given)) = given.split_once(' ') else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
     constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
@@ -44,5 +48,7 @@ mod tests {
         assert!(!authorized(&with("Bearer s3cre"), Some("s3cret")));
         assert!(!authorized(&with("Bearer s3cretX"), Some("s3cret")));
         assert!(!authorized(&with("Basic s3cret"), Some("s3cret")));
+        assert!(authorized(&with("bearer s3cret"), Some("s3cret")));
+        assert!(!authorized(&with("Bearers3cret"), Some("s3cret")));
     }
 }

@@ -13,8 +13,9 @@ mod routes;
 pub use routes::ROUTES;
 mod views;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -30,6 +31,9 @@ use crate::proxy::throttle::LogThrottle;
 
 /// Concurrent admin connections; more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
+/// Concurrent admin connections from one address, so that one client cannot take every slot
+/// (and leave `/readyz` unanswered for the health checker that withdraws this instance).
+const MAX_PER_PEER: usize = 8;
 /// Time allowed for a request's headers to arrive.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest an admin connection may live, requests included.
@@ -43,6 +47,46 @@ pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static OVER_CAP_LOG: LogThrottle = LogThrottle::new();
+
+type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One of a peer's [`MAX_PER_PEER`] admin connections; released on drop.
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(counts: &PeerCounts, ip: IpAddr) -> Option<PeerSlot> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Binds the admin socket (before any worker starts, so a bad address fails the start).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -75,6 +119,7 @@ pub async fn serve(listener: std::net::TcpListener, control: Arc<Control>) {
     };
     let ctx = Arc::new(Ctx { control, metrics });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_peer: PeerCounts = Arc::new(Mutex::new(HashMap::new()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -84,7 +129,10 @@ pub async fn serve(listener: std::net::TcpListener, control: Arc<Control>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let (Ok(permit), Some(peer_slot)) = (
+            slots.clone().try_acquire_owned(),
+            PeerSlot::take(&per_peer, peer.ip()),
+        ) else {
             if let Some(suppressed) = OVER_CAP_LOG.allow() {
                 warn!(%peer, suppressed, "admin: connection cap reached; closing new connection");
             }
@@ -104,7 +152,7 @@ pub async fn serve(listener: std::net::TcpListener, control: Arc<Control>) {
                 Ok(Err(e)) => debug!(%peer, error = %e, "admin: connection ended with an error"),
                 Err(_) => debug!(%peer, "admin: connection lifetime reached; closed"),
             }
-            drop(permit);
+            drop((permit, peer_slot));
         });
     }
 }

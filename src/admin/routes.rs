@@ -37,7 +37,13 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
         (["api", "v1", "openapi.yaml"], &Method::GET) => {
             text(StatusCode::OK, "application/yaml", OPENAPI)
         }
-        (["api", "v1", "reload"], &Method::POST) => guarded(&req, &ctx, reload),
+        (["api", "v1", "reload"], &Method::POST) => {
+            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
+                reload(ctx.clone()).await
+            } else {
+                unauthorized()
+            }
+        }
         (
             [
                 "api",
@@ -178,8 +184,13 @@ fn metrics(ctx: &Ctx) -> Reply {
     }
 }
 
-fn reload(ctx: &Ctx) -> Reply {
-    match ctx.control.reload() {
+/// Reads the file and binds sockets, so it runs on the blocking pool, not the admin task.
+async fn reload(ctx: Arc<Ctx>) -> Reply {
+    use crate::reload::ReloadError;
+    let Ok(result) = tokio::task::spawn_blocking(move || ctx.control.reload()).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed");
+    };
+    match result {
         Ok(generation) => json_reply(StatusCode::OK, json!({"generation": generation})),
         Err(crate::reload::ReloadError::Config(errors)) => {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -188,7 +199,10 @@ fn reload(ctx: &Ctx) -> Reply {
                 json!({"error": "the new config is invalid; nothing changed", "errors": list}),
             )
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, &format!("{e:#}")),
+        Err(e @ ReloadError::Bind { .. }) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
     }
 }
 

@@ -50,6 +50,7 @@ pub(crate) fn status(control: &Control) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": control.generation(),
+        "workers": control.worker_count(),
         "draining": control.draining.load(Relaxed),
         "listeners": listeners,
         "pools": pools,

@@ -20,6 +20,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use types::*;
+pub use validate::overlaps;
 pub use values::format_duration;
 
 /// Bounds on what the YAML loader will do for a file, whatever the file says: nesting depth,

@@ -306,7 +306,7 @@ fn listener(
 
 /// Two binds collide when they share a port and family and one address covers the other
 /// (equal, or either is the wildcard). Port 0 asks for a fresh port and collides with nothing.
-pub(super) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()

@@ -21,7 +21,8 @@ use tracing::{debug, warn};
 use super::tcp::{self, Admitted};
 use super::throttle::LogThrottle;
 use super::{DataPlane, Tracker};
-use crate::state::ListenerSpec;
+use crate::state::{ListenerLive, ListenerSpec};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Listen backlog; the kernel clamps it to `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -108,53 +109,43 @@ pub async fn accept_loop(
     let mut versions = plane.snapshot.subscribe();
     let mut errors = ErrorLog::default();
     let mut pause = PAUSE_MIN;
-    while current_spec(&plane, &name, configured).is_some() {
+    // The spec is looked up again only when a new snapshot has been published.
+    let Some(mut spec) = current_spec(&plane, &name, configured) else {
+        return;
+    };
+    loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = snapshot_changed(&mut versions) => continue,
             r = listener.accept() => r,
+            _ = snapshot_changed(&mut versions) => Err(io::Error::from(io::ErrorKind::Interrupted)),
         };
-        // The snapshot as of now, not as of when this accept began waiting.
-        let Some(spec) = current_spec(&plane, &name, configured) else {
-            return;
-        };
+        if versions.has_changed().unwrap_or(false)
+            || matches!(&accepted, Err(e) if e.kind() == io::ErrorKind::Interrupted)
+        {
+            versions.borrow_and_update();
+            match current_spec(&plane, &name, configured) {
+                Some(now) => spec = now,
+                None => {
+                    // A reload removed this socket. A client accepted just now is still
+                    // served, under the spec it arrived with; then the socket closes.
+                    if let Ok((client, peer)) = accepted {
+                        let at = (configured, &mut shutdown, &versions);
+                        admit(client, peer, &spec, &plane, at, &tracker).await;
+                    }
+                    return;
+                }
+            }
+        }
         match accepted {
             Ok((client, peer)) => {
                 pause = PAUSE_MIN;
-                if let Some(rule) = spec.deny.matching(peer.ip()) {
-                    // Closed at once, before a slot or a backend is touched.
-                    spec.live.rejected_acl.fetch_add(1, Ordering::Relaxed);
-                    if let Some(suppressed) = DENIED_LOG.allow() {
-                        debug!(listener = %name, client = %peer, %rule, suppressed, "source denied; closed");
-                    }
-                    drop(client);
-                    continue;
+                let at = (configured, &mut shutdown, &versions);
+                if !admit(client, peer, &spec, &plane, at, &tracker).await {
+                    return;
                 }
-                // Take the slot after accepting: a permit held while waiting in accept would
-                // be unusable by the other workers, and with a small cap they would starve.
-                // At the cap this loop waits here, holding one accepted client, and accepts
-                // nothing more until a connection ends.
-                let permit = match spec.live.slots.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => tokio::select! {
-                        _ = shutdown.wait_for(|stop| *stop) => return,
-                        p = spec.live.slots.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        },
-                    },
-                };
-                spec.live.accepted.fetch_add(1, Ordering::Relaxed);
-                let conn = Admitted {
-                    client,
-                    peer,
-                    spec,
-                    permit,
-                    guard: tracker.enter(),
-                };
-                tokio::spawn(tcp::serve(conn, plane.clone()));
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 spec.live.accept_errors.fetch_add(1, Ordering::Relaxed);
                 if is_per_connection(&e) {
@@ -170,6 +161,100 @@ pub async fn accept_loop(
                 }
                 pause = (pause * 2).min(PAUSE_MAX);
             }
+        }
+    }
+}
+
+/// Admission of one accepted client: the deny list, then a `max_connections` slot, then a
+/// task of its own. Returns false when the loop must stop (shutdown, or this listener was
+/// removed while waiting for a slot).
+async fn admit(
+    client: tokio::net::TcpStream,
+    peer: SocketAddr,
+    spec: &Arc<ListenerSpec>,
+    plane: &Arc<DataPlane>,
+    (configured, shutdown, versions): (
+        SocketAddr,
+        &mut watch::Receiver<bool>,
+        &watch::Receiver<u64>,
+    ),
+    tracker: &Tracker,
+) -> bool {
+    if let Some(rule) = spec.deny.matching(peer.ip()) {
+        // Closed at once, before a slot or a backend is touched.
+        spec.live.rejected_acl.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = DENIED_LOG.allow() {
+            debug!(listener = %spec.name, client = %peer, %rule, suppressed, "source denied; closed");
+        }
+        return true;
+    }
+    // The slot is taken after accepting: a permit held while waiting in accept would be
+    // unusable by the other workers, and with a small cap they would starve. At the cap the
+    // loop waits here, holding this one client, and accepts nothing more until a connection
+    // ends — or until a reload removes the listener, which must not leave its socket open.
+    // A receiver of our own, so that what this wait sees does not hide a change from the
+    // accept loop, which refreshes its spec on it.
+    let mut versions = versions.clone();
+    let slot = loop {
+        if let Some(slot) = Slot::try_take(&spec.live) {
+            break slot;
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+            p = spec.live.slots.clone().acquire_owned() => match p {
+                Ok(p) => break Slot::new(p, spec.live.clone()),
+                Err(_) => return false,
+            },
+            _ = snapshot_changed(&mut versions) => {
+                if current_spec(plane, &spec.name, configured).is_none() {
+                    return false;
+                }
+            }
+        }
+    };
+    spec.live.accepted.fetch_add(1, Ordering::Relaxed);
+    let conn = Admitted {
+        client,
+        peer,
+        spec: spec.clone(),
+        slot,
+        guard: tracker.enter(),
+    };
+    tokio::spawn(tcp::serve(conn, plane.clone()));
+    true
+}
+
+/// A `max_connections` slot held by one connection. Dropping it returns the permit — or, when
+/// a reload lowered the cap while it was held, retires it — on every path: a normal end, a
+/// refusal, a cancelled task.
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    live: Arc<ListenerLive>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, live: Arc<ListenerLive>) -> Slot {
+        Slot {
+            permit: Some(permit),
+            live,
+        }
+    }
+
+    fn try_take(live: &Arc<ListenerLive>) -> Option<Slot> {
+        live.slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| Slot::new(p, live.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take()
+            && self.live.retire()
+        {
+            permit.forget();
         }
     }
 }

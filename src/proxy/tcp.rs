@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, field, info_span, warn};
 
 use super::copy::{self, ForwardError, Side, Transfer};
@@ -25,7 +24,7 @@ pub struct Admitted {
     pub client: TcpStream,
     pub peer: SocketAddr,
     pub spec: Arc<ListenerSpec>,
-    pub permit: OwnedSemaphorePermit,
+    pub slot: super::listener::Slot,
     pub guard: TrackerGuard,
 }
 
@@ -78,11 +77,7 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
         .received_bytes
         .fetch_add(moved.to_client, Ordering::Relaxed);
     log_end(&result, moved);
-    // The listener's cap may have been lowered by a reload while this connection held a
-    // slot: then the slot is retired instead of returned.
-    if conn.spec.live.retire() {
-        conn.permit.forget();
-    }
+    drop(conn.slot);
     drop(conn.guard);
 }
 
