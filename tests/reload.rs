@@ -132,7 +132,10 @@ fn a_bad_file_changes_nothing_and_returns_every_error() {
     // A change of workers is refused with its reason.
     std::fs::write(&path, yaml(&[a], false).replace("workers: 2", "workers: 3")).unwrap();
     let r = request(admin, "POST", "/api/v1/reload", None, "");
-    assert_eq!(r.status, 409, "a valid file that cannot be applied by a reload is a conflict");
+    assert_eq!(
+        r.status, 409,
+        "a valid file that cannot be applied by a reload is a conflict"
+    );
     assert!(r.body.contains("workers"), "{}", r.body);
     server.shutdown();
 }

@@ -199,6 +199,10 @@ async fn admit(
         if let Some(slot) = Slot::try_take(&spec.live) {
             break slot;
         }
+        // A listener already removed does not wait: its socket must close now.
+        if current_spec(plane, &spec.name, configured).is_none() {
+            return false;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return false,
             p = spec.live.slots.clone().acquire_owned() => match p {
