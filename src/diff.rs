@@ -120,7 +120,7 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
     ) {
         let pool = old["name"].as_str().unwrap_or_default();
         let live = find(&status["pools"], "name", pool);
-        for key in ["balance", "connect_retries"] {
+        for key in ["balance", "hash", "connect_retries"] {
             changes(
                 &format!("pool {pool}: {key}"),
                 &old[key],

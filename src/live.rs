@@ -11,8 +11,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::admission::{Cidr, DenyList};
-use crate::config::Config;
-use crate::state::{Backend, BackendStats, ListenerLive, ListenerSpec, Pool, PoolLive, Snapshot};
+use crate::config::{Balance, Config};
+use crate::state::{
+    Algorithm, Backend, BackendStats, ListenerLive, ListenerSpec, Pool, PoolLive, Snapshot,
+};
 
 /// What an operator has said about one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,7 +137,13 @@ impl Live {
                 keep_backends.insert(key, stats);
             }
             let live = inner.pools.get(&p.name).cloned().unwrap_or_default();
-            let pool = Pool::new(&p.name, backends, p.connect_retries, live);
+            let algorithm = match p.balance {
+                Balance::RoundRobin => Algorithm::RoundRobin,
+                Balance::LeastConnections => Algorithm::LeastConnections,
+                Balance::RandomTwo => Algorithm::RandomTwo,
+                Balance::Maglev { with_port } => Algorithm::Maglev { with_port },
+            };
+            let pool = Pool::new(&p.name, backends, p.connect_retries, live, algorithm);
             pools.insert(p.name.as_str().into(), Arc::new(pool));
         }
         let mut listeners = HashMap::new();

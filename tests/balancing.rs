@@ -53,3 +53,121 @@ fn weighted_round_robin_gives_exact_shares() {
     );
     server.shutdown();
 }
+
+/// A backend that says its id, then holds the connection open until the client closes.
+fn holding_backend(id: u8) -> SocketAddr {
+    backend(move |mut s| {
+        let _ = s.write_all(&[id]);
+        let mut sink = [0u8; 64];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    })
+}
+
+/// Opens a connection that stays open, and returns it with the id of the backend it reached.
+fn open_held(front: SocketAddr) -> (TcpStream, u8) {
+    let mut s = TcpStream::connect(front).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut id = [0u8; 1];
+    s.read_exact(&mut id).unwrap();
+    (s, id[0])
+}
+
+#[test]
+fn least_connections_follows_open_connections() {
+    let backends = [
+        (holding_backend(0), 1),
+        (holding_backend(1), 1),
+        (holding_backend(2), 2),
+    ];
+    let server = start(&config(&backends, "", "balance: least_connections", ""));
+    let mut held: Vec<(TcpStream, u8)> = (0..8).map(|_| open_held(front(&server))).collect();
+    let mut per = [0u32; 3];
+    for (_, id) in &held {
+        per[*id as usize] += 1;
+    }
+    assert_eq!(
+        per,
+        [2, 2, 4],
+        "open connections per unit of weight stay equal"
+    );
+    // Close both connections of backend 0: the next two go there.
+    held.retain(|(_, id)| *id != 0);
+    let snapshot = server.snapshot();
+    let stats = &snapshot.pool("back").unwrap().backends[0].stats;
+    wait_for(
+        "backend 0 is idle",
+        std::time::Duration::from_secs(5),
+        || stats.active.load(std::sync::atomic::Ordering::Relaxed) == 0,
+    );
+    let next: Vec<u8> = (0..2)
+        .map(|_| open_held(front(&server)))
+        .map(|(s, id)| {
+            held.push((s, id));
+            id
+        })
+        .collect();
+    assert_eq!(next, vec![0, 0]);
+    drop(held);
+    server.shutdown();
+}
+
+#[test]
+fn random_two_spreads_open_connections_evenly() {
+    let backends = [
+        (holding_backend(0), 1),
+        (holding_backend(1), 1),
+        (holding_backend(2), 1),
+    ];
+    let server = start(&config(&backends, "", "balance: random_two", ""));
+    let held: Vec<(TcpStream, u8)> = (0..30).map(|_| open_held(front(&server))).collect();
+    let mut per = [0u32; 3];
+    for (_, id) in &held {
+        per[*id as usize] += 1;
+    }
+    assert!(per.iter().all(|n| (8..=12).contains(n)), "{per:?}");
+    drop(held);
+    server.shutdown();
+}
+
+#[test]
+fn maglev_sends_each_client_address_to_one_backend() {
+    let backends = [
+        (named_backend(0), 1),
+        (named_backend(1), 1),
+        (named_backend(2), 1),
+    ];
+    let server = start(&config(
+        &backends,
+        "",
+        "balance: maglev\nhash: source_ip",
+        "",
+    ));
+    let front_addr = front(&server);
+    let mut seen = [0u32; 3];
+    for host in 1..=60u8 {
+        let from: SocketAddr = format!("127.0.0.{host}:0").parse().unwrap();
+        let ids: Vec<u8> = (0..3).map(|_| who_answers_from(front_addr, from)).collect();
+        assert!(
+            ids.iter().all(|i| *i == ids[0]),
+            "client 127.0.0.{host} moved: {ids:?}"
+        );
+        seen[ids[0] as usize] += 1;
+    }
+    assert!(
+        seen.iter().all(|n| *n >= 8),
+        "every backend owns some clients: {seen:?}"
+    );
+    server.shutdown();
+}
+
+/// Like `who_answers`, from a chosen local address.
+fn who_answers_from(front: SocketAddr, from: SocketAddr) -> u8 {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&front.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    let mut id = Vec::new();
+    s.read_to_end(&mut id).unwrap();
+    id[0]
+}

@@ -253,3 +253,23 @@ fn control_characters_in_names_cannot_split_an_error_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("web\\nt.yaml"), "{stderr}");
 }
+
+#[test]
+fn hash_is_only_for_maglev() {
+    let rr = GOOD.replace("    backends:\n", "    hash: source_ip\n    backends:\n");
+    rejected(
+        &rr,
+        "t.yaml:7:11: pools.web.hash:",
+        "applies only to `balance: maglev`",
+    );
+    let maglev = GOOD.replace(
+        "    backends:\n",
+        "    balance: maglev\n    hash: source_ip_port\n    backends:\n",
+    );
+    let (out, stderr, _) = check(&maglev);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("web maglev"),
+        "the summary names the algorithm"
+    );
+}

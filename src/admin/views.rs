@@ -44,7 +44,7 @@ pub(crate) fn status(control: &Control) -> Value {
                 .iter()
                 .map(|b| backend_json(control, &p.name, b))
                 .collect();
-            Some(json!({"name": p.name, "balance": "round_robin", "backends": backends}))
+            Some(json!({"name": p.name, "balance": pool.algorithm.label(), "backends": backends}))
         })
         .collect();
     json!({

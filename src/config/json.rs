@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::types::{Config, Forwarding, Workers};
+use super::types::{Balance, Config, Forwarding, Workers};
 use super::values::format_duration as d;
 
 impl Config {
@@ -25,9 +25,20 @@ impl Config {
             .pools
             .iter()
             .map(|p| {
-                let backends: Vec<Value> =
-                    p.backends.iter().map(|b| json!({"address": b.address.to_string(), "weight": b.weight})).collect();
-                json!({"name": p.name, "balance": "round_robin", "connect_retries": p.connect_retries, "backends": backends})
+                let backends: Vec<Value> = p
+                    .backends
+                    .iter()
+                    .map(|b| json!({"address": b.address.to_string(), "weight": b.weight}))
+                    .collect();
+                let hash = match p.balance {
+                    Balance::Maglev { with_port: true } => json!("source_ip_port"),
+                    Balance::Maglev { with_port: false } => json!("source_ip"),
+                    _ => Value::Null,
+                };
+                json!({
+                    "name": p.name, "balance": p.balance.label(), "hash": hash,
+                    "connect_retries": p.connect_retries, "backends": backends,
+                })
             })
             .collect();
         let workers = match self.workers {

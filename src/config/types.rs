@@ -81,6 +81,23 @@ pub struct Listener {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     RoundRobin,
+    LeastConnections,
+    RandomTwo,
+    /// Consistent hashing of the client: `hash: source_ip` (false) or `source_ip_port` (true).
+    Maglev {
+        with_port: bool,
+    },
+}
+
+impl Balance {
+    pub fn label(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConnections => "least_connections",
+            Balance::RandomTwo => "random_two",
+            Balance::Maglev { .. } => "maglev",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,8 +173,9 @@ impl Config {
         for p in &self.pools {
             let _ = writeln!(
                 out,
-                "  {} round_robin, {} backend(s), {} connect retries",
+                "  {} {}, {} backend(s), {} connect retries",
                 p.name,
+                p.balance.label(),
                 p.backends.len(),
                 p.connect_retries
             );

@@ -39,39 +39,7 @@ fn pool(
     binds: &[SocketAddr],
 ) -> Option<Pool> {
     let f = &p.value;
-    if let Some(b) = &f.balance {
-        let k = format!("{key}.balance");
-        match b.value.as_str() {
-            "round_robin" => {}
-            "least_connections" | "random_two" | "maglev" => {
-                c.unsupported(
-                    b,
-                    &k,
-                    &format!("balance `{}` (round_robin is available)", b.value),
-                );
-            }
-            other => c.at(
-                b,
-                &k,
-                format!(
-                    "`{other}` is not one of: round_robin, least_connections, random_two, maglev"
-                ),
-            ),
-        }
-    }
-    if let Some(h) = &f.hash {
-        let k = format!("{key}.hash");
-        match h.value.as_str() {
-            "source_ip" | "source_ip_port" => {
-                c.unsupported(h, &k, "hashing (it applies to balance: maglev)")
-            }
-            other => c.at(
-                h,
-                &k,
-                format!("`{other}` is not one of: source_ip, source_ip_port"),
-            ),
-        }
-    }
+    let balance = balance(c, key, f);
     if let Some(w) = &f.when_all_down {
         let k = format!("{key}.when_all_down");
         match w.value.as_str() {
@@ -112,10 +80,51 @@ fn pool(
     let backends = backends(c, key, p, binds)?;
     Some(Pool {
         name: name.to_owned(),
-        balance: Balance::RoundRobin,
+        balance,
         connect_retries: u32::try_from(retries).unwrap_or(u32::MAX),
         backends,
     })
+}
+
+fn balance(c: &mut Checker, key: &str, f: &PoolFile) -> Balance {
+    let with_port = match &f.hash {
+        None => false,
+        Some(h) => match h.value.as_str() {
+            "source_ip" => false,
+            "source_ip_port" => true,
+            other => {
+                c.at(
+                    h,
+                    &format!("{key}.hash"),
+                    format!("`{other}` is not one of: source_ip, source_ip_port"),
+                );
+                false
+            }
+        },
+    };
+    let chosen = match f.balance.as_ref().map(|b| (b, b.value.as_str())) {
+        None | Some((_, "round_robin")) => Balance::RoundRobin,
+        Some((_, "least_connections")) => Balance::LeastConnections,
+        Some((_, "random_two")) => Balance::RandomTwo,
+        Some((_, "maglev")) => Balance::Maglev { with_port },
+        Some((b, other)) => {
+            let msg = format!(
+                "`{other}` is not one of: round_robin, least_connections, random_two, maglev"
+            );
+            c.at(b, &format!("{key}.balance"), msg);
+            Balance::RoundRobin
+        }
+    };
+    if let Some(h) = &f.hash
+        && !matches!(chosen, Balance::Maglev { .. })
+    {
+        c.at(
+            h,
+            &format!("{key}.hash"),
+            "`hash` applies only to `balance: maglev`",
+        );
+    }
+    chosen
 }
 
 fn backends(

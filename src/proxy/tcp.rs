@@ -42,7 +42,7 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
     });
     // Nagle would delay small writes we pass on; the proxy adds no batching of its own.
     let _ = conn.client.set_nodelay(true);
-    let Some((backend, upstream)) = connect(&conn.spec).await else {
+    let Some((backend, upstream)) = connect(&conn.spec, conn.peer).await else {
         conn.spec
             .live
             .rejected_no_backend
@@ -109,8 +109,8 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
 }
 
 /// Tries the pool's candidates in order, each within the connect timeout.
-async fn connect(spec: &ListenerSpec) -> Option<(Arc<Backend>, TcpStream)> {
-    for backend in spec.pool.candidates() {
+async fn connect(spec: &ListenerSpec, client: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
+    for backend in spec.pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;
         let error = match dial_until(backend.address, deadline).await {

@@ -13,68 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod pool;
+
+pub use pool::{Algorithm, Backend, BackendStats, ConnectFailure, Pool};
+
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, watch};
 
 use crate::admission::DenyList;
-use crate::balance::RoundRobin;
-
-/// Why a connect to a backend failed; the `reason` label of the failure counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectFailure {
-    Refused,
-    Timeout,
-    Unreachable,
-    Other,
-}
-
-impl ConnectFailure {
-    pub const ALL: [ConnectFailure; 4] =
-        [Self::Refused, Self::Timeout, Self::Unreachable, Self::Other];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Refused => "refused",
-            Self::Timeout => "timeout",
-            Self::Unreachable => "unreachable",
-            Self::Other => "error",
-        }
-    }
-}
-
-/// Live counters of one backend; kept by identity (pool, address) across snapshots.
-#[derive(Debug, Default)]
-pub struct BackendStats {
-    pub active: AtomicU64,
-    pub connections: AtomicU64,
-    /// By [`ConnectFailure`], in `ConnectFailure::ALL` order.
-    pub connect_failures: [AtomicU64; 4],
-    /// Bytes sent to the backend (client → backend).
-    pub sent_bytes: AtomicU64,
-    /// Bytes received from the backend (backend → client).
-    pub received_bytes: AtomicU64,
-}
-
-impl BackendStats {
-    pub fn count_failure(&self, why: ConnectFailure) {
-        self.connect_failures[why as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.connect_failures
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-#[derive(Debug)]
-pub struct Backend {
-    pub address: SocketAddr,
-    /// The weight selection uses now (0 while draining or disabled).
-    pub weight: u32,
-    pub stats: Arc<BackendStats>,
-}
 
 /// Upper bounds (seconds) of the connect-duration histogram buckets.
 pub const CONNECT_BUCKETS: [f64; 12] = [
@@ -123,56 +69,6 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct PoolLive {
     pub connect_duration: Histogram,
-}
-
-/// A pool as the data plane sees it: its backends and how to choose among them.
-#[derive(Debug)]
-pub struct Pool {
-    pub name: Arc<str>,
-    pub backends: Vec<Arc<Backend>>,
-    pub connect_retries: u32,
-    pub live: Arc<PoolLive>,
-    rr: RoundRobin,
-    ticket: AtomicU64,
-}
-
-impl Pool {
-    pub fn new(
-        name: &str,
-        backends: Vec<Arc<Backend>>,
-        connect_retries: u32,
-        live: Arc<PoolLive>,
-    ) -> Pool {
-        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
-        Pool {
-            name: name.into(),
-            rr: RoundRobin::new(&weights),
-            backends,
-            connect_retries,
-            live,
-            ticket: AtomicU64::new(0),
-        }
-    }
-
-    /// The backends to try for one new connection, in order: the balancer's pick, then up to
-    /// `connect_retries` others.
-    pub fn candidates(&self) -> Vec<Arc<Backend>> {
-        let ticket = self.ticket.fetch_add(1, Ordering::Relaxed);
-        let want = usize::try_from(self.connect_retries)
-            .unwrap_or(0)
-            .saturating_add(1);
-        let mut picks = Vec::with_capacity(want.min(self.backends.len()));
-        self.rr.candidates(ticket, want, &mut picks);
-        picks
-            .into_iter()
-            .filter_map(|i| self.backends.get(i).cloned())
-            .collect()
-    }
-
-    /// Whether any backend can take a new connection.
-    pub fn has_selectable(&self) -> bool {
-        self.rr.period() > 0
-    }
 }
 
 /// Live facts of one listener; kept by name across snapshots.
