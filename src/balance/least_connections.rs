@@ -8,40 +8,38 @@ pub(crate) fn less_loaded(a: (u64, u32), b: (u64, u32)) -> std::cmp::Ordering {
 }
 
 /// Up to `want` distinct backends, least loaded first; zero-weight backends are never chosen.
-pub fn candidates(weights: &[u32], active: &[u64], random: u64, want: usize, out: &mut Vec<usize>) {
+/// `active(i)` reads backend i's open connections; each is read once. Ties are ordered by a
+/// random key per backend, so no position is favoured. One pass plus a partial sort: O(n).
+pub fn candidates(
+    weights: &[u32],
+    active: impl Fn(usize) -> u64,
+    random: u64,
+    want: usize,
+    out: &mut Vec<usize>,
+) {
     out.clear();
-    let mut rand = random;
-    while out.len() < want {
-        let mut best: Option<(u64, u32)> = None;
-        let mut ties = 0u64;
-        let mut chosen = None;
-        for (i, (&w, &a)) in weights.iter().zip(active).enumerate() {
-            if w == 0 || out.contains(&i) {
-                continue;
-            }
-            let order = best.map(|b| less_loaded((a, w), b));
-            match order {
-                None | Some(std::cmp::Ordering::Less) => {
-                    best = Some((a, w));
-                    ties = 1;
-                    chosen = Some(i);
-                }
-                Some(std::cmp::Ordering::Equal) => {
-                    // Reservoir sampling over the ties: each of k ties wins with chance 1/k.
-                    ties += 1;
-                    rand = super::mix(rand);
-                    if rand % ties == 0 {
-                        chosen = Some(i);
-                    }
-                }
-                Some(std::cmp::Ordering::Greater) => {}
-            }
-        }
-        match chosen {
-            Some(i) => out.push(i),
-            None => break,
-        }
+    if want == 0 {
+        return;
     }
+    let mut ranked: Vec<(u64, u32, u64, usize)> = weights
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w > 0)
+        .map(|(i, &w)| (active(i), w, super::mix(random ^ i as u64), i))
+        .collect();
+    let order = |a: &(u64, u32, u64, usize), b: &(u64, u32, u64, usize)| {
+        less_loaded((a.0, a.1), (b.0, b.1)).then(a.2.cmp(&b.2))
+    };
+    let take = want.min(ranked.len());
+    if take == 0 {
+        return;
+    }
+    if take < ranked.len() {
+        ranked.select_nth_unstable_by(take - 1, order);
+        ranked.truncate(take);
+    }
+    ranked.sort_unstable_by(order);
+    out.extend(ranked.iter().map(|r| r.3));
 }
 
 #[cfg(test)]
@@ -50,7 +48,7 @@ mod tests {
 
     fn pick(weights: &[u32], active: &[u64], random: u64) -> usize {
         let mut out = Vec::new();
-        candidates(weights, active, random, 1, &mut out);
+        candidates(weights, |i| active[i], random, 1, &mut out);
         out[0]
     }
 
@@ -93,7 +91,8 @@ mod tests {
     #[test]
     fn retries_get_the_next_least_loaded() {
         let mut out = Vec::new();
-        candidates(&[1, 1, 1], &[9, 1, 5], 0, 3, &mut out);
+        let loads = [9, 1, 5];
+        candidates(&[1, 1, 1], |i| loads[i], 0, 3, &mut out);
         assert_eq!(out, vec![1, 2, 0]);
     }
 }

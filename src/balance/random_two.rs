@@ -33,20 +33,21 @@ impl RandomTwo {
         Some(self.cumulative.partition_point(|c| *c <= point))
     }
 
-    /// The winner of two weighted draws, then the other, then the rest least loaded first.
+    /// The winner of two weighted draws, then the other, then further distinct draws for
+    /// retries. Only the drawn backends' loads are read (`active(i)`), so a pick costs the
+    /// same with 3 backends or 300.
     pub fn candidates(
         &self,
         weights: &[u32],
-        active: &[u64],
+        active: impl Fn(usize) -> u64,
         random: u64,
         want: usize,
         out: &mut Vec<usize>,
     ) {
         out.clear();
-        let r1 = super::mix(random);
-        let Some(a) = self.draw(r1) else { return };
+        let mut r = super::mix(random);
+        let Some(a) = self.draw(r) else { return };
         let mut b = a;
-        let mut r = r1;
         // A second, different backend when there is one (bounded tries; weights may be skewed).
         for _ in 0..8 {
             r = super::mix(r);
@@ -59,25 +60,32 @@ impl RandomTwo {
             }
         }
         let (first, second) =
-            if less_loaded((active[b], weights[b]), (active[a], weights[a])).is_lt() {
+            if b != a && less_loaded((active(b), weights[b]), (active(a), weights[a])).is_lt() {
                 (b, a)
             } else {
                 (a, b)
             };
         out.push(first);
-        if second != first && out.len() < want {
+        if second != first {
             out.push(second);
         }
-        if out.len() < want {
-            let mut rest = Vec::new();
-            super::least_connections::candidates(weights, active, r, want, &mut rest);
-            for i in rest {
-                if out.len() == want {
-                    break;
-                }
-                if !out.contains(&i) {
-                    out.push(i);
-                }
+        // Retries: more weighted draws, then anything selectable not yet listed.
+        let mut tries = 4 * want;
+        while out.len() < want && tries > 0 {
+            tries -= 1;
+            r = super::mix(r);
+            if let Some(x) = self.draw(r)
+                && !out.contains(&x)
+            {
+                out.push(x);
+            }
+        }
+        for (i, w) in weights.iter().enumerate() {
+            if out.len() >= want {
+                break;
+            }
+            if *w > 0 && !out.contains(&i) {
+                out.push(i);
             }
         }
         out.truncate(want);
@@ -98,7 +106,7 @@ mod tests {
         let mut r = 7u64;
         for _ in 0..10_000 {
             r = crate::balance::mix(r);
-            rt.candidates(&weights, &active, r, 1, &mut out);
+            rt.candidates(&weights, |i| active[i], r, 1, &mut out);
             active[out[0]] += 1;
         }
         let (max, min) = (*active.iter().max().unwrap(), *active.iter().min().unwrap());
@@ -114,7 +122,7 @@ mod tests {
         let rt = RandomTwo::new(&weights);
         let mut out = Vec::new();
         for r in 0..1000 {
-            rt.candidates(&weights, &[0, 0, 0], r, 1, &mut out);
+            rt.candidates(&weights, |_| 0, r, 1, &mut out);
             assert_eq!(out, vec![1]);
         }
         assert!(RandomTwo::new(&[0, 0]).draw(5).is_none());

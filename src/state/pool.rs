@@ -189,14 +189,14 @@ impl Pool {
             ),
             Balancer::LeastConnections => balance::least_connections::candidates(
                 &self.weights,
-                &self.loads(),
+                |i| self.load(i),
                 next_random(),
                 want,
                 &mut picks,
             ),
             Balancer::RandomTwo(r2) => r2.candidates(
                 &self.weights,
-                &self.loads(),
+                |i| self.load(i),
                 next_random(),
                 want,
                 &mut picks,
@@ -211,12 +211,11 @@ impl Pool {
             .collect()
     }
 
-    /// Open connections per backend, read now.
-    fn loads(&self) -> Vec<u64> {
+    /// Open connections on backend `i`, read now.
+    fn load(&self, i: usize) -> u64 {
         self.backends
-            .iter()
-            .map(|b| b.stats.active.load(Ordering::Relaxed))
-            .collect()
+            .get(i)
+            .map_or(0, |b| b.stats.active.load(Ordering::Relaxed))
     }
 
     /// Whether any backend can take a new connection.
