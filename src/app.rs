@@ -122,10 +122,7 @@ impl Server {
                 .context("cannot start a worker thread")?;
             handles.push(handle);
         }
-        let control_thread = match admin {
-            Some(l) => Some(spawn_control_plane(l, control.clone(), stop.clone())?),
-            None => None,
-        };
+        let control_thread = Some(spawn_control_plane(admin, control.clone(), stop.clone())?);
         for ((name, _), addr) in &bound {
             info!(listener = %name, %addr, workers, "listener bound");
         }
@@ -230,8 +227,9 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
     Ok((bound, sockets))
 }
 
+/// The control plane's thread: health checks always, the admin API when configured.
 fn spawn_control_plane(
-    admin: std::net::TcpListener,
+    admin: Option<std::net::TcpListener>,
     control: Arc<Control>,
     stop: StopHandle,
 ) -> Result<JoinHandle<()>> {
@@ -244,10 +242,18 @@ fn spawn_control_plane(
         .name("tollgate-ctl".into())
         .spawn(move || {
             rt.block_on(async move {
+                control.attach(tokio::runtime::Handle::current());
+                let api = async {
+                    match admin {
+                        Some(l) => crate::admin::serve(l, control.clone()).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    () = crate::admin::serve(admin, control) => {}
+                    () = api => {}
                     _ = done.wait_for(|n| *n) => {}
                 }
+                control.checks.stop();
             });
         })
         .context("cannot start the control-plane thread")

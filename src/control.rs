@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::mpsc;
 
 use crate::admission::Cidr;
 use crate::config::Config;
+use crate::health::CheckOutcome;
+use crate::health::checker::Checks;
 use crate::live::{AdminState, Live};
 use crate::proxy::DataPlane;
 use crate::proxy::listener::BoundSocket;
@@ -34,6 +36,10 @@ pub struct Control {
     pub(crate) bound: Mutex<BoundMap>,
     /// Serialises reloads and overrides, so each builds on the last.
     pub(crate) changes: Mutex<()>,
+    /// Health-check tasks, on the control-plane runtime.
+    pub(crate) checks: Checks,
+    runtime: OnceLock<tokio::runtime::Handle>,
+    this: OnceLock<Weak<Control>>,
 }
 
 /// What an operator can do to one backend.
@@ -92,7 +98,75 @@ impl Control {
             workers,
             bound: Mutex::new(bound),
             changes: Mutex::new(()),
+            checks: Checks::default(),
+            runtime: OnceLock::new(),
+            this: OnceLock::new(),
         }
+    }
+
+    /// Starts the control plane's background work (health checks) on `rt`; called once, from
+    /// the control-plane thread, with the `Arc` this control lives in.
+    pub(crate) fn attach(self: &Arc<Self>, rt: tokio::runtime::Handle) {
+        let _ = self.this.set(Arc::downgrade(self));
+        let _ = self.runtime.set(rt);
+        self.sync_checks();
+    }
+
+    /// Makes the checker tasks match the running config.
+    pub(crate) fn sync_checks(&self) {
+        let (Some(rt), Some(this)) = (self.runtime.get(), self.this.get()) else {
+            return;
+        };
+        let config = self.config();
+        let unchecked = self.checks.sync(&config, this.clone(), rt);
+        if self.live.reset_health(&unchecked) {
+            let _serial = lock(&self.changes);
+            self.plane
+                .snapshot
+                .publish(self.live.build(&self.config(), self.generation()));
+        }
+    }
+
+    /// Applies one probe result; on a state change, logs it and publishes the new weights.
+    pub fn record_check(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+        result: Result<String, String>,
+        rise: u32,
+        fall: u32,
+    ) {
+        let snapshot = self.plane.snapshot.load_full();
+        if let Some(b) = snapshot
+            .pool(pool)
+            .and_then(|p| p.backends.iter().find(|b| b.address == address))
+        {
+            let counter = if result.is_ok() {
+                &b.stats.health_ok
+            } else {
+                &b.stats.health_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let ok = result.is_ok();
+        let detail = result.unwrap_or_else(|e| e);
+        let outcome = CheckOutcome {
+            ok,
+            detail: detail.clone(),
+            at: std::time::SystemTime::now(),
+        };
+        let Some(up) = self.live.record_health(pool, address, outcome, rise, fall) else {
+            return;
+        };
+        if up {
+            tracing::info!(pool, backend = %address, %detail, "backend is up");
+        } else {
+            tracing::warn!(pool, backend = %address, %detail, "backend is down");
+        }
+        let _serial = lock(&self.changes);
+        self.plane
+            .snapshot
+            .publish(self.live.build(&self.config(), self.generation()));
     }
 
     /// The config in force.

@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod diff;
+pub mod health;
 pub mod live;
 pub mod logging;
 pub mod metrics;

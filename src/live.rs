@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::admission::{Cidr, DenyList};
 use crate::config::{Balance, Config};
+use crate::health::{CheckOutcome, HealthState};
 use crate::state::{
     Algorithm, Backend, BackendStats, ListenerLive, ListenerSpec, Pool, PoolLive, Snapshot,
 };
@@ -54,6 +55,8 @@ struct Inner {
     overrides: HashMap<BackendKey, Override>,
     /// Runtime deny lists by listener name.
     deny: HashMap<String, Vec<Cidr>>,
+    /// Health by backend; absent means up (no check, or no result yet).
+    health: HashMap<BackendKey, HealthState>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +100,45 @@ impl Live {
         }
     }
 
+    /// Records a health-check result; `Some(up)` when the backend's state changed.
+    pub fn record_health(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+        outcome: CheckOutcome,
+        rise: u32,
+        fall: u32,
+    ) -> Option<bool> {
+        let mut inner = self.lock();
+        if !inner.backends.contains_key(&(pool.to_owned(), address)) {
+            return None; // removed by a reload while the probe ran
+        }
+        inner
+            .health
+            .entry((pool.to_owned(), address))
+            .or_default()
+            .record(outcome, rise, fall)
+    }
+
+    pub fn health_of(&self, pool: &str, address: SocketAddr) -> HealthState {
+        self.lock()
+            .health
+            .get(&(pool.to_owned(), address))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets the health of backends that no longer have a check; true if one was down.
+    pub fn reset_health(&self, keys: &[(String, SocketAddr)]) -> bool {
+        let mut inner = self.lock();
+        // Every key is removed: no short-circuit.
+        let mut was_down = false;
+        for k in keys {
+            was_down |= inner.health.remove(k).is_some_and(|h| !h.up);
+        }
+        was_down
+    }
+
     /// Adds (or removes) `block` to `listener`'s runtime deny list; true when it changed.
     pub fn set_deny(&self, listener: &str, block: Cidr, add: bool) -> bool {
         let mut inner = self.lock();
@@ -125,9 +167,10 @@ impl Live {
                 let key = (p.name.clone(), b.address);
                 let stats = inner.backends.get(&key).cloned().unwrap_or_default();
                 let ov = inner.overrides.get(&key).copied().unwrap_or_default();
+                let healthy = inner.health.get(&key).is_none_or(|h| h.up);
                 let weight = match ov.state {
-                    AdminState::Active => ov.weight.unwrap_or(b.weight),
-                    AdminState::Draining | AdminState::Disabled => 0,
+                    AdminState::Active if healthy => ov.weight.unwrap_or(b.weight),
+                    AdminState::Active | AdminState::Draining | AdminState::Disabled => 0,
                 };
                 backends.push(Arc::new(Backend {
                     address: b.address,
@@ -173,6 +216,7 @@ impl Live {
             listeners.insert(spec.name.clone(), Arc::new(spec));
         }
         inner.overrides.retain(|k, _| keep_backends.contains_key(k));
+        inner.health.retain(|k, _| keep_backends.contains_key(k));
         inner.backends = keep_backends;
         inner.pools = pools
             .iter()

@@ -99,6 +99,12 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::COUNTER,
     ),
     (
+        "tollgate_health_checks_total",
+        "Active health-check probes, by result (success, failure).",
+        &["pool", "backend", "result"],
+        MetricType::COUNTER,
+    ),
+    (
         "tollgate_backend_connect_duration_seconds",
         "Time to establish a backend connection.",
         &["pool"],
@@ -308,6 +314,19 @@ impl TollgateCollector {
                     &l,
                     s.received_bytes.load(Relaxed) as f64,
                 );
+                for (result, n) in [("success", &s.health_ok), ("failure", &s.health_failed)] {
+                    let l = [
+                        ("pool", pool_label),
+                        ("backend", addr.as_str()),
+                        ("result", result),
+                    ];
+                    push(
+                        out,
+                        "tollgate_health_checks_total",
+                        &l,
+                        n.load(Relaxed) as f64,
+                    );
+                }
                 for why in ConnectFailure::ALL {
                     let n = s.connect_failures[why as usize].load(Relaxed) as f64;
                     let l = [

@@ -151,6 +151,8 @@ impl Control {
             info!(listener = %l.name, "listener removed; its open connections drain");
         }
         self.set_config(Arc::new(next));
+        drop(_serial);
+        self.sync_checks();
         Ok(generation)
     }
 

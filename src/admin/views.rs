@@ -59,6 +59,7 @@ pub(crate) fn status(control: &Control) -> Value {
 
 fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
     let ov = control.live.override_of(pool, b.address);
+    let health = control.live.health_of(pool, b.address);
     let configured = control
         .config()
         .pool(pool)
@@ -69,9 +70,17 @@ fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
                 .map(|c| c.weight)
         })
         .unwrap_or(0);
+    let state = match ov.state {
+        crate::live::AdminState::Active if !health.up => "down",
+        other => other.label(),
+    };
+    let last_check = health.last.as_ref().map(|o| {
+        let at = o.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        json!({"result": if o.ok { "success" } else { "failure" }, "detail": o.detail, "at_unix_ms": at})
+    });
     json!({
         "address": b.address.to_string(),
-        "state": ov.state.label(),
+        "state": state,
         "weight": ov.weight.unwrap_or(configured),
         "configured_weight": configured,
         "active": b.stats.active.load(Relaxed),
@@ -79,7 +88,7 @@ fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
         "connect_failures": b.stats.failures(),
         "sent_bytes": b.stats.sent_bytes.load(Relaxed),
         "received_bytes": b.stats.received_bytes.load(Relaxed),
-        "last_check": Value::Null,
+        "last_check": last_check,
     })
 }
 

@@ -12,6 +12,7 @@ mod parse;
 mod types;
 mod validate;
 mod validate_admin;
+mod validate_health;
 mod validate_limits;
 mod validate_pool;
 mod values;

@@ -104,8 +104,39 @@ impl Balance {
 pub struct Pool {
     pub name: String,
     pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
     pub connect_retries: u32,
     pub backends: Vec<Backend>,
+}
+
+/// An active health check of every backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// Probe this port instead of the traffic port.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// Connect, send bytes, and the reply must start with `expect`.
+    SendExpect { send: Vec<u8>, expect: Vec<u8> },
+    /// `GET path` with `Host`; the status must fall in one of the ranges.
+    Http {
+        path: String,
+        host: Option<String>,
+        expect_status: Vec<(u16, u16)>,
+    },
+    /// A datagram out; the reply must start with `expect`. ICMP unreachable is a failure.
+    Udp { send: Vec<u8>, expect: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

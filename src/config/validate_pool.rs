@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::file::{BackendFile, HealthCheckFile, PoolFile, S};
+use super::file::{BackendFile, PoolFile, S};
 use super::types::*;
 use super::validate::Checker;
 use super::values;
@@ -65,9 +65,10 @@ fn pool(
     {
         c.unsupported(s, &format!("{key}.slow_start"), "slow start");
     }
-    if let Some(hc) = &f.health_check {
-        health_check(c, &format!("{key}.health_check"), hc);
-    }
+    let health_check = f
+        .health_check
+        .as_ref()
+        .and_then(|hc| super::validate_health::health_check(c, &format!("{key}.health_check"), hc));
     if let Some(passive) = &f.passive {
         c.number(
             &passive.value.consecutive_failures,
@@ -81,6 +82,7 @@ fn pool(
     Some(Pool {
         name: name.to_owned(),
         balance,
+        health_check,
         connect_retries: u32::try_from(retries).unwrap_or(u32::MAX),
         backends,
     })
@@ -253,41 +255,4 @@ fn routable(a: SocketAddr, binds: &[SocketAddr]) -> Result<SocketAddr, String> {
         ));
     }
     Ok(a)
-}
-
-fn health_check(c: &mut Checker, key: &str, hc: &S<HealthCheckFile>) {
-    let f = &hc.value;
-    if let Some(kind) = &f.kind
-        && !["tcp", "send_expect", "http", "udp"].contains(&kind.value.as_str())
-    {
-        c.at(
-            kind,
-            &format!("{key}.type"),
-            format!(
-                "`{}` is not one of: tcp, send_expect, http, udp",
-                kind.value
-            ),
-        );
-    }
-    let ms = Duration::from_millis(1);
-    c.duration(
-        &f.interval,
-        &format!("{key}.interval"),
-        Duration::from_secs(2),
-        ms,
-    );
-    c.duration(
-        &f.timeout,
-        &format!("{key}.timeout"),
-        Duration::from_secs(1),
-        ms,
-    );
-    c.number(&f.rise, &format!("{key}.rise"), 2, 1..=100);
-    c.number(&f.fall, &format!("{key}.fall"), 3, 1..=100);
-    if let Some(port) = &f.port
-        && let Err(e) = values::port(port.value)
-    {
-        c.at(port, &format!("{key}.port"), e);
-    }
-    c.unsupported(hc, key, "active health checks");
 }

@@ -44,6 +44,9 @@ pub struct BackendStats {
     pub sent_bytes: AtomicU64,
     /// Bytes received from the backend (backend → client).
     pub received_bytes: AtomicU64,
+    /// Active health-check results.
+    pub health_ok: AtomicU64,
+    pub health_failed: AtomicU64,
 }
 
 impl BackendStats {
