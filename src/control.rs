@@ -163,10 +163,40 @@ impl Control {
         } else {
             tracing::warn!(pool, backend = %address, %detail, "backend is down");
         }
+        self.republish();
+        let slow_start = self
+            .config()
+            .pool(pool)
+            .map_or(std::time::Duration::ZERO, |p| p.slow_start);
+        if up && !slow_start.is_zero() {
+            self.ramp(slow_start);
+        }
+    }
+
+    /// Publishes a fresh snapshot of the running config (health or ramp changed).
+    pub(crate) fn republish(&self) {
         let _serial = lock(&self.changes);
         self.plane
             .snapshot
             .publish(self.live.build(&self.config(), self.generation()));
+    }
+
+    /// Republishes in steps while a recovered backend's weight ramps up (slow start).
+    fn ramp(&self, over: std::time::Duration) {
+        let (Some(rt), Some(this)) = (self.runtime.get(), self.this.get().cloned()) else {
+            return;
+        };
+        let step = (over / 20).max(std::time::Duration::from_millis(50));
+        rt.spawn(async move {
+            let end = tokio::time::Instant::now() + over + step;
+            while tokio::time::Instant::now() < end {
+                tokio::time::sleep(step).await;
+                let Some(control) = this.upgrade() else {
+                    return;
+                };
+                control.republish();
+            }
+        });
     }
 
     /// The config in force.

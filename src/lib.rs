@@ -26,6 +26,7 @@ pub mod health;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod signals;

@@ -11,8 +11,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::admission::{Cidr, DenyList};
+use std::time::Instant;
+
 use crate::config::{Balance, Config};
 use crate::health::{CheckOutcome, HealthState};
+use crate::policy::{Candidate, effective_weights};
 use crate::state::{
     Algorithm, Backend, BackendStats, ListenerLive, ListenerSpec, Pool, PoolLive, Snapshot,
 };
@@ -113,11 +116,12 @@ impl Live {
         if !inner.backends.contains_key(&(pool.to_owned(), address)) {
             return None; // removed by a reload while the probe ran
         }
-        inner
-            .health
-            .entry((pool.to_owned(), address))
-            .or_default()
-            .record(outcome, rise, fall)
+        let h = inner.health.entry((pool.to_owned(), address)).or_default();
+        let changed = h.record(outcome, rise, fall);
+        if changed == Some(true) {
+            h.up_since = Some(Instant::now());
+        }
+        changed
     }
 
     pub fn health_of(&self, pool: &str, address: SocketAddr) -> HealthState {
@@ -162,23 +166,42 @@ impl Live {
         let mut pools: HashMap<Arc<str>, Arc<Pool>> = HashMap::new();
         let mut keep_backends = HashMap::new();
         for p in &config.pools {
-            let mut backends = Vec::with_capacity(p.backends.len());
+            let mut candidates = Vec::with_capacity(p.backends.len());
+            let mut stats_of = Vec::with_capacity(p.backends.len());
             for b in &p.backends {
                 let key = (p.name.clone(), b.address);
                 let stats = inner.backends.get(&key).cloned().unwrap_or_default();
                 let ov = inner.overrides.get(&key).copied().unwrap_or_default();
-                let healthy = inner.health.get(&key).is_none_or(|h| h.up);
-                let weight = match ov.state {
-                    AdminState::Active if healthy => ov.weight.unwrap_or(b.weight),
-                    AdminState::Active | AdminState::Draining | AdminState::Disabled => 0,
-                };
-                backends.push(Arc::new(Backend {
-                    address: b.address,
-                    weight,
-                    stats: stats.clone(),
-                }));
+                let health = inner.health.get(&key);
+                candidates.push(Candidate {
+                    weight: ov.weight.unwrap_or(b.weight),
+                    admitted: ov.state == AdminState::Active,
+                    healthy: health.is_none_or(|h| h.up),
+                    backup: b.backup,
+                    up_since: health.and_then(|h| h.up_since),
+                });
+                stats_of.push(stats.clone());
                 keep_backends.insert(key, stats);
             }
+            let weights = effective_weights(
+                &candidates,
+                p.slow_start,
+                p.use_all_when_down,
+                Instant::now(),
+            );
+            let backends = p
+                .backends
+                .iter()
+                .zip(weights)
+                .zip(stats_of)
+                .map(|((b, weight), stats)| {
+                    Arc::new(Backend {
+                        address: b.address,
+                        weight,
+                        stats,
+                    })
+                })
+                .collect();
             let live = inner.pools.get(&p.name).cloned().unwrap_or_default();
             let algorithm = match p.balance {
                 Balance::RoundRobin => Algorithm::RoundRobin,

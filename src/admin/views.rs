@@ -83,6 +83,7 @@ fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
         "state": state,
         "weight": ov.weight.unwrap_or(configured),
         "configured_weight": configured,
+        "effective_weight": f64::from(b.weight) / f64::from(crate::policy::SCALE),
         "active": b.stats.active.load(Relaxed),
         "connections": b.stats.connections.load(Relaxed),
         "connect_failures": b.stats.failures(),

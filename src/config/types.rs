@@ -107,6 +107,10 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     pub connect_retries: u32,
     pub backends: Vec<Backend>,
+    /// A recovered backend ramps from ~0 to its weight over this long (zero: at once).
+    pub slow_start: Duration,
+    /// `when_all_down: use_all`: with no backend up, spread over all of them anyway.
+    pub use_all_when_down: bool,
 }
 
 /// An active health check of every backend of a pool.
@@ -144,6 +148,8 @@ pub struct Backend {
     pub address: SocketAddr,
     /// 0..=1000; 0 takes no new connections.
     pub weight: u32,
+    /// Used only while no primary backend of the pool is up.
+    pub backup: bool,
 }
 
 /// Defaults of DESIGN.md §3.3, in one place.

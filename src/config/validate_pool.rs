@@ -1,5 +1,5 @@
 //! Checks `pools.*`: balancing, retries and every backend. Literal `address:` backends are
-//! built now; DNS (`host:`, `srv:`), health checks, backup tiers and slow start are refused as
+//! built now; DNS (`host:`, `srv:`), and passive health checks are refused as
 //! "not supported yet" until they exist.
 
 use std::collections::BTreeMap;
@@ -40,31 +40,30 @@ fn pool(
 ) -> Option<Pool> {
     let f = &p.value;
     let balance = balance(c, key, f);
-    if let Some(w) = &f.when_all_down {
-        let k = format!("{key}.when_all_down");
-        match w.value.as_str() {
-            "reject" => {}
-            "use_all" => c.unsupported(w, &k, "when_all_down: use_all"),
-            other => c.at(w, &k, format!("`{other}` is not one of: reject, use_all")),
-        }
-    }
+    let use_all_when_down = match &f.when_all_down {
+        None => false,
+        Some(w) => match w.value.as_str() {
+            "reject" => false,
+            "use_all" => true,
+            other => {
+                let k = format!("{key}.when_all_down");
+                c.at(w, &k, format!("`{other}` is not one of: reject, use_all"));
+                false
+            }
+        },
+    };
     let retries = c.number(
         &f.connect_retries,
         &format!("{key}.connect_retries"),
         defaults::CONNECT_RETRIES,
         0..=100,
     );
-    let slow = c.duration(
+    let slow_start = c.duration(
         &f.slow_start,
         &format!("{key}.slow_start"),
         Duration::ZERO,
         Duration::ZERO,
     );
-    if slow > Duration::ZERO
-        && let Some(s) = &f.slow_start
-    {
-        c.unsupported(s, &format!("{key}.slow_start"), "slow start");
-    }
     let health_check = f
         .health_check
         .as_ref()
@@ -85,6 +84,8 @@ fn pool(
         health_check,
         connect_retries: u32::try_from(retries).unwrap_or(u32::MAX),
         backends,
+        slow_start,
+        use_all_when_down,
     })
 }
 
@@ -184,11 +185,7 @@ fn backend(
         defaults::WEIGHT,
         0..=defaults::MAX_WEIGHT,
     );
-    if let Some(backup) = &f.backup
-        && backup.value
-    {
-        c.unsupported(backup, &format!("{key}.backup"), "backup backends");
-    }
+    let backup = f.backup.as_ref().is_some_and(|b| b.value);
     let kinds = [f.address.is_some(), f.host.is_some(), f.srv.is_some()];
     if kinds.iter().filter(|k| **k).count() != 1 {
         c.at(
@@ -226,6 +223,7 @@ fn backend(
         Ok(address) => Some(Backend {
             address,
             weight: u32::try_from(weight).unwrap_or(1),
+            backup,
         }),
         Err(e) => {
             c.at(addr, &format!("{key}.address"), e);

@@ -21,6 +21,9 @@ pub struct HealthState {
     fail_streak: u32,
     checked: bool,
     pub last: Option<CheckOutcome>,
+    /// When it last came back up (set by the caller, which owns the clock); slow start
+    /// ramps from here.
+    pub up_since: Option<std::time::Instant>,
 }
 
 impl Default for HealthState {
@@ -32,6 +35,7 @@ impl Default for HealthState {
             fail_streak: 0,
             checked: false,
             last: None,
+            up_since: None,
         }
     }
 }
