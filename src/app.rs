@@ -91,6 +91,7 @@ impl Server {
         // never starve (beyond it, bursts copy through a buffer instead).
         let max_pipes = usize::try_from(fd_limit.soft / 8).unwrap_or(1024).max(2);
         let live = Live::default();
+        let (failing_tx, failing_rx) = mpsc::unbounded_channel();
         let plane = Arc::new(DataPlane::new(
             Published::new(live.build(config, 1)),
             PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE),
@@ -98,6 +99,7 @@ impl Server {
                 Forwarding::Splice => ForwardMode::Splice,
                 Forwarding::Copy => ForwardMode::Copy,
             },
+            failing_tx,
         ));
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
@@ -122,7 +124,12 @@ impl Server {
                 .context("cannot start a worker thread")?;
             handles.push(handle);
         }
-        let control_thread = Some(spawn_control_plane(admin, control.clone(), stop.clone())?);
+        let control_thread = Some(spawn_control_plane(
+            admin,
+            failing_rx,
+            control.clone(),
+            stop.clone(),
+        )?);
         for ((name, _), addr) in &bound {
             info!(listener = %name, %addr, workers, "listener bound");
         }
@@ -230,6 +237,7 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
 /// The control plane's thread: health checks always, the admin API when configured.
 fn spawn_control_plane(
     admin: Option<std::net::TcpListener>,
+    mut failing: mpsc::UnboundedReceiver<(Arc<str>, SocketAddr)>,
     control: Arc<Control>,
     stop: StopHandle,
 ) -> Result<JoinHandle<()>> {
@@ -249,8 +257,14 @@ fn spawn_control_plane(
                         None => std::future::pending().await,
                     }
                 };
+                let passive = async {
+                    while let Some((pool, backend)) = failing.recv().await {
+                        control.passive_down(&pool, backend);
+                    }
+                };
                 tokio::select! {
                     () = api => {}
+                    () = passive => {}
                     _ = done.wait_for(|n| *n) => {}
                 }
                 control.checks.stop();

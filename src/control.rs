@@ -159,6 +159,13 @@ impl Control {
             return;
         };
         if up {
+            // A fresh start for passive checks: the streak that took it down is history.
+            if let Some(b) = snapshot
+                .pool(pool)
+                .and_then(|p| p.backends.iter().find(|b| b.address == address))
+            {
+                b.stats.failing_streak.store(0, Ordering::Relaxed);
+            }
             tracing::info!(pool, backend = %address, %detail, "backend is up");
         } else {
             tracing::warn!(pool, backend = %address, %detail, "backend is down");
@@ -171,6 +178,61 @@ impl Control {
         if up && !slow_start.is_zero() {
             self.ramp(slow_start);
         }
+    }
+
+    /// Passive health: `backend` failed its pool's limit of connects in a row. It is marked
+    /// down; a pool with an active check brings it back through `rise`, one without retries a
+    /// TCP connect with back-off (1 s doubling to 30 s) until one succeeds.
+    pub fn passive_down(&self, pool: &str, backend: SocketAddr) {
+        let Some(limit) = self.config().pool(pool).map(|p| p.passive_failures) else {
+            return;
+        };
+        if !self
+            .live
+            .force_down(pool, backend, format!("{limit} connect failures in a row"))
+        {
+            return;
+        }
+        tracing::warn!(pool, %backend, failures = limit, "backend is down (passive check)");
+        self.republish();
+        let has_check = self
+            .config()
+            .pool(pool)
+            .is_some_and(|p| p.health_check.is_some());
+        let (Some(rt), Some(this)) = (self.runtime.get(), self.this.get().cloned()) else {
+            return;
+        };
+        if has_check {
+            return;
+        }
+        let pool = pool.to_owned();
+        rt.spawn(async move {
+            let mut wait = std::time::Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(wait).await;
+                let probe = crate::health::probe::run(
+                    &crate::health::probe::Probe::Tcp,
+                    backend,
+                    std::time::Duration::from_secs(3),
+                )
+                .await;
+                let Some(control) = this.upgrade() else {
+                    return;
+                };
+                if !control
+                    .config()
+                    .pool(&pool)
+                    .is_some_and(|p| p.backends.iter().any(|b| b.address == backend))
+                {
+                    return; // removed by a reload
+                }
+                if probe.is_ok() {
+                    control.record_check(&pool, backend, probe, 1, 1);
+                    return;
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        });
     }
 
     /// Publishes a fresh snapshot of the running config (health or ramp changed).

@@ -124,6 +124,16 @@ impl Live {
         changed
     }
 
+    /// Marks a backend down without a probe (passive checks); true if it was up.
+    pub fn force_down(&self, pool: &str, address: SocketAddr, detail: String) -> bool {
+        let mut inner = self.lock();
+        if !inner.backends.contains_key(&(pool.to_owned(), address)) {
+            return false;
+        }
+        let h = inner.health.entry((pool.to_owned(), address)).or_default();
+        h.force_down(detail, std::time::SystemTime::now())
+    }
+
     pub fn health_of(&self, pool: &str, address: SocketAddr) -> HealthState {
         self.lock()
             .health
@@ -209,7 +219,8 @@ impl Live {
                 Balance::RandomTwo => Algorithm::RandomTwo,
                 Balance::Maglev { with_port } => Algorithm::Maglev { with_port },
             };
-            let pool = Pool::new(&p.name, backends, p.connect_retries, live, algorithm);
+            let mut pool = Pool::new(&p.name, backends, p.connect_retries, live, algorithm);
+            pool.passive_failures = p.passive_failures;
             pools.insert(p.name.as_str().into(), Arc::new(pool));
         }
         let mut listeners = HashMap::new();

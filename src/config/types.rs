@@ -111,6 +111,8 @@ pub struct Pool {
     pub slow_start: Duration,
     /// `when_all_down: use_all`: with no backend up, spread over all of them anyway.
     pub use_all_when_down: bool,
+    /// Connect failures in a row that mark a backend down (passive checks).
+    pub passive_failures: u32,
 }
 
 /// An active health check of every backend of a pool.

@@ -1,5 +1,5 @@
 //! Checks `pools.*`: balancing, retries and every backend. Literal `address:` backends are
-//! built now; DNS (`host:`, `srv:`), and passive health checks are refused as
+//! built now; DNS (`host:`, `srv:`) is refused as
 //! "not supported yet" until they exist.
 
 use std::collections::BTreeMap;
@@ -68,15 +68,14 @@ fn pool(
         .health_check
         .as_ref()
         .and_then(|hc| super::validate_health::health_check(c, &format!("{key}.health_check"), hc));
-    if let Some(passive) = &f.passive {
-        c.number(
-            &passive.value.consecutive_failures,
-            &format!("{key}.passive.consecutive_failures"),
-            5,
-            1..=1000,
-        );
-        c.unsupported(passive, &format!("{key}.passive"), "passive health checks");
-    }
+    let passive_failures = c.number(
+        &f.passive
+            .as_ref()
+            .and_then(|p| p.value.consecutive_failures.clone()),
+        &format!("{key}.passive.consecutive_failures"),
+        5,
+        1..=1000,
+    );
     let backends = backends(c, key, p, binds)?;
     Some(Pool {
         name: name.to_owned(),
@@ -86,6 +85,7 @@ fn pool(
         backends,
         slow_start,
         use_all_when_down,
+        passive_failures: u32::try_from(passive_failures).unwrap_or(5),
     })
 }
 

@@ -33,14 +33,23 @@ pub struct DataPlane {
     pub pipes: PipePool,
     /// `ForwardMode` as a flag (true = copy), so a reload can change it for new connections.
     copy_only: AtomicBool,
+    /// Passive health: a backend that just reached its pool's limit of connect failures in a
+    /// row. Sent once per crossing (rare), never per connection.
+    pub failing: tokio::sync::mpsc::UnboundedSender<(Arc<str>, std::net::SocketAddr)>,
 }
 
 impl DataPlane {
-    pub fn new(snapshot: Published, pipes: PipePool, mode: ForwardMode) -> DataPlane {
+    pub fn new(
+        snapshot: Published,
+        pipes: PipePool,
+        mode: ForwardMode,
+        failing: tokio::sync::mpsc::UnboundedSender<(Arc<str>, std::net::SocketAddr)>,
+    ) -> DataPlane {
         DataPlane {
             snapshot,
             pipes,
             copy_only: AtomicBool::new(mode == ForwardMode::Copy),
+            failing,
         }
     }
 

@@ -42,7 +42,7 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
     });
     // Nagle would delay small writes we pass on; the proxy adds no batching of its own.
     let _ = conn.client.set_nodelay(true);
-    let Some((backend, upstream)) = connect(&conn.spec, conn.peer).await else {
+    let Some((backend, upstream)) = connect(&conn.spec, conn.peer, &plane).await else {
         conn.spec
             .live
             .rejected_no_backend
@@ -109,13 +109,18 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
 }
 
 /// Tries the pool's candidates in order, each within the connect timeout.
-async fn connect(spec: &ListenerSpec, client: SocketAddr) -> Option<(Arc<Backend>, TcpStream)> {
+async fn connect(
+    spec: &ListenerSpec,
+    client: SocketAddr,
+    plane: &DataPlane,
+) -> Option<(Arc<Backend>, TcpStream)> {
     for backend in spec.pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;
         let error = match dial_until(backend.address, deadline).await {
             Ok(stream) => {
                 spec.pool.live.connect_duration.observe(started.elapsed());
+                backend.stats.failing_streak.store(0, Ordering::Relaxed);
                 return Some((backend, stream));
             }
             // Out of descriptors or memory here: every backend would fail alike, and it is
@@ -128,10 +133,12 @@ async fn connect(spec: &ListenerSpec, client: SocketAddr) -> Option<(Arc<Backend
             }
             Err(Dial::Backend(e)) => {
                 backend.stats.count_failure(failure_reason(&e));
+                passive_failure(plane, &spec.pool, &backend);
                 e.to_string()
             }
             Err(Dial::TimedOut) => {
                 backend.stats.count_failure(ConnectFailure::Timeout);
+                passive_failure(plane, &spec.pool, &backend);
                 format!("timed out after {:?}", spec.connect_timeout)
             }
         };
@@ -145,6 +152,15 @@ async fn connect(spec: &ListenerSpec, client: SocketAddr) -> Option<(Arc<Backend
         }
     }
     None
+}
+
+/// Counts a failure in a row; at exactly the pool's limit, tells the control plane (which
+/// marks the backend down) — once per crossing, not per failure.
+fn passive_failure(plane: &DataPlane, pool: &crate::state::Pool, backend: &Backend) {
+    let streak = backend.stats.failing_streak.fetch_add(1, Ordering::Relaxed) + 1;
+    if streak == pool.passive_failures {
+        let _ = plane.failing.send((pool.name.clone(), backend.address));
+    }
 }
 
 /// Why a connect attempt failed: on this host (no socket could be made), at the backend, or

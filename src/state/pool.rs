@@ -47,6 +47,8 @@ pub struct BackendStats {
     /// Active health-check results.
     pub health_ok: AtomicU64,
     pub health_failed: AtomicU64,
+    /// Connect failures in a row (passive health); reset by a successful connect.
+    pub failing_streak: std::sync::atomic::AtomicU32,
 }
 
 impl BackendStats {
@@ -110,6 +112,8 @@ pub struct Pool {
     pub connect_retries: u32,
     pub live: Arc<PoolLive>,
     pub algorithm: Algorithm,
+    /// Connect failures in a row that mark a backend down.
+    pub passive_failures: u32,
     weights: Vec<u32>,
     balancer: Balancer,
     ticket: AtomicU64,
@@ -171,6 +175,7 @@ impl Pool {
             connect_retries,
             live,
             algorithm,
+            passive_failures: 5,
             weights,
             balancer,
             ticket: AtomicU64::new(0),

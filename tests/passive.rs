@@ -1,0 +1,69 @@
+//! Passive health: connect failures in a row mark a backend down (no more attempts on it);
+//! without an active check a back-off probe brings it back once it answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+fn named(id: u8) -> SocketAddr {
+    backend(move |mut s| {
+        let _ = s.write_all(&[id]);
+    })
+}
+
+fn who(front: SocketAddr) -> u8 {
+    let mut s = TcpStream::connect(front).unwrap();
+    let mut id = Vec::new();
+    s.read_to_end(&mut id).unwrap();
+    id[0]
+}
+
+#[test]
+fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
+    let good = named(1);
+    let flaky = refused_addr();
+    let pool = "connect_retries: 1\npassive: { consecutive_failures: 2 }";
+    let server = start(&config(&[(good, 1), (flaky, 1)], "", pool, ""));
+    let front_addr = front(&server);
+    let control = server.control().clone();
+    for _ in 0..6 {
+        assert_eq!(who(front_addr), 1, "the refused backend is skipped");
+    }
+    wait_for("marked down", Duration::from_secs(5), || {
+        !control.live.health_of("back", flaky).up
+    });
+    let failures = || {
+        server.snapshot().pool("back").unwrap().backends[1]
+            .stats
+            .failures()
+    };
+    let after_down = failures();
+    assert_eq!(after_down, 2, "exactly the limit was tried");
+    for _ in 0..6 {
+        assert_eq!(who(front_addr), 1);
+    }
+    assert_eq!(
+        failures(),
+        after_down,
+        "no connect is tried on a backend that is down"
+    );
+    // It comes back: the back-off probe (1 s) sees it answer and marks it up.
+    let revived = TcpListener::bind(flaky).unwrap();
+    std::thread::spawn(move || {
+        for s in revived.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(&[2]);
+        }
+    });
+    wait_for("marked up again", Duration::from_secs(10), || {
+        control.live.health_of("back", flaky).up
+    });
+    let ids: Vec<u8> = (0..4).map(|_| who(front_addr)).collect();
+    assert!(ids.contains(&2), "it takes connections again: {ids:?}");
+    server.shutdown();
+}
