@@ -195,3 +195,41 @@ fn health_shows_in_status_and_metrics_and_survives_a_reload() {
     assert!(server.control().live.health_of("back", dead).up);
     server.shutdown();
 }
+
+#[test]
+fn checks_stop_for_backends_a_reload_removes() {
+    // A health peer that counts the probes it receives.
+    let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let checked = peer.local_addr().unwrap();
+    let counter = probes.clone();
+    std::thread::spawn(move || {
+        for s in peer.incoming() {
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let pool = "health_check: { type: tcp, interval: 50ms, timeout: 40ms }";
+    let keep = echo_backend();
+    std::fs::write(&path, config(&[(keep, 1), (checked, 1)], "", pool, "")).unwrap();
+    let cfg = tollgate::config::load(&path).unwrap();
+    let server = tollgate::app::Server::start_from(&cfg, Some(path.clone())).unwrap();
+    wait_for(
+        "the backend is being probed",
+        Duration::from_secs(5),
+        || probes.load(Ordering::Relaxed) >= 3,
+    );
+    std::fs::write(&path, config(&[(keep, 1)], "", pool, "")).unwrap();
+    server.control().reload().unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // let a probe already in flight land
+    let after = probes.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        probes.load(Ordering::Relaxed),
+        after,
+        "no probe after the backend left the config"
+    );
+    server.shutdown();
+}
