@@ -11,6 +11,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+/// The longest sequence built: bounds memory (4 bytes an entry) and build time.
+pub const MAX_PERIOD: u64 = 1 << 16;
+
 #[derive(Debug, Clone, Default)]
 pub struct RoundRobin {
     sequence: Vec<u32>,
@@ -47,7 +50,27 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 impl RoundRobin {
     /// Builds the sequence for `weights` (index = backend position). Zero weights never appear.
+    /// A period longer than [`MAX_PERIOD`] (many backends with coprime weights, or a slow-start
+    /// ramp) is scaled down in proportion first, keeping every selectable backend at least 1:
+    /// shares then hold to within one pick per backend per period.
     pub fn new(weights: &[u32]) -> RoundRobin {
+        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        let scaled;
+        let weights = if total > MAX_PERIOD {
+            scaled = weights
+                .iter()
+                .map(|w| {
+                    if *w == 0 {
+                        0
+                    } else {
+                        u32::try_from((u64::from(*w) * MAX_PERIOD / total).max(1)).unwrap_or(1)
+                    }
+                })
+                .collect::<Vec<u32>>();
+            &scaled[..]
+        } else {
+            weights
+        };
         let divisor = weights
             .iter()
             .filter(|w| **w > 0)
@@ -143,6 +166,31 @@ mod tests {
         for (i, w) in [300, 200, 100].iter().enumerate() {
             assert_eq!(seq.iter().filter(|p| **p == i).count(), *w);
         }
+    }
+
+    #[test]
+    fn long_periods_are_scaled_down_and_keep_their_shares() {
+        // 300 backends with coprime weights (as a slow-start ramp makes them).
+        let weights: Vec<u32> = (0..300).map(|i| 99_000 + i * 7 + 1).collect();
+        let started = std::time::Instant::now();
+        let rr = RoundRobin::new(&weights);
+        assert!(
+            rr.period() as u64 <= MAX_PERIOD + 300,
+            "period {}",
+            rr.period()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "built in {:?}",
+            started.elapsed()
+        );
+        let mut out = Vec::new();
+        let mut seen = vec![0u32; 300];
+        for t in 0..rr.period() as u64 {
+            rr.candidates(t, 1, &mut out);
+            seen[out[0]] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 0), "every backend keeps a share");
     }
 
     #[test]
