@@ -40,6 +40,8 @@ pub struct Control {
     pub(crate) checks: Checks,
     runtime: OnceLock<tokio::runtime::Handle>,
     this: OnceLock<Weak<Control>>,
+    /// When the slow-start ticker may stop; `None` when none runs.
+    ramp_end: Mutex<Option<std::time::Instant>>,
 }
 
 /// What an operator can do to one backend.
@@ -101,6 +103,7 @@ impl Control {
             checks: Checks::default(),
             runtime: OnceLock::new(),
             this: OnceLock::new(),
+            ramp_end: Mutex::new(None),
         }
     }
 
@@ -109,21 +112,24 @@ impl Control {
     pub(crate) fn attach(self: &Arc<Self>, rt: tokio::runtime::Handle) {
         let _ = self.this.set(Arc::downgrade(self));
         let _ = self.runtime.set(rt);
-        self.sync_checks();
+        self.sync_checks(&[]);
     }
 
-    /// Makes the checker tasks match the running config.
-    pub(crate) fn sync_checks(&self) {
+    /// Makes the checker tasks match the running config. Backends that lost their check
+    /// forget their health; `added` backends (new to the config since start) that are
+    /// checked wait for their first result before taking traffic, while backends already
+    /// serving keep serving until a check says otherwise.
+    pub(crate) fn sync_checks(&self, added: &[(String, SocketAddr)]) {
         let (Some(rt), Some(this)) = (self.runtime.get(), self.this.get()) else {
             return;
         };
         let config = self.config();
-        let unchecked = self.checks.sync(&config, this.clone(), rt);
-        if self.live.reset_health(&unchecked) {
-            let _serial = lock(&self.changes);
-            self.plane
-                .snapshot
-                .publish(self.live.build(&self.config(), self.generation()));
+        let (stopped, started) = self.checks.sync(&config, this.clone(), rt);
+        let mut changed = self.live.reset_health(&stopped);
+        let fresh: Vec<_> = started.into_iter().filter(|k| added.contains(k)).collect();
+        changed |= self.live.mark_pending(&fresh);
+        if changed {
+            self.republish();
         }
     }
 
@@ -219,12 +225,15 @@ impl Control {
                 let Some(control) = this.upgrade() else {
                     return;
                 };
-                if !control
-                    .config()
+                let config = control.config();
+                let Some(p) = config
                     .pool(&pool)
-                    .is_some_and(|p| p.backends.iter().any(|b| b.address == backend))
-                {
+                    .filter(|p| p.backends.iter().any(|b| b.address == backend))
+                else {
                     return; // removed by a reload
+                };
+                if p.health_check.is_some() {
+                    return; // a reload added an active check: its `rise` decides now
                 }
                 if probe.is_ok() {
                     control.record_check(&pool, backend, probe, 1, 1);
@@ -243,20 +252,34 @@ impl Control {
             .publish(self.live.build(&self.config(), self.generation()));
     }
 
-    /// Republishes in steps while a recovered backend's weight ramps up (slow start).
+    /// Republishes in steps while a recovered backend's weight ramps up (slow start). One
+    /// ticker runs at a time; another recovery extends its end instead of starting another.
     fn ramp(&self, over: std::time::Duration) {
         let (Some(rt), Some(this)) = (self.runtime.get(), self.this.get().cloned()) else {
             return;
         };
         let step = (over / 20).max(std::time::Duration::from_millis(50));
+        let end = std::time::Instant::now() + over + step;
+        {
+            let mut ramp_end = lock(&self.ramp_end);
+            let running = ramp_end.is_some_and(|e| e > std::time::Instant::now());
+            *ramp_end = Some(ramp_end.map_or(end, |e| e.max(end)));
+            if running {
+                return;
+            }
+        }
         rt.spawn(async move {
-            let end = tokio::time::Instant::now() + over + step;
-            while tokio::time::Instant::now() < end {
+            loop {
                 tokio::time::sleep(step).await;
                 let Some(control) = this.upgrade() else {
                     return;
                 };
                 control.republish();
+                let mut ramp_end = lock(&control.ramp_end);
+                if ramp_end.is_none_or(|e| e <= std::time::Instant::now()) {
+                    *ramp_end = None;
+                    return;
+                }
             }
         });
     }

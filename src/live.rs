@@ -124,6 +124,19 @@ impl Live {
         changed
     }
 
+    /// New checked backends take no traffic until their first result; true if any changed.
+    pub fn mark_pending(&self, keys: &[(String, SocketAddr)]) -> bool {
+        let mut inner = self.lock();
+        let mut changed = false;
+        for k in keys {
+            if inner.backends.contains_key(k) && !inner.health.contains_key(k) {
+                inner.health.insert(k.clone(), HealthState::pending());
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Marks a backend down without a probe (passive checks); true if it was up.
     pub fn force_down(&self, pool: &str, address: SocketAddr, detail: String) -> bool {
         let mut inner = self.lock();

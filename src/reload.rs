@@ -152,7 +152,18 @@ impl Control {
         }
         self.set_config(Arc::new(next));
         drop(_serial);
-        self.sync_checks();
+        let added: Vec<(String, SocketAddr)> = self
+            .config()
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p.name.clone(), b.address)))
+            .filter(|(pool, addr)| {
+                !current
+                    .pool(pool)
+                    .is_some_and(|p| p.backends.iter().any(|b| b.address == *addr))
+            })
+            .collect();
+        self.sync_checks(&added);
         Ok(generation)
     }
 

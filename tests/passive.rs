@@ -67,3 +67,49 @@ fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
     assert!(ids.contains(&2), "it takes connections again: {ids:?}");
     server.shutdown();
 }
+
+/// Regressions from review: a reload must not bring a passively-downed backend back, and a
+/// backend a reload adds to a checked pool takes no traffic before its first check.
+#[test]
+fn reloads_keep_passive_health_and_new_checked_backends_wait_for_their_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let good = named(1);
+    let dead = refused_addr();
+    let pool = "connect_retries: 1\npassive: { consecutive_failures: 2 }";
+    std::fs::write(&path, config(&[(good, 1), (dead, 1)], "", pool, "")).unwrap();
+    let cfg = tollgate::config::load(&path).unwrap();
+    let server = tollgate::app::Server::start_from(&cfg, Some(path.clone())).unwrap();
+    let front_addr = front(&server);
+    let control = server.control().clone();
+    for _ in 0..4 {
+        assert_eq!(who(front_addr), 1);
+    }
+    wait_for("marked down", Duration::from_secs(5), || {
+        !control.live.health_of("back", dead).up
+    });
+    control.reload().unwrap();
+    assert!(
+        !control.live.health_of("back", dead).up,
+        "still down after a reload"
+    );
+    // A checked pool gains a dead backend: no connection may try it before its first probe.
+    let dead2 = refused_addr();
+    let checked = format!("{pool}\nhealth_check: {{ type: tcp, interval: 1s, timeout: 500ms }}");
+    std::fs::write(&path, config(&[(good, 1), (dead, 1)], "", &checked, "")).unwrap();
+    control.reload().unwrap();
+    std::fs::write(
+        &path,
+        config(&[(good, 1), (dead, 1), (dead2, 1)], "", &checked, ""),
+    )
+    .unwrap();
+    control.reload().unwrap();
+    for _ in 0..6 {
+        assert_eq!(who(front_addr), 1);
+    }
+    let tried = server.snapshot().pool("back").unwrap().backends[2]
+        .stats
+        .failures();
+    assert_eq!(tried, 0, "the new backend waited for its check");
+    server.shutdown();
+}

@@ -50,41 +50,47 @@ impl Maglev {
                 (offset, skip)
             })
             .collect();
-        let max_w = live
-            .iter()
-            .map(|&i| u64::from(weights[i]))
-            .max()
-            .unwrap_or(1);
         let mut table = vec![u32::MAX; usize::try_from(m).unwrap_or(0)];
         let mut next = vec![0u64; live.len()];
-        let mut filled = 0u64;
-        let mut round = 0u64;
-        while filled < m {
-            for (k, &i) in live.iter().enumerate() {
-                // A backend of weight w takes w/max_w of the turns, spread evenly over rounds.
-                let w = u64::from(weights[i]);
-                if (round + 1) * w / max_w == round * w / max_w {
-                    continue;
-                }
-                let (offset, skip) = perms[k];
-                loop {
-                    let slot = ((offset + next[k] * skip) % m) as usize;
-                    next[k] += 1;
-                    if table[slot] == u32::MAX {
-                        table[slot] = u32::try_from(i).unwrap_or(u32::MAX);
-                        filled += 1;
-                        break;
-                    }
-                }
-                if filled == m {
-                    break;
+        // Backend k takes one slot: the next free one along its own permutation.
+        let mut take = |k: usize, table: &mut Vec<u32>| {
+            let (offset, skip) = perms[k];
+            loop {
+                let slot = ((offset + next[k] * skip) % m) as usize;
+                next[k] += 1;
+                if table[slot] == u32::MAX {
+                    table[slot] = u32::try_from(live[k]).unwrap_or(u32::MAX);
+                    return;
                 }
             }
-            round += 1;
+        };
+        // Every live backend gets one slot first (a tiny weight must not vanish), then turns
+        // follow each backend's virtual times (t + 1/2) / w, the weighted interleave of
+        // `round_robin`, so the fill costs O(m log n) however skewed the weights.
+        for k in 0..live.len() {
+            take(k, &mut table);
         }
+        let mut filled = live.len() as u64;
+        let mut turns: std::collections::BinaryHeap<super::round_robin::Next> = live
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                super::round_robin::Next::new(u64::from(weights[i]), u32::try_from(k).unwrap_or(0))
+            })
+            .collect();
+        while filled < m {
+            let Some(mut turn) = turns.pop() else { break };
+            take(turn.index as usize, &mut table);
+            filled += 1;
+            turn.picks += 1;
+            turns.push(turn);
+        }
+        let mut owners = table.clone();
+        owners.sort_unstable();
+        owners.dedup();
         Maglev {
             table,
-            selectable: live.len(),
+            selectable: owners.len(),
         }
     }
 

@@ -19,14 +19,26 @@ pub struct RoundRobin {
     sequence: Vec<u32>,
     /// Backends with a non-zero weight: the most distinct candidates a pick can yield.
     selectable: usize,
+    /// Their indices, for retries beyond the bounded walk.
+    members: Vec<u32>,
 }
 
 /// The next virtual time of one backend: `(picks + ½) / weight`.
 #[derive(Debug, PartialEq, Eq)]
-struct Next {
-    picks: u64,
+pub(crate) struct Next {
+    pub(crate) picks: u64,
     weight: u64,
-    index: u32,
+    pub(crate) index: u32,
+}
+
+impl Next {
+    pub(crate) fn new(weight: u64, index: u32) -> Next {
+        Next {
+            picks: 0,
+            weight,
+            index,
+        }
+    }
 }
 
 impl Ord for Next {
@@ -91,6 +103,8 @@ impl RoundRobin {
             })
             .collect();
         let selectable = heap.len();
+        let mut members: Vec<u32> = heap.iter().map(|n| n.index).collect();
+        members.sort_unstable();
         let period: u64 = heap.iter().map(|n| n.weight).sum();
         let mut sequence = Vec::with_capacity(usize::try_from(period).unwrap_or(0));
         for _ in 0..period {
@@ -102,6 +116,7 @@ impl RoundRobin {
         RoundRobin {
             sequence,
             selectable,
+            members,
         }
     }
 
@@ -121,13 +136,23 @@ impl RoundRobin {
             return;
         }
         let start = usize::try_from(ticket % len as u64).unwrap_or(0);
-        for step in 0..len {
+        // Skewed weights can put a light backend thousands of entries away: walk a bounded
+        // stretch for the smooth order, then take the rest by index.
+        for step in 0..len.min(64 + 4 * self.selectable) {
             let index = self.sequence[(start + step) % len] as usize;
             if !out.contains(&index) {
                 out.push(index);
                 if out.len() == want {
-                    break;
+                    return;
                 }
+            }
+        }
+        for &index in &self.members {
+            if out.len() == want {
+                return;
+            }
+            if !out.contains(&(index as usize)) {
+                out.push(index as usize);
             }
         }
     }

@@ -16,11 +16,12 @@ pub(super) fn health_check(
 ) -> Option<HealthCheck> {
     let f = &hc.value;
     let ms = Duration::from_millis(1);
+    // Below 50 ms a pool of hundreds of backends would probe thousands of times a second.
     let interval = c.duration(
         &f.interval,
         &format!("{key}.interval"),
         Duration::from_secs(2),
-        ms,
+        Duration::from_millis(50),
     );
     let timeout = c.duration(
         &f.timeout,

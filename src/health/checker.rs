@@ -24,22 +24,20 @@ pub struct Checks {
 }
 
 impl Checks {
-    /// Makes the running tasks match `config`'s checks. Returns the backends that no longer
-    /// have a check, whose health the caller resets.
+    /// Makes the running tasks match `config`'s checks. Returns the backends that had a
+    /// check and no longer do (their health is reset by the caller), and those whose check
+    /// just started (new backends, or a pool that gained a check).
     pub fn sync(
         &self,
         config: &Config,
         control: Weak<Control>,
         rt: &tokio::runtime::Handle,
-    ) -> Vec<Key> {
+    ) -> (Vec<Key>, Vec<Key>) {
         let mut wanted: HashMap<Key, HealthCheck> = HashMap::new();
-        let mut unchecked = Vec::new();
         for p in &config.pools {
-            for b in &p.backends {
-                let key = (p.name.clone(), b.address);
-                match &p.health_check {
-                    Some(hc) => drop(wanted.insert(key, hc.clone())),
-                    None => unchecked.push(key),
+            if let Some(hc) = &p.health_check {
+                for b in &p.backends {
+                    wanted.insert((p.name.clone(), b.address), hc.clone());
                 }
             }
         }
@@ -47,21 +45,27 @@ impl Checks {
             .tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stopped = Vec::new();
         tasks.retain(|key, (check, handle)| {
             let keep = wanted.get(key) == Some(check);
             if !keep {
                 handle.abort();
+                if !wanted.contains_key(key) {
+                    stopped.push(key.clone());
+                }
             }
             keep
         });
+        let mut started = Vec::new();
         for (key, check) in wanted {
             if tasks.contains_key(&key) {
                 continue;
             }
             let handle = rt.spawn(run(control.clone(), key.clone(), check.clone()));
-            tasks.insert(key, (check, handle));
+            tasks.insert(key.clone(), (check, handle));
+            started.push(key);
         }
-        unchecked
+        (stopped, started)
     }
 
     /// Stops every task (shutdown).

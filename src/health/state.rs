@@ -41,6 +41,14 @@ impl Default for HealthState {
 }
 
 impl HealthState {
+    /// A backend whose first result is awaited and which takes no traffic meanwhile.
+    pub fn pending() -> HealthState {
+        HealthState {
+            up: false,
+            ..HealthState::default()
+        }
+    }
+
     /// Records one result; returns `Some(new_up)` when the state changed.
     pub fn record(&mut self, outcome: CheckOutcome, rise: u32, fall: u32) -> Option<bool> {
         let ok = outcome.ok;

@@ -158,7 +158,8 @@ async fn connect(
 /// marks the backend down) — once per crossing, not per failure.
 fn passive_failure(plane: &DataPlane, pool: &crate::state::Pool, backend: &Backend) {
     let streak = backend.stats.failing_streak.fetch_add(1, Ordering::Relaxed) + 1;
-    if streak == pool.passive_failures {
+    // At or past the limit (the control plane acts once: a backend already down is skipped).
+    if streak >= pool.passive_failures {
         let _ = plane.failing.send((pool.name.clone(), backend.address));
     }
 }
