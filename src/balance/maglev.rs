@@ -71,6 +71,16 @@ impl Maglev {
             take(k, &mut table);
         }
         let mut filled = live.len() as u64;
+        if live.iter().all(|&i| weights[i] == weights[live[0]]) {
+            // Equal weights: plain turns in order (the common case, without a heap).
+            for k in (0..live.len()).cycle() {
+                if filled >= m {
+                    break;
+                }
+                take(k, &mut table);
+                filled += 1;
+            }
+        }
         let mut turns: std::collections::BinaryHeap<super::round_robin::Next> = live
             .iter()
             .enumerate()
