@@ -243,24 +243,16 @@ impl TollgateCollector {
         for (name, spec) in &snapshot.listeners {
             let live = &spec.live;
             let l = [("listener", name.as_ref())];
-            push(
-                out,
-                "tollgate_listener_connections_accepted_total",
-                &l,
-                live.accepted.load(Relaxed) as f64,
-            );
-            push(
-                out,
-                "tollgate_listener_connections_active",
-                &l,
-                live.active.load(Relaxed) as f64,
-            );
-            push(
-                out,
-                "tollgate_listener_accept_errors_total",
-                &l,
-                live.accept_errors.load(Relaxed) as f64,
-            );
+            for (metric, n) in [
+                (
+                    "tollgate_listener_connections_accepted_total",
+                    &live.accepted,
+                ),
+                ("tollgate_listener_connections_active", &live.active),
+                ("tollgate_listener_accept_errors_total", &live.accept_errors),
+            ] {
+                push(out, metric, &l, n.load(Relaxed) as f64);
+            }
             for (reason, n) in [
                 ("no_backend", &live.rejected_no_backend),
                 ("acl", &live.rejected_acl),
@@ -290,30 +282,14 @@ impl TollgateCollector {
                     &l,
                     if b.weight > 0 { 1.0 } else { 0.0 },
                 );
-                push(
-                    out,
-                    "tollgate_backend_connections_active",
-                    &l,
-                    s.active.load(Relaxed) as f64,
-                );
-                push(
-                    out,
-                    "tollgate_backend_connections_total",
-                    &l,
-                    s.connections.load(Relaxed) as f64,
-                );
-                push(
-                    out,
-                    "tollgate_backend_sent_bytes_total",
-                    &l,
-                    s.sent_bytes.load(Relaxed) as f64,
-                );
-                push(
-                    out,
-                    "tollgate_backend_received_bytes_total",
-                    &l,
-                    s.received_bytes.load(Relaxed) as f64,
-                );
+                for (metric, n) in [
+                    ("tollgate_backend_connections_active", &s.active),
+                    ("tollgate_backend_connections_total", &s.connections),
+                    ("tollgate_backend_sent_bytes_total", &s.sent_bytes),
+                    ("tollgate_backend_received_bytes_total", &s.received_bytes),
+                ] {
+                    push(out, metric, &l, n.load(Relaxed) as f64);
+                }
                 for (result, n) in [("success", &s.health_ok), ("failure", &s.health_failed)] {
                     let l = [
                         ("pool", pool_label),

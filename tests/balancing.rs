@@ -9,21 +9,6 @@ use std::net::{SocketAddr, TcpStream};
 
 use common::*;
 
-/// A backend that answers every connection with its one-byte id and closes.
-fn named_backend(id: u8) -> SocketAddr {
-    backend(move |mut s| {
-        let _ = s.write_all(&[id]);
-    })
-}
-
-fn who_answers(front: SocketAddr) -> u8 {
-    let mut s = TcpStream::connect(front).unwrap();
-    let mut id = Vec::new();
-    s.read_to_end(&mut id).unwrap();
-    assert_eq!(id.len(), 1, "one byte per connection");
-    id[0]
-}
-
 #[test]
 fn weighted_round_robin_gives_exact_shares() {
     let backends = [

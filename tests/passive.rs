@@ -4,35 +4,22 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::time::Duration;
 
 use common::*;
 
-fn named(id: u8) -> SocketAddr {
-    backend(move |mut s| {
-        let _ = s.write_all(&[id]);
-    })
-}
-
-fn who(front: SocketAddr) -> u8 {
-    let mut s = TcpStream::connect(front).unwrap();
-    let mut id = Vec::new();
-    s.read_to_end(&mut id).unwrap();
-    id[0]
-}
-
 #[test]
 fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
-    let good = named(1);
+    let good = named_backend(1);
     let flaky = refused_addr();
     let pool = "connect_retries: 1\npassive: { consecutive_failures: 2 }";
     let server = start(&config(&[(good, 1), (flaky, 1)], "", pool, ""));
     let front_addr = front(&server);
     let control = server.control().clone();
     for _ in 0..6 {
-        assert_eq!(who(front_addr), 1, "the refused backend is skipped");
+        assert_eq!(who_answers(front_addr), 1, "the refused backend is skipped");
     }
     wait_for("marked down", Duration::from_secs(5), || {
         !control.live.health_of("back", flaky).up
@@ -45,7 +32,7 @@ fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
     let after_down = failures();
     assert_eq!(after_down, 2, "exactly the limit was tried");
     for _ in 0..6 {
-        assert_eq!(who(front_addr), 1);
+        assert_eq!(who_answers(front_addr), 1);
     }
     assert_eq!(
         failures(),
@@ -63,7 +50,7 @@ fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
     wait_for("marked up again", Duration::from_secs(10), || {
         control.live.health_of("back", flaky).up
     });
-    let ids: Vec<u8> = (0..4).map(|_| who(front_addr)).collect();
+    let ids: Vec<u8> = (0..4).map(|_| who_answers(front_addr)).collect();
     assert!(ids.contains(&2), "it takes connections again: {ids:?}");
     server.shutdown();
 }
@@ -74,7 +61,7 @@ fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
 fn reloads_keep_passive_health_and_new_checked_backends_wait_for_their_check() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.yaml");
-    let good = named(1);
+    let good = named_backend(1);
     let dead = refused_addr();
     let pool = "connect_retries: 1\npassive: { consecutive_failures: 2 }";
     std::fs::write(&path, config(&[(good, 1), (dead, 1)], "", pool, "")).unwrap();
@@ -83,7 +70,7 @@ fn reloads_keep_passive_health_and_new_checked_backends_wait_for_their_check() {
     let front_addr = front(&server);
     let control = server.control().clone();
     for _ in 0..4 {
-        assert_eq!(who(front_addr), 1);
+        assert_eq!(who_answers(front_addr), 1);
     }
     wait_for("marked down", Duration::from_secs(5), || {
         !control.live.health_of("back", dead).up
@@ -105,7 +92,7 @@ fn reloads_keep_passive_health_and_new_checked_backends_wait_for_their_check() {
     .unwrap();
     control.reload().unwrap();
     for _ in 0..6 {
-        assert_eq!(who(front_addr), 1);
+        assert_eq!(who_answers(front_addr), 1);
     }
     let tried = server.snapshot().pool("back").unwrap().backends[2]
         .stats

@@ -86,6 +86,22 @@ pub fn echo_backend() -> SocketAddr {
     })
 }
 
+/// A backend that answers every connection with its one-byte id and closes.
+pub fn named_backend(id: u8) -> SocketAddr {
+    backend(move |mut s| {
+        let _ = s.write_all(&[id]);
+    })
+}
+
+/// The id of the `named_backend` that serves one new connection through `front`.
+pub fn who_answers(front: SocketAddr) -> u8 {
+    let mut s = TcpStream::connect(front).unwrap();
+    let mut id = Vec::new();
+    s.read_to_end(&mut id).unwrap();
+    assert_eq!(id.len(), 1, "one byte per connection");
+    id[0]
+}
+
 /// An address on which nothing listens: connects are refused at once.
 pub fn refused_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
