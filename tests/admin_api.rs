@@ -163,30 +163,15 @@ fn unknown_things_are_404_and_wrong_methods_405() {
     let dir = tempfile::tempdir().unwrap();
     let (server, admin, echo) = admin_server(&dir);
     assert_eq!(get(admin, "/nope").status, 404);
-    let a = request(
-        admin,
-        "POST",
-        &format!("/api/v1/pools/nope/backends/{}/drain", enc(echo)),
-        Some(TOKEN),
-        "",
-    );
-    assert_eq!(a.status, 404, "{}", a.body);
-    let a = request(
-        admin,
-        "POST",
-        "/api/v1/pools/back/backends/127.0.0.1%3A1/drain",
-        Some(TOKEN),
-        "",
-    );
-    assert_eq!(a.status, 404, "{}", a.body);
-    let a = request(
-        admin,
-        "POST",
-        "/api/v1/pools/back/backends/not-an-address/drain",
-        Some(TOKEN),
-        "",
-    );
-    assert_eq!(a.status, 400, "{}", a.body);
+    let unknown_pool = format!("/api/v1/pools/nope/backends/{}/drain", enc(echo));
+    for (path, status) in [
+        (unknown_pool.as_str(), 404),
+        ("/api/v1/pools/back/backends/127.0.0.1%3A1/drain", 404),
+        ("/api/v1/pools/back/backends/not-an-address/drain", 400),
+    ] {
+        let a = request(admin, "POST", path, Some(TOKEN), "");
+        assert_eq!(a.status, status, "{path}: {}", a.body);
+    }
     let a = request(admin, "DELETE", "/api/v1/status", Some(TOKEN), "");
     assert_eq!((a.status, a.header("allow").as_deref()), (405, Some("GET")));
     server.shutdown();

@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
-use std::time::Duration;
 
 use common::binary::bin;
 use common::*;
@@ -47,16 +45,7 @@ fn diff_lists_changes_and_the_connections_they_touch() {
     let server = start(&yaml("127.0.0.1:0", &[(a, 1), (b, 1)], "10m", true));
     let admin = server.admin_addr().unwrap();
     // Two open connections: one lands on a, one on b.
-    let held: Vec<TcpStream> = (0..2u8)
-        .map(|i| {
-            let mut s = TcpStream::connect(front(&server)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(&[i]).unwrap();
-            let mut x = [0u8; 1];
-            s.read_exact(&mut x).unwrap();
-            s
-        })
-        .collect();
+    let held: Vec<TcpStream> = (0..2u8).map(|i| held_echo(front(&server), i)).collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("next.yaml");
     std::fs::write(&path, yaml("127.0.0.1:0", &[(a, 3), (c, 1)], "5m", false)).unwrap();

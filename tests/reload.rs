@@ -187,16 +187,7 @@ fn drain_via_the_api_lets_open_connections_finish() {
     let server = start_file(&path, &yaml(&[a, b], false));
     let admin = server.admin_addr().unwrap();
     // One open connection on each backend.
-    let mut open: Vec<TcpStream> = (0..2u8)
-        .map(|i| {
-            let mut s = TcpStream::connect(front(&server)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(&[i]).unwrap();
-            let mut x = [0u8; 1];
-            s.read_exact(&mut x).unwrap();
-            s
-        })
-        .collect();
+    let mut open: Vec<TcpStream> = (0..2u8).map(|i| held_echo(front(&server), i)).collect();
     let enc_a = a.to_string().replace(':', "%3A");
     let r = request(
         admin,

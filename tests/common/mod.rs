@@ -202,6 +202,18 @@ pub fn round_trip(addr: SocketAddr, msg: &[u8]) -> io::Result<Vec<u8>> {
     Ok(got)
 }
 
+/// Opens a connection through `addr` to an echo backend, checks one byte comes back, and
+/// returns it still open.
+pub fn held_echo(addr: SocketAddr, byte: u8) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[byte]).unwrap();
+    let mut x = [0u8; 1];
+    s.read_exact(&mut x).unwrap();
+    assert_eq!(x[0], byte, "echoed");
+    s
+}
+
 /// True when the peer has closed: a read returns EOF or a reset within `within`.
 pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).unwrap();
