@@ -83,8 +83,10 @@ fn idle_closed_spliced_connections_return_their_pipes() {
         client
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        client.write_all(&[i; 100]).unwrap();
-        let mut back = [0u8; 100];
+        // Bulk data, so that the connection splices.
+        let chunk = vec![i; 256 * 1024];
+        client.write_all(&chunk).unwrap();
+        let mut back = vec![0u8; chunk.len()];
         client.read_exact(&mut back).unwrap();
         assert!(
             closed_within(&mut client, Duration::from_secs(5)),

@@ -86,8 +86,19 @@ fn copy_path_is_byte_exact_both_ways() {
     exact_both_ways("copy");
 }
 
+/// Sends `chunks` × 64 KiB of `byte` and reads each chunk's echo back.
+fn exchange(s: &mut TcpStream, byte: u8, chunks: usize) {
+    let chunk = vec![byte; 64 * 1024];
+    let mut back = vec![0u8; chunk.len()];
+    for _ in 0..chunks {
+        std::io::Write::write_all(s, &chunk).unwrap();
+        std::io::Read::read_exact(s, &mut back).unwrap();
+        assert!(back.iter().all(|b| *b == byte));
+    }
+}
+
 /// Pipes are borrowed per burst of data, not per connection: many connections that have
-/// exchanged data and then gone quiet hold no pipes (the pool keeps a few for reuse).
+/// exchanged bulk data and then gone quiet hold no pipes (the pool keeps a few for reuse).
 #[test]
 fn quiet_connections_hold_no_pipes() {
     let server = start(&config(
@@ -100,9 +111,7 @@ fn quiet_connections_hold_no_pipes() {
     for i in 0..50u8 {
         let mut s = TcpStream::connect(front(&server)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        std::io::Write::write_all(&mut s, &[i; 1000]).unwrap();
-        let mut back = [0u8; 1000];
-        std::io::Read::read_exact(&mut s, &mut back).unwrap();
+        exchange(&mut s, i, 4);
         quiet.push(s);
     }
     let pipes = server.pipes_open();
@@ -112,5 +121,31 @@ fn quiet_connections_hold_no_pipes() {
         "{pipes} pipes for 50 quiet connections: they are not given back"
     );
     drop(quiet);
+    server.shutdown();
+}
+
+/// Splicing is decided per connection and direction: small requests and replies go through
+/// a buffer (a pipe would cost more syscalls than it saves), while a direction that carries
+/// bulk data switches to splicing.
+#[test]
+fn small_exchanges_copy_and_bulk_ones_splice() {
+    let server = start(&config(
+        &[(echo_backend(), 1)],
+        "",
+        "",
+        "forwarding: splice",
+    ));
+    let mut s = TcpStream::connect(front(&server)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for i in 0..200u32 {
+        let msg = [(i % 251) as u8; 600];
+        std::io::Write::write_all(&mut s, &msg).unwrap();
+        let mut back = [0u8; 600];
+        std::io::Read::read_exact(&mut s, &mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    assert_eq!(server.pipes_open(), 0, "small exchanges were spliced");
+    exchange(&mut s, 7, 16);
+    assert!(server.pipes_open() > 0, "bulk data was not spliced");
     server.shutdown();
 }

@@ -192,29 +192,12 @@ async fn admit(
     // unusable by the other workers, and with a small cap they would starve. At the cap the
     // loop waits here, holding this one client, and accepts nothing more until a connection
     // ends — or until a reload removes the listener, which must not leave its socket open.
-    // A receiver of our own, so that what this wait sees does not hide a change from the
-    // accept loop, which refreshes its spec on it.
-    let mut versions = versions.clone();
-    let slot = loop {
-        if let Some(slot) = Slot::try_take(&spec.live) {
-            break slot;
-        }
-        // A listener already removed does not wait: its socket must close now.
-        if current_spec(plane, &spec.name, configured).is_none() {
-            return false;
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return false,
-            p = spec.live.slots.clone().acquire_owned() => match p {
-                Ok(p) => break Slot::new(p, spec.live.clone()),
-                Err(_) => return false,
-            },
-            _ = snapshot_changed(&mut versions) => {
-                if current_spec(plane, &spec.name, configured).is_none() {
-                    return false;
-                }
-            }
-        }
+    let slot = match Slot::try_take(&spec.live) {
+        Some(slot) => slot,
+        None => match wait_for_slot(spec, plane, configured, shutdown, versions).await {
+            Some(slot) => slot,
+            None => return false,
+        },
     };
     spec.live.accepted.fetch_add(1, Ordering::Relaxed);
     let conn = Admitted {
@@ -226,6 +209,36 @@ async fn admit(
     };
     tokio::spawn(tcp::serve(conn, plane.clone()));
     true
+}
+
+/// At the cap: waits for a slot, or returns `None` when the loop must stop instead.
+async fn wait_for_slot(
+    spec: &Arc<ListenerSpec>,
+    plane: &Arc<DataPlane>,
+    configured: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+    versions: &watch::Receiver<u64>,
+) -> Option<Slot> {
+    // A receiver of our own, so that what this wait sees does not hide a change from the
+    // accept loop, which refreshes its spec on it.
+    let mut versions = versions.clone();
+    loop {
+        if let Some(slot) = Slot::try_take(&spec.live) {
+            return Some(slot);
+        }
+        // A listener already removed does not wait: its socket must close now.
+        current_spec(plane, &spec.name, configured)?;
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+            p = spec.live.slots.clone().acquire_owned() => return match p {
+                Ok(p) => Some(Slot::new(p, spec.live.clone())),
+                Err(_) => None,
+            },
+            _ = snapshot_changed(&mut versions) => {
+                current_spec(plane, &spec.name, configured)?;
+            }
+        }
+    }
 }
 
 /// A `max_connections` slot held by one connection. Dropping it returns the permit — or, when

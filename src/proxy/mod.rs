@@ -1,11 +1,14 @@
 //! The data plane: listening sockets and accept loops (`listener.rs`), the life of one TCP
-//! connection (`tcp.rs`) and moving its bytes (`copy.rs`).
+//! connection (`tcp.rs`) and moving its bytes (`copy.rs`, one direction at a time in
+//! `pump.rs`, with buffers from `buffers.rs`).
 //!
 //! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
 //! it never imports `config`, `app` or admin code.
 
+pub mod buffers;
 pub mod copy;
 pub mod listener;
+mod pump;
 pub mod tcp;
 pub mod throttle;
 

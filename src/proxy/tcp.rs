@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::{TcpSocket, TcpStream};
-use tracing::{Instrument, debug, field, info_span, warn};
+use tracing::{debug, warn};
 
 use super::copy::{self, ForwardError, Side, Transfer};
 use super::throttle::LogThrottle;
@@ -28,13 +28,10 @@ pub struct Admitted {
     pub guard: TrackerGuard,
 }
 
+/// Serves one connection to its end. No tracing span is made for it: a span costs an
+/// allocation and field formatting per connection even when nothing is logged, so the few
+/// (throttled) log lines name the listener, client and backend themselves.
 pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
-    let span =
-        info_span!("conn", listener = %conn.spec.name, client = %conn.peer, backend = field::Empty);
-    serve_inner(conn, plane).instrument(span).await;
-}
-
-async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
     let live = conn.spec.live.clone();
     live.active.fetch_add(1, Ordering::Relaxed);
     let _active = scopeguard(move || {
@@ -48,17 +45,15 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
             .rejected_no_backend
             .fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = NO_BACKEND_LOG.allow() {
-            warn!(suppressed, "no backend could be reached; closing client");
+            warn!(listener = %conn.spec.name, client = %conn.peer, suppressed, "no backend could be reached; closing client");
         }
         return;
     };
-    tracing::Span::current().record("backend", field::display(backend.address));
-    let stats = backend.stats.clone();
+    let stats = &*backend.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
-    let backend_active = stats.clone();
-    let _backend_active = scopeguard(move || {
-        backend_active.active.fetch_sub(1, Ordering::Relaxed);
+    let _backend_active = scopeguard(|| {
+        stats.active.fetch_sub(1, Ordering::Relaxed);
     });
     let mut moved = Transfer::default();
     let result = copy::forward(
@@ -76,17 +71,27 @@ async fn serve_inner(conn: Admitted, plane: Arc<DataPlane>) {
     stats
         .received_bytes
         .fetch_add(moved.to_client, Ordering::Relaxed);
-    log_end(&result, moved);
+    log_end(
+        &result,
+        moved,
+        (&conn.spec.name, conn.peer, backend.address),
+    );
     drop(conn.slot);
     drop(conn.guard);
 }
 
-fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
+/// Which connection a log line is about: listener, client, backend.
+type Who<'a> = (&'a str, SocketAddr, SocketAddr);
+
+fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
     let (up, down) = (moved.to_backend, moved.to_client);
+    let (listener, client, backend) = who;
     match result {
-        Ok(()) => debug!(to_backend = up, to_client = down, "connection closed"),
+        Ok(()) => {
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, "connection closed")
+        }
         Err(ForwardError::Idle(t)) => {
-            debug!(to_backend = up, to_client = down, idle = ?t, "connection idle; closed")
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, idle = ?t, "connection idle; closed")
         }
         Err(
             e @ ForwardError::Io {
@@ -96,24 +101,24 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer) {
             },
         ) => match BACKEND_ERROR_LOG.allow() {
             Some(suppressed) => {
-                warn!(to_backend = up, to_client = down, error = %source, suppressed, "{e}; connection closed")
+                warn!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, suppressed, "{e}; connection closed")
             }
             None => {
-                debug!(to_backend = up, to_client = down, error = %source, "{e}; connection closed")
+                debug!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, "{e}; connection closed")
             }
         },
         Err(e @ ForwardError::Io { source, .. }) => {
-            debug!(to_backend = up, to_client = down, error = %source, "{e}; connection closed")
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, "{e}; connection closed")
         }
     }
 }
 
 /// Tries the pool's candidates in order, each within the connect timeout.
-async fn connect(
-    spec: &ListenerSpec,
+async fn connect<'s>(
+    spec: &'s ListenerSpec,
     client: SocketAddr,
     plane: &DataPlane,
-) -> Option<(Arc<Backend>, TcpStream)> {
+) -> Option<(&'s Backend, TcpStream)> {
     for backend in spec.pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;
@@ -127,27 +132,27 @@ async fn connect(
             // not the backend's fault, so no failure is counted against it.
             Err(Dial::Local(e)) => {
                 if let Some(suppressed) = LOCAL_LOG.allow() {
-                    warn!(backend = %backend.address, error = %e, suppressed, "no local resources to reach the backend; closing client");
+                    warn!(listener = %spec.name, %client, backend = %backend.address, error = %e, suppressed, "no local resources to reach the backend; closing client");
                 }
                 return None;
             }
             Err(Dial::Backend(e)) => {
                 backend.stats.count_failure(failure_reason(&e));
-                passive_failure(plane, &spec.pool, &backend);
+                passive_failure(plane, &spec.pool, backend);
                 e.to_string()
             }
             Err(Dial::TimedOut) => {
                 backend.stats.count_failure(ConnectFailure::Timeout);
-                passive_failure(plane, &spec.pool, &backend);
+                passive_failure(plane, &spec.pool, backend);
                 format!("timed out after {:?}", spec.connect_timeout)
             }
         };
         match CONNECT_FAILED_LOG.allow() {
             Some(suppressed) => {
-                warn!(backend = %backend.address, pool = %spec.pool.name, %error, suppressed, "backend connect failed")
+                warn!(listener = %spec.name, %client, backend = %backend.address, pool = %spec.pool.name, %error, suppressed, "backend connect failed")
             }
             None => {
-                debug!(backend = %backend.address, pool = %spec.pool.name, %error, "backend connect failed")
+                debug!(listener = %spec.name, %client, backend = %backend.address, pool = %spec.pool.name, %error, "backend connect failed")
             }
         }
     }

@@ -184,7 +184,7 @@ impl Pool {
 
     /// The backends to try for a new connection from `client`, in order: the balancer's pick,
     /// then up to `connect_retries` others.
-    pub fn candidates(&self, client: SocketAddr) -> Vec<Arc<Backend>> {
+    pub fn candidates(&self, client: SocketAddr) -> impl Iterator<Item = &Backend> {
         let want = usize::try_from(self.connect_retries)
             .unwrap_or(0)
             .saturating_add(1);
@@ -215,8 +215,7 @@ impl Pool {
         }
         picks
             .into_iter()
-            .filter_map(|i| self.backends.get(i).cloned())
-            .collect()
+            .filter_map(|i| self.backends.get(i).map(|b| &**b))
     }
 
     /// Open connections on backend `i`, read now.
