@@ -55,6 +55,12 @@ fn a_refused_backend_is_skipped_for_the_next() {
         "every other pick lands on the refused backend first"
     );
     assert_eq!(failures(&server, 1), 0);
+    // The refusal is recognised from the connect's error event, and counted as such.
+    let snapshot = server.snapshot();
+    let stats = &snapshot.listener("front").unwrap().pool.backends[0].stats;
+    let refused = stats.connect_failures[tollgate::state::ConnectFailure::Refused as usize]
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 3);
     server.shutdown();
 }
 

@@ -82,13 +82,11 @@ pub async fn forward(
     let result = std::future::poll_fn(|cx| {
         up_first = !up_first;
         let (a, b) = if up_first {
-            (
-                up.poll(cx, client, backend, means),
-                down.poll(cx, backend, client, means),
-            )
+            let a = up.poll(cx, client, backend, means, down.is_done());
+            (a, down.poll(cx, backend, client, means, up.is_done()))
         } else {
-            let b = down.poll(cx, backend, client, means);
-            (up.poll(cx, client, backend, means), b)
+            let b = down.poll(cx, backend, client, means, up.is_done());
+            (up.poll(cx, client, backend, means, down.is_done()), b)
         };
         for r in [a, b] {
             if let Poll::Ready(Err(e)) = r {

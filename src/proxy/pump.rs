@@ -89,13 +89,15 @@ impl<'p> Pump<'p> {
     }
 
     /// Moves data until the source would block (`Pending`), the direction is finished
-    /// (`Ready(Ok)`), or either side fails.
+    /// (`Ready(Ok)`), or either side fails. `other_done`: the opposite direction has ended,
+    /// so both sockets close as soon as this one ends.
     pub fn poll(
         &mut self,
         cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
         means: Means<'p>,
+        other_done: bool,
     ) -> Poll<Result<(), ForwardError>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -109,6 +111,12 @@ impl<'p> Pump<'p> {
             if self.eof {
                 self.done = true;
                 self.end_burst();
+                // When the other direction has ended too, the connection closes right away,
+                // and close() sends the FIN itself: both receive queues are empty (each
+                // source was read to its end), so it is a graceful close, not a reset.
+                if other_done {
+                    return Poll::Ready(Ok(()));
+                }
                 return Poll::Ready(self.pass_fin(dst));
             }
             match src.poll_read_ready(cx) {

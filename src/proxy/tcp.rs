@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::copy::{self, ForwardError, Side, Transfer};
@@ -37,8 +38,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     let _active = scopeguard(move || {
         live.active.fetch_sub(1, Ordering::Relaxed);
     });
-    // Nagle would delay small writes we pass on; the proxy adds no batching of its own.
-    let _ = conn.client.set_nodelay(true);
+    // The client socket has TCP_NODELAY already: it inherits it from the listening socket.
     let Some((backend, upstream)) = connect(&conn.spec, conn.peer, &plane).await else {
         conn.spec
             .live
@@ -217,21 +217,44 @@ fn is_local(e: &std::io::Error) -> bool {
     )
 }
 
+/// Connects to `addr`: a non-blocking socket (one `socket` call with the flag) with
+/// `TCP_NODELAY`, `connect`, then the writable event. A refused or reset connect raises the
+/// error and hang-up flags with it, so `SO_ERROR` is read only then, not after every connect.
 async fn dial(addr: SocketAddr) -> Result<TcpStream, Dial> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
     .map_err(Dial::Local)?;
-    socket.set_nodelay(true).map_err(Dial::Local)?;
-    socket.connect(addr).await.map_err(|e| {
-        if is_local(&e) {
-            Dial::Local(e)
-        } else {
-            Dial::Backend(e)
-        }
-    })
+    socket.set_tcp_nodelay(true).map_err(Dial::Local)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(classify(e)),
+    }
+    let stream = TcpStream::from_std(socket.into()).map_err(Dial::Local)?;
+    let ready = stream
+        .ready(Interest::WRITABLE)
+        .await
+        .map_err(Dial::Local)?;
+    if ready.is_write_closed() || ready.is_error() {
+        let e = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        };
+        return Err(classify(e));
+    }
+    Ok(stream)
+}
+
+fn classify(e: std::io::Error) -> Dial {
+    if is_local(&e) {
+        Dial::Local(e)
+    } else {
+        Dial::Backend(e)
+    }
 }
 
 /// Runs `f` when dropped: keeps a gauge right on every exit path, including cancellation at
