@@ -1,0 +1,346 @@
+//! The contenders: `direct` (no proxy), `tollgate`, `haproxy`, `haproxy-splice` and `nginx`.
+//!
+//! Owns each one's generated configuration (written into a fresh directory of the run's temp
+//! dir), starting it in front of a backend port and waiting until it listens, retrying with
+//! fresh ports when a port picked as free was taken meanwhile, checking up front that every
+//! tool the chosen workloads and contenders need is installed (nginx's stream module too),
+//! and tollgate's admin API (reload, status). HAProxy's stats socket is in the config for
+//! the bulk workload's splice check.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use std::{fmt, fs};
+
+use anyhow::{Context, Result, bail};
+
+use crate::procs::{Proc, free_port};
+use crate::{Ctx, Settings, Workload};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const ATTEMPTS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Contender {
+    Direct,
+    Tollgate,
+    Haproxy,
+    HaproxySplice,
+    Nginx,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 5] = [
+        Contender::Direct,
+        Contender::Tollgate,
+        Contender::Haproxy,
+        Contender::HaproxySplice,
+        Contender::Nginx,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct",
+            Contender::Tollgate => "tollgate",
+            Contender::Haproxy => "haproxy",
+            Contender::HaproxySplice => "haproxy-splice",
+            Contender::Nginx => "nginx",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Contender> {
+        Contender::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for Contender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// A started contender: clients connect to 127.0.0.1:`port`.
+pub struct Running {
+    pub contender: Contender,
+    pub port: u16,
+    /// The balancer's process; `None` for `direct`.
+    pub proc: Option<Proc>,
+    /// tollgate's admin API port.
+    pub admin: Option<u16>,
+    pub dir: PathBuf,
+    /// Just before the balancer's process was spawned.
+    pub spawned_at: Instant,
+    backend: u16,
+    max_conns: u64,
+}
+
+impl Running {
+    /// The balancer's process, or an error for `direct`.
+    pub fn balancer(&self) -> Result<&Proc> {
+        self.proc
+            .as_ref()
+            .with_context(|| format!("{}: no balancer process", self.contender))
+    }
+
+    /// Stops the balancer (SIGTERM); an error if it had died or fails to exit cleanly.
+    pub fn stop(self) -> Result<()> {
+        self.proc.map_or(Ok(()), Proc::stop)
+    }
+
+    /// Rewrites tollgate's config file with the backend at `weight` (a harmless change).
+    pub fn set_tollgate_weight(&self, weight: u32) -> Result<()> {
+        let admin = self.admin.context("not tollgate")?;
+        let text = tollgate_yaml(self.port, admin, self.backend, weight, self.max_conns);
+        let path = self.dir.join("tollgate.yaml");
+        fs::write(&path, text).with_context(|| format!("rewriting {}", path.display()))
+    }
+}
+
+/// Writes the config and spawns the contender in front of 127.0.0.1:`backend`, without
+/// waiting for it. `direct` starts nothing and points at the backend itself.
+pub fn spawn(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
+    let dir = ctx.run_dir(c.name())?;
+    let (port, max_conns) = (free_port()?, ctx.max_conns());
+    let mut running = Running {
+        contender: c,
+        port,
+        proc: None,
+        admin: None,
+        dir: dir.clone(),
+        spawned_at: Instant::now(),
+        backend,
+        max_conns,
+    };
+    let log = dir.join(format!("{c}.log"));
+    let mut cmd = match c {
+        Contender::Direct => {
+            running.port = backend;
+            return Ok(running);
+        }
+        Contender::Tollgate => {
+            let admin = free_port()?;
+            running.admin = Some(admin);
+            running.set_tollgate_weight(1)?;
+            let mut cmd = Command::new(&ctx.tollgate);
+            cmd.arg("run").arg("-c").arg(dir.join("tollgate.yaml"));
+            cmd
+        }
+        Contender::Haproxy | Contender::HaproxySplice => {
+            let splice = c == Contender::HaproxySplice;
+            let cfg = write(
+                &dir,
+                "haproxy.cfg",
+                haproxy_cfg(&dir, port, backend, max_conns, splice),
+            )?;
+            let mut cmd = Command::new("haproxy");
+            cmd.arg("-db").arg("-f").arg(cfg);
+            cmd
+        }
+        Contender::Nginx => {
+            let load = match &ctx.nginx_stream {
+                Some(StreamModule::Dynamic(so)) => format!("load_module {};\n", so.display()),
+                Some(StreamModule::Builtin) => String::new(),
+                None => bail!("nginx: the stream module was not looked for"),
+            };
+            let text = nginx_stream_conf(&load, &dir, port, backend, ctx.fd_limit);
+            let conf = write(&dir, "nginx.conf", text)?;
+            let mut cmd = Command::new("nginx");
+            cmd.arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(conf)
+                .args(["-g", "daemon off;"]);
+            cmd
+        }
+    };
+    running.spawned_at = Instant::now();
+    running.proc = Some(Proc::spawn(c.name(), &mut cmd, &log)?);
+    Ok(running)
+}
+
+/// Spawns the contender and waits until it listens (and, for tollgate, its admin API too).
+/// A port taken between picking and binding is retried with fresh ports.
+pub fn start(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
+    for attempt in 1..=ATTEMPTS {
+        let mut running = spawn(ctx, c, backend)?;
+        let ports: Vec<u16> = [Some(running.port), running.admin]
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(proc) = running.proc.as_mut() else {
+            return Ok(running);
+        };
+        match ports
+            .iter()
+            .try_for_each(|&p| proc.wait_listening(p, READY_TIMEOUT))
+        {
+            Ok(()) => return Ok(running),
+            Err(_) if attempt < ATTEMPTS && port_clash(proc) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    bail!("{c}: could not bind a free port in {ATTEMPTS} attempts")
+}
+
+/// Whether a failed start was a port taken by someone else between picking and binding.
+pub fn port_clash(proc: &mut Proc) -> bool {
+    matches!(proc.poll(), Ok(Some(_))) && proc.log_contains("in use")
+}
+
+fn write(dir: &Path, name: &str, text: String) -> Result<PathBuf> {
+    let path = dir.join(name);
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn tollgate_yaml(port: u16, admin: u16, backend: u16, weight: u32, max_conns: u64) -> String {
+    format!(
+        "# generated by benches/compare\n\
+         workers: auto\nforwarding: splice\n\
+         admin:\n  bind: \"127.0.0.1:{admin}\"\n\
+         shutdown:\n  drain_timeout: 1s\n\
+         listeners:\n  bench:\n    bind: \"127.0.0.1:{port}\"\n    pool: backend\n\
+         \x20   limits:\n      max_connections: {max_conns}\n\
+         pools:\n  backend:\n    balance: round_robin\n    backends:\n\
+         \x20     - address: \"127.0.0.1:{backend}\"\n        weight: {weight}\n"
+    )
+}
+
+/// HAProxy in TCP mode with default options. Splice needs pipes, and HAProxy reserves file
+/// descriptors for maxconn/4 of them by default, which would not fit the fd limit next to
+/// ~9000 connections; `maxpipes 256` (far more than the 16 that 8 spliced streams use) keeps
+/// both variants at the same maxconn.
+fn haproxy_cfg(dir: &Path, port: u16, backend: u16, maxconn: u64, splice: bool) -> String {
+    let splice = if splice {
+        "    option splice-request\n    option splice-response\n"
+    } else {
+        ""
+    };
+    let sock = dir.join("haproxy.sock");
+    format!(
+        "global\n    nbthread 2\n    maxconn {maxconn}\n    maxpipes 256\n\
+         \x20   stats socket {} mode 600 level admin\n\
+         defaults\n    mode tcp\n    maxconn {maxconn}\n    timeout connect 5s\n\
+         \x20   timeout client 10m\n    timeout server 10m\n{splice}\
+         frontend bench\n    bind 127.0.0.1:{port}\n    default_backend backend\n\
+         backend backend\n    server b1 127.0.0.1:{backend}\n",
+        sock.display()
+    )
+}
+
+/// nginx `stream {}` proxy with two workers; each may end up holding every connection (both
+/// legs), so worker_connections is nearly the whole fd limit.
+fn nginx_stream_conf(load: &str, dir: &Path, port: u16, backend: u16, fd_limit: u64) -> String {
+    let conns = fd_limit.saturating_sub(200);
+    format!(
+        "{load}worker_processes 2;\nworker_rlimit_nofile {fd_limit};\npid {}/nginx.pid;\n\
+         error_log stderr warn;\n\
+         events {{\n    worker_connections {conns};\n}}\n\
+         stream {{\n    server {{\n        listen 127.0.0.1:{port};\n\
+         \x20       proxy_pass 127.0.0.1:{backend};\n    }}\n}}\n",
+        dir.display()
+    )
+}
+
+/// Fails at once, naming the tool and its Debian package, when something the chosen
+/// workloads and contenders need is missing. Returns how nginx gets its stream module.
+pub fn check_tools(s: &Settings) -> Result<Option<StreamModule>> {
+    let uses = |w| s.workloads.contains(&w);
+    let mut need: Vec<(&str, &str, &str)> = Vec::new();
+    if uses(Workload::Bulk) {
+        need.push(("iperf3", "--version", "iperf3"));
+    }
+    if uses(Workload::Conns) || uses(Workload::ReqResp) {
+        need.push(("wrk", "--version", "wrk"));
+        need.push(("nginx", "-v", "nginx-light (the HTTP backend)"));
+    }
+    if s.wants(Contender::Haproxy) || s.wants(Contender::HaproxySplice) {
+        need.push(("haproxy", "-v", "haproxy"));
+    }
+    if s.wants(Contender::Nginx) {
+        need.push(("nginx", "-v", "nginx-light and libnginx-mod-stream"));
+    }
+    for (tool, arg, package) in need {
+        if let Err(e) = Command::new(tool).arg(arg).output() {
+            bail!("`{tool}` cannot run ({e}); install the Debian package {package}");
+        }
+    }
+    match s.wants(Contender::Nginx) {
+        true => Ok(Some(nginx_stream_module()?)),
+        false => Ok(None),
+    }
+}
+
+/// How this nginx gets its stream module.
+#[derive(Clone, Debug)]
+pub enum StreamModule {
+    Builtin,
+    Dynamic(PathBuf),
+}
+
+/// Reads `nginx -V`: the stream module built in, or the dynamic module file that must exist.
+pub fn nginx_stream_module() -> Result<StreamModule> {
+    let out = Command::new("nginx")
+        .arg("-V")
+        .output()
+        .context("nginx: cannot run `nginx -V` (Debian package nginx)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let args: Vec<&str> = text.split_whitespace().collect();
+    if args.contains(&"--with-stream") {
+        return Ok(StreamModule::Builtin);
+    }
+    if !args.contains(&"--with-stream=dynamic") {
+        bail!("nginx was built without the stream module (`nginx -V` has no --with-stream)");
+    }
+    let modules = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--modules-path="))
+        .unwrap_or("/usr/lib/nginx/modules");
+    let so = Path::new(modules).join("ngx_stream_module.so");
+    if !so.is_file() {
+        bail!(
+            "nginx has no stream module: its build loads it from {}, which is missing. \
+             Install the Debian package libnginx-mod-stream (nginx-full depends on it; \
+             nginx-light does not)",
+            so.display()
+        );
+    }
+    Ok(StreamModule::Dynamic(so))
+}
+
+/// One HTTP/1.1 request to tollgate's admin API; returns the status, the body and the time
+/// from sending the request to having read the whole response.
+pub fn admin_request(port: u16, method: &str, path: &str) -> Result<(u16, String, Duration)> {
+    let what = format!("tollgate admin {method} {path}");
+    let mut s =
+        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("{what}: connect"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .context("SO_RCVTIMEO")?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let start = Instant::now();
+    s.write_all(request.as_bytes())
+        .with_context(|| format!("{what}: send"))?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response)
+        .with_context(|| format!("{what}: read"))?;
+    let took = start.elapsed();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{what}: no HTTP status in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body, took))
+}

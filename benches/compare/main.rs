@@ -1,0 +1,379 @@
+//! `cargo bench --bench compare`: tollgate side by side with HAProxy 2.6 and nginx 1.22
+//! (stream), and a direct connection as the baseline, on loopback.
+//!
+//! This file owns the settings (environment knobs below), the rounds (each workload runs
+//! REPS times; each round visits every contender, the order rotated by one per round, every
+//! contender started fresh), the failures, and the exit status. The workloads live in
+//! `bulk` (iperf3), `http` (wrk) and `held` (memory, startup, reload); processes in `procs`,
+//! contenders in `contenders`, backends in `backends`, the summary and JSON in `report`.
+//! Configs and logs go to a temp dir, kept (and named) when something failed.
+//!
+//! Environment:
+//! * `TOLLGATE_COMPARE_SMOKE=1`: one repetition, 1 s per run, 300 held connections (CI);
+//! * `TOLLGATE_COMPARE_REPS`: repetitions of every workload (default 5 for bulk, conns and
+//!   reqresp, 3 for memory, startup and reload);
+//! * `TOLLGATE_COMPARE_SECS`: seconds per iperf3/wrk run (default 5);
+//! * `TOLLGATE_COMPARE_HELD`: idle connections held for memory and reload (default 9000);
+//! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,memory,startup,reload`: a subset;
+//! * `TOLLGATE_COMPARE_CONTENDERS=direct,tollgate,haproxy,haproxy-splice,nginx`: a subset.
+//!
+//! Any failed run, missing tool or workload without a result exits non-zero, after the
+//! summary of whatever did complete. Results: stdout (Markdown) and
+//! `target/compare/results.json`.
+
+mod backends;
+mod bulk;
+mod contenders;
+mod held;
+mod http;
+mod procs;
+mod report;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+use std::{env, fs};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tempfile::TempDir;
+
+use contenders::{Contender, StreamModule};
+use report::{Machine, Results};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Bulk,
+    Conns,
+    ReqResp,
+    Memory,
+    Startup,
+    Reload,
+}
+
+impl Workload {
+    const ALL: [Workload; 6] = [
+        Workload::Bulk,
+        Workload::Conns,
+        Workload::ReqResp,
+        Workload::Memory,
+        Workload::Startup,
+        Workload::Reload,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Bulk => "bulk",
+            Workload::Conns => "conns",
+            Workload::ReqResp => "reqresp",
+            Workload::Memory => "memory",
+            Workload::Startup => "startup",
+            Workload::Reload => "reload",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Workload> {
+        let name = match name {
+            "conns/s" => "conns",
+            "req/resp" => "reqresp",
+            other => other,
+        };
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// Which contenders the workload measures (the others show n/a).
+    fn measures(self, c: Contender) -> bool {
+        match self {
+            Workload::Bulk | Workload::Conns | Workload::ReqResp => true,
+            Workload::Memory | Workload::Startup => c != Contender::Direct,
+            Workload::Reload => c == Contender::Tollgate,
+        }
+    }
+
+    /// The workload names its results are recorded under.
+    fn recorded_as(self) -> &'static [&'static str] {
+        match self {
+            Workload::Bulk => &["bulk -P1", "bulk -P8"],
+            Workload::Conns => &[http::CONNS.workload],
+            Workload::ReqResp => &[http::REQRESP.workload],
+            Workload::Memory => &["memory"],
+            Workload::Startup => &["startup"],
+            Workload::Reload => &["reload"],
+        }
+    }
+}
+
+pub struct Settings {
+    smoke: bool,
+    /// Repetitions of bulk, conns and reqresp; and of memory, startup and reload.
+    reps: (usize, usize),
+    secs: u64,
+    held: usize,
+    workloads: Vec<Workload>,
+    contenders: Vec<Contender>,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        let smoke = env::var("TOLLGATE_COMPARE_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
+        let number = |name: &str, default: u64| -> Result<u64> {
+            match env::var(name) {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{name}={v:?}: want a whole number > 0")),
+                Err(_) => Ok(default),
+            }
+        };
+        let reps = match number("TOLLGATE_COMPARE_REPS", 0)? as usize {
+            0 if smoke => (1, 1),
+            0 => (5, 3),
+            n => (n, n),
+        };
+        let workloads = list(
+            "TOLLGATE_COMPARE_ONLY",
+            &Workload::ALL,
+            Workload::parse,
+            Workload::name,
+        )?;
+        let contenders = list(
+            "TOLLGATE_COMPARE_CONTENDERS",
+            &Contender::ALL,
+            Contender::parse,
+            Contender::name,
+        )?;
+        Ok(Settings {
+            smoke,
+            reps,
+            secs: number("TOLLGATE_COMPARE_SECS", if smoke { 1 } else { 5 })?,
+            held: number("TOLLGATE_COMPARE_HELD", if smoke { 300 } else { 9000 })? as usize,
+            workloads,
+            contenders,
+        })
+    }
+
+    fn reps(&self, w: Workload) -> usize {
+        match w {
+            Workload::Bulk | Workload::Conns | Workload::ReqResp => self.reps.0,
+            _ => self.reps.1,
+        }
+    }
+
+    fn wants(&self, c: Contender) -> bool {
+        self.workloads.iter().any(|w| w.measures(c)) && self.contenders.contains(&c)
+    }
+}
+
+/// A comma-separated subset of `all` from the environment (all of them when unset), kept in
+/// `all`'s order.
+fn list<T: Copy + PartialEq>(
+    var: &str,
+    all: &[T],
+    parse: fn(&str) -> Option<T>,
+    name: fn(T) -> &'static str,
+) -> Result<Vec<T>> {
+    let Ok(text) = env::var(var) else {
+        return Ok(all.to_vec());
+    };
+    let mut chosen = Vec::new();
+    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let valid: Vec<&str> = all.iter().map(|&t| name(t)).collect();
+        chosen.push(parse(word).with_context(|| {
+            format!("{var}: unknown `{word}`; choose from {}", valid.join(","))
+        })?);
+    }
+    let chosen: Vec<T> = all.iter().copied().filter(|t| chosen.contains(t)).collect();
+    if chosen.is_empty() {
+        bail!("{var} selects nothing");
+    }
+    Ok(chosen)
+}
+
+/// What every run needs.
+pub struct Ctx {
+    pub settings: Settings,
+    pub tollgate: PathBuf,
+    pub nginx_stream: Option<StreamModule>,
+    pub clk_tck: f64,
+    /// The soft open-file limit after raising it; children inherit it.
+    pub fd_limit: u64,
+    work: TempDir,
+    seq: Cell<usize>,
+}
+
+impl Ctx {
+    /// A fresh directory for one process's config and logs.
+    pub fn run_dir(&self, label: &str) -> Result<PathBuf> {
+        self.seq.set(self.seq.get() + 1);
+        let dir = self
+            .work
+            .path()
+            .join(format!("{:04}-{label}", self.seq.get()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// The connection cap given to tollgate and HAProxy: what two sockets a connection (and
+    /// HAProxy's 256 reserved pipes) leave room for, at most 20000.
+    pub fn max_conns(&self) -> u64 {
+        (self.fd_limit.saturating_sub(700) / 2).min(20_000)
+    }
+}
+
+fn main() -> ExitCode {
+    if let Ok(port) = env::var(backends::ECHO_ENV) {
+        return backends::echo_main(&port);
+    }
+    let started = Instant::now();
+    match run() {
+        Ok(true) => {
+            println!("compare: done in {:.0} s", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!(
+                "compare: FAILED (see above); {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("compare bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks the environment, runs every round and prints the summary. `Ok(false)` when some
+/// run failed or some workload produced nothing.
+fn run() -> Result<bool> {
+    let settings = Settings::from_env()?;
+    procs::watch_signals()?;
+    let limit = tollgate::sys::raise_nofile_limit().context("raising the open-file limit")?;
+    let nginx_stream = contenders::check_tools(&settings)?;
+    http::self_test()?;
+    let tollgate = PathBuf::from(env!("CARGO_BIN_EXE_tollgate"));
+    if !tollgate.is_file() {
+        bail!("the tollgate binary {} is missing", tollgate.display());
+    }
+    let work = tempfile::Builder::new()
+        .prefix("tollgate-compare-")
+        .tempdir()
+        .context("creating the temp dir")?;
+    let ctx = Ctx {
+        settings,
+        tollgate,
+        nginx_stream,
+        clk_tck: procs::clk_tck()?,
+        fd_limit: limit.soft,
+        work,
+        seq: Cell::new(0),
+    };
+    let holds = [Workload::Memory, Workload::Reload]
+        .iter()
+        .any(|w| ctx.settings.workloads.contains(w));
+    let held = ctx.settings.held as u64;
+    if holds && (held + 300 > ctx.fd_limit || held + 10 > ctx.max_conns()) {
+        bail!(
+            "holding {held} connections needs an open-file limit of about {} (this one is {}); \
+             set TOLLGATE_COMPARE_HELD lower",
+            2 * held + 800,
+            ctx.fd_limit
+        );
+    }
+    let machine = Machine::probe();
+    let header = report::header(&ctx.settings, &machine);
+    println!(
+        "{header}\n\nlogs and configs: {}",
+        ctx.work.path().display()
+    );
+    let mut res = Results::default();
+    for &w in &ctx.settings.workloads {
+        if procs::check_interrupt().is_err() {
+            break;
+        }
+        rounds(&ctx, w, &mut res);
+    }
+    println!(
+        "\n{}",
+        report::markdown(&res, &ctx.settings.contenders, &header)
+    );
+    if !res.failures.is_empty() {
+        println!("Failures:");
+        // In full above, where each failed; here its first line.
+        let first = |f: &String| f.lines().next().unwrap_or_default().to_owned();
+        res.failures.iter().for_each(|f| println!("- {}", first(f)));
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest.join("target"), |t| manifest.join(t));
+    let path = target.join("compare").join("results.json");
+    let s = &ctx.settings;
+    let meta = json!({
+        "nproc": machine.nproc, "cpu": machine.cpu, "kernel": machine.kernel,
+        "versions": machine.versions.iter().map(|(t, v)| json!({"tool": t, "version": v})).collect::<Vec<_>>(),
+        "smoke": s.smoke, "reps": [s.reps.0, s.reps.1], "secs_per_run": s.secs, "held_connections": s.held,
+        "workloads": s.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        "contenders": s.contenders.iter().map(|c| c.name()).collect::<Vec<_>>(),
+    });
+    report::write_json(&path, &res, &ctx.settings.contenders, meta)?;
+    println!("results: {}", path.display());
+    if !res.failures.is_empty() {
+        println!("configs and logs kept in {}", ctx.work.keep().display());
+    }
+    Ok(res.failures.is_empty())
+}
+
+/// Every repetition of one workload, the contender order rotated by one each round. A failed
+/// run is reported at once and recorded; the others go on.
+fn rounds(ctx: &Ctx, w: Workload, res: &mut Results) {
+    let cs: Vec<Contender> = ctx
+        .settings
+        .contenders
+        .iter()
+        .copied()
+        .filter(|&c| w.measures(c))
+        .collect();
+    if cs.is_empty() {
+        return;
+    }
+    let reps = ctx.settings.reps(w);
+    println!(
+        "\n== {} ({reps} rep(s), {} contender(s))",
+        w.name(),
+        cs.len()
+    );
+    for rep in 0..reps {
+        for i in 0..cs.len() {
+            if procs::check_interrupt().is_err() {
+                res.failures.push("interrupted".into());
+                return;
+            }
+            let c = cs[(i + rep) % cs.len()];
+            let tag = format!("  {:<7} {}/{reps}", w.name(), rep + 1);
+            let done = match w {
+                Workload::Bulk => bulk::run(ctx, c, &tag, res),
+                Workload::Conns => http::run(ctx, http::CONNS, c, &tag, res),
+                Workload::ReqResp => http::run(ctx, http::REQRESP, c, &tag, res),
+                Workload::Memory => held::memory(ctx, c, &tag, res),
+                Workload::Startup => held::startup(ctx, c, &tag, res),
+                Workload::Reload => held::reload(ctx, c, &tag, res),
+            };
+            if let Err(e) = done {
+                let failure = format!("{} / {c}, rep {}: {e:#}", w.name(), rep + 1);
+                eprintln!("  FAILED {failure}");
+                res.failures.push(failure);
+            }
+        }
+    }
+    for c in cs {
+        for name in w.recorded_as() {
+            if !res.has_any(name, c) {
+                res.failures.push(format!("{name} / {c}: no result"));
+            }
+        }
+    }
+}
