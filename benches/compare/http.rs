@@ -39,7 +39,7 @@ pub const REQRESP: Shape = Shape {
 };
 
 impl Shape {
-    fn metrics(self) -> [Metric; 4] {
+    fn metrics(self) -> [Metric; 5] {
         let m = |key, label, better, digits, ratio| Metric {
             workload: self.workload,
             key,
@@ -58,6 +58,17 @@ impl Shape {
                 Better::Lower,
                 0,
                 false,
+            ),
+            m(
+                "cpu_us_per_request",
+                if self.close {
+                    "balancer CPU µs per connection"
+                } else {
+                    "balancer CPU µs per request"
+                },
+                Better::Lower,
+                1,
+                true,
             ),
         ]
     }
@@ -93,19 +104,32 @@ pub fn run(ctx: &Ctx, shape: Shape, c: Contender, rep: &str, res: &mut Results) 
     cmd.arg(format!("http://127.0.0.1:{}/", running.port));
     let dir = ctx.run_dir("wrk")?;
     let timeout = Duration::from_secs(secs + 30);
+    // The balancer's own CPU over the run: on a machine where wrk, the backend and the
+    // balancer share the cores, CPU per request is the figure that does not depend on how
+    // the scheduler shared them.
+    let balancer = running.proc.as_ref();
+    let before = balancer.map(|p| p.cpu_ticks()).transpose()?;
     let out = crate::procs::run_tool("wrk", &mut cmd, &dir, timeout)
         .with_context(|| format!("{c}: wrk"))?;
+    let after = balancer.map(|p| p.cpu_ticks()).transpose()?;
     let wrk = parse(&out).with_context(|| format!("{c}: parsing wrk output:\n{out}"))?;
     let errors = wrk.socket_errors.iter().sum::<u64>() + wrk.non_2xx;
-    let [rate, p50, p99, errs] = shape.metrics();
+    let [rate, p50, p99, errs, cpu] = shape.metrics();
     res.add(rate, c, wrk.requests_per_s);
     res.add(p50, c, wrk.p50_ms);
     res.add(p99, c, wrk.p99_ms);
     res.add(errs, c, errors as f64);
-    println!(
+    let mut line = format!(
         "{rep} {c:<15} {:9.0} {}  p50 {:.3} ms  p99 {:.3} ms  errors {errors}",
         wrk.requests_per_s, shape.rate_label, wrk.p50_ms, wrk.p99_ms
     );
+    if let (Some(before), Some(after)) = (before, after) {
+        let cpu_us = after.saturating_sub(before) as f64 / ctx.clk_tck * 1e6;
+        let per_request = cpu_us / wrk.requests as f64;
+        res.add(cpu, c, per_request);
+        line += &format!("  {per_request:.1} CPU µs/request");
+    }
+    println!("{line}");
     if errors > 0 {
         let [connect, read, write, timeout] = wrk.socket_errors;
         let note = format!(
