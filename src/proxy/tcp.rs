@@ -39,7 +39,10 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
         live.active.fetch_sub(1, Ordering::Relaxed);
     });
     // The client socket has TCP_NODELAY already: it inherits it from the listening socket.
-    let Some((backend, upstream)) = connect(&conn.spec, conn.peer, &plane).await else {
+    // The connect phase (timer, dial, retries) is boxed: it is larger than the forwarding
+    // phase, and unboxed it would set the size of every connection's task for its whole life.
+    let connecting = Box::pin(connect(&conn.spec, conn.peer, &plane));
+    let Some((backend, upstream)) = connecting.await else {
         conn.spec
             .live
             .rejected_no_backend
