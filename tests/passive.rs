@@ -29,8 +29,13 @@ fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
             .stats
             .failures()
     };
+    // The data plane reports the second failure in a row; until the control plane has marked
+    // the backend down, a connection arriving meanwhile may still try it once more.
     let after_down = failures();
-    assert_eq!(after_down, 2, "exactly the limit was tried");
+    assert!(
+        (2..=3).contains(&after_down),
+        "the limit was tried, and at most one more before the mark: {after_down}"
+    );
     for _ in 0..6 {
         assert_eq!(who_answers(front_addr), 1);
     }

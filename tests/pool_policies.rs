@@ -75,7 +75,7 @@ fn backups_serve_only_while_no_primary_is_up() {
 
 /// A pool whose health checks all fail (they probe a closed port) but whose traffic port works.
 fn all_down(policy: &str) -> (tollgate::app::Server, SocketAddr) {
-    let closed = refused_addr().port();
+    let closed = reserved_refused_addr().port();
     let pool = format!(
         "    when_all_down: {policy}\n    health_check: {{ type: tcp, interval: 100ms, timeout: 50ms, rise: 1, fall: 1, port: {closed} }}\n"
     );

@@ -108,6 +108,19 @@ pub fn refused_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// Like [`refused_addr`], but the port stays reserved for the rest of the test process: the
+/// socket is bound and never listens, so connects are refused and no other test's socket can
+/// take the port meanwhile (a freed port can be handed to a parallel test's bind).
+pub fn reserved_refused_addr() -> SocketAddr {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
+    addr
+}
+
 /// Deterministic pseudo-random bytes (xorshift64) in chunks; `seed` picks the stream.
 pub struct Pattern {
     state: u64,
