@@ -86,6 +86,23 @@ fn copy_path_is_byte_exact_both_ways() {
     exact_both_ways("copy");
 }
 
+/// tollgate in splice mode in front of one echo backend.
+fn splice_echo() -> tollgate::app::Server {
+    start(&config(
+        &[(echo_backend(), 1)],
+        "",
+        "",
+        "forwarding: splice",
+    ))
+}
+
+/// A client connection through `server`, with a read timeout so a stall fails the test.
+fn client(server: &tollgate::app::Server) -> TcpStream {
+    let s = TcpStream::connect(front(server)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
 /// Sends `chunks` × 64 KiB of `byte` and reads each chunk's echo back.
 fn exchange(s: &mut TcpStream, byte: u8, chunks: usize) {
     let chunk = vec![byte; 64 * 1024];
@@ -101,16 +118,10 @@ fn exchange(s: &mut TcpStream, byte: u8, chunks: usize) {
 /// exchanged bulk data and then gone quiet hold no pipes (the pool keeps a few for reuse).
 #[test]
 fn quiet_connections_hold_no_pipes() {
-    let server = start(&config(
-        &[(echo_backend(), 1)],
-        "",
-        "",
-        "forwarding: splice",
-    ));
+    let server = splice_echo();
     let mut quiet = Vec::new();
     for i in 0..50u8 {
-        let mut s = TcpStream::connect(front(&server)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = client(&server);
         exchange(&mut s, i, 4);
         quiet.push(s);
     }
@@ -129,14 +140,8 @@ fn quiet_connections_hold_no_pipes() {
 /// bulk data switches to splicing.
 #[test]
 fn small_exchanges_copy_and_bulk_ones_splice() {
-    let server = start(&config(
-        &[(echo_backend(), 1)],
-        "",
-        "",
-        "forwarding: splice",
-    ));
-    let mut s = TcpStream::connect(front(&server)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let server = splice_echo();
+    let mut s = client(&server);
     for i in 0..200u32 {
         let msg = [(i % 251) as u8; 600];
         std::io::Write::write_all(&mut s, &msg).unwrap();

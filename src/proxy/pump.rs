@@ -235,7 +235,8 @@ impl<'p> Pump<'p> {
 enum Read {
     /// End of stream.
     Eof,
-    /// Nothing to read now (readiness cleared).
+    /// Nothing read: the source would block (readiness cleared) or the read was interrupted
+    /// (readiness kept, so the next poll reads again).
     Empty,
     /// `n` bytes. `drained`: they did not fill the buffer, and a stream socket returns less
     /// than asked only when its queue is empty, so readiness was cleared with the read —

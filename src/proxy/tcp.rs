@@ -242,7 +242,9 @@ async fn dial(addr: SocketAddr) -> Result<TcpStream, Dial> {
         .ready(Interest::WRITABLE)
         .await
         .map_err(Dial::Local)?;
-    if ready.is_write_closed() || ready.is_error() {
+    // Readiness asked for WRITABLE carries WRITABLE and WRITE_CLOSED only; a failed connect
+    // (EPOLLERR | EPOLLHUP) shows as write-closed.
+    if ready.is_write_closed() {
         let e = match stream.take_error() {
             Ok(Some(e)) | Err(e) => e,
             Ok(None) => std::io::Error::from(std::io::ErrorKind::ConnectionReset),
