@@ -64,11 +64,9 @@ pub enum ActionError {
 }
 
 /// Why a source would be admitted or refused by a listener right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
-    pub admitted: bool,
-    /// The deny-list block that refuses it, if one does.
-    pub denied_by: Option<Cidr>,
+    pub explanation: crate::admission::Explanation,
     /// Connections open on the listener now, and its cap.
     pub listener_active: u64,
     pub listener_max: usize,
@@ -351,10 +349,8 @@ impl Control {
         let spec = snapshot
             .listener(listener)
             .ok_or_else(|| ActionError::NoListener(listener.to_owned()))?;
-        let denied_by = spec.deny.matching(source);
         Ok(Verdict {
-            admitted: denied_by.is_none(),
-            denied_by,
+            explanation: spec.admission.explain(source, std::time::Instant::now()),
             listener_active: spec.live.active.load(Ordering::Relaxed),
             listener_max: spec.live.max_connections(),
         })
@@ -365,7 +361,7 @@ impl Control {
         let snapshot = self.plane.snapshot.load_full();
         snapshot
             .listener(listener)
-            .map(|l| l.deny.blocks().to_vec())
+            .map(|l| l.admission.runtime_deny.blocks().to_vec())
             .unwrap_or_default()
     }
 

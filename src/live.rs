@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::admission::{Cidr, DenyList};
+use crate::admission::{Cidr, PerSource, Policy, PrefixSet, Rate, Shape, SourceTable};
 use std::time::Instant;
 
 use crate::config::{Balance, Config};
@@ -58,6 +58,9 @@ struct Inner {
     overrides: HashMap<BackendKey, Override>,
     /// Runtime deny lists by listener name.
     deny: HashMap<String, Vec<Cidr>>,
+    /// Per-source limiter state by listener name; kept across reloads while the listener
+    /// exists with the same grouping and table size.
+    tables: HashMap<String, Arc<SourceTable>>,
     /// Health by backend; absent means up (no check, or no result yet).
     health: HashMap<BackendKey, HealthState>,
 }
@@ -250,7 +253,7 @@ impl Live {
                 None => Arc::new(ListenerLive::new(l.max_connections)),
             };
             keep_listeners.insert(l.name.clone(), live.clone());
-            let deny = DenyList::new(inner.deny.get(&l.name).cloned().unwrap_or_default());
+            let admission = policy(&mut inner, l);
             let spec = ListenerSpec {
                 name: l.name.as_str().into(),
                 bind: l.bind.clone(),
@@ -258,7 +261,7 @@ impl Live {
                 connect_timeout: l.connect_timeout,
                 idle_timeout: l.idle_timeout,
                 live,
-                deny: Arc::new(deny),
+                admission,
             };
             listeners.insert(spec.name.clone(), Arc::new(spec));
         }
@@ -272,11 +275,52 @@ impl Live {
         inner
             .deny
             .retain(|name, _| keep_listeners.contains_key(name));
+        inner.tables.retain(|name, _| {
+            config
+                .listeners
+                .iter()
+                .any(|l| l.name == *name && l.per_source.is_some())
+        });
         inner.listeners = keep_listeners;
         Snapshot {
             generation,
             listeners,
             pools,
         }
+    }
+}
+
+/// A listener's admission policy: its ACLs, runtime deny list and per-source limits, with
+/// the limiter table carried over when its shape did not change (a changed prefix or size
+/// starts afresh: old keys would mean other groups).
+fn policy(inner: &mut Inner, l: &crate::config::Listener) -> Policy {
+    let per_source = l.per_source.as_ref().map(|ps| {
+        let shape = Shape {
+            ipv4_prefix: ps.ipv4_prefix,
+            ipv6_prefix: ps.ipv6_prefix,
+            max_tracked: ps.max_tracked_sources,
+        };
+        let table = match inner.tables.get(&l.name) {
+            Some(t) if t.shape() == shape => t.clone(),
+            _ => {
+                let t = Arc::new(SourceTable::new(shape));
+                inner.tables.insert(l.name.clone(), t.clone());
+                t
+            }
+        };
+        PerSource {
+            rate: ps
+                .connection_rate
+                .map(|(n, period)| Rate::new(n, period, ps.burst)),
+            max_connections: ps.max_connections,
+            exempt: PrefixSet::new(ps.exempt.iter().copied()),
+            table,
+        }
+    });
+    Policy {
+        runtime_deny: PrefixSet::new(inner.deny.get(&l.name).into_iter().flatten().copied()),
+        deny: PrefixSet::new(l.access.deny.iter().copied()),
+        allow: PrefixSet::new(l.access.allow.iter().copied()),
+        per_source,
     }
 }

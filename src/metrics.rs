@@ -51,6 +51,12 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::COUNTER,
     ),
     (
+        "tollgate_listener_sources_tracked",
+        "Source groups the per-source limiter tracks now (bounded by max_tracked_sources).",
+        &["listener"],
+        MetricType::GAUGE,
+    ),
+    (
         "tollgate_listener_connections_active",
         "Connections open now.",
         &["listener"],
@@ -253,10 +259,21 @@ impl TollgateCollector {
             ] {
                 push(out, metric, &l, n.load(Relaxed) as f64);
             }
-            for (reason, n) in [
-                ("no_backend", &live.rejected_no_backend),
-                ("acl", &live.rejected_acl),
-            ] {
+            if let Some(ps) = &spec.admission.per_source {
+                push(
+                    out,
+                    "tollgate_listener_sources_tracked",
+                    &l,
+                    ps.table.tracked() as f64,
+                );
+            }
+            let admission = crate::admission::Reason::ALL
+                .iter()
+                .map(|r| (r.label(), live.rejected(*r)));
+            for (reason, n) in [("no_backend", &live.rejected_no_backend)]
+                .into_iter()
+                .chain(admission)
+            {
                 let l = [("listener", name.as_ref()), ("reason", reason)];
                 push(
                     out,

@@ -30,7 +30,12 @@ pub(crate) fn status(control: &Control) -> Value {
                 "rejected_no_backend": live.rejected_no_backend.load(Relaxed),
                 "max_connections": live.max_connections(),
                 "rejected_acl": live.rejected_acl.load(Relaxed),
-                "deny": spec.deny.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "rejected": crate::admission::Reason::ALL
+                    .iter()
+                    .map(|r| (r.label().to_owned(), json!(live.rejected(*r).load(Relaxed))))
+                    .collect::<serde_json::Map<_, _>>(),
+                "deny": spec.admission.runtime_deny.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "tracked_sources": spec.admission.per_source.as_ref().map(|ps| ps.table.tracked()),
             }))
         })
         .collect();
@@ -99,14 +104,29 @@ pub(crate) fn verdict(
     source: std::net::IpAddr,
     v: &crate::control::Verdict,
 ) -> Value {
+    let e = &v.explanation;
+    let per_source = e.source.as_ref().map(|s| {
+        json!({
+            "group": s.group.to_string(),
+            "tracked": s.tracked,
+            "connection_rate": s.rate.map(|r| r.label()),
+            "burst": s.rate.map(|r| r.burst),
+            "tokens": s.tokens.map(|t| (t * 1000.0).floor() / 1000.0),
+            "next_token_in_ms": s.next_token_in.map(|d| d.as_secs_f64() * 1000.0),
+            "open_connections": s.open,
+            "max_connections": s.max_connections,
+            "tracked_sources": s.tracked_sources,
+            "max_tracked_sources": s.max_tracked_sources,
+        })
+    });
     json!({
         "listener": listener,
         "source": source.to_canonical().to_string(),
-        "admitted": v.admitted,
-        "rule": v.denied_by.map(|c| json!({"kind": "runtime_deny", "cidr": c.to_string()})),
-        // Per-source rate and concurrency limits are not configurable yet, so no source has
-        // tokens or a connection count to report.
-        "per_source": Value::Null,
+        "admitted": e.admitted,
+        "reason": e.reason.map(|r| r.label()),
+        "rule": {"kind": e.rule.kind(), "cidr": e.rule.cidr().map(|c| c.to_string())},
+        "allowed_by": e.allowed_by.map(|c| c.to_string()),
+        "per_source": per_source,
         "listener_connections": {"active": v.listener_active, "max": v.listener_max},
     })
 }

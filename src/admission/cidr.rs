@@ -28,6 +28,22 @@ fn bits(ip: IpAddr) -> (u128, u32) {
 }
 
 impl Cidr {
+    /// The block of length `len` (clamped to the family's width) that holds `ip`; an
+    /// IPv4-mapped IPv6 address is taken as IPv4.
+    pub fn covering(ip: IpAddr, len: u8) -> Cidr {
+        let ip = ip.to_canonical();
+        let (value, width) = bits(ip);
+        let len = len.min(if ip.is_ipv4() { 32 } else { 128 });
+        let net = value & !mask_low(width - u32::from(len));
+        let net = match ip {
+            IpAddr::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(
+                u32::try_from(net).unwrap_or_default(),
+            )),
+            IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(net)),
+        };
+        Cidr { net, len }
+    }
+
     pub fn network(&self) -> IpAddr {
         self.net
     }
@@ -119,6 +135,28 @@ mod tests {
         );
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn covering_masks_host_bits() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            Cidr::covering(ip("10.1.2.3"), 16).to_string(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            Cidr::covering(ip("::ffff:10.1.2.3"), 24).to_string(),
+            "10.1.2.0/24"
+        );
+        assert_eq!(
+            Cidr::covering(ip("10.1.2.3"), 64).to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(
+            Cidr::covering(ip("2001:db8:1:2:3:4:5:6"), 64).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(Cidr::covering(ip("2001:db8::1"), 0).to_string(), "::/0");
     }
 
     #[test]

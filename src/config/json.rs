@@ -13,10 +13,28 @@ impl Config {
             .listeners
             .iter()
             .map(|l| {
+                let list = |v: &[crate::admission::Cidr]| {
+                    v.iter().map(ToString::to_string).collect::<Vec<_>>()
+                };
+                let per_source = l.per_source.as_ref().map(|ps| {
+                    json!({
+                        "connection_rate": ps.connection_rate.map_or_else(
+                            || "none".to_owned(),
+                            |(n, period)| crate::admission::Rate::new(n, period, 0).label(),
+                        ),
+                        "burst": ps.burst,
+                        "max_connections": ps.max_connections.map_or(json!("none"), |n| json!(n)),
+                        "ipv4_prefix": ps.ipv4_prefix,
+                        "ipv6_prefix": ps.ipv6_prefix,
+                        "exempt": list(&ps.exempt),
+                        "max_tracked_sources": ps.max_tracked_sources,
+                    })
+                });
                 json!({
                     "name": l.name, "protocol": "tcp", "pool": l.pool,
                     "bind": l.bind.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "limits": {"max_connections": l.max_connections},
+                    "access": {"allow": list(&l.access.allow), "deny": list(&l.access.deny)},
+                    "limits": {"max_connections": l.max_connections, "per_source": per_source},
                     "timeouts": {"connect": d(l.connect_timeout), "idle": d(l.idle_timeout), "proxy_header": d(l.proxy_header_timeout)},
                 })
             })

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use crate::admission::Cidr;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub workers: Workers,
@@ -76,6 +78,29 @@ pub struct Listener {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub proxy_header_timeout: Duration,
+    pub access: Access,
+    /// Per-source limits; `None` when neither a rate nor a concurrency cap is set.
+    pub per_source: Option<PerSource>,
+}
+
+/// `listeners.*.access`: deny wins; a non-empty allow list admits only its blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+}
+
+/// `listeners.*.limits.per_source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerSource {
+    /// `count` new connections per `period`.
+    pub connection_rate: Option<(u64, Duration)>,
+    pub burst: u32,
+    pub max_connections: Option<u32>,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub exempt: Vec<Cidr>,
+    pub max_tracked_sources: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +232,34 @@ impl Config {
                 l.connect_timeout,
                 l.idle_timeout
             );
+            if !l.access.allow.is_empty() || !l.access.deny.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    access: allow {} block(s), deny {} block(s)",
+                    l.access.allow.len(),
+                    l.access.deny.len()
+                );
+            }
+            if let Some(ps) = &l.per_source {
+                let rate = ps.connection_rate.map_or_else(
+                    || "no rate limit".to_owned(),
+                    |(n, period)| {
+                        let r = crate::admission::Rate::new(n, period, ps.burst);
+                        format!("{} burst {}", r.label(), ps.burst)
+                    },
+                );
+                let open = ps
+                    .max_connections
+                    .map_or_else(|| "no cap".to_owned(), |n| format!("{n} open"));
+                let _ = writeln!(
+                    out,
+                    "    per source (/{} IPv4, /{} IPv6): {rate}, {open}, {} exempt block(s), {} sources tracked at most",
+                    ps.ipv4_prefix,
+                    ps.ipv6_prefix,
+                    ps.exempt.len(),
+                    ps.max_tracked_sources
+                );
+            }
         }
         let _ = writeln!(out, "pools ({}):", self.pools.len());
         for p in &self.pools {

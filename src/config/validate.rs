@@ -15,6 +15,7 @@ use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, FileConfig, ListenerFile, S};
 use super::types::*;
 use super::values;
+use crate::admission::Cidr;
 
 /// Collects errors while walking the file.
 pub(super) struct Checker<'a> {
@@ -86,14 +87,17 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn cidrs(&mut self, list: &Option<S<Vec<String>>>, key: &str) -> usize {
-        let Some(list) = list else { return 0 };
+    /// A list of CIDR blocks; the ones that parse (every bad one is reported).
+    pub(super) fn cidrs(&mut self, list: &Option<S<Vec<String>>>, key: &str) -> Vec<Cidr> {
+        let Some(list) = list else { return Vec::new() };
+        let mut out = Vec::with_capacity(list.value.len());
         for (i, c) in list.value.iter().enumerate() {
-            if let Err(e) = values::cidr(c) {
-                self.at(list, &format!("{key}[{i}]"), e);
+            match values::cidr(c) {
+                Ok(block) => out.push(block),
+                Err(e) => self.at(list, &format!("{key}[{i}]"), e),
             }
         }
-        list.value.len()
+        out
     }
 }
 
@@ -259,13 +263,14 @@ fn listener(
             }
         }
         let k = format!("{key}.proxy_protocol.accept_from");
-        if c.cidrs(&pp.accept_from, &k) > 0
+        if !c.cidrs(&pp.accept_from, &k).is_empty()
             && let Some(a) = &pp.accept_from
         {
             c.unsupported(a, &k, "accepting PROXY protocol headers");
         }
     }
-    super::validate_limits::access_and_limits(c, key, f);
+    let access = super::validate_limits::access(c, key, f);
+    let per_source = super::validate_limits::per_source(c, key, f);
     let t = f.timeouts.as_ref();
     let ms = Duration::from_millis(1);
     let connect_timeout = c.duration(
@@ -301,6 +306,8 @@ fn listener(
         connect_timeout,
         idle_timeout,
         proxy_header_timeout,
+        access,
+        per_source,
     })
 }
 

@@ -16,7 +16,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use crate::admission::{Reason, Refusal};
 
 use super::tcp::{self, Admitted};
 use super::throttle::LogThrottle;
@@ -26,7 +28,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// Listen backlog; the kernel clamps it to `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
-static DENIED_LOG: LogThrottle = LogThrottle::new();
+/// Refusals are logged once per source per `LOG_EVERY_SECS` (ACL refusals keep no
+/// per-source state), and at most a few lines a second overall, so a flood from many
+/// addresses cannot flood the log.
+static REFUSED_LOG: LogThrottle = LogThrottle::with_budget(10);
 
 const PAUSE_MIN: Duration = Duration::from_millis(10);
 const PAUSE_MAX: Duration = Duration::from_millis(500);
@@ -168,7 +173,7 @@ pub async fn accept_loop(
     }
 }
 
-/// Admission of one accepted client: the deny list, then a `max_connections` slot, then a
+/// Admission of one accepted client: the admission policy (ACLs, per-source limits), then a `max_connections` slot, then a
 /// task of its own. Returns false when the loop must stop (shutdown, or this listener was
 /// removed while waiting for a slot).
 async fn admit(
@@ -183,14 +188,19 @@ async fn admit(
     ),
     tracker: &Tracker,
 ) -> bool {
-    if let Some(rule) = spec.deny.matching(peer.ip()) {
-        // Closed at once, before a slot or a backend is touched.
-        spec.live.rejected_acl.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = DENIED_LOG.allow() {
-            debug!(listener = %spec.name, client = %peer, %rule, suppressed, "source denied; closed");
+    let ticket = match spec.admission.admit(peer.ip()) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            // Dropping `client` closes it at once, before a slot or a backend is touched.
+            spec.live
+                .rejected(refused.reason)
+                .fetch_add(1, Ordering::Relaxed);
+            if refused.log {
+                log_refusal(&spec.name, peer, &refused);
+            }
+            return true;
         }
-        return true;
-    }
+    };
     // The slot is taken after accepting: a permit held while waiting in accept would be
     // unusable by the other workers, and with a small cap they would starve. At the cap the
     // loop waits here, holding this one client, and accepts nothing more until a connection
@@ -208,10 +218,30 @@ async fn admit(
         peer,
         spec: spec.clone(),
         slot,
+        ticket,
         guard: tracker.enter(),
     };
     tokio::spawn(tcp::serve(conn, plane.clone()));
     true
+}
+
+fn log_refusal(listener: &str, client: SocketAddr, refused: &Refusal) {
+    let Some(suppressed) = REFUSED_LOG.allow() else {
+        return;
+    };
+    let reason = refused.reason.label();
+    let rule = refused.rule;
+    match refused.reason {
+        Reason::Acl => {
+            debug!(listener, %client, reason, %rule, suppressed, "source refused; closed");
+        }
+        Reason::RateLimit | Reason::SourceLimit => {
+            info!(listener, %client, reason, %rule, suppressed, "source refused; closed");
+        }
+        Reason::SourceTableFull => {
+            warn!(listener, %client, reason, %rule, suppressed, "source refused: every tracked source is still limited (raise limits.per_source.max_tracked_sources); closed");
+        }
+    }
 }
 
 /// At the cap: waits for a slot, or returns `None` when the loop must stop instead.

@@ -19,13 +19,16 @@ static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
 use super::{DataPlane, TrackerGuard};
 use crate::state::{Backend, ConnectFailure, ListenerSpec};
 
-/// Everything a connection task owns; dropping it releases the listener slot and marks the
+/// Everything a connection task owns; dropping it releases the listener slot and the
+/// per-source count, and marks the
 /// connection finished for the drain.
 pub struct Admitted {
     pub client: TcpStream,
     pub peer: SocketAddr,
     pub spec: Arc<ListenerSpec>,
     pub slot: super::listener::Slot,
+    /// Its place among its source's open connections, when limited per source.
+    pub ticket: Option<crate::admission::Ticket>,
     pub guard: TrackerGuard,
 }
 

@@ -21,13 +21,24 @@ fn now_ms() -> u64 {
 pub struct LogThrottle {
     last_ms: AtomicU64,
     suppressed: AtomicU64,
+    /// Lines let through in the current period, and how many may be.
+    used: AtomicU64,
+    budget: u64,
 }
 
 impl LogThrottle {
+    /// One line per second.
     pub const fn new() -> LogThrottle {
+        LogThrottle::with_budget(1)
+    }
+
+    /// Up to `budget` lines per second.
+    pub const fn with_budget(budget: u64) -> LogThrottle {
         LogThrottle {
             last_ms: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            budget,
         }
     }
 
@@ -42,7 +53,11 @@ impl LogThrottle {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
+            self.used.store(1, Ordering::Relaxed);
             return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.budget {
+            return Some(0);
         }
         self.suppressed.fetch_add(1, Ordering::Relaxed);
         None
@@ -61,5 +76,14 @@ mod tests {
         assert_eq!(t.allow(), None);
         t.last_ms.store(0, Ordering::Relaxed); // as if a period had passed
         assert_eq!(t.allow(), Some(2), "reports what it held back");
+    }
+
+    #[test]
+    fn a_budget_lets_that_many_through_per_period() {
+        let t = LogThrottle::with_budget(3);
+        let through = (0..10).filter(|_| t.allow().is_some()).count();
+        assert_eq!(through, 3);
+        t.last_ms.store(0, Ordering::Relaxed);
+        assert_eq!(t.allow(), Some(7));
     }
 }

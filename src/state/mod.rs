@@ -20,7 +20,7 @@ pub use pool::{Algorithm, Backend, BackendStats, ConnectFailure, Pool};
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, watch};
 
-use crate::admission::DenyList;
+use crate::admission::{Policy, Reason};
 
 /// Upper bounds (seconds) of the connect-duration histogram buckets.
 pub const CONNECT_BUCKETS: [f64; 12] = [
@@ -78,8 +78,11 @@ pub struct ListenerLive {
     pub active: AtomicU64,
     pub accept_errors: AtomicU64,
     pub rejected_no_backend: AtomicU64,
-    /// Connections closed at once because the source matched the deny list.
+    /// Connections closed at once by admission, by reason (see [`ListenerLive::rejected`]).
     pub rejected_acl: AtomicU64,
+    pub rejected_rate_limit: AtomicU64,
+    pub rejected_source_limit: AtomicU64,
+    pub rejected_source_table_full: AtomicU64,
     /// Permits for `limits.max_connections`: each accepted connection holds one.
     pub slots: Arc<Semaphore>,
     max: AtomicUsize,
@@ -96,9 +99,22 @@ impl ListenerLive {
             accept_errors: AtomicU64::new(0),
             rejected_no_backend: AtomicU64::new(0),
             rejected_acl: AtomicU64::new(0),
+            rejected_rate_limit: AtomicU64::new(0),
+            rejected_source_limit: AtomicU64::new(0),
+            rejected_source_table_full: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(max)),
             max: AtomicUsize::new(max),
             debt: AtomicUsize::new(0),
+        }
+    }
+
+    /// The counter of connections refused by admission for `reason`.
+    pub fn rejected(&self, reason: Reason) -> &AtomicU64 {
+        match reason {
+            Reason::Acl => &self.rejected_acl,
+            Reason::RateLimit => &self.rejected_rate_limit,
+            Reason::SourceLimit => &self.rejected_source_limit,
+            Reason::SourceTableFull => &self.rejected_source_table_full,
         }
     }
 
@@ -151,8 +167,8 @@ pub struct ListenerSpec {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub live: Arc<ListenerLive>,
-    /// Sources refused at once (the runtime deny list).
-    pub deny: Arc<DenyList>,
+    /// Who may connect: ACLs, the runtime deny list, per-source limits.
+    pub admission: Policy,
 }
 
 /// One published state of the running configuration and runtime overrides.

@@ -1,0 +1,340 @@
+//! One shard of the per-source table: a bounded map from source key to its limiter state,
+//! with the idle sources in least-recently-seen order so the oldest can be forgotten.
+//!
+//! Entries live in a slab (`Vec`, never larger than the shard's capacity) and the hash index
+//! holds only slab positions, which keeps a tracked source at about 46 bytes. A source with
+//! open connections is pinned: it is out of the recency list and never forgotten, because
+//! forgetting it would forget its count. An idle source is forgotten only once its rate state
+//! has fully recovered, since a fresh entry would hand it a full burst early; when none of
+//! the oldest idle sources qualifies, the new source is refused (fail closed).
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+use super::gcra::Rate;
+
+/// A source key: the masked address, IPv4 as IPv4-mapped IPv6 (see `sources.rs`).
+pub type Key = [u64; 2];
+
+const NIL: u32 = u32::MAX;
+/// How many of the least recently seen idle sources an insert examines for one to forget.
+const SCAN: usize = 8;
+/// A refused source is logged again only after this many seconds.
+pub const LOG_EVERY_SECS: u32 = 10;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub key: Key,
+    /// GCRA theoretical arrival time (ns); 0 = never limited.
+    pub tat: u64,
+    /// Open connections from this source.
+    pub open: u32,
+    /// Recency list links (toward newer / older); NIL at the ends or when pinned.
+    newer: u32,
+    older: u32,
+    /// Second (+1) of the last logged refusal; 0 = never.
+    logged: u32,
+}
+
+/// What the limits allow for one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Admitted,
+    RateLimited {
+        log: bool,
+    },
+    OverConnections {
+        log: bool,
+    },
+    /// The shard is full of sources that cannot be forgotten yet.
+    Full,
+}
+
+#[derive(Debug)]
+pub struct Shard {
+    entries: Vec<Entry>,
+    index: HashTable<u32>,
+    /// Most and least recently seen idle entries.
+    newest: u32,
+    oldest: u32,
+    cap: usize,
+}
+
+fn at(i: u32) -> usize {
+    i as usize
+}
+
+impl Shard {
+    pub fn new(cap: usize) -> Shard {
+        Shard {
+            entries: Vec::new(),
+            index: HashTable::new(),
+            newest: NIL,
+            oldest: NIL,
+            cap,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes held by this shard's storage.
+    pub fn memory(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.index.allocation_size()
+    }
+
+    fn find(&self, hash: u64, key: &Key) -> Option<u32> {
+        let entries = &self.entries;
+        self.index
+            .find(hash, |&i| entries[at(i)].key == *key)
+            .copied()
+    }
+
+    pub fn get(&self, hash: u64, key: &Key) -> Option<Entry> {
+        self.find(hash, key).map(|i| self.entries[at(i)])
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let Entry { newer, older, .. } = self.entries[at(i)];
+        match newer {
+            NIL => self.newest = older,
+            n => self.entries[at(n)].older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.entries[at(o)].newer = newer,
+        }
+        let e = &mut self.entries[at(i)];
+        e.newer = NIL;
+        e.older = NIL;
+    }
+
+    fn push_newest(&mut self, i: u32) {
+        let old_newest = self.newest;
+        let e = &mut self.entries[at(i)];
+        e.newer = NIL;
+        e.older = old_newest;
+        match old_newest {
+            NIL => self.oldest = i,
+            n => self.entries[at(n)].newer = i,
+        }
+        self.newest = i;
+    }
+
+    /// Marks an idle entry as just seen.
+    fn touch(&mut self, i: u32) {
+        if self.entries[at(i)].open == 0 {
+            self.unlink(i);
+            self.push_newest(i);
+        }
+    }
+
+    /// The least recently seen idle source (among the `SCAN` oldest) that can be forgotten
+    /// without letting anything through early: its rate state has recovered.
+    fn forgettable(&self, now: u64, rate: Option<&Rate>) -> Option<u32> {
+        let mut candidate = self.oldest;
+        for _ in 0..SCAN {
+            if candidate == NIL {
+                return None;
+            }
+            let e = &self.entries[at(candidate)];
+            if rate.is_none_or(|r| r.recovered(e.tat, now)) {
+                return Some(candidate);
+            }
+            candidate = e.newer;
+        }
+        None
+    }
+
+    /// Whether a source not tracked yet would get a slot now.
+    pub fn has_room(&self, now: u64, rate: Option<&Rate>) -> bool {
+        self.entries.len() < self.cap || self.forgettable(now, rate).is_some()
+    }
+
+    /// The slot for a new source: a free one while below capacity, else a forgettable one.
+    fn slot_for_new(
+        &mut self,
+        now: u64,
+        rate: Option<&Rate>,
+        hasher: &impl BuildHasher,
+    ) -> Option<u32> {
+        if self.entries.len() < self.cap {
+            if self.entries.len() == self.entries.capacity() {
+                // Grow by doubling, but never past the capacity: the bound is on memory.
+                let more = self
+                    .entries
+                    .len()
+                    .max(16)
+                    .min(self.cap - self.entries.len());
+                self.entries.reserve_exact(more);
+            }
+            let i = u32::try_from(self.entries.len()).ok()?;
+            self.entries.push(Entry {
+                key: [0; 2],
+                tat: 0,
+                open: 0,
+                newer: NIL,
+                older: NIL,
+                logged: 0,
+            });
+            return Some(i);
+        }
+        let victim = self.forgettable(now, rate)?;
+        let key = self.entries[at(victim)].key;
+        let entries = &self.entries;
+        if let Ok(found) = self
+            .index
+            .find_entry(hasher.hash_one(key), |&j| entries[at(j)].key == key)
+        {
+            found.remove();
+        }
+        self.unlink(victim);
+        Some(victim)
+    }
+
+    /// One connection attempt from `key` at `now` (ns) under these limits.
+    pub fn admit(
+        &mut self,
+        hash: u64,
+        key: Key,
+        now: u64,
+        (rate, max_open): (Option<&Rate>, Option<u32>),
+        hasher: &impl BuildHasher,
+    ) -> Outcome {
+        let i = match self.find(hash, &key) {
+            Some(i) => i,
+            None => {
+                let Some(i) = self.slot_for_new(now, rate, hasher) else {
+                    return Outcome::Full;
+                };
+                let e = &mut self.entries[at(i)];
+                (e.key, e.tat, e.open, e.logged) = (key, 0, 0, 0);
+                self.push_newest(i);
+                let entries = &self.entries;
+                self.index
+                    .insert_unique(hash, i, |&j| hasher.hash_one(entries[at(j)].key));
+                i
+            }
+        };
+        self.touch(i);
+        let e = &mut self.entries[at(i)];
+        // Concurrency first, so that a refusal for it does not spend a rate token.
+        if max_open.is_some_and(|max| e.open >= max) {
+            return Outcome::OverConnections {
+                log: e.should_log(now),
+            };
+        }
+        if let Some(rate) = rate {
+            match rate.conform(e.tat, now) {
+                Some(tat) => e.tat = tat,
+                None => {
+                    return Outcome::RateLimited {
+                        log: e.should_log(now),
+                    };
+                }
+            }
+        }
+        e.open = e.open.saturating_add(1);
+        if e.open == 1 {
+            self.unlink(i); // pinned while it has connections
+        }
+        Outcome::Admitted
+    }
+
+    /// A connection from `key` ended.
+    pub fn release(&mut self, hash: u64, key: &Key) {
+        let Some(i) = self.find(hash, key) else {
+            return;
+        };
+        let e = &mut self.entries[at(i)];
+        if e.open == 0 {
+            return; // not ours to release (cannot happen: pinned entries are never reused)
+        }
+        e.open -= 1;
+        if e.open == 0 {
+            self.push_newest(i);
+        }
+    }
+
+    /// Entries from least to most recently seen, idle ones only (for tests).
+    #[cfg(test)]
+    pub fn idle_keys(&self) -> Vec<Key> {
+        let mut out = Vec::new();
+        let mut i = self.oldest;
+        while i != NIL {
+            out.push(self.entries[at(i)].key);
+            i = self.entries[at(i)].newer;
+        }
+        out
+    }
+}
+
+impl Entry {
+    /// True at most once per `LOG_EVERY_SECS` per source.
+    fn should_log(&mut self, now: u64) -> bool {
+        let second = u32::try_from(now / 1_000_000_000)
+            .unwrap_or(u32::MAX - 1)
+            .saturating_add(1);
+        if self.logged == 0 || second.saturating_sub(self.logged) >= LOG_EVERY_SECS {
+            self.logged = second;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::RandomState;
+
+    #[test]
+    fn the_least_recently_seen_idle_source_is_forgotten_first() {
+        let hasher = RandomState::new();
+        let mut shard = Shard::new(3);
+        let admit = |shard: &mut Shard, k: u64, now: u64, rate: Option<&Rate>| {
+            let key = [0, k];
+            shard.admit(hasher.hash_one(key), key, now, (rate, None), &hasher)
+        };
+        let release = |shard: &mut Shard, k: u64| {
+            let key = [0, k];
+            shard.release(hasher.hash_one(key), &key);
+        };
+        for k in 1..=3 {
+            assert_eq!(admit(&mut shard, k, 0, None), Outcome::Admitted);
+            release(&mut shard, k);
+        }
+        assert_eq!(shard.idle_keys(), [[0, 1], [0, 2], [0, 3]]);
+        // Seeing 1 again makes 2 the oldest, and 4 takes its place.
+        admit(&mut shard, 1, 0, None);
+        release(&mut shard, 1);
+        admit(&mut shard, 4, 0, None);
+        release(&mut shard, 4);
+        assert_eq!(shard.idle_keys(), [[0, 3], [0, 1], [0, 4]]);
+        assert_eq!(shard.len(), 3);
+        // Under a rate, a source that has not recovered is skipped; one that has goes.
+        let rate = Rate::new(1, std::time::Duration::from_secs(1), 0);
+        let mut shard = Shard::new(2);
+        admit(&mut shard, 1, 0, Some(&rate)); // recovers at 1 s
+        admit(&mut shard, 2, 500_000_000, Some(&rate)); // recovers at 1.5 s
+        release(&mut shard, 1);
+        release(&mut shard, 2);
+        assert_eq!(
+            admit(&mut shard, 3, 900_000_000, Some(&rate)),
+            Outcome::Full
+        );
+        assert!(!shard.has_room(900_000_000, Some(&rate)));
+        assert!(shard.has_room(1_000_000_000, Some(&rate)));
+        assert_eq!(
+            admit(&mut shard, 3, 1_200_000_000, Some(&rate)),
+            Outcome::Admitted
+        );
+        assert_eq!(
+            shard.idle_keys(),
+            [[0, 2]],
+            "1 was forgotten; 3 holds a connection"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The per-source limiter table of one listener, shared by all its workers: sources are
+//! grouped by prefix into keys, keys are spread over up to 64 independently locked shards
+//! (no global lock on the accept path), and each shard is bounded (`shard.rs`). A connection
+//! admitted with a ticket gives its slot back when the ticket drops.
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::Cidr;
+use super::gcra::Rate;
+use super::shard::{Entry, Key, Outcome, Shard};
+
+const MAX_SHARDS: usize = 64;
+/// Sources per shard below which fewer shards are used, so that a small table is not split
+/// into slivers that fill up (and refuse) while the others are empty.
+const MIN_PER_SHARD: usize = 256;
+
+/// What a table is keyed and sized by; a reload that changes it starts a new table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub max_tracked: usize,
+}
+
+/// A shard on its own cache line, so that workers locking neighbours do not contend.
+#[repr(align(64))]
+#[derive(Debug)]
+struct Padded(Mutex<Shard>);
+
+#[derive(Debug)]
+pub struct SourceTable {
+    shards: Box<[Padded]>,
+    /// Keyed SipHash: source addresses are chosen by the client, so a fixed hash would let
+    /// one flood a single bucket chain.
+    hasher: RandomState,
+    shape: Shape,
+    epoch: Instant,
+}
+
+fn mask(bits: u128, width: u32, prefix: u8) -> u128 {
+    let host = width - u32::from(prefix).min(width);
+    if host >= 128 {
+        0
+    } else {
+        bits & !((1u128 << host) - 1)
+    }
+}
+
+impl SourceTable {
+    pub fn new(shape: Shape) -> SourceTable {
+        let max = shape.max_tracked.max(1);
+        let want = (max / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
+        // A power of two, so the shard is picked with a mask.
+        let count = 1usize << want.ilog2();
+        let shards = (0..count)
+            .map(|i| {
+                Padded(Mutex::new(Shard::new(
+                    max / count + usize::from(i < max % count),
+                )))
+            })
+            .collect();
+        SourceTable {
+            shards,
+            hasher: RandomState::new(),
+            shape,
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The instant this table's clock counts from.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// The source group of `ip`: IPv4 (and IPv4-mapped IPv6) masked to `ipv4_prefix`, IPv6
+    /// to `ipv6_prefix`.
+    pub fn group(&self, ip: IpAddr) -> Cidr {
+        let ip = ip.to_canonical();
+        let prefix = if ip.is_ipv4() {
+            self.shape.ipv4_prefix
+        } else {
+            self.shape.ipv6_prefix
+        };
+        Cidr::covering(ip, prefix)
+    }
+
+    /// The table key of `ip`. IPv4 groups are stored as IPv4-mapped IPv6 (`::ffff:a.b.c.d`);
+    /// an IPv6 group never falls in that range (mapped addresses are canonicalised to IPv4
+    /// first, and masking only clears bits), so the two families cannot collide.
+    #[inline]
+    pub fn key(&self, ip: IpAddr) -> Key {
+        let bits = match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                (0xffff << 32) | mask(u128::from(u32::from(v4)), 32, self.shape.ipv4_prefix)
+            }
+            IpAddr::V6(v6) => mask(u128::from(v6), 128, self.shape.ipv6_prefix),
+        };
+        [(bits >> 64) as u64, bits as u64]
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // Bits 40.. pick the shard: hashbrown uses the low bits for the bucket and the top
+        // seven as a tag, and reusing either would crowd each shard's index.
+        let i = (hash >> 40) as usize & (self.shards.len() - 1);
+        // A shard's invariants hold between statements that cannot panic, so a poisoned
+        // lock still guards a consistent shard.
+        self.shards[i]
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One connection attempt from `ip` at `now`. `Ok` carries the ticket that holds its
+    /// place among the source's open connections until dropped.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        now: Instant,
+        rate: Option<&Rate>,
+        max_open: Option<u32>,
+    ) -> Result<Ticket, Outcome> {
+        let key = self.key(ip);
+        let hash = self.hasher.hash_one(key);
+        let t = self.nanos(now);
+        match self
+            .shard(hash)
+            .admit(hash, key, t, (rate, max_open), &self.hasher)
+        {
+            Outcome::Admitted => Ok(Ticket {
+                table: self.clone(),
+                key,
+                hash,
+            }),
+            refused => Err(refused),
+        }
+    }
+
+    /// The state of `ip`'s group without changing it (`None`: not tracked), and the time
+    /// on this table's clock.
+    pub fn peek(&self, ip: IpAddr, now: Instant) -> (Option<Entry>, u64) {
+        let key = self.key(ip);
+        let hash = self.hasher.hash_one(key);
+        (self.shard(hash).get(hash, &key), self.nanos(now))
+    }
+
+    /// Whether a source `ip`'s group, if not tracked, would get a slot at `now`.
+    pub fn has_room(&self, ip: IpAddr, now: Instant, rate: Option<&Rate>) -> bool {
+        let hash = self.hasher.hash_one(self.key(ip));
+        self.shard(hash).has_room(self.nanos(now), rate)
+    }
+
+    /// Sources tracked now.
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Bytes held by the table's storage (its bound grows with `max_tracked` only).
+    pub fn memory(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).memory()).sum()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+fn lock(p: &Padded) -> MutexGuard<'_, Shard> {
+    p.0.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One open connection counted against its source; dropping it releases the count.
+#[derive(Debug)]
+pub struct Ticket {
+    table: Arc<SourceTable>,
+    key: Key,
+    hash: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.table.shard(self.hash).release(self.hash, &self.key);
+    }
+}
