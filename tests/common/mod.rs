@@ -13,6 +13,7 @@ use tollgate::app::Server;
 
 pub mod binary;
 pub mod http;
+pub mod sources;
 
 /// Starts tollgate in-process from YAML.
 pub fn start(yaml: &str) -> Server {
