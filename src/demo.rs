@@ -43,6 +43,7 @@ fn demo_config(a: SocketAddr, b: SocketAddr) -> String {
          admin:\n  bind: \"{DEMO_ADMIN}\"\n\
          shutdown:\n  drain_timeout: 2s\n\
          listeners:\n  demo:\n    bind: \"{DEMO_LISTEN}\"\n    pool: demo\n    limits:\n      max_connections: 1000\n\
+         \x20     per_source: {{ connection_rate: 10/s, burst: 20, max_connections: 50 }}\n\
          pools:\n  demo:\n    balance: round_robin\n    backends:\n      - address: \"{a}\"\n      - address: \"{b}\"\n"
     )
 }
@@ -60,6 +61,9 @@ fn print_welcome(a: SocketAddr, b: SocketAddr) {
          \x20 curl -s http://{DEMO_ADMIN}/metrics | grep tollgate_backend     # Prometheus metrics\n\
          \x20 curl -s -X POST http://{DEMO_ADMIN}/api/v1/pools/demo/backends/{a_enc}/drain\n\
          \x20                                              # then only demo-backend-2 answers\n\
+         \x20 for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}} ' http://{DEMO_LISTEN}/; done\n\
+         \x20                                              # 10/s per source, burst 20: then 000 (refused)\n\
+         \x20 curl -s http://{DEMO_ADMIN}/api/v1/listeners/demo/sources/127.0.0.1   # why, and tokens left\n\
          \x20 TOLLGATE_LOG=debug cargo run --release -- demo              # see every connection\n\n\
          Press Ctrl-C to stop (tollgate drains open connections first).\n"
     );
