@@ -127,6 +127,21 @@ pub struct PerSource {
     pub table: Arc<SourceTable>,
 }
 
+impl PerSource {
+    fn admit(&self, ip: IpAddr, now: Instant) -> Result<Option<Ticket>, Refusal> {
+        if self.exempt.contains(ip) {
+            return Ok(None);
+        }
+        match self
+            .table
+            .admit(ip, now, self.rate.as_ref(), self.max_connections)
+        {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(outcome) => Err(refusal(outcome)),
+        }
+    }
+}
+
 /// A listener's admission policy as of one snapshot.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -168,31 +183,27 @@ impl Policy {
         }
     }
 
-    /// Decides on a new connection from `ip` now.
+    /// Decides on a new connection from `ip` now. The clock is read only when a per-source
+    /// limit needs it.
     #[inline]
     pub fn admit(&self, ip: IpAddr) -> Result<Option<Ticket>, Refusal> {
         if self.is_open() {
             return Ok(None);
         }
-        self.admit_at(ip, Instant::now())
+        self.acl(ip)?;
+        match &self.per_source {
+            None => Ok(None),
+            Some(ps) => ps.admit(ip, Instant::now()),
+        }
     }
 
     /// Decides on a new connection from `ip` at `now`. An admitted connection limited per
     /// source gets a ticket: hold it while the connection is open.
     pub fn admit_at(&self, ip: IpAddr, now: Instant) -> Result<Option<Ticket>, Refusal> {
         self.acl(ip)?;
-        let Some(ps) = &self.per_source else {
-            return Ok(None);
-        };
-        if ps.exempt.contains(ip) {
-            return Ok(None);
-        }
-        match ps
-            .table
-            .admit(ip, now, ps.rate.as_ref(), ps.max_connections)
-        {
-            Ok(ticket) => Ok(Some(ticket)),
-            Err(outcome) => Err(refusal(outcome)),
+        match &self.per_source {
+            None => Ok(None),
+            Some(ps) => ps.admit(ip, now),
         }
     }
 

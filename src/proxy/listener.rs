@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::admission::{Reason, Refusal};
+use crate::admission::{LOG_EVERY_SECS, Reason, Refusal};
 
 use super::tcp::{self, Admitted};
-use super::throttle::LogThrottle;
+use super::throttle::{LogThrottle, SourceLogFilter};
 use super::{DataPlane, Tracker};
 use crate::state::{ListenerLive, ListenerSpec};
 use tokio::sync::OwnedSemaphorePermit;
@@ -32,6 +32,7 @@ const BACKLOG: i32 = 4096;
 /// per-source state), and at most a few lines a second overall, so a flood from many
 /// addresses cannot flood the log.
 static REFUSED_LOG: LogThrottle = LogThrottle::with_budget(10);
+static REFUSED_SOURCES: SourceLogFilter = SourceLogFilter::new();
 
 const PAUSE_MIN: Duration = Duration::from_millis(10);
 const PAUSE_MAX: Duration = Duration::from_millis(500);
@@ -195,7 +196,15 @@ async fn admit(
             spec.live
                 .rejected(refused.reason)
                 .fetch_add(1, Ordering::Relaxed);
-            if refused.log {
+            // Limit refusals carry their source's own once-per-interval flag; ACL and
+            // table-full refusals have no per-source state, so a fixed filter stands in.
+            let first = match refused.reason {
+                Reason::RateLimit | Reason::SourceLimit => refused.log,
+                Reason::Acl | Reason::SourceTableFull => {
+                    REFUSED_SOURCES.first_in(peer.ip(), LOG_EVERY_SECS)
+                }
+            };
+            if first {
                 log_refusal(&spec.name, peer, &refused);
             }
             return true;

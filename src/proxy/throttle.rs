@@ -1,6 +1,7 @@
 //! Log throttling for per-connection events: a dead backend or a flood of bad clients must not
 //! turn into a flood of identical log lines. Each call site owns one [`LogThrottle`]; it lets
-//! one line through per second and reports how many it held back in between.
+//! one line through per second (or a budget of lines) and reports how many it held back in
+//! between. [`SourceLogFilter`] keeps one source's repeated refusals to one line per interval.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,50 @@ impl LogThrottle {
     }
 }
 
+/// Which source was refused and logged last, per slot of a fixed table, so that a source
+/// refused again and again is logged once per interval even where admission keeps no state
+/// for it (ACL refusals). Collisions only ever cause an extra line, which the caller's
+/// [`LogThrottle`] still bounds; memory is fixed.
+#[derive(Debug)]
+pub struct SourceLogFilter {
+    slots: [AtomicU64; 1024],
+}
+
+impl Default for SourceLogFilter {
+    fn default() -> Self {
+        SourceLogFilter::new()
+    }
+}
+
+impl SourceLogFilter {
+    pub const fn new() -> SourceLogFilter {
+        SourceLogFilter {
+            slots: [const { AtomicU64::new(0) }; 1024],
+        }
+    }
+
+    /// True when `ip` was not logged in the last `every_secs` seconds (and records it now).
+    pub fn first_in(&self, ip: std::net::IpAddr, every_secs: u32) -> bool {
+        let bits = match ip.to_canonical() {
+            std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            std::net::IpAddr::V6(v6) => u128::from(v6),
+        };
+        let h = ((bits as u64) ^ ((bits >> 64) as u64) ^ (bits >> 32) as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = &self.slots[(h >> 54) as usize];
+        let tag = h & 0xffff_ffff_0000_0000;
+        let second = (now_ms() / 1000) & 0xffff_ffff;
+        let seen = slot.load(Ordering::Relaxed);
+        if seen & 0xffff_ffff_0000_0000 == tag
+            && second.wrapping_sub(seen & 0xffff_ffff) & 0xffff_ffff < u64::from(every_secs)
+        {
+            return false;
+        }
+        slot.store(tag | second, Ordering::Relaxed);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +121,22 @@ mod tests {
         assert_eq!(t.allow(), None);
         t.last_ms.store(0, Ordering::Relaxed); // as if a period had passed
         assert_eq!(t.allow(), Some(2), "reports what it held back");
+    }
+
+    #[test]
+    fn a_source_is_logged_once_per_interval() {
+        let f = SourceLogFilter::new();
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(f.first_in(a, 10));
+        assert!(!f.first_in(a, 10));
+        assert!(
+            !f.first_in("::ffff:192.0.2.1".parse().unwrap(), 10),
+            "mapped is the same"
+        );
+        assert!(f.first_in(b, 10));
+        assert!(!f.first_in(b, 10));
+        assert!(f.first_in(a, 0), "an interval of 0 logs every time");
     }
 
     #[test]
