@@ -58,9 +58,9 @@ struct Inner {
     overrides: HashMap<BackendKey, Override>,
     /// Runtime deny lists by listener name.
     deny: HashMap<String, Vec<Cidr>>,
-    /// Per-source limiter state by listener name; kept across reloads while the listener
-    /// exists with the same grouping and table size.
-    tables: HashMap<String, Arc<SourceTable>>,
+    /// Per-source limiter state by listener name, with the rate it was built under; kept
+    /// (or carried into a reshaped table) across reloads while the listener has limits.
+    tables: HashMap<String, (Arc<SourceTable>, Option<Rate>)>,
     /// Health by backend; absent means up (no check, or no result yet).
     health: HashMap<BackendKey, HealthState>,
 }
@@ -290,9 +290,9 @@ impl Live {
     }
 }
 
-/// A listener's admission policy: its ACLs, runtime deny list and per-source limits, with
-/// the limiter table carried over when its shape did not change (a changed prefix or size
-/// starts afresh: old keys would mean other groups).
+/// A listener's admission policy: its ACLs, runtime deny list and per-source limits. The
+/// limiter's state carries over: a new rate caps what sources owe, and a new grouping or
+/// table size moves the state into a new table (see `admission/reshape.rs`).
 fn policy(inner: &mut Inner, l: &crate::config::Listener) -> Policy {
     let per_source = l.per_source.as_ref().map(|ps| {
         let shape = Shape {
@@ -300,18 +300,40 @@ fn policy(inner: &mut Inner, l: &crate::config::Listener) -> Policy {
             ipv6_prefix: ps.ipv6_prefix,
             max_tracked: ps.max_tracked_sources,
         };
+        let rate = ps
+            .connection_rate
+            .map(|(n, period)| Rate::new(n, period, ps.burst));
+        let now = Instant::now();
         let table = match inner.tables.get(&l.name) {
-            Some(t) if t.shape() == shape => t.clone(),
-            _ => {
-                let t = Arc::new(SourceTable::new(shape));
-                inner.tables.insert(l.name.clone(), t.clone());
-                t
+            Some((t, before)) if t.shape() == shape => {
+                if let (Some(old), Some(new)) = (before, &rate)
+                    && old != new
+                {
+                    t.change_rate(now, old, new);
+                }
+                t.clone()
             }
+            Some((t, before)) => {
+                let (next, carried) = t.reshape(shape, now, rate.as_ref());
+                if let (Some(old), Some(new)) = (before, &rate)
+                    && old != new
+                {
+                    next.change_rate(now, old, new);
+                }
+                tracing::info!(
+                    listener = %l.name,
+                    kept = carried.kept,
+                    split = carried.split,
+                    no_room = carried.no_room,
+                    "per-source limiter moved to a new table (prefix or max_tracked_sources changed)"
+                );
+                next
+            }
+            None => Arc::new(SourceTable::new(shape)),
         };
+        inner.tables.insert(l.name.clone(), (table.clone(), rate));
         PerSource {
-            rate: ps
-                .connection_rate
-                .map(|(n, period)| Rate::new(n, period, ps.burst)),
+            rate,
             max_connections: ps.max_connections,
             exempt: PrefixSet::new(ps.exempt.iter().copied()),
             table,

@@ -1,6 +1,7 @@
 //! Per-source concurrency and how limits live on: `max_connections` per source holds while
 //! long-lived connections stay open and frees a place when one ends, `exempt` sources are
-//! never limited, a reload keeps what the limiter knows, and a changed grouping starts over.
+//! never limited, and a reload keeps what the limiter knows through new rates, table sizes
+//! and groupings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -79,50 +80,60 @@ fn exempt_sources_are_never_limited() {
 }
 
 #[test]
-fn a_reload_keeps_limiter_state_and_a_new_grouping_starts_over() {
+fn a_reload_carries_limiter_state_through_new_rates_sizes_and_groupings() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.yaml");
     let echo = echo_backend();
     let yaml = |lines: &str| config(&[(echo, 1)], &limits(lines), "", "");
-    let server = start_file(&path, &yaml("connection_rate: 1/m\nburst: 2"));
+    let server = start_file(
+        &path,
+        &yaml("connection_rate: 1/m\nburst: 2\nmax_connections: 2"),
+    );
     let front = front(&server);
     let source = loopback(6, 1);
-    for _ in 0..3 {
-        assert!(probe_from(source, front).is_some());
-    }
-    assert!(probe_from(source, front).is_none(), "burst spent");
-    // Same grouping, different rate: the spent burst is remembered.
-    std::fs::write(&path, yaml("connection_rate: 2/m\nburst: 2")).unwrap();
+    let held = [
+        probe_from(source, front).unwrap(),
+        probe_from(source, front).unwrap(),
+    ];
+    assert!(probe_from(source, front).is_none(), "two open");
+    // A different rate, the same grouping: what was spent and what is open are kept.
+    std::fs::write(
+        &path,
+        yaml("connection_rate: 2/m\nburst: 2\nmax_connections: 2"),
+    )
+    .unwrap();
     assert_eq!(server.control().reload().unwrap(), 2);
     assert!(
         probe_from(source, front).is_none(),
-        "still limited after the reload"
+        "still at its cap after the reload"
     );
-    let spec = server.snapshot().listener("front").unwrap().clone();
-    assert_eq!(
-        spec.admission.per_source.as_ref().unwrap().table.tracked(),
-        1
-    );
-    // A new grouping means other keys: a new table.
-    std::fs::write(
-        &path,
-        yaml("connection_rate: 2/m\nburst: 2\nipv4_prefix: 24"),
-    )
-    .unwrap();
+    // A bigger table: the state moves into it.
+    let bigger = "connection_rate: 2/m\nburst: 2\nmax_connections: 2\nmax_tracked_sources: 2000000";
+    std::fs::write(&path, yaml(bigger)).unwrap();
     assert_eq!(server.control().reload().unwrap(), 3);
-    assert!(probe_from(source, front).is_some(), "a fresh table");
     assert!(
-        probe_from(loopback(6, 200), front).is_some(),
-        "same /24: the same source"
+        probe_from(source, front).is_none(),
+        "still at its cap in the new table"
     );
-    assert!(probe_from(loopback(6, 7), front).is_some());
+    drop(held);
+    let spec = server.snapshot().listener("front").unwrap().clone();
+    wait_for("both connections released", Duration::from_secs(5), || {
+        let e = spec.admission.explain(source, std::time::Instant::now());
+        e.source.is_some_and(|s| s.open == 0)
+    });
     assert!(
-        probe_from(loopback(6, 8), front).is_none(),
-        "the /24 spent 3"
+        probe_from(source, front).is_none(),
+        "its burst is still spent"
     );
+    // A coarser grouping merges what its members spent: the whole /24 is limited now.
+    let coarser = format!("{bigger}\nipv4_prefix: 24");
+    std::fs::write(&path, yaml(&coarser)).unwrap();
+    assert_eq!(server.control().reload().unwrap(), 4);
+    assert!(probe_from(loopback(6, 200), front).is_none(), "same /24");
+    assert!(probe_from(loopback(7, 1), front).is_some(), "another /24");
     // Limits removed: everyone gets in, nothing is tracked.
     std::fs::write(&path, config(&[(echo, 1)], "", "", "")).unwrap();
-    assert_eq!(server.control().reload().unwrap(), 4);
+    assert_eq!(server.control().reload().unwrap(), 5);
     let spec = server.snapshot().listener("front").unwrap().clone();
     assert!(spec.admission.per_source.is_none());
     for _ in 0..5 {

@@ -80,9 +80,9 @@ impl FromStr for Cidr {
         let max = if written.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
+            Some(l) => Some(l)
+                .filter(|l| l.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|l| l.parse::<u8>().ok())
                 .filter(|l| *l <= max)
                 .ok_or_else(|| format!("`{s}`: prefix length must be 0-{max}"))?,
         };
@@ -134,6 +134,8 @@ mod tests {
                 .contains("host bits")
         );
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/+8".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
     }
 

@@ -25,7 +25,8 @@ impl Rate {
     /// `count` connections per `period`, plus `burst` at once. `count` must not be 0.
     pub fn new(count: u64, period: Duration, burst: u32) -> Rate {
         let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
-        let interval = (period_ns / count.max(1)).max(1);
+        // Rounded up, so the effective rate is never above the configured one.
+        let interval = period_ns.div_ceil(count.max(1)).max(1);
         Rate {
             count,
             period,
@@ -43,6 +44,24 @@ impl Rate {
         } else {
             Some(tat.max(now).saturating_add(self.interval))
         }
+    }
+
+    /// A TAT built under `old`, in this rate's terms: the same number of connections owed
+    /// (debt in time scaled by the ratio of the intervals), capped at [`Rate::ceiling`].
+    pub fn carry(&self, tat: u64, now: u64, old: &Rate) -> u64 {
+        if tat <= now {
+            return tat;
+        }
+        let owed = u128::from(tat - now) * u128::from(self.interval) / u128::from(old.interval);
+        let rescaled = now.saturating_add(u64::try_from(owed).unwrap_or(u64::MAX));
+        rescaled.min(self.ceiling(now))
+    }
+
+    /// The highest TAT this rate can produce at `now`: no token left, the next one an
+    /// interval away. A reload to this rate caps older debts here.
+    pub fn ceiling(&self, now: u64) -> u64 {
+        now.saturating_add(self.tolerance)
+            .saturating_add(self.interval)
     }
 
     /// Whether a source with this TAT is as good as unknown: its whole burst is available,
@@ -142,6 +161,24 @@ mod tests {
         assert!(r.recovered(tat, 2 * S));
         assert_eq!(r.label(), "2/s");
         assert_eq!(Rate::new(5, Duration::from_secs(60), 0).label(), "5/m");
+    }
+
+    #[test]
+    fn a_debt_carries_over_to_a_new_rate_in_connections() {
+        let old = Rate::new(1, Duration::from_secs(60), 2);
+        let mut tat = 0;
+        for _ in 0..2 {
+            tat = old.conform(tat, 0).unwrap();
+        }
+        // Two connections owed: under 2/m that is 60 s, which leaves one of three tokens.
+        let new = Rate::new(2, Duration::from_secs(60), 2);
+        let carried = new.carry(tat, 0, &old);
+        assert_eq!(carried, 60 * S);
+        assert!((new.tokens(carried, 0) - 1.0).abs() < 1e-9);
+        // A debt larger than the new rate allows is capped at its ceiling.
+        let strict = Rate::new(100, Duration::from_secs(1), 0);
+        assert_eq!(strict.carry(tat, 0, &old), strict.ceiling(0));
+        assert_eq!(new.carry(5, 10, &old), 5, "no debt stays no debt");
     }
 
     #[test]

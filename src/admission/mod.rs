@@ -9,6 +9,7 @@
 pub mod cidr;
 pub mod gcra;
 pub mod prefix;
+mod reshape;
 mod shard;
 pub mod sources;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use cidr::Cidr;
 pub use gcra::Rate;
 pub use prefix::PrefixSet;
+pub use reshape::Carried;
 pub use shard::LOG_EVERY_SECS;
 pub use sources::{Shape, SourceTable, Ticket};
 

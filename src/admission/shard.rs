@@ -2,7 +2,7 @@
 //! with the idle sources in least-recently-seen order so the oldest can be forgotten.
 //!
 //! Entries live in a slab (`Vec`, never larger than the shard's capacity) and the hash index
-//! holds only slab positions, which keeps a tracked source at about 46 bytes. A source with
+//! holds only slab positions, which keeps a tracked source at 50-64 bytes. A source with
 //! open connections is pinned: it is out of the recency list and never forgotten, because
 //! forgetting it would forget its count. An idle source is forgotten only once its rate state
 //! has fully recovered, since a fresh entry would hand it a full burst early; when none of
@@ -19,7 +19,7 @@ pub type Key = [u64; 2];
 
 const NIL: u32 = u32::MAX;
 /// How many of the least recently seen idle sources an insert examines for one to forget.
-const SCAN: usize = 8;
+const SCAN: usize = 16;
 /// A refused source is logged again only after this many seconds.
 pub const LOG_EVERY_SECS: u32 = 10;
 
@@ -131,26 +131,75 @@ impl Shard {
         }
     }
 
-    /// The least recently seen idle source (among the `SCAN` oldest) that can be forgotten
-    /// without letting anything through early: its rate state has recovered.
-    fn forgettable(&self, now: u64, rate: Option<&Rate>) -> Option<u32> {
-        let mut candidate = self.oldest;
-        for _ in 0..SCAN {
-            if candidate == NIL {
+    /// Whether an idle entry can be forgotten without letting anything through early: its
+    /// rate state has recovered (a fresh entry would be the same).
+    fn recovered(&self, i: u32, now: u64, rate: Option<&Rate>) -> bool {
+        rate.is_none_or(|r| r.recovered(self.entries[at(i)].tat, now))
+    }
+
+    /// The least recently seen idle source that can be forgotten, looking at up to `SCAN` of
+    /// the oldest. One that cannot be yet (it spent its burst and went quiet) is moved to
+    /// the newest end on the way: it cannot be forgotten before its time anyway, and left at
+    /// the old end a few such sources would hide every recovered one behind them.
+    fn take_forgettable(&mut self, now: u64, rate: Option<&Rate>) -> Option<u32> {
+        // SCAN moves, and a look at the entry behind the last one moved.
+        for _ in 0..=SCAN {
+            let oldest = self.oldest;
+            if oldest == NIL {
                 return None;
             }
-            let e = &self.entries[at(candidate)];
-            if rate.is_none_or(|r| r.recovered(e.tat, now)) {
-                return Some(candidate);
+            if self.recovered(oldest, now, rate) {
+                return Some(oldest);
             }
-            candidate = e.newer;
+            self.unlink(oldest);
+            self.push_newest(oldest);
         }
         None
     }
 
-    /// Whether a source not tracked yet would get a slot now.
+    /// Whether a source not tracked yet would get a slot now (read-only, so it looks a
+    /// little further than an insert does instead of moving entries).
     pub fn has_room(&self, now: u64, rate: Option<&Rate>) -> bool {
-        self.entries.len() < self.cap || self.forgettable(now, rate).is_some()
+        if self.entries.len() < self.cap {
+            return true;
+        }
+        let mut i = self.oldest;
+        for _ in 0..SCAN * 8 {
+            if i == NIL {
+                return false;
+            }
+            if self.recovered(i, now, rate) {
+                return true;
+            }
+            i = self.entries[at(i)].newer;
+        }
+        false
+    }
+
+    /// A new blank slot while below capacity (not linked, not indexed).
+    fn push_entry(&mut self) -> Option<u32> {
+        if self.entries.len() >= self.cap {
+            return None;
+        }
+        if self.entries.len() == self.entries.capacity() {
+            // Grow by doubling, but never past the capacity: the bound is on memory.
+            let more = self
+                .entries
+                .len()
+                .max(16)
+                .min(self.cap - self.entries.len());
+            self.entries.reserve_exact(more);
+        }
+        let i = u32::try_from(self.entries.len()).ok()?;
+        self.entries.push(Entry {
+            key: [0; 2],
+            tat: 0,
+            open: 0,
+            newer: NIL,
+            older: NIL,
+            logged: 0,
+        });
+        Some(i)
     }
 
     /// The slot for a new source: a free one while below capacity, else a forgettable one.
@@ -160,28 +209,10 @@ impl Shard {
         rate: Option<&Rate>,
         hasher: &impl BuildHasher,
     ) -> Option<u32> {
-        if self.entries.len() < self.cap {
-            if self.entries.len() == self.entries.capacity() {
-                // Grow by doubling, but never past the capacity: the bound is on memory.
-                let more = self
-                    .entries
-                    .len()
-                    .max(16)
-                    .min(self.cap - self.entries.len());
-                self.entries.reserve_exact(more);
-            }
-            let i = u32::try_from(self.entries.len()).ok()?;
-            self.entries.push(Entry {
-                key: [0; 2],
-                tat: 0,
-                open: 0,
-                newer: NIL,
-                older: NIL,
-                logged: 0,
-            });
+        if let Some(i) = self.push_entry() {
             return Some(i);
         }
-        let victim = self.forgettable(now, rate)?;
+        let victim = self.take_forgettable(now, rate)?;
         let key = self.entries[at(victim)].key;
         let entries = &self.entries;
         if let Ok(found) = self
@@ -258,6 +289,63 @@ impl Shard {
         }
     }
 
+    /// Empties the shard for a reload that moves its state to another table, returning the
+    /// entries worth carrying: those with open connections, then the idle ones that have
+    /// not recovered, least recently seen first. Recovered idle ones are as good as unknown.
+    pub fn take_state(&mut self, now: u64, rate: Option<&Rate>) -> Vec<Entry> {
+        let mut out: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.open > 0)
+            .copied()
+            .collect();
+        let mut i = self.oldest;
+        while i != NIL {
+            let e = self.entries[at(i)];
+            if !rate.is_none_or(|r| r.recovered(e.tat, now)) {
+                out.push(e);
+            }
+            i = e.newer;
+        }
+        *self = Shard::new(0);
+        out
+    }
+
+    /// Adds an entry carried from another table, merging with one of the same key (open
+    /// connections add up, the later TAT wins); false when the shard is full.
+    pub fn merge(&mut self, hash: u64, from: &Entry, hasher: &impl BuildHasher) -> bool {
+        let i = match self.find(hash, &from.key) {
+            Some(i) => i,
+            None => {
+                let Some(i) = self.push_entry() else {
+                    return false;
+                };
+                self.entries[at(i)].key = from.key;
+                self.push_newest(i);
+                let entries = &self.entries;
+                self.index
+                    .insert_unique(hash, i, |&j| hasher.hash_one(entries[at(j)].key));
+                i
+            }
+        };
+        let e = &mut self.entries[at(i)];
+        let was_idle = e.open == 0;
+        e.tat = e.tat.max(from.tat);
+        e.open = e.open.saturating_add(from.open);
+        e.logged = e.logged.max(from.logged);
+        if was_idle && e.open > 0 {
+            self.unlink(i);
+        }
+        true
+    }
+
+    /// Re-expresses every TAT built under `old` in terms of `new` (see [`Rate::carry`]).
+    pub fn carry_tats(&mut self, now: u64, old: &Rate, new: &Rate) {
+        for e in &mut self.entries {
+            e.tat = new.carry(e.tat, now, old);
+        }
+    }
+
     /// Entries from least to most recently seen, idle ones only (for tests).
     #[cfg(test)]
     pub fn idle_keys(&self) -> Vec<Key> {
@@ -286,55 +374,5 @@ impl Entry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::hash::RandomState;
-
-    #[test]
-    fn the_least_recently_seen_idle_source_is_forgotten_first() {
-        let hasher = RandomState::new();
-        let mut shard = Shard::new(3);
-        let admit = |shard: &mut Shard, k: u64, now: u64, rate: Option<&Rate>| {
-            let key = [0, k];
-            shard.admit(hasher.hash_one(key), key, now, (rate, None), &hasher)
-        };
-        let release = |shard: &mut Shard, k: u64| {
-            let key = [0, k];
-            shard.release(hasher.hash_one(key), &key);
-        };
-        for k in 1..=3 {
-            assert_eq!(admit(&mut shard, k, 0, None), Outcome::Admitted);
-            release(&mut shard, k);
-        }
-        assert_eq!(shard.idle_keys(), [[0, 1], [0, 2], [0, 3]]);
-        // Seeing 1 again makes 2 the oldest, and 4 takes its place.
-        admit(&mut shard, 1, 0, None);
-        release(&mut shard, 1);
-        admit(&mut shard, 4, 0, None);
-        release(&mut shard, 4);
-        assert_eq!(shard.idle_keys(), [[0, 3], [0, 1], [0, 4]]);
-        assert_eq!(shard.len(), 3);
-        // Under a rate, a source that has not recovered is skipped; one that has goes.
-        let rate = Rate::new(1, std::time::Duration::from_secs(1), 0);
-        let mut shard = Shard::new(2);
-        admit(&mut shard, 1, 0, Some(&rate)); // recovers at 1 s
-        admit(&mut shard, 2, 500_000_000, Some(&rate)); // recovers at 1.5 s
-        release(&mut shard, 1);
-        release(&mut shard, 2);
-        assert_eq!(
-            admit(&mut shard, 3, 900_000_000, Some(&rate)),
-            Outcome::Full
-        );
-        assert!(!shard.has_room(900_000_000, Some(&rate)));
-        assert!(shard.has_room(1_000_000_000, Some(&rate)));
-        assert_eq!(
-            admit(&mut shard, 3, 1_200_000_000, Some(&rate)),
-            Outcome::Admitted
-        );
-        assert_eq!(
-            shard.idle_keys(),
-            [[0, 2]],
-            "1 was forgotten; 3 holds a connection"
-        );
-    }
-}
+#[path = "shard_tests.rs"]
+mod tests;

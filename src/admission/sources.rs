@@ -1,21 +1,27 @@
 //! The per-source limiter table of one listener, shared by all its workers: sources are
-//! grouped by prefix into keys, keys are spread over up to 64 independently locked shards
-//! (no global lock on the accept path), and each shard is bounded (`shard.rs`). A connection
-//! admitted with a ticket gives its slot back when the ticket drops.
+//! grouped by prefix into keys, keys are spread over 64 (up to 1024 for huge tables)
+//! independently locked shards (no global lock on the accept path), and each shard is
+//! bounded (`shard.rs`). A connection admitted with a ticket gives its slot back when the
+//! ticket drops.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use super::Cidr;
 use super::gcra::Rate;
 use super::shard::{Entry, Key, Outcome, Shard};
 
-const MAX_SHARDS: usize = 64;
+/// Enough shards that workers rarely meet on one lock.
+const SHARDS: usize = 64;
 /// Sources per shard below which fewer shards are used, so that a small table is not split
 /// into slivers that fill up (and refuse) while the others are empty.
 const MIN_PER_SHARD: usize = 256;
+/// Sources per shard above which more shards are used, so that growing one shard (a copy
+/// and a rehash, under its lock) never stalls an accept loop for long.
+const MAX_PER_SHARD: usize = 16_384;
+const MAX_SHARDS: usize = 1024;
 
 /// What a table is keyed and sized by; a reload that changes it starts a new table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,19 +34,29 @@ pub struct Shape {
 /// A shard on its own cache line, so that workers locking neighbours do not contend.
 #[repr(align(64))]
 #[derive(Debug)]
-struct Padded(Mutex<Shard>);
+pub(super) struct Padded(pub(super) Mutex<Shard>);
 
 #[derive(Debug)]
 pub struct SourceTable {
-    shards: Box<[Padded]>,
+    pub(super) shards: Box<[Padded]>,
     /// Keyed SipHash: source addresses are chosen by the client, so a fixed hash would let
     /// one flood a single bucket chain.
-    hasher: RandomState,
-    shape: Shape,
-    epoch: Instant,
+    pub(super) hasher: RandomState,
+    pub(super) shape: Shape,
+    pub(super) epoch: Instant,
+    /// The table this one's state moved to when a reload changed its shape (`reshape.rs`).
+    /// It is set while every shard lock is held, and every operation reads it under its
+    /// shard's lock, so no admit or release falls between the two tables.
+    pub(super) moved: OnceLock<Arc<SourceTable>>,
 }
 
-fn mask(bits: u128, width: u32, prefix: u8) -> u128 {
+/// Where an operation on a source lands: this table's shard, or the table it moved to.
+enum Place<'a> {
+    Here(MutexGuard<'a, Shard>),
+    Moved(&'a Arc<SourceTable>),
+}
+
+pub(super) fn mask(bits: u128, width: u32, prefix: u8) -> u128 {
     let host = width - u32::from(prefix).min(width);
     if host >= 128 {
         0
@@ -51,8 +67,17 @@ fn mask(bits: u128, width: u32, prefix: u8) -> u128 {
 
 impl SourceTable {
     pub fn new(shape: Shape) -> SourceTable {
+        SourceTable::with_epoch(shape, Instant::now())
+    }
+
+    /// A table whose clock counts from `epoch` (a reshaped table keeps its predecessor's,
+    /// so carried TATs keep their meaning).
+    pub(super) fn with_epoch(shape: Shape, epoch: Instant) -> SourceTable {
         let max = shape.max_tracked.max(1);
-        let want = (max / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
+        let want = (max / MIN_PER_SHARD)
+            .min(SHARDS)
+            .max(max / MAX_PER_SHARD)
+            .clamp(1, MAX_SHARDS);
         // A power of two, so the shard is picked with a mask.
         let count = 1usize << want.ilog2();
         let shards = (0..count)
@@ -66,7 +91,8 @@ impl SourceTable {
             shards,
             hasher: RandomState::new(),
             shape,
-            epoch: Instant::now(),
+            epoch,
+            moved: OnceLock::new(),
         }
     }
 
@@ -105,20 +131,27 @@ impl SourceTable {
         [(bits >> 64) as u64, bits as u64]
     }
 
-    fn nanos(&self, now: Instant) -> u64 {
+    pub(super) fn nanos(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+    /// Locks the shard of `hash`, or says where the state went.
+    fn place(&self, hash: u64) -> Place<'_> {
+        let shard = self.shard(hash);
+        match self.moved.get() {
+            None => Place::Here(shard),
+            Some(next) => Place::Moved(next),
+        }
+    }
+
+    pub(super) fn shard_of(&self, hash: u64) -> &Padded {
         // Bits 40.. pick the shard: hashbrown uses the low bits for the bucket and the top
         // seven as a tag, and reusing either would crowd each shard's index.
-        let i = (hash >> 40) as usize & (self.shards.len() - 1);
-        // A shard's invariants hold between statements that cannot panic, so a poisoned
-        // lock still guards a consistent shard.
-        self.shards[i]
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        lock(self.shard_of(hash))
     }
 
     /// One connection attempt from `ip` at `now`. `Ok` carries the ticket that holds its
@@ -133,16 +166,30 @@ impl SourceTable {
         let key = self.key(ip);
         let hash = self.hasher.hash_one(key);
         let t = self.nanos(now);
-        match self
-            .shard(hash)
-            .admit(hash, key, t, (rate, max_open), &self.hasher)
-        {
+        let mut shard = match self.place(hash) {
+            Place::Here(shard) => shard,
+            Place::Moved(next) => return next.admit(ip, now, rate, max_open),
+        };
+        match shard.admit(hash, key, t, (rate, max_open), &self.hasher) {
             Outcome::Admitted => Ok(Ticket {
                 table: self.clone(),
                 key,
                 hash,
+                ip,
             }),
             refused => Err(refused),
+        }
+    }
+
+    /// A connection from `ip` admitted with `key`/`hash` in this table ended.
+    fn release(&self, ip: IpAddr, key: Key, hash: u64) {
+        match self.place(hash) {
+            Place::Here(mut shard) => shard.release(hash, &key),
+            Place::Moved(next) => {
+                // The key may differ there (a new prefix).
+                let key = next.key(ip);
+                next.release(ip, key, next.hasher.hash_one(key));
+            }
         }
     }
 
@@ -151,23 +198,44 @@ impl SourceTable {
     pub fn peek(&self, ip: IpAddr, now: Instant) -> (Option<Entry>, u64) {
         let key = self.key(ip);
         let hash = self.hasher.hash_one(key);
-        (self.shard(hash).get(hash, &key), self.nanos(now))
+        match self.place(hash) {
+            Place::Here(shard) => (shard.get(hash, &key), self.nanos(now)),
+            Place::Moved(next) => next.peek(ip, now),
+        }
     }
 
     /// Whether a source `ip`'s group, if not tracked, would get a slot at `now`.
     pub fn has_room(&self, ip: IpAddr, now: Instant, rate: Option<&Rate>) -> bool {
         let hash = self.hasher.hash_one(self.key(ip));
-        self.shard(hash).has_room(self.nanos(now), rate)
+        match self.place(hash) {
+            Place::Here(shard) => shard.has_room(self.nanos(now), rate),
+            Place::Moved(next) => next.has_room(ip, now, rate),
+        }
+    }
+
+    /// The table that holds the state now: this one, or the last it moved to.
+    pub fn current(self: &Arc<Self>) -> Arc<SourceTable> {
+        let mut t = self.clone();
+        while let Some(next) = t.moved.get().cloned() {
+            t = next;
+        }
+        t
     }
 
     /// Sources tracked now.
     pub fn tracked(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        match self.moved.get() {
+            Some(next) => next.tracked(),
+            None => self.shards.iter().map(|s| lock(s).len()).sum(),
+        }
     }
 
     /// Bytes held by the table's storage (its bound grows with `max_tracked` only).
     pub fn memory(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).memory()).sum()
+        match self.moved.get() {
+            Some(next) => next.memory(),
+            None => self.shards.iter().map(|s| lock(s).memory()).sum(),
+        }
     }
 
     #[cfg(test)]
@@ -176,21 +244,25 @@ impl SourceTable {
     }
 }
 
-fn lock(p: &Padded) -> MutexGuard<'_, Shard> {
+pub(super) fn lock(p: &Padded) -> MutexGuard<'_, Shard> {
+    // A shard's invariants hold between statements that cannot panic, so a poisoned lock
+    // still guards a consistent shard.
     p.0.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One open connection counted against its source; dropping it releases the count.
+/// One open connection counted against its source; dropping it releases the count (in the
+/// table the state moved to, if a reload moved it meanwhile).
 #[derive(Debug)]
 pub struct Ticket {
     table: Arc<SourceTable>,
     key: Key,
     hash: u64,
+    ip: IpAddr,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.table.shard(self.hash).release(self.hash, &self.key);
+        self.table.release(self.ip, self.key, self.hash);
     }
 }

@@ -175,12 +175,20 @@ fn grouping_by_prefix_and_mapped_addresses() {
 
 #[test]
 fn shards_split_the_bound_exactly() {
-    for max in [1usize, 7, 255, 256, 1000, 10_000, 1_000_000] {
+    for max in [1usize, 7, 255, 256, 1000, 10_000, 1_000_000, 100_000_000] {
         let t = table(max, 32, 64);
         let shards = t.shard_count();
-        assert!(shards.is_power_of_two() && shards <= 64, "{max}: {shards}");
+        assert!(
+            shards.is_power_of_two() && shards <= 1024,
+            "{max}: {shards}"
+        );
         assert!(max / shards >= 256 || shards == 1, "{max}: {shards}");
+        assert!(
+            max / shards <= 2 * 16_384 || shards == 1024,
+            "{max}: {shards}"
+        );
     }
+    assert_eq!(table(1_000_000, 32, 64).shard_count(), 64);
 }
 
 #[test]
@@ -307,4 +315,39 @@ fn open_connections_pin_a_source_in_the_table() {
     );
     drop(held);
     assert!(p.admit_at(ip("10.0.0.1"), t0).is_ok());
+}
+
+/// Sources that spent their burst and went quiet cannot be forgotten yet, but they must not
+/// hide the recovered sources behind them from eviction.
+#[test]
+fn spent_quiet_sources_do_not_block_eviction_of_recovered_ones() {
+    let t = table(100, 32, 64);
+    let p = limited(
+        Some(Rate::new(1, Duration::from_secs(60), 9)),
+        None,
+        t.clone(),
+    );
+    let t0 = t.epoch();
+    for i in 0..8u8 {
+        for _ in 0..10 {
+            drop(p.admit_at(IpAddr::from([10, 0, 0, i]), t0).unwrap());
+        }
+    }
+    for i in 0..92u8 {
+        drop(
+            p.admit_at(IpAddr::from([10, 0, 1, i]), t0 + Duration::from_secs(1))
+                .unwrap(),
+        );
+    }
+    let later = t0 + Duration::from_secs(300);
+    for i in 0..20u8 {
+        assert!(
+            p.admit_at(IpAddr::from([10, 0, 2, i]), later).is_ok(),
+            "new source {i}"
+        );
+    }
+    // The spent ones are still remembered: five of their ten tokens are back, not ten.
+    let view = p.explain(ip("10.0.0.3"), later).source.unwrap();
+    assert!(view.tracked);
+    assert!((view.tokens.unwrap() - 5.0).abs() < 1e-6, "{view:?}");
 }

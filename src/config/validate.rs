@@ -297,6 +297,20 @@ fn listener(
         defaults::MAX_CONNECTIONS,
         1..=10_000_000,
     );
+    if let Some(ps) = &per_source
+        && (ps.max_tracked_sources as u64) < max_connections
+        && let Some(l) = &f.limits
+        && let Some(p) = &l.per_source
+    {
+        c.at(
+            p,
+            &format!("{key}.limits.per_source.max_tracked_sources"),
+            format!(
+                "{} is below limits.max_connections ({max_connections}): a source with open connections is never forgotten, so held connections could fill the table and lock new sources out; raise it or lower max_connections",
+                ps.max_tracked_sources
+            ),
+        );
+    }
     Some(Listener {
         name: name.to_owned(),
         protocol: Protocol::Tcp,

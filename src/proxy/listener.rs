@@ -235,6 +235,11 @@ async fn admit(
 }
 
 fn log_refusal(listener: &str, client: SocketAddr, refused: &Refusal) {
+    // ACL refusals log at debug: unless that is on, they must not spend the budget that
+    // rate-limit and table-full lines need.
+    if refused.reason == Reason::Acl && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let Some(suppressed) = REFUSED_LOG.allow() else {
         return;
     };
