@@ -121,9 +121,11 @@ fn a_reload_carries_limiter_state_through_new_rates_sizes_and_groupings() {
         let e = spec.admission.explain(source, std::time::Instant::now());
         e.source.is_some_and(|s| s.open == 0)
     });
+    // Two of its three tokens were spent, and that carried through both reloads.
+    assert!(probe_from(source, front).is_some(), "the one token left");
     assert!(
         probe_from(source, front).is_none(),
-        "its burst is still spent"
+        "then its burst is spent"
     );
     // A coarser grouping merges what its members spent: the whole /24 is limited now.
     let coarser = format!("{bigger}\nipv4_prefix: 24");
