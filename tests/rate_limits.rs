@@ -55,6 +55,7 @@ fn a_source_at_five_times_its_rate_gets_rate_times_time_plus_burst() {
     let span = (last - start).as_secs_f64();
     let expected = 20.0 * span + 10.0 + 1.0;
     let got = f64::from(hot_in);
+    eprintln!("{hot_in} admitted over {span:.3} s; expected {expected:.1}");
     assert!(
         (got - expected).abs() <= expected * 0.10,
         "{hot_in} admitted over {span:.2} s; expected {expected:.1} ± 10%"
