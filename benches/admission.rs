@@ -50,11 +50,14 @@ fn per_source(rate: Rate, max_connections: u32) -> PerSource {
         rate: Some(rate),
         max_connections: Some(max_connections),
         exempt: PrefixSet::default(),
-        table: Arc::new(SourceTable::new(Shape {
-            ipv4_prefix: 32,
-            ipv6_prefix: 64,
-            max_tracked: MAX_TRACKED,
-        })),
+        table: Arc::new(SourceTable::new(
+            Shape {
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+                max_tracked: MAX_TRACKED,
+            },
+            Some(rate),
+        )),
     }
 }
 
@@ -91,12 +94,9 @@ fn fill(policy: &Policy) {
     let mut i = 0u64;
     loop {
         for _ in 0..if i == 0 { MAX_TRACKED } else { 16_384 } {
-            let admitted = ps.table.admit(
-                filler(i),
-                Instant::now(),
-                ps.rate.as_ref(),
-                ps.max_connections,
-            );
+            let admitted = ps
+                .table
+                .admit(filler(i), Instant::now(), ps.max_connections);
             assert!(admitted.is_ok(), "filler source {i} refused");
             i += 1;
         }

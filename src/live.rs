@@ -58,7 +58,7 @@ struct Inner {
     overrides: HashMap<BackendKey, Override>,
     /// Runtime deny lists by listener name.
     deny: HashMap<String, Vec<Cidr>>,
-    /// Per-source limiter state by listener name, with the rate it was built under; kept
+    /// Per-source limiter state by listener name, with the rate last put in force; kept
     /// (or carried into a reshaped table) across reloads while the listener has limits.
     tables: HashMap<String, (Arc<SourceTable>, Option<Rate>)>,
     /// Health by backend; absent means up (no check, or no result yet).
@@ -306,30 +306,27 @@ fn policy(inner: &mut Inner, l: &crate::config::Listener) -> Policy {
         let now = Instant::now();
         let table = match inner.tables.get(&l.name) {
             Some((t, before)) if t.shape() == shape => {
-                if let (Some(old), Some(new)) = (before, &rate)
-                    && old != new
-                {
-                    t.change_rate(now, old, new);
+                if *before != rate {
+                    t.set_rate(now, rate);
                 }
                 t.clone()
             }
             Some((t, before)) => {
-                let (next, carried) = t.reshape(shape, now, rate.as_ref());
-                if let (Some(old), Some(new)) = (before, &rate)
-                    && old != new
-                {
-                    next.change_rate(now, old, new);
+                let (next, carried) = t.reshape(shape, now);
+                if *before != rate {
+                    next.set_rate(now, rate);
                 }
                 tracing::info!(
                     listener = %l.name,
                     kept = carried.kept,
                     split = carried.split,
                     no_room = carried.no_room,
+                    took = ?carried.took,
                     "per-source limiter moved to a new table (prefix or max_tracked_sources changed)"
                 );
                 next
             }
-            None => Arc::new(SourceTable::new(shape)),
+            None => Arc::new(SourceTable::new(shape, rate)),
         };
         inner.tables.insert(l.name.clone(), (table.clone(), rate));
         PerSource {

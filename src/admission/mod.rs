@@ -134,10 +134,7 @@ impl PerSource {
         if self.exempt.contains(ip) {
             return Ok(None);
         }
-        match self
-            .table
-            .admit(ip, now, self.rate.as_ref(), self.max_connections)
-        {
+        match self.table.admit(ip, now, self.max_connections) {
             Ok(ticket) => Ok(Some(ticket)),
             Err(outcome) => Err(refusal(outcome)),
         }
@@ -225,7 +222,7 @@ impl Policy {
         }
         let (entry, t) = ps.table.peek(ip, now);
         let (tat, open) = entry.map_or((0, 0), |e| (e.tat, e.open));
-        let outcome = if entry.is_none() && !ps.table.has_room(ip, now, ps.rate.as_ref()) {
+        let outcome = if entry.is_none() && !ps.table.has_room(ip, now) {
             Some(Outcome::Full)
         } else if ps.max_connections.is_some_and(|m| open >= m) {
             Some(Outcome::OverConnections { log: false })

@@ -53,6 +53,12 @@ pub enum Outcome {
 
 #[derive(Debug)]
 pub struct Shard {
+    /// The rate in force, and the last rate the TATs were expressed in (kept when the rate
+    /// is removed, so that a rate added back later carries them correctly). Held here, under
+    /// the shard's lock, so that a worker still on an older snapshot cannot write a TAT in
+    /// terms of a rate a reload already converted away from.
+    rate: Option<Rate>,
+    basis: Option<Rate>,
     entries: Vec<Entry>,
     index: HashTable<u32>,
     /// Most and least recently seen idle entries.
@@ -66,8 +72,10 @@ fn at(i: u32) -> usize {
 }
 
 impl Shard {
-    pub fn new(cap: usize) -> Shard {
+    pub fn new(cap: usize, rate: Option<Rate>) -> Shard {
         Shard {
+            rate,
+            basis: rate,
             entries: Vec::new(),
             index: HashTable::new(),
             newest: NIL,
@@ -133,22 +141,47 @@ impl Shard {
 
     /// Whether an idle entry can be forgotten without letting anything through early: its
     /// rate state has recovered (a fresh entry would be the same).
-    fn recovered(&self, i: u32, now: u64, rate: Option<&Rate>) -> bool {
-        rate.is_none_or(|r| r.recovered(self.entries[at(i)].tat, now))
+    fn recovered(&self, i: u32, now: u64) -> bool {
+        self.entries[at(i)].tat <= now
+    }
+
+    /// The rate in force and the rate the TATs are expressed in.
+    pub fn rates(&self) -> (Option<Rate>, Option<Rate>) {
+        (self.rate, self.basis)
+    }
+
+    /// Takes over another shard's rates (a reshaped table carrying its TATs as they are).
+    pub fn inherit(&mut self, (rate, basis): (Option<Rate>, Option<Rate>)) {
+        self.rate = rate;
+        self.basis = basis;
+    }
+
+    /// Puts `rate` in force, re-expressing every TAT from the last rate they were built
+    /// under (see [`Rate::carry`]).
+    pub fn set_rate(&mut self, now: u64, rate: Option<Rate>) {
+        if let (Some(old), Some(new)) = (self.basis, rate)
+            && old != new
+        {
+            for e in &mut self.entries {
+                e.tat = new.carry(e.tat, now, &old);
+            }
+        }
+        self.rate = rate;
+        self.basis = rate.or(self.basis);
     }
 
     /// The least recently seen idle source that can be forgotten, looking at up to `SCAN` of
     /// the oldest. One that cannot be yet (it spent its burst and went quiet) is moved to
     /// the newest end on the way: it cannot be forgotten before its time anyway, and left at
     /// the old end a few such sources would hide every recovered one behind them.
-    fn take_forgettable(&mut self, now: u64, rate: Option<&Rate>) -> Option<u32> {
+    fn take_forgettable(&mut self, now: u64) -> Option<u32> {
         // SCAN moves, and a look at the entry behind the last one moved.
         for _ in 0..=SCAN {
             let oldest = self.oldest;
             if oldest == NIL {
                 return None;
             }
-            if self.recovered(oldest, now, rate) {
+            if self.recovered(oldest, now) {
                 return Some(oldest);
             }
             self.unlink(oldest);
@@ -157,18 +190,18 @@ impl Shard {
         None
     }
 
-    /// Whether a source not tracked yet would get a slot now (read-only, so it looks a
-    /// little further than an insert does instead of moving entries).
-    pub fn has_room(&self, now: u64, rate: Option<&Rate>) -> bool {
+    /// Whether a source not tracked yet would get a slot now: the same look an insert
+    /// takes (read-only: rotating past an entry does not change what is found).
+    pub fn has_room(&self, now: u64) -> bool {
         if self.entries.len() < self.cap {
             return true;
         }
         let mut i = self.oldest;
-        for _ in 0..SCAN * 8 {
+        for _ in 0..=SCAN {
             if i == NIL {
                 return false;
             }
-            if self.recovered(i, now, rate) {
+            if self.recovered(i, now) {
                 return true;
             }
             i = self.entries[at(i)].newer;
@@ -176,19 +209,17 @@ impl Shard {
         false
     }
 
-    /// A new blank slot while below capacity (not linked, not indexed).
-    fn push_entry(&mut self) -> Option<u32> {
-        if self.entries.len() >= self.cap {
+    /// A new blank slot while below capacity, or past it when `force` (not linked, not
+    /// indexed).
+    fn push_entry(&mut self, force: bool) -> Option<u32> {
+        if self.entries.len() >= self.cap && !force {
             return None;
         }
         if self.entries.len() == self.entries.capacity() {
             // Grow by doubling, but never past the capacity: the bound is on memory.
-            let more = self
-                .entries
-                .len()
-                .max(16)
-                .min(self.cap - self.entries.len());
-            self.entries.reserve_exact(more);
+            let room = self.cap.saturating_sub(self.entries.len()).max(1);
+            self.entries
+                .reserve_exact(self.entries.len().max(16).min(room));
         }
         let i = u32::try_from(self.entries.len()).ok()?;
         self.entries.push(Entry {
@@ -203,16 +234,11 @@ impl Shard {
     }
 
     /// The slot for a new source: a free one while below capacity, else a forgettable one.
-    fn slot_for_new(
-        &mut self,
-        now: u64,
-        rate: Option<&Rate>,
-        hasher: &impl BuildHasher,
-    ) -> Option<u32> {
-        if let Some(i) = self.push_entry() {
+    fn slot_for_new(&mut self, now: u64, hasher: &impl BuildHasher) -> Option<u32> {
+        if let Some(i) = self.push_entry(false) {
             return Some(i);
         }
-        let victim = self.take_forgettable(now, rate)?;
+        let victim = self.take_forgettable(now)?;
         let key = self.entries[at(victim)].key;
         let entries = &self.entries;
         if let Ok(found) = self
@@ -225,19 +251,20 @@ impl Shard {
         Some(victim)
     }
 
-    /// One connection attempt from `key` at `now` (ns) under these limits.
+    /// One connection attempt from `key` at `now` (ns), under the shard's rate and at
+    /// most `max_open` connections.
     pub fn admit(
         &mut self,
         hash: u64,
         key: Key,
         now: u64,
-        (rate, max_open): (Option<&Rate>, Option<u32>),
+        max_open: Option<u32>,
         hasher: &impl BuildHasher,
     ) -> Outcome {
         let i = match self.find(hash, &key) {
             Some(i) => i,
             None => {
-                let Some(i) = self.slot_for_new(now, rate, hasher) else {
+                let Some(i) = self.slot_for_new(now, hasher) else {
                     return Outcome::Full;
                 };
                 let e = &mut self.entries[at(i)];
@@ -257,7 +284,7 @@ impl Shard {
                 log: e.should_log(now),
             };
         }
-        if let Some(rate) = rate {
+        if let Some(rate) = &self.rate {
             match rate.conform(e.tat, now) {
                 Some(tat) => e.tat = tat,
                 None => {
@@ -292,7 +319,7 @@ impl Shard {
     /// Empties the shard for a reload that moves its state to another table, returning the
     /// entries worth carrying: those with open connections, then the idle ones that have
     /// not recovered, least recently seen first. Recovered idle ones are as good as unknown.
-    pub fn take_state(&mut self, now: u64, rate: Option<&Rate>) -> Vec<Entry> {
+    pub fn take_state(&mut self, now: u64) -> Vec<Entry> {
         let mut out: Vec<Entry> = self
             .entries
             .iter()
@@ -302,22 +329,24 @@ impl Shard {
         let mut i = self.oldest;
         while i != NIL {
             let e = self.entries[at(i)];
-            if !rate.is_none_or(|r| r.recovered(e.tat, now)) {
+            if e.tat > now {
                 out.push(e);
             }
             i = e.newer;
         }
-        *self = Shard::new(0);
+        *self = Shard::new(0, None);
         out
     }
 
     /// Adds an entry carried from another table, merging with one of the same key (open
-    /// connections add up, the later TAT wins); false when the shard is full.
+    /// connections add up, the later TAT wins); false when the shard is full. A source with
+    /// open connections always gets in: forgetting it would forget its count, and the
+    /// listener's `max_connections` bounds how many such sources there are.
     pub fn merge(&mut self, hash: u64, from: &Entry, hasher: &impl BuildHasher) -> bool {
         let i = match self.find(hash, &from.key) {
             Some(i) => i,
             None => {
-                let Some(i) = self.push_entry() else {
+                let Some(i) = self.push_entry(from.open > 0) else {
                     return false;
                 };
                 self.entries[at(i)].key = from.key;
@@ -337,13 +366,6 @@ impl Shard {
             self.unlink(i);
         }
         true
-    }
-
-    /// Re-expresses every TAT built under `old` in terms of `new` (see [`Rate::carry`]).
-    pub fn carry_tats(&mut self, now: u64, old: &Rate, new: &Rate) {
-        for e in &mut self.entries {
-            e.tat = new.carry(e.tat, now, old);
-        }
     }
 
     /// Entries from least to most recently seen, idle ones only (for tests).

@@ -66,13 +66,13 @@ pub(super) fn mask(bits: u128, width: u32, prefix: u8) -> u128 {
 }
 
 impl SourceTable {
-    pub fn new(shape: Shape) -> SourceTable {
-        SourceTable::with_epoch(shape, Instant::now())
+    pub fn new(shape: Shape, rate: Option<Rate>) -> SourceTable {
+        SourceTable::with_epoch(shape, Instant::now(), rate)
     }
 
     /// A table whose clock counts from `epoch` (a reshaped table keeps its predecessor's,
     /// so carried TATs keep their meaning).
-    pub(super) fn with_epoch(shape: Shape, epoch: Instant) -> SourceTable {
+    pub(super) fn with_epoch(shape: Shape, epoch: Instant, rate: Option<Rate>) -> SourceTable {
         let max = shape.max_tracked.max(1);
         let want = (max / MIN_PER_SHARD)
             .min(SHARDS)
@@ -84,6 +84,7 @@ impl SourceTable {
             .map(|i| {
                 Padded(Mutex::new(Shard::new(
                     max / count + usize::from(i < max % count),
+                    rate,
                 )))
             })
             .collect();
@@ -144,23 +145,27 @@ impl SourceTable {
         }
     }
 
-    pub(super) fn shard_of(&self, hash: u64) -> &Padded {
+    pub(super) fn shard_index(&self, hash: u64) -> usize {
         // Bits 40.. pick the shard: hashbrown uses the low bits for the bucket and the top
         // seven as a tag, and reusing either would crowd each shard's index.
-        &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
+        (hash >> 40) as usize & (self.shards.len() - 1)
+    }
+
+    fn shard_of(&self, hash: u64) -> &Padded {
+        &self.shards[self.shard_index(hash)]
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         lock(self.shard_of(hash))
     }
 
-    /// One connection attempt from `ip` at `now`. `Ok` carries the ticket that holds its
-    /// place among the source's open connections until dropped.
+    /// One connection attempt from `ip` at `now`, under the table's rate and at most
+    /// `max_open` connections per source. `Ok` carries the ticket that holds its place among
+    /// the source's open connections until dropped.
     pub fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
         now: Instant,
-        rate: Option<&Rate>,
         max_open: Option<u32>,
     ) -> Result<Ticket, Outcome> {
         let key = self.key(ip);
@@ -168,28 +173,40 @@ impl SourceTable {
         let t = self.nanos(now);
         let mut shard = match self.place(hash) {
             Place::Here(shard) => shard,
-            Place::Moved(next) => return next.admit(ip, now, rate, max_open),
+            Place::Moved(next) => return next.admit(ip, now, max_open),
         };
-        match shard.admit(hash, key, t, (rate, max_open), &self.hasher) {
+        match shard.admit(hash, key, t, max_open, &self.hasher) {
             Outcome::Admitted => Ok(Ticket {
                 table: self.clone(),
                 key,
                 hash,
-                ip,
             }),
             refused => Err(refused),
         }
     }
 
-    /// A connection from `ip` admitted with `key`/`hash` in this table ended.
-    fn release(&self, ip: IpAddr, key: Key, hash: u64) {
+    /// A connection admitted with `key` in this table ended. Forwarded, the key is mapped
+    /// to the group it was merged into; a group that was split (a finer prefix) started
+    /// afresh without this connection, so there is nothing to release.
+    fn release(&self, key: Key, hash: u64) {
         match self.place(hash) {
             Place::Here(mut shard) => shard.release(hash, &key),
             Place::Moved(next) => {
-                // The key may differ there (a new prefix).
-                let key = next.key(ip);
-                next.release(ip, key, next.hasher.hash_one(key));
+                if let Some(key) = super::reshape::rekey(key, self.shape, next.shape) {
+                    next.release(key, next.hasher.hash_one(key));
+                }
             }
+        }
+    }
+
+    /// Puts `rate` in force at `now`; what sources owe carries over (see `reshape.rs`).
+    pub fn set_rate(&self, now: Instant, rate: Option<Rate>) {
+        if let Some(next) = self.moved.get() {
+            return next.set_rate(now, rate);
+        }
+        let t = self.nanos(now);
+        for shard in self.shards.iter() {
+            lock(shard).set_rate(t, rate);
         }
     }
 
@@ -205,11 +222,11 @@ impl SourceTable {
     }
 
     /// Whether a source `ip`'s group, if not tracked, would get a slot at `now`.
-    pub fn has_room(&self, ip: IpAddr, now: Instant, rate: Option<&Rate>) -> bool {
+    pub fn has_room(&self, ip: IpAddr, now: Instant) -> bool {
         let hash = self.hasher.hash_one(self.key(ip));
         match self.place(hash) {
-            Place::Here(shard) => shard.has_room(self.nanos(now), rate),
-            Place::Moved(next) => next.has_room(ip, now, rate),
+            Place::Here(shard) => shard.has_room(self.nanos(now)),
+            Place::Moved(next) => next.has_room(ip, now),
         }
     }
 
@@ -258,11 +275,10 @@ pub struct Ticket {
     table: Arc<SourceTable>,
     key: Key,
     hash: u64,
-    ip: IpAddr,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.table.release(self.ip, self.key, self.hash);
+        self.table.release(self.key, self.hash);
     }
 }

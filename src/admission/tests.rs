@@ -15,14 +15,18 @@ fn set(blocks: &[&str]) -> PrefixSet {
 }
 
 fn table(max_tracked: usize, ipv4_prefix: u8, ipv6_prefix: u8) -> Arc<SourceTable> {
-    Arc::new(SourceTable::new(Shape {
-        ipv4_prefix,
-        ipv6_prefix,
-        max_tracked,
-    }))
+    Arc::new(SourceTable::new(
+        Shape {
+            ipv4_prefix,
+            ipv6_prefix,
+            max_tracked,
+        },
+        None,
+    ))
 }
 
 fn limited(rate: Option<Rate>, max_connections: Option<u32>, t: Arc<SourceTable>) -> Policy {
+    t.set_rate(t.epoch(), rate);
     Policy {
         per_source: Some(PerSource {
             rate,

@@ -298,7 +298,7 @@ fn listener(
         1..=10_000_000,
     );
     if let Some(ps) = &per_source
-        && (ps.max_tracked_sources as u64) < max_connections
+        && (ps.max_tracked_sources as u64) < max_connections.saturating_mul(2)
         && let Some(l) = &f.limits
         && let Some(p) = &l.per_source
     {
@@ -306,7 +306,7 @@ fn listener(
             p,
             &format!("{key}.limits.per_source.max_tracked_sources"),
             format!(
-                "{} is below limits.max_connections ({max_connections}): a source with open connections is never forgotten, so held connections could fill the table and lock new sources out; raise it or lower max_connections",
+                "{} is below twice limits.max_connections ({max_connections}): a source with open connections is never forgotten, so held connections could fill the table (its shards unevenly) and lock new sources out; raise it or lower max_connections",
                 ps.max_tracked_sources
             ),
         );

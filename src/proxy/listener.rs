@@ -200,6 +200,8 @@ async fn admit(
             // table-full refusals have no per-source state, so a fixed filter stands in.
             let first = match refused.reason {
                 Reason::RateLimit | Reason::SourceLimit => refused.log,
+                // ACL refusals log at debug: unless that is on, they cost nothing more.
+                Reason::Acl if !tracing::enabled!(tracing::Level::DEBUG) => false,
                 Reason::Acl | Reason::SourceTableFull => {
                     REFUSED_SOURCES.first_in(peer.ip(), LOG_EVERY_SECS)
                 }
@@ -235,11 +237,6 @@ async fn admit(
 }
 
 fn log_refusal(listener: &str, client: SocketAddr, refused: &Refusal) {
-    // ACL refusals log at debug: unless that is on, they must not spend the budget that
-    // rate-limit and table-full lines need.
-    if refused.reason == Reason::Acl && !tracing::enabled!(tracing::Level::DEBUG) {
-        return;
-    }
     let Some(suppressed) = REFUSED_LOG.allow() else {
         return;
     };
