@@ -14,7 +14,7 @@
 //!   wins). A finer one cannot split what a coarse group spent, so those groups start
 //!   afresh, and tickets of their older connections release nothing there.
 //!
-//! The move runs with every shard of the old table locked (about 0.4 s for a million
+//! The move runs with every shard of the old table locked (0.2-0.35 s for a million
 //! sources, during which that listener's admissions and closes wait), and the old table
 //! then points to the new one, so admits and releases that still reach it (a worker on the
 //! previous snapshot, a connection admitted before) land in the new table.
