@@ -8,6 +8,8 @@
 
 pub mod cidr;
 pub mod gcra;
+#[cfg(test)]
+mod model_tests;
 pub mod prefix;
 mod reshape;
 mod shard;

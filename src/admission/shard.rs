@@ -397,4 +397,4 @@ impl Entry {
 
 #[cfg(test)]
 #[path = "shard_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -1,7 +1,73 @@
-//! The shard's recency list and eviction, step by step.
+//! The shard's recency list and eviction, step by step, and the structural check the model
+//! test (`model_tests.rs`) runs after every step.
 
 use super::*;
 use std::hash::RandomState;
+
+/// What [`Shard::check_invariants`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(in crate::admission) struct Census {
+    pub entries: usize,
+    pub cap: usize,
+    /// Entries with open connections.
+    pub pinned: usize,
+    /// See [`Shard::rates`].
+    pub rates: (Option<Rate>, Option<Rate>),
+}
+
+impl Shard {
+    /// Asserts the shard's structure: the recency list holds exactly the idle entries
+    /// (`open == 0`), linked the same way in both directions and without a cycle; pinned
+    /// entries are unlinked; the index has exactly one slot per entry, found under the
+    /// entry's key, whose hash `here` accepts (it picks this shard); the basis is the rate
+    /// in force, if there is one.
+    pub(in crate::admission) fn check_invariants(
+        &self,
+        hasher: &impl BuildHasher,
+        here: impl Fn(u64) -> bool,
+    ) -> Census {
+        let n = self.entries.len();
+        let mut listed = vec![false; n];
+        let (mut i, mut older) = (self.oldest, NIL);
+        while i != NIL {
+            assert!(at(i) < n, "recency link {i} out of the slab");
+            assert!(!listed[at(i)], "cycle in the recency list at {i}");
+            listed[at(i)] = true;
+            let e = &self.entries[at(i)];
+            assert_eq!(e.older, older, "older link of {i}");
+            assert_eq!(
+                e.open, 0,
+                "entry {i} with open connections in the recency list"
+            );
+            (older, i) = (i, e.newer);
+        }
+        assert_eq!(self.newest, older, "newest end of the recency list");
+        let mut pinned = 0;
+        for (j, e) in self.entries.iter().enumerate() {
+            if e.open > 0 {
+                pinned += 1;
+                assert_eq!((e.newer, e.older), (NIL, NIL), "pinned entry {j} linked");
+            } else {
+                assert!(listed[j], "idle entry {j} missing from the recency list");
+            }
+            let hash = hasher.hash_one(e.key);
+            assert!(here(hash), "entry {j} in the wrong shard");
+            assert_eq!(self.find(hash, &e.key), Some(j as u32), "index slot of {j}");
+        }
+        // Every entry found at its own slot, and no more slots than entries: a bijection.
+        assert_eq!(self.index.len(), n, "index slots vs entries");
+        assert!(
+            self.rate.is_none() || self.basis == self.rate,
+            "basis behind the rate"
+        );
+        Census {
+            entries: n,
+            cap: self.cap,
+            pinned,
+            rates: self.rates(),
+        }
+    }
+}
 
 #[test]
 fn the_least_recently_seen_idle_source_is_forgotten_first() {

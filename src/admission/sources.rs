@@ -261,6 +261,24 @@ impl SourceTable {
     }
 }
 
+#[cfg(test)]
+impl SourceTable {
+    /// Asserts the structure of every shard of this table (not of the one it moved to; see
+    /// `Shard::check_invariants`) and that they all have the same rates.
+    pub(super) fn check_invariants(&self) -> Vec<super::shard::tests::Census> {
+        let shards: Vec<_> = (self.shards.iter().enumerate())
+            .map(|(i, s)| lock(s).check_invariants(&self.hasher, |h| self.shard_index(h) == i))
+            .collect();
+        for (i, s) in shards.iter().enumerate() {
+            assert_eq!(
+                s.rates, shards[0].rates,
+                "shard {i} has other rates than shard 0"
+            );
+        }
+        shards
+    }
+}
+
 pub(super) fn lock(p: &Padded) -> MutexGuard<'_, Shard> {
     // A shard's invariants hold between statements that cannot panic, so a poisoned lock
     // still guards a consistent shard.
