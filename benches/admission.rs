@@ -64,7 +64,7 @@ fn per_source(rate: Rate, max_connections: u32) -> PerSource {
 /// Filler source `i`: IPv4 10.0.0.0/8 /32s and IPv6 2001:db8::/32 /64s, alternately.
 fn filler(i: u64) -> IpAddr {
     let n = i / 2;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n as u32 & 0x00ff_ffff)))
     } else {
         let bits = (0x2001_0db8u128 << 96) | (u128::from(n as u32) << 64) | 1;
@@ -75,7 +75,7 @@ fn filler(i: u64) -> IpAddr {
 /// New source `i`, never a filler: IPv4 11.0.0.0/8 /32s and IPv6 2001:db9::/32 /64s.
 fn newcomer(i: u64) -> IpAddr {
     let n = i / 2;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         IpAddr::V4(Ipv4Addr::from(0x0b00_0000 | (n as u32 & 0x00ff_ffff)))
     } else {
         let bits = (0x2001_0db9u128 << 96) | (u128::from(n as u32) << 64) | 1;
@@ -283,7 +283,7 @@ impl Rng {
     /// A random block: half IPv4 (/`v4` lengths), half IPv6 (/`v6` lengths), all in global
     /// unicast space (IPv6 2000::/3) so none is IPv4-mapped.
     fn block(&mut self, v4: (u8, u8), v6: (u8, u8)) -> Cidr {
-        if self.next() % 2 == 0 {
+        if self.next().is_multiple_of(2) {
             let ip = IpAddr::V4(Ipv4Addr::from(self.next() as u32));
             Cidr::covering(ip, self.between(v4.0, v4.1))
         } else {

@@ -410,10 +410,10 @@ fn watch_stderr(stderr: ChildStderr, tx: Sender<SocketAddr>, tail: Tail) {
     let mut tx = Some(tx);
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
-        if let Some(addr) = bound_addr(&line) {
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(addr);
-            }
+        if let Some(addr) = bound_addr(&line)
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(addr);
         }
         let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
         if tail.len() == TAIL_LINES {
