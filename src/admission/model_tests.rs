@@ -20,6 +20,7 @@
 //! - once every ticket is dropped, every open count is 0.
 //!
 //! A failure prints the run, its seed and the step.
+#![cfg(test)]
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,4 +1,5 @@
 //! Limiter state across reloads: new rates, new sizes, new prefixes, on a hand-moved clock.
+#![cfg(test)]
 
 use std::net::IpAddr;
 use std::sync::Arc;

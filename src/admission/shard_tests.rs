@@ -1,5 +1,6 @@
 //! The shard's recency list and eviction, step by step, and the structural check the model
 //! test (`model_tests.rs`) runs after every step.
+#![cfg(test)]
 
 use super::*;
 use std::hash::RandomState;

@@ -1,4 +1,5 @@
 //! Admission policy and limiter table, on a clock the tests move by hand.
+#![cfg(test)]
 
 use std::net::IpAddr;
 use std::sync::Arc;
