@@ -268,6 +268,7 @@ fn spawn_control_plane(
                     _ = done.wait_for(|n| *n) => {}
                 }
                 control.checks.stop();
+                control.discovery.stop();
             });
         })
         .context("cannot start the control-plane thread")

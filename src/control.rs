@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use tokio::sync::mpsc;
 
 use crate::admission::Cidr;
-use crate::config::Config;
+use crate::config::{Config, Lookup};
+use crate::discovery::{Discovery, Key, Round, Timing};
 use crate::health::CheckOutcome;
 use crate::health::checker::Checks;
 use crate::live::{AdminState, Live};
@@ -24,7 +25,13 @@ pub type BoundMap = HashMap<(String, SocketAddr), SocketAddr>;
 pub struct Control {
     pub plane: Arc<DataPlane>,
     pub live: Live,
+    /// The config in force as written (`host:`/`srv:` entries unresolved).
+    written: Mutex<Arc<Config>>,
+    /// The effective config: `written` plus the addresses DNS resolved, which everything
+    /// that walks backends (snapshots, health checks, admin actions) reads.
     config: Mutex<Arc<Config>>,
+    /// DNS-named backends: their answers and resolver tasks.
+    pub discovery: Discovery,
     /// Where `reload` reads from; `None` for a config built in memory (tests, the demo).
     pub config_path: Option<PathBuf>,
     generation: AtomicU64,
@@ -89,7 +96,9 @@ impl Control {
         Control {
             plane,
             live,
+            written: Mutex::new(config.clone()),
             config: Mutex::new(config),
+            discovery: Discovery::default(),
             config_path,
             generation: AtomicU64::new(1),
             reloads_succeeded: AtomicU64::new(0),
@@ -111,6 +120,91 @@ impl Control {
         let _ = self.this.set(Arc::downgrade(self));
         let _ = self.runtime.set(rt);
         self.sync_checks(&[]);
+        self.sync_discovery();
+    }
+
+    /// Makes the DNS tasks match the written config.
+    pub(crate) fn sync_discovery(&self) {
+        if let (Some(rt), Some(this)) = (self.runtime.get(), self.this.get()) {
+            self.discovery.sync(&self.written(), this.clone(), rt);
+        }
+    }
+
+    /// Applies one DNS round of `key` (from its task); returns the delay until the next, or
+    /// `None` when the entry left the config. A changed answer publishes a snapshot; new
+    /// addresses of a checked pool wait for their first passing check.
+    pub(crate) fn dns_round(&self, key: &Key, round: Round) -> Option<std::time::Duration> {
+        let serial = lock(&self.changes);
+        let written = self.written();
+        let entry = written
+            .pool(&key.0)?
+            .named
+            .iter()
+            .find(|n| n.lookup == key.1)?;
+        let port = match entry.lookup {
+            Lookup::Host { port, .. } => port,
+            Lookup::Srv { .. } => 0,
+        };
+        let r = &written.resolver;
+        let timing = Timing {
+            min_ttl: r.min_ttl,
+            max_ttl: r.max_ttl,
+            negative_hold: r.negative_hold,
+        };
+        let applied = self.discovery.apply(key, round, port, timing)?;
+        let (pool, name) = (&key.0, key.1.name());
+        if applied.result != applied.previous {
+            match &applied.error {
+                Some(error) if applied.previous.is_empty() || applied.previous == "success" => {
+                    tracing::warn!(pool, name, result = applied.result, %error, retry_in = ?applied.delay, "DNS lookup failing; the last answer stays in force")
+                }
+                _ => tracing::info!(
+                    pool,
+                    name,
+                    result = applied.result,
+                    "DNS lookup result changed"
+                ),
+            }
+        }
+        let mut added = Vec::new();
+        if applied.changed {
+            tracing::info!(pool, name, addresses = ?applied.addresses, "DNS answer in force changed");
+            added = self.install(self.discovery.expand(&written), self.generation());
+        }
+        drop(serial);
+        if !added.is_empty() {
+            self.sync_checks(&added);
+        }
+        Some(applied.delay)
+    }
+
+    /// Publishes the snapshot of `next` (an effective config) and makes it the config in
+    /// force; returns the backends it adds. Added backends of a pool with an active check
+    /// are marked pending before the snapshot is published, so none takes a connection
+    /// before its first passing check. The caller holds `changes`.
+    pub(crate) fn install(&self, next: Config, generation: u64) -> Vec<(String, SocketAddr)> {
+        let current = self.config();
+        let added: Vec<(String, SocketAddr)> = next
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p.name.clone(), b.address)))
+            .filter(|(pool, addr)| {
+                !current
+                    .pool(pool)
+                    .is_some_and(|p| p.backends.iter().any(|b| b.address == *addr))
+            })
+            .collect();
+        let checked: Vec<(String, SocketAddr)> = added
+            .iter()
+            .filter(|(pool, _)| next.pool(pool).is_some_and(|p| p.health_check.is_some()))
+            .cloned()
+            .collect();
+        self.live.expect_pending(&checked);
+        self.plane
+            .snapshot
+            .publish(self.live.build(&next, generation));
+        self.set_config(Arc::new(next));
+        added
     }
 
     /// Makes the checker tasks match the running config. Backends that lost their check
@@ -282,13 +376,22 @@ impl Control {
         });
     }
 
-    /// The config in force.
+    /// The effective config in force: the written one plus the addresses DNS resolved.
     pub fn config(&self) -> Arc<Config> {
         lock(&self.config).clone()
     }
 
-    pub(crate) fn set_config(&self, config: Arc<Config>) {
+    /// The config in force as written (what `GET /api/v1/config` shows).
+    pub fn written(&self) -> Arc<Config> {
+        lock(&self.written).clone()
+    }
+
+    fn set_config(&self, config: Arc<Config>) {
         *lock(&self.config) = config;
+    }
+
+    pub(crate) fn set_written(&self, config: Arc<Config>) {
+        *lock(&self.written) = config;
     }
 
     /// Data-plane worker threads running.

@@ -6,7 +6,8 @@
 //!   forwarding), `balance` (pure backend selection) and `sys` (the only `unsafe`: splice,
 //!   pipes, rlimits) — runs on `workers` threads, each a current-thread tokio runtime with its
 //!   own `SO_REUSEPORT` sockets;
-//! - the **control plane** — `app` (start, signals, drain) — builds an immutable
+//! - the **control plane** — `app` (start, signals, drain), `health`, `discovery` (DNS-named
+//!   backends) — builds an immutable
 //!   [`state::Snapshot`] from a validated [`config::Config`] and publishes it through an
 //!   `ArcSwap` that workers load once per connection.
 //!
@@ -22,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod diff;
+pub mod discovery;
 pub mod health;
 pub mod live;
 pub mod logging;

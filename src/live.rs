@@ -140,6 +140,18 @@ impl Live {
         changed
     }
 
+    /// Backends about to be published for the first time in a checked pool: they take no
+    /// traffic until their first result. Called before the snapshot that adds them.
+    pub fn expect_pending(&self, keys: &[(String, SocketAddr)]) {
+        let mut inner = self.lock();
+        for k in keys {
+            inner
+                .health
+                .entry(k.clone())
+                .or_insert_with(HealthState::pending);
+        }
+    }
+
     /// Marks a backend down without a probe (passive checks); true if it was up.
     pub fn force_down(&self, pool: &str, address: SocketAddr, detail: String) -> bool {
         let mut inner = self.lock();
@@ -203,7 +215,7 @@ impl Live {
                     weight: ov.weight.unwrap_or(b.weight),
                     admitted: ov.state == AdminState::Active,
                     healthy: health.is_none_or(|h| h.up),
-                    backup: b.backup,
+                    tier: b.tier,
                     up_since: health.and_then(|h| h.up_since),
                 });
                 stats_of.push(stats.clone());

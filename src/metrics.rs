@@ -57,6 +57,18 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::GAUGE,
     ),
     (
+        "tollgate_dns_resolutions_total",
+        "DNS resolution rounds of host/srv backends by result (success, nxdomain, empty, timeout, servfail, refused, error).",
+        &["pool", "result"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_dns_answer_age_seconds",
+        "Seconds since the oldest DNS answer a pool's backends come from was received; grows while lookups fail and the last answer stays in force.",
+        &["pool"],
+        MetricType::GAUGE,
+    ),
+    (
         "tollgate_listener_connections_active",
         "Connections open now.",
         &["listener"],
@@ -200,6 +212,7 @@ impl Collector for TollgateCollector {
         self.process(&mut out);
         self.listeners(&mut out);
         self.pools(&mut out);
+        self.dns(&mut out);
         FAMILIES
             .iter()
             .filter_map(|(name, help, _, kind)| {
@@ -282,6 +295,27 @@ impl TollgateCollector {
                     n.load(Relaxed) as f64,
                 );
             }
+        }
+    }
+
+    fn dns(&self, out: &mut Samples) {
+        let discovery = &self.control.discovery;
+        for ((pool, result), n) in discovery.rounds() {
+            let l = [("pool", pool.as_str()), ("result", result)];
+            push(out, "tollgate_dns_resolutions_total", &l, n as f64);
+        }
+        let now = std::time::Instant::now();
+        let mut age: HashMap<String, f64> = HashMap::new();
+        for ((pool, _), state) in discovery.states() {
+            if let Some(at) = state.answered_at {
+                let secs = now.saturating_duration_since(at).as_secs_f64();
+                let oldest = age.entry(pool).or_insert(secs);
+                *oldest = oldest.max(secs);
+            }
+        }
+        for (pool, secs) in &age {
+            let l = [("pool", pool.as_str())];
+            push(out, "tollgate_dns_answer_age_seconds", &l, secs.floor());
         }
     }
 

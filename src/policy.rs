@@ -1,7 +1,8 @@
 //! How a pool's configured weights become the weights selection uses right now: operator
-//! overrides and health take backends out, backup backends stand in only when no primary is
-//! up, `when_all_down: use_all` spreads over every backend when none is up, and slow start
-//! ramps a recovered backend up. Pure: the clock is passed in.
+//! overrides and health take backends out, only the lowest tier with a backend up serves
+//! (backups, and an SRV answer's later priorities, stand in only when every backend of a
+//! lower tier is out), `when_all_down: use_all` spreads over every backend when none is up,
+//! and slow start ramps a recovered backend up. Pure: the clock is passed in.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,8 @@ pub struct Candidate {
     /// Not drained or disabled by an operator.
     pub admitted: bool,
     pub healthy: bool,
-    pub backup: bool,
+    /// 0 = primary; see `config::Backend::tier`.
+    pub tier: u32,
     /// When it last came back up, for slow start.
     pub up_since: Option<Instant>,
 }
@@ -30,14 +32,11 @@ pub fn effective_weights(
     now: Instant,
 ) -> Vec<u32> {
     let serving = |c: &Candidate| c.admitted && c.healthy && c.weight > 0;
-    let primaries = all.iter().any(|c| !c.backup && serving(c));
-    let backups = all.iter().any(|c| c.backup && serving(c));
+    let tier = all.iter().filter(|c| serving(c)).map(|c| c.tier).min();
     all.iter()
         .map(|c| {
-            let chosen = if primaries {
-                !c.backup && serving(c)
-            } else if backups {
-                c.backup && serving(c)
+            let chosen = if let Some(tier) = tier {
+                c.tier == tier && serving(c)
             } else {
                 // Nobody healthy: `use_all` ignores health (never an operator's drain).
                 use_all && c.admitted && c.weight > 0
@@ -70,9 +69,34 @@ mod tests {
             weight,
             admitted: true,
             healthy,
-            backup,
+            tier: if backup { 1 << 16 } else { 0 },
             up_since: None,
         }
+    }
+
+    #[test]
+    fn the_lowest_tier_with_a_backend_up_serves() {
+        let now = Instant::now();
+        let at = |tier, healthy| Candidate {
+            tier,
+            ..c(1, healthy, false)
+        };
+        let pool = [
+            at(0, false),
+            at(1, true),
+            at(1, true),
+            at(2, true),
+            at(1 << 16, true),
+        ];
+        assert_eq!(
+            effective_weights(&pool, Duration::ZERO, false, now),
+            vec![0, 100, 100, 0, 0]
+        );
+        let pool = [at(0, false), at(1, false), at(2, true), at(1 << 16, true)];
+        assert_eq!(
+            effective_weights(&pool, Duration::ZERO, false, now),
+            vec![0, 0, 100, 0]
+        );
     }
 
     #[test]

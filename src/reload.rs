@@ -122,9 +122,9 @@ impl Control {
             config::Forwarding::Splice => ForwardMode::Splice,
             config::Forwarding::Copy => ForwardMode::Copy,
         });
-        self.plane
-            .snapshot
-            .publish(self.live.build(&next, generation));
+        let next = Arc::new(next);
+        self.set_written(next.clone());
+        let added = self.install(self.discovery.expand(&next), generation);
         let mut bound = self.bound();
         for (name, configured, actual, sockets) in fresh {
             for (worker, socket) in self.workers.iter().zip(sockets) {
@@ -150,20 +150,9 @@ impl Control {
         for l in removed {
             info!(listener = %l.name, "listener removed; its open connections drain");
         }
-        self.set_config(Arc::new(next));
         drop(_serial);
-        let added: Vec<(String, SocketAddr)> = self
-            .config()
-            .pools
-            .iter()
-            .flat_map(|p| p.backends.iter().map(move |b| (p.name.clone(), b.address)))
-            .filter(|(pool, addr)| {
-                !current
-                    .pool(pool)
-                    .is_some_and(|p| p.backends.iter().any(|b| b.address == *addr))
-            })
-            .collect();
         self.sync_checks(&added);
+        self.sync_discovery();
         Ok(generation)
     }
 

@@ -164,14 +164,49 @@ fn every_error_is_reported_at_once_in_file_order() {
 #[test]
 fn unsupported_features_are_refused_not_ignored() {
     rejected(
-        &format!("{GOOD}resolver:\n  min_ttl: 1s\n"),
-        "t.yaml:10:3: resolver: not supported yet",
-        "DNS",
-    );
-    rejected(
         &GOOD.replace("    pool: web\n", "    pool: web\n    protocol: udp\n"),
         "t.yaml:5:15: listeners.web.protocol: not supported yet",
         "UDP",
+    );
+}
+
+#[test]
+fn dns_backends_and_the_resolver_are_checked_without_asking_dns() {
+    let dns = GOOD.replace(
+        "      - address: \"127.0.0.1:9001\"\n",
+        "      - host: app.internal\n        port: 8080\n      - srv: _app._tcp.example.com\n        backup: true\n",
+    );
+    let (out, stderr, _) = check(&format!(
+        "{dns}resolver:\n  nameservers: [\"192.0.2.53\"]\n"
+    ));
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("host app.internal port 8080 weight 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("srv _app._tcp.example.com (weights and ports from DNS), backup"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("resolver: 192.0.2.53:53; TTL clamped to 1s-300s"),
+        "{stdout}"
+    );
+    rejected(
+        &dns.replace("        port: 8080\n", ""),
+        "t.yaml:8:15: pools.web.backends[0].port: `host` needs a `port`",
+        "port",
+    );
+    rejected(
+        &dns.replace("_app._tcp.example.com", "app.example.com"),
+        "t.yaml:10:14: pools.web.backends[1].srv:",
+        "_service._proto",
+    );
+    rejected(
+        &format!("{dns}resolver:\n  min_ttl: 1m\n  max_ttl: 1s\n"),
+        "t.yaml:",
+        "resolver.max_ttl: max_ttl (1s) is below min_ttl (60s)",
     );
 }
 

@@ -32,7 +32,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
             json_reply(StatusCode::OK, views::status(&ctx.control))
         }
         (["api", "v1", "config"], &Method::GET) => {
-            json_reply(StatusCode::OK, views::config(&ctx.control.config()))
+            json_reply(StatusCode::OK, views::config(&ctx.control.written()))
         }
         (["api", "v1", "openapi.yaml"], &Method::GET) => {
             text(StatusCode::OK, "application/yaml", OPENAPI)

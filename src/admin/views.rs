@@ -7,8 +7,11 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Config, Lookup};
 use crate::control::Control;
+use crate::discovery::NameState;
 use crate::state::Backend;
 
 pub(crate) fn status(control: &Control) -> Value {
@@ -39,6 +42,7 @@ pub(crate) fn status(control: &Control) -> Value {
             }))
         })
         .collect();
+    let dns = control.discovery.states();
     let pools: Vec<Value> = config
         .pools
         .iter()
@@ -49,7 +53,12 @@ pub(crate) fn status(control: &Control) -> Value {
                 .iter()
                 .map(|b| backend_json(control, &p.name, b))
                 .collect();
-            Some(json!({"name": p.name, "balance": pool.algorithm.label(), "backends": backends}))
+            let names: Vec<Value> = p
+                .named
+                .iter()
+                .map(|n| name_json(&dns.get(&(p.name.clone(), n.lookup.clone())), &n.lookup))
+                .collect();
+            Some(json!({"name": p.name, "balance": pool.algorithm.label(), "backends": backends, "names": names}))
         })
         .collect();
     json!({
@@ -62,19 +71,52 @@ pub(crate) fn status(control: &Control) -> Value {
     })
 }
 
+/// One DNS entry: the answer in force, its TTL and age, and when it is asked again.
+fn name_json(state: &Option<&NameState>, lookup: &Lookup) -> Value {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let unix_ms = |at: Instant| {
+        let at = if at >= now {
+            wall + (at - now)
+        } else {
+            wall - (now - at)
+        };
+        at.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let port = match lookup {
+        Lookup::Host { port, .. } => Some(*port),
+        Lookup::Srv { .. } => None,
+    };
+    let Some(s) = state else {
+        return json!({"name": lookup.name(), "type": lookup.kind(), "port": port, "result": null, "addresses": []});
+    };
+    json!({
+        "name": lookup.name(),
+        "type": lookup.kind(),
+        "port": port,
+        "result": (!s.last_result.is_empty()).then_some(s.last_result),
+        "error": s.last_error,
+        "addresses": s.resolved.iter().map(|r| json!({
+            "address": r.address.to_string(),
+            "weight": r.weight,
+            "priority_rank": r.rank,
+        })).collect::<Vec<_>>(),
+        "ttl_seconds": s.ttl,
+        "answered_at_unix_ms": s.answered_at.map(unix_ms),
+        "age_seconds": s.answered_at.map(|at| now.saturating_duration_since(at).as_secs_f64().floor()),
+        "next_refresh_unix_ms": s.next_refresh.map(unix_ms),
+        "next_refresh_in_ms": s.next_refresh.map(|at| at.saturating_duration_since(now).as_millis() as u64),
+    })
+}
+
 fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
     let ov = control.live.override_of(pool, b.address);
     let health = control.live.health_of(pool, b.address);
-    let configured = control
-        .config()
+    let config = control.config();
+    let entry = config
         .pool(pool)
-        .and_then(|p| {
-            p.backends
-                .iter()
-                .find(|c| c.address == b.address)
-                .map(|c| c.weight)
-        })
-        .unwrap_or(0);
+        .and_then(|p| p.backends.iter().find(|c| c.address == b.address));
+    let configured = entry.map_or(0, |c| c.weight);
     let state = match ov.state {
         crate::live::AdminState::Active if !health.up => "down",
         other => other.label(),
@@ -95,6 +137,8 @@ fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
         "sent_bytes": b.stats.sent_bytes.load(Relaxed),
         "received_bytes": b.stats.received_bytes.load(Relaxed),
         "last_check": last_check,
+        "tier": entry.map_or(0, |c| c.tier),
+        "from_dns": entry.and_then(|c| c.origin.as_deref()),
     })
 }
 
@@ -156,12 +200,31 @@ pub(crate) fn unready_reasons(control: &Control) -> Vec<String> {
         }
     }
     let snapshot = control.plane.snapshot.load_full();
+    let dns = control.discovery.states();
+    let dns_error = control.discovery.client_error();
     for p in &config.pools {
-        if !snapshot
+        if snapshot
             .pool(&p.name)
             .is_some_and(|pool| pool.has_selectable())
         {
-            reasons.push(format!("pool {}: no backend is up", p.name));
+            continue;
+        }
+        reasons.push(format!("pool {}: no backend is up", p.name));
+        for n in &p.named {
+            let state = dns.get(&(p.name.clone(), n.lookup.clone()));
+            let why = match (state, &dns_error) {
+                (_, Some(e)) => format!("DNS cannot run: {e}"),
+                (Some(s), _) if s.has_answer() && s.resolved.is_empty() => {
+                    format!("DNS answered no address ({})", s.last_result)
+                }
+                (Some(s), _) if s.has_answer() => continue,
+                (Some(s), _) => format!(
+                    "no DNS answer yet (last: {})",
+                    s.last_error.as_deref().unwrap_or(s.last_result)
+                ),
+                (None, None) => "no DNS answer yet".to_owned(),
+            };
+            reasons.push(format!("pool {}: {}: {why}", p.name, n.lookup));
         }
     }
     reasons

@@ -73,6 +73,7 @@ pub struct ResolverFile {
     pub min_ttl: Option<S<String>>,
     pub max_ttl: Option<S<String>>,
     pub negative_hold: Option<S<String>>,
+    pub timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

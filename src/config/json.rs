@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::types::{Balance, Config, Forwarding, Workers};
+use super::types::{Balance, Config, Forwarding, Lookup, Workers};
 use super::values::format_duration as d;
 
 impl Config {
@@ -43,11 +43,16 @@ impl Config {
             .pools
             .iter()
             .map(|p| {
-                let backends: Vec<Value> = p
-                    .backends
-                    .iter()
-                    .map(|b| json!({"address": b.address.to_string(), "weight": b.weight}))
-                    .collect();
+                let literal = p.backends.iter().filter(|b| b.origin.is_none()).map(|b| {
+                    json!({"address": b.address.to_string(), "weight": b.weight, "backup": b.tier > 0})
+                });
+                let named = p.named.iter().map(|n| match &n.lookup {
+                    Lookup::Host { name, port } => {
+                        json!({"host": name, "port": port, "weight": n.weight, "backup": n.backup})
+                    }
+                    Lookup::Srv { name } => json!({"srv": name, "backup": n.backup}),
+                });
+                let backends: Vec<Value> = literal.chain(named).collect();
                 let hash = match p.balance {
                     Balance::Maglev { with_port: true } => json!("source_ip_port"),
                     Balance::Maglev { with_port: false } => json!("source_ip"),
@@ -70,10 +75,17 @@ impl Config {
         let admin = self.admin.as_ref().map(|a| {
             json!({"bind": a.bind.to_string(), "token_file": a.token_file.as_ref().map(|p| p.display().to_string())})
         });
+        let r = &self.resolver;
+        let resolver = json!({
+            "nameservers": r.nameservers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "min_ttl": d(r.min_ttl), "max_ttl": d(r.max_ttl),
+            "negative_hold": d(r.negative_hold), "timeout": d(r.timeout),
+        });
         json!({
             "workers": workers,
             "forwarding": forwarding,
             "admin": admin,
+            "resolver": resolver,
             "shutdown": {"drain_timeout": d(self.drain_timeout)},
             "listeners": listeners,
             "pools": pools,

@@ -12,6 +12,7 @@ mod parse;
 mod types;
 mod validate;
 mod validate_admin;
+mod validate_dns;
 mod validate_health;
 mod validate_limits;
 mod validate_pool;
@@ -22,6 +23,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use types::*;
 pub use validate::overlaps;
+pub use validate_pool::routable;
 pub use values::format_duration;
 
 /// Bounds on what the YAML loader will do for a file, whatever the file says: nesting depth,

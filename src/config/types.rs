@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admission::Cidr;
@@ -13,6 +14,7 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub forwarding: Forwarding,
     pub drain_timeout: Duration,
+    pub resolver: Resolver,
     /// Sorted by name.
     pub listeners: Vec<Listener>,
     /// Sorted by name.
@@ -26,6 +28,32 @@ pub struct Admin {
     pub token_file: Option<std::path::PathBuf>,
     /// The bearer token read from `token_file`; never printed or served.
     pub token: Option<Secret>,
+}
+
+/// `resolver`: how `host:` and `srv:` backends are looked up and how long answers last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// Empty: the nameservers of `/etc/resolv.conf`, read when resolution starts.
+    pub nameservers: Vec<SocketAddr>,
+    /// A record TTL below this (0 too) is raised to it: no query storms.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// NXDOMAIN or an empty answer must persist this long before hosts are removed.
+    pub negative_hold: Duration,
+    /// How long one query waits for an answer; a query is sent twice before it fails.
+    pub timeout: Duration,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver {
+            nameservers: Vec::new(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            negative_hold: Duration::from_secs(30),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// A value that must not appear in logs or API answers.
@@ -131,7 +159,11 @@ pub struct Pool {
     pub balance: Balance,
     pub health_check: Option<HealthCheck>,
     pub connect_retries: u32,
+    /// Literal `address:` backends, then (in a running instance's effective config) the
+    /// addresses the `named` entries resolved to.
     pub backends: Vec<Backend>,
+    /// `host:` and `srv:` entries, resolved at run time (`crate::discovery`).
+    pub named: Vec<Named>,
     /// A recovered backend ramps from ~0 to its weight over this long (zero: at once).
     pub slow_start: Duration,
     /// `when_all_down: use_all`: with no backend up, spread over all of them anyway.
@@ -175,8 +207,58 @@ pub struct Backend {
     pub address: SocketAddr,
     /// 0..=1000; 0 takes no new connections.
     pub weight: u32,
-    /// Used only while no primary backend of the pool is up.
+    /// 0 = primary. A backend serves only while no backend of a lower tier is up:
+    /// `backup: true` is [`BACKUP_TIER`], and an SRV answer's priorities rank 0, 1, 2, ...
+    /// (plus `BACKUP_TIER` for a `backup: true` SRV entry).
+    pub tier: u32,
+    /// The DNS name it was resolved from; `None` for a literal address.
+    pub origin: Option<Arc<str>>,
+}
+
+/// The tier of `backup: true` backends: after every SRV priority of a primary entry.
+pub const BACKUP_TIER: u32 = 1 << 16;
+
+/// A backend entry named in DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Named {
+    pub lookup: Lookup,
+    /// `host:` the weight of every address; `srv:` records carry their own (this is 1).
+    pub weight: u32,
     pub backup: bool,
+}
+
+/// What to ask DNS. Names are lower case, without the trailing dot, and always absolute
+/// (no search domains).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lookup {
+    /// Every A and AAAA address, on `port`.
+    Host { name: String, port: u16 },
+    /// Every SRV target's addresses, on the record's port.
+    Srv { name: String },
+}
+
+impl Lookup {
+    pub fn name(&self) -> &str {
+        match self {
+            Lookup::Host { name, .. } | Lookup::Srv { name } => name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Lookup::Host { .. } => "host",
+            Lookup::Srv { .. } => "srv",
+        }
+    }
+}
+
+impl std::fmt::Display for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookup::Host { name, port } => write!(f, "host {name} port {port}"),
+            Lookup::Srv { name } => write!(f, "srv {name}"),
+        }
+    }
 }
 
 /// Defaults of DESIGN.md §3.3, in one place.
@@ -268,12 +350,42 @@ impl Config {
                 "  {} {}, {} backend(s), {} connect retries",
                 p.name,
                 p.balance.label(),
-                p.backends.len(),
+                p.backends.len() + p.named.len(),
                 p.connect_retries
             );
             for b in &p.backends {
-                let _ = writeln!(out, "    {} weight {}", b.address, b.weight);
+                let backup = if b.tier > 0 { ", backup" } else { "" };
+                let _ = writeln!(out, "    {} weight {}{backup}", b.address, b.weight);
             }
+            for n in &p.named {
+                let backup = if n.backup { ", backup" } else { "" };
+                match &n.lookup {
+                    Lookup::Host { .. } => {
+                        let _ = writeln!(out, "    {} weight {}{backup}", n.lookup, n.weight);
+                    }
+                    Lookup::Srv { .. } => {
+                        let _ =
+                            writeln!(out, "    {} (weights and ports from DNS){backup}", n.lookup);
+                    }
+                }
+            }
+        }
+        if self.pools.iter().any(|p| !p.named.is_empty()) {
+            let r = &self.resolver;
+            let servers = if r.nameservers.is_empty() {
+                "from /etc/resolv.conf".to_owned()
+            } else {
+                r.nameservers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "resolver: {servers}; TTL clamped to {:?}-{:?}; negative answers held {:?}; query timeout {:?}",
+                r.min_ttl, r.max_ttl, r.negative_hold, r.timeout
+            );
         }
         out
     }

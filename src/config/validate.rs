@@ -139,9 +139,7 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
         .admin
         .as_ref()
         .and_then(|a| super::validate_admin::admin(&mut c, a));
-    if let Some(resolver) = &raw.resolver {
-        c.unsupported(resolver, "resolver", "DNS-resolved backends");
-    }
+    let resolver = super::validate_dns::resolver(&mut c, raw.resolver.as_ref());
     let drain_timeout = c.duration(
         &raw.shutdown.as_ref().and_then(|s| s.drain_timeout.clone()),
         "shutdown.drain_timeout",
@@ -164,6 +162,7 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
             admin,
             forwarding,
             drain_timeout,
+            resolver,
             listeners,
             pools,
         })

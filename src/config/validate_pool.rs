@@ -1,6 +1,6 @@
 //! Checks `pools.*`: balancing, retries and every backend. Literal `address:` backends are
-//! built now; DNS (`host:`, `srv:`) is refused as
-//! "not supported yet" until they exist.
+//! built here; `host:` and `srv:` entries are checked by `validate_dns.rs` and resolved at
+//! run time.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -76,13 +76,14 @@ fn pool(
         5,
         1..=1000,
     );
-    let backends = backends(c, key, p, binds)?;
+    let (backends, named) = backends(c, key, p, binds)?;
     Some(Pool {
         name: name.to_owned(),
         balance,
         health_check,
         connect_retries: u32::try_from(retries).unwrap_or(u32::MAX),
         backends,
+        named,
         slow_start,
         use_all_when_down,
         passive_failures: u32::try_from(passive_failures).unwrap_or(5),
@@ -135,7 +136,7 @@ fn backends(
     key: &str,
     p: &S<PoolFile>,
     binds: &[SocketAddr],
-) -> Option<Vec<Backend>> {
+) -> Option<(Vec<Backend>, Vec<Named>)> {
     let k = format!("{key}.backends");
     let list = match &p.value.backends {
         Some(list) if !list.value.is_empty() => list,
@@ -149,35 +150,46 @@ fn backends(
         }
     };
     let mut out: Vec<Backend> = Vec::new();
+    let mut named: Vec<Named> = Vec::new();
     for (i, b) in list.value.iter().enumerate() {
         let k = format!("{k}[{i}]");
-        if let Some(backend) = backend(c, &k, b, binds) {
-            if out.iter().any(|o| o.address == backend.address) {
-                c.at(
-                    b,
-                    &k,
-                    format!("{} is listed twice in this pool", backend.address),
-                );
+        match backend(c, &k, b, binds) {
+            Some(Entry::Literal(backend)) => {
+                if out.iter().any(|o| o.address == backend.address) {
+                    let msg = format!("{} is listed twice in this pool", backend.address);
+                    c.at(b, &k, msg);
+                }
+                out.push(backend);
             }
-            out.push(backend);
+            Some(Entry::Named(n)) => {
+                if named.iter().any(|o| o.lookup == n.lookup) {
+                    c.at(b, &k, format!("{} is listed twice in this pool", n.lookup));
+                }
+                named.push(n);
+            }
+            None => {}
         }
     }
-    if !out.is_empty() && out.iter().all(|b| b.weight == 0) {
+    let all_zero = out.iter().all(|b| b.weight == 0)
+        && named
+            .iter()
+            .all(|n| matches!(n.lookup, Lookup::Host { .. }) && n.weight == 0);
+    if (!out.is_empty() || !named.is_empty()) && all_zero {
         c.at(
             list,
             &k,
             "every backend has weight 0, so this pool could never take a connection",
         );
     }
-    Some(out)
+    Some((out, named))
 }
 
-fn backend(
-    c: &mut Checker,
-    key: &str,
-    b: &S<BackendFile>,
-    binds: &[SocketAddr],
-) -> Option<Backend> {
+enum Entry {
+    Literal(Backend),
+    Named(Named),
+}
+
+fn backend(c: &mut Checker, key: &str, b: &S<BackendFile>, binds: &[SocketAddr]) -> Option<Entry> {
     let f = &b.value;
     let weight = c.number(
         &f.weight,
@@ -207,24 +219,18 @@ fn backend(
             );
         }
     }
-    if let Some(host) = &f.host {
-        if f.port.is_none() {
-            c.at(host, &format!("{key}.port"), "`host` needs a `port`");
-        }
-        c.unsupported(host, &format!("{key}.host"), "DNS-resolved backends");
-        return None;
-    }
-    if let Some(srv) = &f.srv {
-        c.unsupported(srv, &format!("{key}.srv"), "SRV-resolved backends");
-        return None;
+    let weight = u32::try_from(weight).unwrap_or(1);
+    if f.host.is_some() || f.srv.is_some() {
+        return super::validate_dns::named(c, key, b, weight).map(Entry::Named);
     }
     let addr = f.address.as_ref()?;
     match values::socket_addr(&addr.value, false).and_then(|a| routable(a, binds)) {
-        Ok(address) => Some(Backend {
+        Ok(address) => Some(Entry::Literal(Backend {
             address,
-            weight: u32::try_from(weight).unwrap_or(1),
-            backup,
-        }),
+            weight,
+            tier: if backup { BACKUP_TIER } else { 0 },
+            origin: None,
+        })),
         Err(e) => {
             c.at(addr, &format!("{key}.address"), e);
             None
@@ -234,7 +240,7 @@ fn backend(
 
 /// Refuses destinations that are not one host (wildcard, multicast, broadcast) and ones that
 /// are tollgate's own listeners — a connection there would be proxied to itself, endlessly.
-fn routable(a: SocketAddr, binds: &[SocketAddr]) -> Result<SocketAddr, String> {
+pub fn routable(a: SocketAddr, binds: &[SocketAddr]) -> Result<SocketAddr, String> {
     let ip = a.ip();
     let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     if ip.is_unspecified() || ip.is_multicast() || broadcast {

@@ -1,0 +1,347 @@
+//! The DNS policy on a hand-moved clock: TTLs clamped, failures keeping the last answer with
+//! a bounded back-off, negative answers removing hosts only after the hold, SRV priorities
+//! and weights.
+#![cfg(test)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::answer::*;
+
+const T: Timing = Timing {
+    min_ttl: Duration::from_secs(1),
+    max_ttl: Duration::from_secs(300),
+    negative_hold: Duration::from_secs(30),
+};
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+}
+
+fn host(a: Reply<IpAddr>, aaaa: Reply<IpAddr>) -> Round {
+    Round {
+        srv: None,
+        addresses: vec![("app.test".to_owned(), a, aaaa)],
+    }
+}
+
+fn addrs(s: &NameState) -> Vec<SocketAddr> {
+    s.resolved.iter().map(|r| r.address).collect()
+}
+
+fn sock(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(last), port)
+}
+
+#[test]
+fn records_are_used_and_asked_again_after_their_ttl_clamped() {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    let d = s.apply(
+        host(Reply::Records(7, vec![ip(1), ip(2)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    assert_eq!(d, Duration::from_secs(7));
+    assert_eq!(addrs(&s), vec![sock(1, 80), sock(2, 80)]);
+    assert_eq!((s.last_result, s.ttl), ("success", Some(7)));
+    let d = s.apply(
+        host(Reply::Records(0, vec![ip(3)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    assert_eq!(d, T.min_ttl, "TTL 0 is raised to min_ttl");
+    assert_eq!(
+        addrs(&s),
+        vec![sock(3, 80)],
+        "a changed answer replaces the old one"
+    );
+    let d = s.apply(
+        host(Reply::Records(86_400, vec![ip(3)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    assert_eq!(d, T.max_ttl, "a long TTL is cut to max_ttl");
+}
+
+#[test]
+fn the_smallest_ttl_of_a_and_aaaa_decides() {
+    let mut s = NameState::default();
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    let d = s.apply(
+        host(
+            Reply::Records(60, vec![ip(1)]),
+            Reply::Records(20, vec![v6]),
+        ),
+        9,
+        Instant::now(),
+        T,
+    );
+    assert_eq!(d, Duration::from_secs(20));
+    assert_eq!(s.resolved.len(), 2);
+}
+
+#[test]
+fn failures_keep_the_last_answer_and_back_off_within_bounds() {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    let mut delays = Vec::new();
+    for f in [
+        Failure::Timeout,
+        Failure::ServFail,
+        Failure::Refused,
+        Failure::Timeout,
+        Failure::Timeout,
+        Failure::Timeout,
+        Failure::Timeout,
+    ] {
+        let d = s.apply(host(Reply::Failed(f.clone()), Reply::Failed(f)), 80, t0, T);
+        assert_eq!(addrs(&s), vec![sock(1, 80)], "the last good answer stays");
+        delays.push(d.as_secs());
+    }
+    assert_eq!(
+        delays,
+        vec![1, 2, 4, 8, 16, 30, 30],
+        "doubling from min_ttl, at most 30 s"
+    );
+    assert_eq!(s.last_result, "timeout");
+    assert!(s.last_error.is_some());
+    let d = s.apply(
+        host(Reply::Records(5, vec![ip(2)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    assert_eq!(
+        (d.as_secs(), s.last_result),
+        (5, "success"),
+        "recovery resets the back-off"
+    );
+    assert_eq!(s.last_error, None);
+}
+
+#[test]
+fn one_family_failing_keeps_its_own_records() {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    let v6: IpAddr = "2001:db8::1".parse().unwrap();
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::Records(5, vec![v6])),
+        80,
+        t0,
+        T,
+    );
+    s.apply(
+        host(
+            Reply::Records(5, vec![ip(2)]),
+            Reply::Failed(Failure::ServFail),
+        ),
+        80,
+        t0,
+        T,
+    );
+    assert_eq!(addrs(&s), vec![sock(2, 80), SocketAddr::new(v6, 80)]);
+    assert_eq!(s.last_result, "servfail");
+}
+
+#[test]
+fn nxdomain_removes_hosts_only_after_the_hold() {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    let d = s.apply(
+        host(Reply::NxDomain, Reply::NxDomain),
+        80,
+        t0 + Duration::from_secs(5),
+        T,
+    );
+    assert_eq!(addrs(&s), vec![sock(1, 80)], "held");
+    assert_eq!(s.last_result, "nxdomain");
+    assert_eq!(d, Duration::from_secs(1));
+    let at = t0 + Duration::from_secs(34);
+    let d = s.apply(host(Reply::NxDomain, Reply::NxDomain), 80, at, T);
+    assert_eq!(
+        addrs(&s),
+        vec![sock(1, 80)],
+        "29 s into the hold: still held"
+    );
+    assert_eq!(
+        d,
+        Duration::from_secs(1),
+        "asked again when the hold runs out"
+    );
+    s.apply(
+        host(Reply::NxDomain, Reply::NxDomain),
+        80,
+        t0 + Duration::from_secs(35),
+        T,
+    );
+    assert!(s.resolved.is_empty(), "removed once the hold has passed");
+    assert!(s.has_answer(), "it did answer once");
+}
+
+#[test]
+fn a_negative_answer_that_clears_up_within_the_hold_removes_nothing() {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    s.apply(
+        host(Reply::NoData, Reply::NoData),
+        80,
+        t0 + Duration::from_secs(20),
+        T,
+    );
+    assert_eq!(s.last_result, "empty");
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
+        80,
+        t0 + Duration::from_secs(25),
+        T,
+    );
+    // A new negative spell starts its own hold.
+    s.apply(
+        host(Reply::NxDomain, Reply::NxDomain),
+        80,
+        t0 + Duration::from_secs(40),
+        T,
+    );
+    assert_eq!(addrs(&s), vec![sock(1, 80)]);
+    let hold0 = Timing {
+        negative_hold: Duration::ZERO,
+        ..T
+    };
+    s.apply(
+        host(Reply::NxDomain, Reply::NxDomain),
+        80,
+        t0 + Duration::from_secs(41),
+        hold0,
+    );
+    assert!(s.resolved.is_empty(), "a zero hold removes at once");
+}
+
+#[test]
+fn no_answer_yet_means_nothing_in_force() {
+    let mut s = NameState::default();
+    s.apply(
+        host(
+            Reply::Failed(Failure::Timeout),
+            Reply::Failed(Failure::Timeout),
+        ),
+        80,
+        Instant::now(),
+        T,
+    );
+    assert!(!s.has_answer());
+    assert!(s.resolved.is_empty());
+}
+
+fn srv(priority: u16, weight: u16, port: u16, target: &str) -> Srv {
+    Srv {
+        priority,
+        weight,
+        port,
+        target: target.to_owned(),
+    }
+}
+
+#[test]
+fn srv_priorities_rank_and_weights_carry_over() {
+    let mut s = NameState::default();
+    let round = Round {
+        srv: Some(Reply::Records(
+            30,
+            vec![
+                srv(20, 5, 9002, "b.test"),
+                srv(10, 60, 9001, "a.test"),
+                srv(10, 0, 9003, "c.test"),
+            ],
+        )),
+        addresses: vec![
+            (
+                "a.test".to_owned(),
+                Reply::Records(10, vec![ip(1)]),
+                Reply::NoData,
+            ),
+            (
+                "b.test".to_owned(),
+                Reply::Records(10, vec![ip(2)]),
+                Reply::NoData,
+            ),
+            (
+                "c.test".to_owned(),
+                Reply::Records(10, vec![ip(3)]),
+                Reply::NoData,
+            ),
+        ],
+    };
+    let d = s.apply(round, 0, Instant::now(), T);
+    assert_eq!(d, Duration::from_secs(10), "the targets' TTL is smaller");
+    let got: Vec<_> = s
+        .resolved
+        .iter()
+        .map(|r| (r.address, r.weight, r.rank))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (sock(1, 9001), Some(60), 0),
+            (sock(3, 9003), Some(1), 0),
+            (sock(2, 9002), Some(5), 1),
+        ]
+    );
+    assert_eq!(s.srv_targets(), vec!["a.test", "b.test", "c.test"]);
+}
+
+#[test]
+fn a_failing_srv_question_keeps_its_targets() {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    let round = Round {
+        srv: Some(Reply::Records(30, vec![srv(1, 1, 7000, "a.test")])),
+        addresses: vec![(
+            "a.test".to_owned(),
+            Reply::Records(30, vec![ip(1)]),
+            Reply::NoData,
+        )],
+    };
+    s.apply(round, 0, t0, T);
+    let round = Round {
+        srv: Some(Reply::Failed(Failure::ServFail)),
+        addresses: vec![(
+            "a.test".to_owned(),
+            Reply::Records(30, vec![ip(9)]),
+            Reply::NoData,
+        )],
+    };
+    s.apply(round, 0, t0, T);
+    assert_eq!(
+        addrs(&s),
+        vec![sock(9, 7000)],
+        "held SRV, fresh target address"
+    );
+    assert_eq!(s.last_result, "servfail");
+}
+
+#[test]
+fn srv_weights_fit_the_backend_range() {
+    assert_eq!(srv_weight(0, 0), 1, "all zero: equal");
+    assert_eq!(srv_weight(0, 10), 1);
+    assert_eq!(srv_weight(10, 10), 10);
+    assert_eq!(srv_weight(1000, 1000), 1000);
+    assert_eq!(srv_weight(65535, 65535), 1000);
+    assert_eq!(srv_weight(6553, 65535), 100);
+    assert_eq!(srv_weight(1, 65535), 1);
+}
