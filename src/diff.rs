@@ -68,7 +68,7 @@ async fn get_json(admin: SocketAddr, path: &str) -> Result<Value, String> {
 pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<String> {
     let next = next_cfg.to_json();
     let mut out = Vec::new();
-    for key in ["forwarding", "admin", "shutdown"] {
+    for key in ["forwarding", "admin", "resolver", "shutdown"] {
         changes(key, &running[key], &next[key], &mut out);
     }
     if running["admin"]["bind"] != next["admin"]["bind"] {
@@ -130,19 +130,57 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
         }
         named(
             &format!("pool {pool}: backend"),
-            "address",
-            &old["backends"],
-            &new["backends"],
+            "entry",
+            &entries(&old["backends"]),
+            &entries(&new["backends"]),
             &mut out,
-            |addr| {
-                let active = find(&live["backends"], "address", addr)["active"]
-                    .as_u64()
+            |entry| {
+                // A literal address, or every address a removed DNS entry resolved to.
+                let name = entry.split_whitespace().nth(1).unwrap_or(entry);
+                let active: u64 = live["backends"]
+                    .as_array()
+                    .map(|l| {
+                        l.iter()
+                            .filter(|b| b["address"] == entry || b["from_dns"] == name)
+                            .filter_map(|b| b["active"].as_u64())
+                            .sum()
+                    })
                     .unwrap_or(0);
                 format!("{active} open connection(s) drain")
             },
         );
     }
     out
+}
+
+/// Backend entries keyed for comparison: `entry` is the address, `host NAME port P` or
+/// `srv NAME` (the other fields stay and are compared).
+fn entries(list: &Value) -> Value {
+    let keyed = list.as_array().map(|l| {
+        l.iter()
+            .map(|b| {
+                let id = if let Some(a) = b["address"].as_str() {
+                    a.to_owned()
+                } else if let Some(h) = b["host"].as_str() {
+                    format!("host {h} port {}", b["port"])
+                } else {
+                    format!("srv {}", show(&b["srv"]))
+                };
+                let mut out = serde_json::Map::new();
+                out.insert("entry".to_owned(), Value::String(id));
+                if let Value::Object(fields) = b {
+                    for (k, v) in fields
+                        .iter()
+                        .filter(|(k, _)| !["address", "host", "port", "srv"].contains(&k.as_str()))
+                    {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+                Value::Object(out)
+            })
+            .collect()
+    });
+    keyed.map_or(Value::Null, Value::Array)
 }
 
 /// Adds `~ what: old -> new` for every leaf that differs (objects are walked).

@@ -77,6 +77,50 @@ fn diff_lists_changes_and_the_connections_they_touch() {
 }
 
 #[test]
+fn dns_entries_and_the_resolver_are_compared_as_written() {
+    let dns = common::dns::DnsServer::start();
+    let port = common::dns::id_backends_on_one_port(&[(common::dns::lo(101), 1)]);
+    dns.set_a("app.test", 60, &[common::dns::lo(101)]);
+    let backends = format!("- {{ host: app.test, port: {port} }}\n- {{ srv: _x._tcp.app.test }}");
+    let server = start(&common::dns::dns_config(dns.addr(), "", "", &backends));
+    let admin = server.admin_addr().unwrap();
+    wait_for("resolved", std::time::Duration::from_secs(10), || {
+        common::dns::answer_or_zero(front(&server)) == 1
+    });
+    let held = TcpStream::connect(front(&server)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("next.yaml");
+    let next = format!(
+        "- {{ host: app.test, port: {port}, weight: 4 }}\n- {{ host: other.test, port: 80 }}"
+    );
+    std::fs::write(
+        &path,
+        common::dns::dns_config(dns.addr(), "min_ttl: 2s", "", &next).replace(
+            "admin:\n  bind: \"127.0.0.1:0\"",
+            &format!("admin:\n  bind: \"{admin}\""),
+        ),
+    )
+    .unwrap();
+    let out = check_diff(&path, Some(admin));
+    assert!(
+        out.contains(&format!(
+            "~ pool back: backend host app.test port {port}: weight: 1 -> 4"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ pool back: backend host other.test port 80"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- pool back: backend srv _x._tcp.app.test (0 open connection(s) drain)"),
+        "{out}"
+    );
+    assert!(out.contains("~ resolver.min_ttl: 1s -> 2s"), "{out}");
+    drop(held);
+}
+
+#[test]
 fn without_a_running_instance_it_only_validates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("next.yaml");

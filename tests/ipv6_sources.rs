@@ -11,21 +11,17 @@
 
 mod common;
 
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tollgate::app::Server;
 
+use common::netns::ip;
 use common::{echo_backend, start, wait_for};
 
-const UNSHARE: &str = "/usr/bin/unshare";
-const IP: &str = "/usr/sbin/ip";
-/// Set for the child test; it refuses to run without it (outside the namespace).
-const CHILD_ENV: &str = "TOLLGATE_NETNS_CHILD";
 const CHILD: &str = "in_a_network_namespace";
 /// The child takes well under a second; this only stops a hung child from hanging the run.
 const CHILD_DEADLINE: Duration = Duration::from_secs(10);
@@ -33,63 +29,13 @@ const WAIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn ipv6_sources_are_grouped_by_prefix_and_mapped_ipv4_counts_as_ipv4() {
-    let probe = Command::new(UNSHARE)
-        .args(["-rn", "true"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {UNSHARE} (util-linux): {e}"));
-    assert!(
-        probe.status.success(),
-        "this test needs user and network namespaces (`unshare -rn`), which failed here: {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    let log = tempfile::tempfile().unwrap();
-    let mut child = Command::new(UNSHARE)
-        .arg("-rn")
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", CHILD, "--include-ignored", "--nocapture"])
-        .arg("--test-threads=1")
-        .env(CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log.try_clone().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + CHILD_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut output = String::new();
-    let mut log = log;
-    log.rewind().unwrap();
-    log.read_to_string(&mut output).unwrap();
-    let status =
-        status.unwrap_or_else(|| panic!("the child test ran over {CHILD_DEADLINE:?}:\n{output}"));
-    assert!(
-        status.success(),
-        "the child test failed ({status}):\n{output}"
-    );
-    assert!(
-        output.contains(&format!("test {CHILD} ... ok")),
-        "the child test did not run:\n{output}"
-    );
+    common::netns::run_child("-rn", CHILD, CHILD_DEADLINE);
 }
 
 #[test]
 #[ignore = "run by the test above inside a network namespace of its own"]
 fn in_a_network_namespace() {
-    assert!(
-        std::env::var_os(CHILD_ENV).is_some(),
-        "{CHILD} reconfigures the network: it runs only in the namespace that \
-         ipv6_sources_are_grouped_by_prefix_and_mapped_ipv4_counts_as_ipv4 creates"
-    );
+    common::netns::in_child(CHILD);
     ip("link set lo up");
     ip("-6 addr add 2001:db8:1::5/64 dev lo nodad");
     // AnyIP: every address of 2001:db8::/32 is local, so clients may bind any of them.
@@ -298,16 +244,4 @@ fn config(backend: SocketAddr, listeners: &[(&str, &str, String)]) -> String {
         "pools:\n  back:\n    backends:\n      - {{ address: \"{backend}\", weight: 1 }}\n"
     ));
     yaml
-}
-
-fn ip(args: &str) {
-    let out = Command::new(IP)
-        .args(args.split_whitespace())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {IP} (iproute2): {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -62,7 +62,12 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub fn start() -> DnsServer {
-        let (udp, tcp) = bind_pair();
+        DnsServer::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    /// Serves on `at` (port 0: any free port), UDP and TCP.
+    pub fn start_on(at: SocketAddr) -> DnsServer {
+        let (udp, tcp) = bind_pair(at);
         let addr = udp.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             names: HashMap::new(),
@@ -164,9 +169,9 @@ impl Drop for DnsServer {
 
 /// Binds UDP on an ephemeral port, then TCP on the same port; another process may hold that
 /// TCP port, so retry with a fresh UDP port a few times.
-fn bind_pair() -> (std::net::UdpSocket, std::net::TcpListener) {
+fn bind_pair(at: SocketAddr) -> (std::net::UdpSocket, std::net::TcpListener) {
     for _ in 0..20 {
-        let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let udp = std::net::UdpSocket::bind(at).unwrap();
         let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) else {
             continue;
         };

@@ -14,6 +14,7 @@ use tollgate::app::Server;
 pub mod binary;
 pub mod dns;
 pub mod http;
+pub mod netns;
 pub mod sources;
 
 /// Starts tollgate in-process from YAML.
