@@ -124,6 +124,13 @@ impl Control {
 
     /// Makes the DNS tasks match the written config.
     pub(crate) fn sync_discovery(&self) {
+        let _serial = lock(&self.changes);
+        self.sync_discovery_serialised();
+    }
+
+    /// [`Control::sync_discovery`] for a caller that holds `changes` (so that the tasks
+    /// always end up matching the newest written config).
+    pub(crate) fn sync_discovery_serialised(&self) {
         if let (Some(rt), Some(this)) = (self.runtime.get(), self.this.get()) {
             self.discovery.sync(&self.written(), this.clone(), rt);
         }
@@ -165,13 +172,11 @@ impl Control {
                 ),
             }
         }
-        let mut added = Vec::new();
         if applied.changed {
             tracing::info!(pool, name, addresses = ?applied.addresses, "DNS answer in force changed");
-            added = self.install(self.discovery.expand(&written), self.generation());
-        }
-        drop(serial);
-        if !added.is_empty() {
+            let added = self.install(self.discovery.expand(&written), self.generation());
+            drop(serial);
+            // Checks start for the new addresses and stop for the removed ones.
             self.sync_checks(&added);
         }
         Some(applied.delay)
@@ -183,15 +188,16 @@ impl Control {
     /// before its first passing check. The caller holds `changes`.
     pub(crate) fn install(&self, next: Config, generation: u64) -> Vec<(String, SocketAddr)> {
         let current = self.config();
+        let known: std::collections::HashSet<(&str, SocketAddr)> = current
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b.address)))
+            .collect();
         let added: Vec<(String, SocketAddr)> = next
             .pools
             .iter()
             .flat_map(|p| p.backends.iter().map(move |b| (p.name.clone(), b.address)))
-            .filter(|(pool, addr)| {
-                !current
-                    .pool(pool)
-                    .is_some_and(|p| p.backends.iter().any(|b| b.address == *addr))
-            })
+            .filter(|(pool, addr)| !known.contains(&(pool.as_str(), *addr)))
             .collect();
         let checked: Vec<(String, SocketAddr)> = added
             .iter()

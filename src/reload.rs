@@ -124,6 +124,7 @@ impl Control {
         });
         let next = Arc::new(next);
         self.set_written(next.clone());
+        self.discovery.adopt(&next);
         let added = self.install(self.discovery.expand(&next), generation);
         let mut bound = self.bound();
         for (name, configured, actual, sockets) in fresh {
@@ -150,9 +151,10 @@ impl Control {
         for l in removed {
             info!(listener = %l.name, "listener removed; its open connections drain");
         }
+        // Under `changes`, so two reloads cannot leave the tasks matching the older file.
+        self.sync_discovery_serialised();
         drop(_serial);
         self.sync_checks(&added);
-        self.sync_discovery();
         Ok(generation)
     }
 

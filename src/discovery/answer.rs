@@ -5,8 +5,9 @@
 //! Records replace them; a failure (timeout, SERVFAIL, REFUSED) keeps them; NXDOMAIN or an
 //! empty answer removes them only once it has lasted `negative_hold`. The next round comes
 //! after the smallest TTL in force, clamped to `[min_ttl, max_ttl]`, or after a back-off
-//! (doubling from `min_ttl`, at most 30 s) while questions fail or stay negative, but never
-//! later than the moment a negative hold runs out.
+//! (doubling from `min_ttl`, at most 30 s) while questions fail or stay negative — never
+//! later than that TTL while some question still answers, nor than the moment a negative
+//! hold runs out. Which addresses the records make is `addresses.rs`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,7 +43,7 @@ pub enum Reply<T> {
 }
 
 impl<T> Reply<T> {
-    fn failure(&self) -> Option<&Failure> {
+    pub(super) fn failure(&self) -> Option<&Failure> {
         match self {
             Reply::Failed(f) => Some(f),
             _ => None,
@@ -69,9 +70,11 @@ pub struct Round {
 
 /// One question's records in force.
 #[derive(Debug, Clone)]
-struct Held<T> {
-    records: Vec<T>,
+pub(super) struct Held<T> {
+    pub(super) records: Vec<T>,
     ttl: u32,
+    /// When the records in force were received.
+    received_at: Option<Instant>,
     /// Since when it has been NXDOMAIN or empty while records were still held.
     negative_since: Option<Instant>,
 }
@@ -81,6 +84,7 @@ impl<T> Default for Held<T> {
         Held {
             records: Vec::new(),
             ttl: 0,
+            received_at: None,
             negative_since: None,
         }
     }
@@ -94,12 +98,13 @@ enum Effect {
     Failed,
 }
 
-impl<T: PartialEq> Held<T> {
+impl<T> Held<T> {
     fn merge(&mut self, reply: Reply<T>, now: Instant, hold: Duration) -> Effect {
         match reply {
             Reply::Records(ttl, data) if !data.is_empty() => {
                 self.records = data;
                 self.ttl = ttl;
+                self.received_at = Some(now);
                 self.negative_since = None;
                 Effect::Records
             }
@@ -107,8 +112,7 @@ impl<T: PartialEq> Held<T> {
                 if !self.records.is_empty() {
                     let since = *self.negative_since.get_or_insert(now);
                     if now.saturating_duration_since(since) >= hold {
-                        self.records.clear();
-                        self.negative_since = None;
+                        *self = Held::default();
                     }
                 }
                 Effect::Negative
@@ -121,13 +125,18 @@ impl<T: PartialEq> Held<T> {
     fn hold_ends(&self, hold: Duration) -> Option<Instant> {
         self.negative_since.map(|s| s + hold)
     }
+
+    /// (TTL, received) of the records in force, if any.
+    fn in_force(&self) -> Option<(u32, Option<Instant>)> {
+        (!self.records.is_empty()).then_some((self.ttl, self.received_at))
+    }
 }
 
 /// One resolved backend address of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
     pub address: SocketAddr,
-    /// 1..=1000 for SRV (from the record); `None`: the entry's configured weight.
+    /// For SRV, from the record (see `addresses::srv_weight`); `None`: the entry's weight.
     pub weight: Option<u32>,
     /// SRV priority rank: 0 for the lowest priority in the answer, 1 for the next...
     pub rank: u32,
@@ -136,9 +145,9 @@ pub struct Resolved {
 /// Everything an entry knows: the records in force per question, and the round's outcome.
 #[derive(Debug, Clone, Default)]
 pub struct NameState {
-    srv: Held<Srv>,
-    a: HashMap<String, Held<IpAddr>>,
-    aaaa: HashMap<String, Held<IpAddr>>,
+    pub(super) srv: Held<Srv>,
+    pub(super) a: HashMap<String, Held<IpAddr>>,
+    pub(super) aaaa: HashMap<String, Held<IpAddr>>,
     /// The `result` label of the last round: success, nxdomain, empty, timeout, servfail,
     /// refused, error.
     pub last_result: &'static str,
@@ -146,7 +155,9 @@ pub struct NameState {
     pub last_error: Option<String>,
     /// Rounds in a row with a failed or negative question, for the back-off.
     streak: u32,
-    /// When records were last received (the age of the answer in use counts from here).
+    /// Whether any round has brought records (before that, the pool waits on DNS).
+    answered: bool,
+    /// When the oldest records in force were received: the age of the answer in use.
     pub answered_at: Option<Instant>,
     /// The smallest TTL (seconds, as served) among the records in force.
     pub ttl: Option<u32>,
@@ -158,21 +169,20 @@ pub struct NameState {
 impl NameState {
     /// Whether any round has produced records yet (a pool waits for this to be ready).
     pub fn has_answer(&self) -> bool {
-        self.answered_at.is_some()
+        self.answered
     }
 
-    /// The SRV targets whose addresses the next round must ask for.
+    /// The SRV targets in force, lowest priority first: whose addresses the next round asks
+    /// for when the SRV question brings no records.
     pub fn srv_targets(&self) -> Vec<String> {
-        let mut t: Vec<String> = self
-            .srv
-            .records
-            .iter()
-            .filter(|r| !r.target.is_empty())
-            .map(|r| r.target.clone())
-            .collect();
-        t.sort();
-        t.dedup();
-        t
+        super::addresses::targets(&self.srv.records)
+    }
+
+    /// This state for the same name on another port (a reload changed a `host:` port).
+    pub fn with_port(&self, port: u16) -> NameState {
+        let mut s = self.clone();
+        s.resolved = s.host_addresses(port);
+        s
     }
 
     /// Applies one round at `now`; returns the delay until the next one. `resolved` then
@@ -189,9 +199,14 @@ impl NameState {
             nxdomain |= nx;
         };
         let is_srv = round.srv.is_some();
+        let before = self.srv.clone();
+        let mut srv = None;
         if let Some(reply) = round.srv {
-            note(reply.failure(), matches!(reply, Reply::NxDomain));
-            effects.push(self.srv.merge(reply, now, hold));
+            let nx = matches!(reply, Reply::NxDomain);
+            note(reply.failure(), nx);
+            let effect = self.srv.merge(reply, now, hold);
+            effects.push(effect);
+            srv = Some((effect, nx));
         }
         let mut asked = Vec::new();
         for (name, a, aaaa) in round.addresses {
@@ -206,34 +221,47 @@ impl NameState {
             }
             asked.push(name);
         }
-        // Targets the SRV records in force no longer name are forgotten.
-        self.a.retain(|n, _| asked.contains(n));
-        self.aaaa.retain(|n, _| asked.contains(n));
-        if effects.contains(&Effect::Records) {
-            self.answered_at = Some(now);
+        self.resolved = self.addresses(is_srv, port);
+        if is_srv && self.resolved.is_empty() && failure.is_some() && !before.records.is_empty() {
+            // New SRV records whose targets could not be resolved: a failure, so the old
+            // records (and their targets' addresses) stay in force.
+            self.srv = before;
+            self.resolved = self.addresses(is_srv, port);
         }
-        self.resolved = if is_srv {
-            self.srv_addresses()
-        } else {
-            self.host_addresses(port)
-        };
-        self.ttl = self.min_ttl();
+        // Forget the addresses of names neither asked now nor named by the SRV records.
+        let targets = self.srv_targets();
+        let keep = |n: &String| asked.contains(n) || targets.contains(n);
+        self.a.retain(|n, _| keep(n));
+        self.aaaa.retain(|n, _| keep(n));
+        self.answered |= effects.contains(&Effect::Records);
+        let in_force = self.in_force();
+        self.ttl = in_force.iter().map(|(ttl, _)| *ttl).min();
+        self.answered_at = in_force.iter().filter_map(|(_, at)| *at).min();
         let all_negative = !effects.is_empty() && effects.iter().all(|e| *e == Effect::Negative);
+        let srv_negative = matches!(srv, Some((Effect::Negative, _)));
         self.last_result = match &failure {
             Some(f) => failure_label(f),
+            None if srv_negative && srv.is_some_and(|(_, nx)| nx) => "nxdomain",
+            None if srv_negative => "empty",
             None if all_negative && nxdomain => "nxdomain",
             None if all_negative => "empty",
             None => "success",
         };
-        let delay = if failure.is_some() || all_negative {
+        self.last_error = failure.as_ref().map(describe);
+        let ttl = Duration::from_secs(u64::from(self.ttl.unwrap_or(0))).clamp(t.min_ttl, t.max_ttl);
+        let delay = if failure.is_some() || all_negative || srv_negative {
             self.streak = self.streak.saturating_add(1);
-            backoff(self.streak, t)
+            let backoff = backoff(self.streak, t);
+            // A question that keeps failing must not stop the others following their TTL.
+            if effects.contains(&Effect::Records) {
+                backoff.min(ttl)
+            } else {
+                backoff
+            }
         } else {
             self.streak = 0;
-            let ttl = Duration::from_secs(u64::from(self.ttl.unwrap_or(0)));
-            ttl.clamp(t.min_ttl, t.max_ttl)
+            ttl
         };
-        self.last_error = failure.map(|f| describe(&f));
         let delay = match self.hold_ends(hold) {
             // Ask again when the hold runs out, so removal is not late by a whole back-off.
             Some(end) => delay.min(end.saturating_duration_since(now).max(t.min_ttl)),
@@ -241,6 +269,14 @@ impl NameState {
         };
         self.next_refresh = Some(now + delay);
         delay
+    }
+
+    fn addresses(&self, is_srv: bool, port: u16) -> Vec<Resolved> {
+        if is_srv {
+            self.srv_addresses()
+        } else {
+            self.host_addresses(port)
+        }
     }
 
     fn hold_ends(&self, hold: Duration) -> Option<Instant> {
@@ -251,88 +287,13 @@ impl NameState {
             .min()
     }
 
-    fn min_ttl(&self) -> Option<u32> {
+    /// (TTL, received) of every question with records in force.
+    fn in_force(&self) -> Vec<(u32, Option<Instant>)> {
         let addrs = self.a.values().chain(self.aaaa.values());
-        let srv = (!self.srv.records.is_empty()).then_some(self.srv.ttl);
         addrs
-            .filter(|h| !h.records.is_empty())
-            .map(|h| h.ttl)
-            .chain(srv)
-            .min()
-    }
-
-    fn addresses_of(&self, name: &str) -> impl Iterator<Item = IpAddr> + '_ {
-        let of = |m: &HashMap<String, Held<IpAddr>>| {
-            m.get(name).map(|h| h.records.clone()).unwrap_or_default()
-        };
-        of(&self.a).into_iter().chain(of(&self.aaaa))
-    }
-
-    fn host_addresses(&self, port: u16) -> Vec<Resolved> {
-        let mut out: Vec<Resolved> = Vec::new();
-        for name in self.a.keys().chain(self.aaaa.keys()) {
-            for ip in self.addresses_of(name) {
-                push_unique(
-                    &mut out,
-                    Resolved {
-                        address: SocketAddr::new(ip, port),
-                        weight: None,
-                        rank: 0,
-                    },
-                );
-            }
-        }
-        out.sort_by_key(|r| r.address);
-        out
-    }
-
-    fn srv_addresses(&self) -> Vec<Resolved> {
-        let mut records = self.srv.records.clone();
-        records
-            .sort_by(|x, y| (x.priority, &x.target, x.port).cmp(&(y.priority, &y.target, y.port)));
-        let mut priorities: Vec<u16> = records.iter().map(|r| r.priority).collect();
-        priorities.dedup();
-        let max_weight = records.iter().map(|r| r.weight).max().unwrap_or(0);
-        let mut out = Vec::new();
-        for r in records.iter().filter(|r| !r.target.is_empty()) {
-            let rank = priorities
-                .iter()
-                .position(|p| *p == r.priority)
-                .unwrap_or(0);
-            let weight = srv_weight(r.weight, max_weight);
-            for ip in self.addresses_of(&r.target) {
-                let address = SocketAddr::new(ip, r.port);
-                push_unique(
-                    &mut out,
-                    Resolved {
-                        address,
-                        weight: Some(weight),
-                        rank: rank as u32,
-                    },
-                );
-            }
-        }
-        out
-    }
-}
-
-/// The first of two records for one address wins (the lower priority, as SRV orders them).
-fn push_unique(out: &mut Vec<Resolved>, r: Resolved) {
-    if !out.iter().any(|o| o.address == r.address) {
-        out.push(r);
-    }
-}
-
-/// An SRV weight (0-65535) as a backend weight (1-1000): as is up to 1000, scaled down
-/// proportionally when the answer has larger ones. Weight 0 counts as 1: RFC 2782 gives it
-/// "a very small chance", and a backend weight of 0 would mean none.
-pub fn srv_weight(weight: u16, max_in_answer: u16) -> u32 {
-    let w = u32::from(weight);
-    let max = u32::from(max_in_answer);
-    if max <= 1000 {
-        w.max(1)
-    } else {
-        ((w * 1000 + max / 2) / max).max(1)
+            .filter_map(Held::in_force)
+            .chain(self.srv.in_force())
+            .collect()
     }
 }
 

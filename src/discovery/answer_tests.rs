@@ -8,28 +8,28 @@ use std::time::{Duration, Instant};
 
 use super::answer::*;
 
-const T: Timing = Timing {
+pub(super) const T: Timing = Timing {
     min_ttl: Duration::from_secs(1),
     max_ttl: Duration::from_secs(300),
     negative_hold: Duration::from_secs(30),
 };
 
-fn ip(last: u8) -> IpAddr {
+pub(super) fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
 }
 
-fn host(a: Reply<IpAddr>, aaaa: Reply<IpAddr>) -> Round {
+pub(super) fn host(a: Reply<IpAddr>, aaaa: Reply<IpAddr>) -> Round {
     Round {
         srv: None,
         addresses: vec![("app.test".to_owned(), a, aaaa)],
     }
 }
 
-fn addrs(s: &NameState) -> Vec<SocketAddr> {
+pub(super) fn addrs(s: &NameState) -> Vec<SocketAddr> {
     s.resolved.iter().map(|r| r.address).collect()
 }
 
-fn sock(last: u8, port: u16) -> SocketAddr {
+pub(super) fn sock(last: u8, port: u16) -> SocketAddr {
     SocketAddr::new(ip(last), port)
 }
 
@@ -249,99 +249,32 @@ fn no_answer_yet_means_nothing_in_force() {
     assert!(s.resolved.is_empty());
 }
 
-fn srv(priority: u16, weight: u16, port: u16, target: &str) -> Srv {
-    Srv {
-        priority,
-        weight,
-        port,
-        target: target.to_owned(),
-    }
-}
-
 #[test]
-fn srv_priorities_rank_and_weights_carry_over() {
-    let mut s = NameState::default();
-    let round = Round {
-        srv: Some(Reply::Records(
-            30,
-            vec![
-                srv(20, 5, 9002, "b.test"),
-                srv(10, 60, 9001, "a.test"),
-                srv(10, 0, 9003, "c.test"),
-            ],
-        )),
-        addresses: vec![
-            (
-                "a.test".to_owned(),
-                Reply::Records(10, vec![ip(1)]),
-                Reply::NoData,
-            ),
-            (
-                "b.test".to_owned(),
-                Reply::Records(10, vec![ip(2)]),
-                Reply::NoData,
-            ),
-            (
-                "c.test".to_owned(),
-                Reply::Records(10, vec![ip(3)]),
-                Reply::NoData,
-            ),
-        ],
-    };
-    let d = s.apply(round, 0, Instant::now(), T);
-    assert_eq!(d, Duration::from_secs(10), "the targets' TTL is smaller");
-    let got: Vec<_> = s
-        .resolved
-        .iter()
-        .map(|r| (r.address, r.weight, r.rank))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            (sock(1, 9001), Some(60), 0),
-            (sock(3, 9003), Some(1), 0),
-            (sock(2, 9002), Some(5), 1),
-        ]
-    );
-    assert_eq!(s.srv_targets(), vec!["a.test", "b.test", "c.test"]);
-}
-
-#[test]
-fn a_failing_srv_question_keeps_its_targets() {
+fn a_family_that_keeps_failing_does_not_stop_the_other_following_its_ttl() {
     let (mut s, t0) = (NameState::default(), Instant::now());
-    let round = Round {
-        srv: Some(Reply::Records(30, vec![srv(1, 1, 7000, "a.test")])),
-        addresses: vec![(
-            "a.test".to_owned(),
-            Reply::Records(30, vec![ip(1)]),
-            Reply::NoData,
-        )],
-    };
-    s.apply(round, 0, t0, T);
-    let round = Round {
-        srv: Some(Reply::Failed(Failure::ServFail)),
-        addresses: vec![(
-            "a.test".to_owned(),
-            Reply::Records(30, vec![ip(9)]),
-            Reply::NoData,
-        )],
-    };
-    s.apply(round, 0, t0, T);
-    assert_eq!(
-        addrs(&s),
-        vec![sock(9, 7000)],
-        "held SRV, fresh target address"
-    );
-    assert_eq!(s.last_result, "servfail");
+    for _ in 0..8 {
+        let d = s.apply(
+            host(
+                Reply::Records(5, vec![ip(1)]),
+                Reply::Failed(Failure::Timeout),
+            ),
+            80,
+            t0,
+            T,
+        );
+        assert!(d <= Duration::from_secs(5), "{d:?}");
+    }
+    assert_eq!(s.last_result, "timeout");
 }
 
 #[test]
-fn srv_weights_fit_the_backend_range() {
-    assert_eq!(srv_weight(0, 0), 1, "all zero: equal");
-    assert_eq!(srv_weight(0, 10), 1);
-    assert_eq!(srv_weight(10, 10), 10);
-    assert_eq!(srv_weight(1000, 1000), 1000);
-    assert_eq!(srv_weight(65535, 65535), 1000);
-    assert_eq!(srv_weight(6553, 65535), 100);
-    assert_eq!(srv_weight(1, 65535), 1);
+fn the_same_name_on_another_port_keeps_its_addresses() {
+    let mut s = NameState::default();
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
+        80,
+        Instant::now(),
+        T,
+    );
+    assert_eq!(addrs(&s.with_port(81)), vec![sock(1, 81)]);
 }

@@ -7,9 +7,11 @@
 //! This module owns the answers, their schedule and the resolution counters. It never
 //! publishes a snapshot itself: `Control::dns_round` does, under the same lock as reloads.
 
+mod addresses;
 pub mod answer;
 mod answer_tests;
 mod resolve;
+mod srv_tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,19 +42,21 @@ pub struct Applied {
     pub addresses: Vec<SocketAddr>,
 }
 
-/// The nameservers and query timeout a client was built for.
-type ClientConfig = (Vec<SocketAddr>, Duration);
-
 #[derive(Default)]
 struct Inner {
     states: HashMap<Key, NameState>,
     tasks: HashMap<Key, JoinHandle<()>>,
-    /// The nameservers and timeout the tasks run with, and the client built for them (or
-    /// why none could be built).
-    client: Option<(ClientConfig, Result<Dns, String>)>,
+    /// The resolver settings the tasks run with, and the client built for them (or why
+    /// none could be built).
+    client: Option<(config::Resolver, Result<Dns, String>)>,
     /// Resolution rounds by (pool, result).
     rounds: HashMap<(String, &'static str), u64>,
+    /// The next attempt to build a client that could not be built.
+    retry: Option<JoinHandle<()>>,
 }
+
+/// How soon a resolver that could not be built (no readable nameserver) is tried again.
+const RETRY_CLIENT: Duration = Duration::from_secs(5);
 
 /// The DNS state of a running instance.
 #[derive(Default)]
@@ -69,8 +73,9 @@ impl Discovery {
     }
 
     /// Makes the tasks match `written`'s entries: new entries start (their first round at
-    /// once), removed ones stop and are forgotten. A change of nameservers or timeout
-    /// restarts every task on a new client; the answers in force are kept.
+    /// once), removed ones stop and are forgotten. Any change of the `resolver` section
+    /// restarts every task (on a new client, each asking at once, so new TTL bounds apply
+    /// now rather than after a sleep under the old ones); the answers in force are kept.
     pub fn sync(&self, written: &Config, control: Weak<Control>, rt: &tokio::runtime::Handle) {
         let wanted: Vec<Key> = written
             .pools
@@ -82,14 +87,12 @@ impl Discovery {
             })
             .collect();
         let mut inner = self.lock();
-        let want_client = (
-            written.resolver.nameservers.clone(),
-            written.resolver.timeout,
-        );
+        let want_client = written.resolver.clone();
+        // A client that could not be built is tried again (resolv.conf may appear later).
         let same_client = inner
             .client
             .as_ref()
-            .is_some_and(|(c, _)| *c == want_client);
+            .is_some_and(|(c, built)| *c == want_client && built.is_ok());
         if !same_client {
             for (_, t) in inner.tasks.drain() {
                 t.abort();
@@ -98,10 +101,25 @@ impl Discovery {
         }
         if inner.client.is_none() && !wanted.is_empty() {
             let _runtime = rt.enter();
-            let client = Dns::new(&want_client.0, want_client.1);
+            let client = Dns::new(&want_client.nameservers, want_client.timeout);
             match &client {
                 Ok(dns) => tracing::info!(servers = ?dns.servers, "DNS resolution started"),
-                Err(e) => tracing::error!(error = %e, "DNS-named backends cannot be resolved"),
+                Err(e) => {
+                    let again = inner.client.as_ref().is_some_and(|(_, b)| b.is_err());
+                    if !again {
+                        tracing::error!(error = %e, retry_in = ?RETRY_CLIENT, "DNS-named backends cannot be resolved");
+                    }
+                    let control = control.clone();
+                    if let Some(t) = inner.retry.take() {
+                        t.abort();
+                    }
+                    inner.retry = Some(rt.spawn(async move {
+                        tokio::time::sleep(RETRY_CLIENT).await;
+                        if let Some(c) = control.upgrade() {
+                            c.sync_discovery();
+                        }
+                    }));
+                }
             }
             inner.client = Some((want_client, client));
         }
@@ -131,8 +149,37 @@ impl Discovery {
 
     /// Stops every task (shutdown).
     pub fn stop(&self) {
-        for (_, t) in self.lock().tasks.drain() {
+        let mut inner = self.lock();
+        for (_, t) in inner.tasks.drain() {
             t.abort();
+        }
+        if let Some(t) = inner.retry.take() {
+            t.abort();
+        }
+    }
+
+    /// Before a reload publishes `next`: a `host:` entry whose port changed starts from the
+    /// addresses the same name has in force on the old port, so the reload opens no gap.
+    pub fn adopt(&self, next: &Config) {
+        let mut inner = self.lock();
+        for p in &next.pools {
+            for n in &p.named {
+                let Lookup::Host { name, port } = &n.lookup else {
+                    continue;
+                };
+                let key = (p.name.clone(), n.lookup.clone());
+                if inner.states.contains_key(&key) {
+                    continue;
+                }
+                let same_name = inner.states.iter().find(|((pool, l), _)| {
+                    pool == &p.name
+                        && matches!(l, Lookup::Host { name: other, .. } if other == name)
+                });
+                if let Some((_, state)) = same_name {
+                    let moved = state.with_port(*port);
+                    inner.states.insert(key, moved);
+                }
+            }
         }
     }
 
@@ -212,15 +259,15 @@ pub fn expand(written: &Config, states: &HashMap<Key, NameState>) -> Config {
         .flat_map(|l| l.bind.iter().copied())
         .collect();
     for pool in &mut out.pools {
+        let mut present: std::collections::HashSet<SocketAddr> =
+            pool.backends.iter().map(|b| b.address).collect();
         for n in &pool.named {
             let Some(state) = states.get(&(pool.name.clone(), n.lookup.clone())) else {
                 continue;
             };
             let origin: Arc<str> = n.lookup.name().into();
             for r in &state.resolved {
-                if pool.backends.iter().any(|b| b.address == r.address)
-                    || config::routable(r.address, &binds).is_err()
-                {
+                if config::routable(r.address, &binds).is_err() || !present.insert(r.address) {
                     continue;
                 }
                 pool.backends.push(Backend {
@@ -257,5 +304,71 @@ async fn run(control: Weak<Control>, dns: Dns, key: Key) {
         };
         drop(c);
         tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::answer::{Reply, Timing};
+    use super::*;
+
+    fn state(ips: &[&str], port: u16) -> NameState {
+        let mut s = NameState::default();
+        let ips: Vec<IpAddr> = ips.iter().map(|i| i.parse().unwrap()).collect();
+        let round = Round {
+            srv: None,
+            addresses: vec![("x".into(), Reply::Records(5, ips), Reply::NoData)],
+        };
+        let t = Timing {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(9),
+            negative_hold: Duration::ZERO,
+        };
+        s.apply(round, port, Instant::now(), t);
+        s
+    }
+
+    #[test]
+    fn expansion_appends_in_entry_order_once_each_and_never_loops_into_a_listener() {
+        let yaml = "listeners:\n  web: { bind: \"127.0.0.1:8080\", pool: p }\npools:\n  p:\n    backends:\n      - address: \"10.0.0.1:80\"\n      - { host: a.test, port: 80, weight: 5 }\n      - { host: b.test, port: 80, backup: true }\n      - { host: c.test, port: 8080 }\n";
+        let written = crate::config::load_str(yaml, "t").unwrap();
+        let key = |name: &str, port| {
+            let lookup = Lookup::Host {
+                name: name.into(),
+                port,
+            };
+            ("p".to_owned(), lookup)
+        };
+        let mut states = HashMap::new();
+        states.insert(key("a.test", 80), state(&["10.0.0.1", "10.0.0.2"], 80));
+        states.insert(
+            key("b.test", 80),
+            state(&["10.0.0.2", "10.0.0.3", "0.0.0.0"], 80),
+        );
+        states.insert(key("c.test", 8080), state(&["127.0.0.1", "10.0.0.4"], 8080));
+        let effective = expand(&written, &states);
+        let got: Vec<(String, u32, u32, Option<&str>)> = effective.pools[0]
+            .backends
+            .iter()
+            .map(|b| (b.address.to_string(), b.weight, b.tier, b.origin.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.1:80".into(), 1, 0, None),
+                ("10.0.0.2:80".into(), 5, 0, Some("a.test")),
+                ("10.0.0.3:80".into(), 1, BACKUP_TIER, Some("b.test")),
+                ("10.0.0.4:8080".into(), 1, 0, Some("c.test")),
+            ],
+            "literal first; duplicates, 0.0.0.0 and tollgate's own listener left out"
+        );
+        assert_eq!(effective.pools[0].named, written.pools[0].named);
+        assert_eq!(
+            expand(&written, &HashMap::new()),
+            written,
+            "no answer yet: as written"
+        );
     }
 }

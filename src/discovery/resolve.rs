@@ -16,9 +16,12 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 
 use super::answer::{Failure, Reply, Round, Srv};
 
-/// SRV targets asked per round at most: an answer naming more is cut here, so one record set
-/// cannot make a round unbounded.
+/// SRV targets asked per round at most (lowest priorities first): an answer naming more is
+/// cut here, so one record set cannot make a round unbounded.
 pub const MAX_SRV_TARGETS: usize = 256;
+
+/// Records taken from one answer at most (a TCP answer can carry thousands).
+pub const MAX_RECORDS: usize = 1024;
 
 /// A resolver for one `resolver` config.
 #[derive(Clone)]
@@ -95,6 +98,7 @@ impl Dns {
                 let data: Vec<RData> = answers
                     .iter()
                     .filter(|r| r.record_type() == kind)
+                    .take(MAX_RECORDS)
                     .map(|r| r.data.clone())
                     .collect();
                 let ttl = answers
@@ -149,16 +153,18 @@ impl Dns {
             _ => None,
         });
         let mut targets = match &srv {
-            Reply::Records(_, records) if !records.is_empty() => records
-                .iter()
-                .filter(|r| !r.target.is_empty())
-                .map(|r| r.target.clone())
-                .collect(),
+            Reply::Records(_, records) if !records.is_empty() => super::addresses::targets(records),
             _ => held,
         };
-        targets.sort();
-        targets.dedup();
-        targets.truncate(MAX_SRV_TARGETS);
+        if targets.len() > MAX_SRV_TARGETS {
+            tracing::warn!(
+                name,
+                targets = targets.len(),
+                kept = MAX_SRV_TARGETS,
+                "SRV answer names too many targets; the lowest priorities are kept"
+            );
+            targets.truncate(MAX_SRV_TARGETS);
+        }
         let mut asked = tokio::task::JoinSet::new();
         for t in targets {
             let dns = self.clone();
