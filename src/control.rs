@@ -333,3 +333,62 @@ impl Control {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ForwardMode;
+    use crate::state::Published;
+    use crate::sys::PipePool;
+
+    fn pool(backends: &[&str]) -> Config {
+        let mut yaml = "listeners:\n  web: { bind: \"127.0.0.1:0\", pool: back }\npools:\n  back:\n    health_check: { type: tcp, interval: 1s }\n    backends:\n".to_owned();
+        for b in backends {
+            yaml.push_str(&format!("      - address: \"{b}\"\n"));
+        }
+        crate::config::load_str(&yaml, "t").unwrap()
+    }
+
+    /// No check runs here (the control is never attached), so only `install` itself can
+    /// keep the new backend out of the snapshot that first contains it.
+    #[test]
+    fn a_backend_added_to_a_checked_pool_is_published_pending() {
+        let one = pool(&["127.0.0.1:9001"]);
+        let live = Live::default();
+        let first = Published::new(live.build(&one, 1));
+        let failing = tokio::sync::mpsc::unbounded_channel().0;
+        let plane = DataPlane::new(
+            first,
+            PipePool::new(2, 2, 65536),
+            ForwardMode::Copy,
+            failing,
+        );
+        let control = Control::new(
+            Arc::new(plane),
+            live,
+            Arc::new(one),
+            None,
+            Vec::new(),
+            BoundMap::new(),
+        );
+        let added = control.install(pool(&["127.0.0.1:9001", "127.0.0.1:9002"]), 2);
+        let new: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        assert_eq!(added, vec![("back".to_owned(), new)]);
+        let snapshot = control.plane.snapshot.load_full();
+        let weights: Vec<(SocketAddr, u32)> = snapshot.pools["back"]
+            .backends
+            .iter()
+            .map(|b| (b.address, b.weight))
+            .collect();
+        assert_eq!(
+            weights[1],
+            (new, 0),
+            "no connection before its first passing check"
+        );
+        assert!(
+            weights[0].1 > 0,
+            "the backend already serving keeps serving"
+        );
+        assert!(!control.live.health_of("back", new).up);
+    }
+}

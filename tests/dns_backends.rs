@@ -262,7 +262,13 @@ fn start_up_does_not_wait_on_dns_and_readyz_names_the_pool_waiting() {
         "{}",
         ready.body
     );
-    assert!(ready.body.contains("no DNS answer yet"), "{}", ready.body);
+    assert!(
+        ready
+            .body
+            .contains("no DNS answer yet (last: no answer within the timeout)"),
+        "{}",
+        ready.body
+    );
     // Meanwhile a connection is refused at once (no backend), not held.
     let mut s = std::net::TcpStream::connect(front(&server)).unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(2)));
@@ -327,4 +333,42 @@ fn a_reload_keeps_the_resolved_addresses_without_a_gap() {
     );
     let s = status(&server);
     assert_eq!(s["listeners"][0]["rejected_no_backend"], refused, "no gap");
+}
+
+#[test]
+fn a_long_ttl_is_cut_to_max_ttl_and_a_priority_change_alone_is_followed() {
+    let dns = DnsServer::start();
+    let (a, b) = (named_backend(1), named_backend(2));
+    let srv = |second: u16| {
+        [
+            (10, 1, a.port(), "a.cut.test"),
+            (second, 1, b.port(), "b.cut.test"),
+        ]
+    };
+    dns.set_srv("_x._tcp.cut.test", 300, &srv(10));
+    for name in ["a.cut.test", "b.cut.test"] {
+        dns.set_a(name, 300, &[Ipv4Addr::LOCALHOST]);
+    }
+    let resolver = "min_ttl: 100ms\nmax_ttl: 1s";
+    let server = start(&dns_config(
+        dns.addr(),
+        resolver,
+        "",
+        "- { srv: _x._tcp.cut.test }",
+    ));
+    let front = front(&server);
+    wait_for("both serve", Duration::from_secs(10), || {
+        ids(front, 8) == BTreeSet::from([1, 2])
+    });
+    // Same targets, same addresses: only b's priority changes, under a 300 s TTL.
+    dns.set_srv("_x._tcp.cut.test", 300, &srv(20));
+    let changed = Instant::now();
+    wait_for("b became a standby", Duration::from_secs(5), || {
+        ids(front, 8) == BTreeSet::from([1])
+    });
+    assert!(
+        changed.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        changed.elapsed()
+    );
 }

@@ -202,3 +202,66 @@ fn nxdomain_removes_after_the_hold_and_open_connections_finish_byte_exact() {
         round_trip(front, b"z").is_ok()
     });
 }
+
+#[test]
+fn a_failing_srv_question_keeps_its_targets_serving() {
+    let dns = DnsServer::start();
+    let port = id_backends_on_one_port(&[(lo(95), 1)]);
+    dns.set_srv("_x._tcp.srv.test", 1, &[(1, 1, port, "t.srv.test")]);
+    dns.set_a("t.srv.test", 1, &[lo(95)]);
+    let resolver = "min_ttl: 100ms\ntimeout: 150ms";
+    let server = start(&dns_config(
+        dns.addr(),
+        resolver,
+        "",
+        "- { srv: _x._tcp.srv.test }",
+    ));
+    let (front, admin) = (front(&server), server.admin_addr().unwrap());
+    wait_for("resolved", Duration::from_secs(10), || {
+        answer_or_zero(front) == 1
+    });
+    dns.set_mode(Mode::ServFail);
+    wait_for("servfail seen", Duration::from_secs(5), || {
+        name_status(admin)["result"] == "servfail"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..10 {
+        assert_eq!(
+            answer_or_zero(front),
+            1,
+            "the targets of the last good SRV answer serve"
+        );
+    }
+}
+
+#[test]
+fn a_pool_whose_resolved_backends_are_down_is_not_ready_for_that_reason_alone() {
+    let dns = DnsServer::start();
+    dns.set_a("down.test", 30, &[lo(96)]);
+    let check = "health_check: { type: tcp, interval: 100ms, timeout: 90ms, rise: 1, fall: 1 }";
+    let server = start(&dns_config(
+        dns.addr(),
+        "",
+        check,
+        "- { host: down.test, port: 1 }",
+    ));
+    let admin = server.admin_addr().unwrap();
+    wait_for("answered", Duration::from_secs(5), || {
+        name_status(admin)["result"] == "success"
+    });
+    wait_for("checked down", Duration::from_secs(5), || {
+        get(admin, "/api/v1/status").json()["pools"][0]["backends"][0]["last_check"].is_object()
+    });
+    let ready = get(admin, "/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("pool back: no backend is up"),
+        "{}",
+        ready.body
+    );
+    assert!(
+        !ready.body.contains("DNS"),
+        "DNS is fine here: {}",
+        ready.body
+    );
+}

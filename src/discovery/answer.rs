@@ -264,8 +264,9 @@ impl NameState {
         };
         let delay = match self.hold_ends(hold) {
             // Ask again when the hold runs out, so removal is not late by a whole back-off.
-            Some(end) => delay.min(end.saturating_duration_since(now).max(t.min_ttl)),
-            None => delay,
+            // A hold already over (the question has failed since) no longer counts.
+            Some(end) if end > now => delay.min((end - now).max(t.min_ttl)),
+            _ => delay,
         };
         self.next_refresh = Some(now + delay);
         delay

@@ -33,6 +33,18 @@ pub(super) fn sock(last: u8, port: u16) -> SocketAddr {
     SocketAddr::new(ip(last), port)
 }
 
+/// A state holding 10.0.0.1:80 (TTL 5) from a round at the returned instant.
+fn seeded() -> (NameState, Instant) {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
+        80,
+        t0,
+        T,
+    );
+    (s, t0)
+}
+
 #[test]
 fn records_are_used_and_asked_again_after_their_ttl_clamped() {
     let (mut s, t0) = (NameState::default(), Instant::now());
@@ -85,13 +97,7 @@ fn the_smallest_ttl_of_a_and_aaaa_decides() {
 
 #[test]
 fn failures_keep_the_last_answer_and_back_off_within_bounds() {
-    let (mut s, t0) = (NameState::default(), Instant::now());
-    s.apply(
-        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
-        80,
-        t0,
-        T,
-    );
+    let (mut s, t0) = seeded();
     let mut delays = Vec::new();
     for f in [
         Failure::Timeout,
@@ -152,13 +158,7 @@ fn one_family_failing_keeps_its_own_records() {
 
 #[test]
 fn nxdomain_removes_hosts_only_after_the_hold() {
-    let (mut s, t0) = (NameState::default(), Instant::now());
-    s.apply(
-        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
-        80,
-        t0,
-        T,
-    );
+    let (mut s, t0) = seeded();
     let d = s.apply(
         host(Reply::NxDomain, Reply::NxDomain),
         80,
@@ -192,13 +192,7 @@ fn nxdomain_removes_hosts_only_after_the_hold() {
 
 #[test]
 fn a_negative_answer_that_clears_up_within_the_hold_removes_nothing() {
-    let (mut s, t0) = (NameState::default(), Instant::now());
-    s.apply(
-        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
-        80,
-        t0,
-        T,
-    );
+    let (mut s, t0) = seeded();
     s.apply(
         host(Reply::NoData, Reply::NoData),
         80,
@@ -277,4 +271,51 @@ fn the_same_name_on_another_port_keeps_its_addresses() {
         T,
     );
     assert_eq!(addrs(&s.with_port(81)), vec![sock(1, 81)]);
+}
+
+#[test]
+fn a_hold_shorter_than_min_ttl_never_asks_sooner_than_min_ttl() {
+    let (mut s, t0) = (NameState::default(), Instant::now());
+    let short = Timing {
+        negative_hold: Duration::from_millis(100),
+        ..T
+    };
+    s.apply(
+        host(Reply::Records(5, vec![ip(1)]), Reply::NoData),
+        80,
+        t0,
+        short,
+    );
+    let d = s.apply(
+        host(Reply::NxDomain, Reply::NxDomain),
+        80,
+        t0 + Duration::from_secs(5),
+        short,
+    );
+    assert_eq!(addrs(&s), vec![sock(1, 80)], "held for now");
+    assert!(d >= T.min_ttl, "{d:?}");
+}
+
+#[test]
+fn failures_after_a_hold_ran_out_still_back_off() {
+    let (mut s, t0) = seeded();
+    s.apply(
+        host(Reply::NxDomain, Reply::NxDomain),
+        80,
+        t0 + Duration::from_secs(1),
+        T,
+    );
+    let mut at = t0 + Duration::from_secs(2);
+    let mut delays = Vec::new();
+    for _ in 0..8 {
+        at += Duration::from_secs(40);
+        let f = Reply::Failed(Failure::ServFail);
+        delays.push(s.apply(host(f.clone(), f), 80, at, T).as_secs());
+    }
+    assert_eq!(
+        delays,
+        vec![2, 4, 8, 16, 30, 30, 30, 30],
+        "the expired hold does not pin the delay"
+    );
+    assert_eq!(addrs(&s), vec![sock(1, 80)], "SERVFAIL never removes");
 }
