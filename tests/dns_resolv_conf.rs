@@ -22,21 +22,33 @@ fn the_nameservers_of_resolv_conf_are_asked_when_none_are_configured() {
     run_child("-rmn", CHILD, Duration::from_secs(20));
 }
 
+/// Makes `/etc/resolv.conf` read `text` in this mount namespace only: a file bind-mounted
+/// over it, or, where it does not exist (a dangling symlink), a tmpfs over `/etc` holding it.
 fn mount_over_resolv_conf(text: &str) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), text).unwrap();
-    let out = Command::new("/usr/bin/mount")
-        .arg("--bind")
-        .arg(file.path())
-        .arg("/etc/resolv.conf")
-        .output()
-        .unwrap();
+    let target = std::path::Path::new("/etc/resolv.conf");
+    if !target.exists() {
+        mount(&["-t", "tmpfs", "tmpfs", "/etc"]);
+    }
+    if std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .contains(" /etc tmpfs ")
+    {
+        std::fs::write(target, text).unwrap();
+    } else {
+        mount(&["--bind", file.path().to_str().unwrap(), "/etc/resolv.conf"]);
+    }
+    file
+}
+
+fn mount(args: &[&str]) {
+    let out = Command::new("/usr/bin/mount").args(args).output().unwrap();
     assert!(
         out.status.success(),
-        "mount: {}",
+        "mount {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    file
 }
 
 fn config(port: u16) -> String {
