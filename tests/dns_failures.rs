@@ -36,7 +36,8 @@ fn servfail_and_timeouts_keep_the_last_good_answer_in_force() {
     let dns = DnsServer::start();
     let port = id_backends_on_one_port(&[(lo(81), 1)]);
     dns.set_a("flaky.test", 1, &[lo(81)]);
-    let resolver = "min_ttl: 100ms\ntimeout: 150ms";
+    // max_ttl also caps the back-off, so recovery at the end is seen within 2 s.
+    let resolver = "min_ttl: 100ms\ntimeout: 150ms\nmax_ttl: 2s";
     let yaml = dns_config(
         dns.addr(),
         resolver,
@@ -94,7 +95,7 @@ fn servfail_and_timeouts_keep_the_last_good_answer_in_force() {
     )
     .unwrap();
     assert!(age >= 1.0, "age {age}");
-    // The back-off keeps a failing name from being hammered: 100 ms doubling, at most 30 s.
+    // The back-off keeps a failing name from being hammered: 100 ms doubling, at most 2 s here.
     let asked = dns.queries("flaky.test");
     std::thread::sleep(Duration::from_millis(1500));
     let more = dns.queries("flaky.test") - asked;
@@ -102,7 +103,7 @@ fn servfail_and_timeouts_keep_the_last_good_answer_in_force() {
 
     dns.set_mode(Mode::Answer);
     dns.set_a("flaky.test", 1, &[lo(81)]);
-    wait_for("success again", Duration::from_secs(40), || {
+    wait_for("success again", Duration::from_secs(10), || {
         name_status(admin)["result"] == "success"
     });
     assert!(
@@ -176,7 +177,7 @@ fn nxdomain_removes_after_the_hold_and_open_connections_finish_byte_exact() {
         "not before the hold: {took:?}"
     );
     assert!(
-        took < Duration::from_millis(2000 + 1500),
+        took < Duration::from_millis(1000 + 2000 + 1500),
         "soon after it: {took:?}"
     );
     let ready = get(admin, "/readyz");
