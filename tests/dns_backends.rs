@@ -374,3 +374,60 @@ fn a_long_ttl_is_cut_to_max_ttl_and_a_priority_change_alone_is_followed() {
         changed.elapsed()
     );
 }
+
+#[test]
+fn answers_changing_under_load_refuse_no_connection() {
+    let dns = DnsServer::start();
+    let port = id_backends_on_one_port(&[(lo(121), 1), (lo(122), 2), (lo(123), 3)]);
+    dns.set_a("churn.test", 0, &[lo(121), lo(122)]);
+    let resolver = "min_ttl: 50ms";
+    let yaml = dns_config(
+        dns.addr(),
+        resolver,
+        "",
+        &format!("- {{ host: churn.test, port: {port} }}"),
+    );
+    let server = start(&yaml);
+    let front = front(&server);
+    wait_for("resolved", Duration::from_secs(10), || {
+        answer_or_zero(front) != 0
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let sets = [[lo(121), lo(122)], [lo(122), lo(123)], [lo(123), lo(121)]];
+            let mut flips = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && flips < 200 {
+                dns.set_a("churn.test", 0, &sets[flips % 3]);
+                flips += 1;
+                std::thread::sleep(Duration::from_millis(60));
+            }
+            flips
+        })
+    };
+    // A connection every millisecond or so for 2 s (at most 3000, to spare ephemeral ports)
+    // while the answer changes every 60 ms.
+    let started = Instant::now();
+    let mut seen = BTreeSet::new();
+    let mut made = 0;
+    while started.elapsed() < Duration::from_secs(2) && made < 3000 {
+        let id = answer_or_zero(front);
+        assert_ne!(
+            id, 0,
+            "connection {made} was refused while the answer changed"
+        );
+        seen.insert(id);
+        made += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!("{made} connections over changing answers, none refused");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    assert!(flips >= 5, "the answer changed {flips} times");
+    assert_eq!(
+        seen,
+        BTreeSet::from([1, 2, 3]),
+        "every address served in turn"
+    );
+}
