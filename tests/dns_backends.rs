@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::dns::{DnsServer, Mode, answer_or_zero, dns_config, id_backends_on_one_port, lo};
+use common::dns::{
+    DnsServer, Mode, answer_or_zero, dns_config, id_backends_on_one_port, lo, start_host,
+};
 use common::http::get;
 use common::*;
 
@@ -29,13 +31,7 @@ fn every_address_of_a_name_serves_and_a_changed_answer_is_followed_within_its_tt
     let dns = DnsServer::start();
     let port = id_backends_on_one_port(&[(lo(21), 1), (lo(22), 2), (lo(23), 3)]);
     dns.set_a("app.test", 1, &[lo(21), lo(22)]);
-    let yaml = dns_config(
-        dns.addr(),
-        "min_ttl: 100ms",
-        "",
-        &format!("- {{ host: app.test, port: {port} }}"),
-    );
-    let server = start(&yaml);
+    let server = start_host(&dns, "min_ttl: 100ms", "", "app.test", port);
     let front = front(&server);
     wait_for("both addresses serve", Duration::from_secs(10), || {
         ids(front, 8) == BTreeSet::from([1, 2])
@@ -86,13 +82,7 @@ fn a_ttl_of_zero_is_raised_to_min_ttl() {
     let dns = DnsServer::start();
     let port = id_backends_on_one_port(&[(lo(31), 1)]);
     dns.set_a("zero.test", 0, &[lo(31)]);
-    let yaml = dns_config(
-        dns.addr(),
-        "min_ttl: 500ms",
-        "",
-        &format!("- {{ host: zero.test, port: {port} }}"),
-    );
-    let server = start(&yaml);
+    let server = start_host(&dns, "min_ttl: 500ms", "", "zero.test", port);
     wait_for("the answer serves", Duration::from_secs(10), || {
         answer_or_zero(front(&server)) == 1
     });
@@ -198,13 +188,7 @@ fn a_new_address_takes_no_connection_before_its_first_passing_check() {
     let pool = format!(
         "health_check: {{ type: tcp, interval: 100ms, timeout: 90ms, rise: 2, fall: 2, port: {hport} }}"
     );
-    let yaml = dns_config(
-        dns.addr(),
-        "min_ttl: 100ms",
-        &pool,
-        &format!("- {{ host: checked.test, port: {port} }}"),
-    );
-    let server = start(&yaml);
+    let server = start_host(&dns, "min_ttl: 100ms", &pool, "checked.test", port);
     let front = front(&server);
     wait_for("the first address is up", Duration::from_secs(10), || {
         ids(front, 4) == BTreeSet::from([1])
@@ -381,13 +365,7 @@ fn answers_changing_under_load_refuse_no_connection() {
     let port = id_backends_on_one_port(&[(lo(121), 1), (lo(122), 2), (lo(123), 3)]);
     dns.set_a("churn.test", 0, &[lo(121), lo(122)]);
     let resolver = "min_ttl: 50ms";
-    let yaml = dns_config(
-        dns.addr(),
-        resolver,
-        "",
-        &format!("- {{ host: churn.test, port: {port} }}"),
-    );
-    let server = start(&yaml);
+    let server = start_host(&dns, resolver, "", "churn.test", port);
     let front = front(&server);
     wait_for("resolved", Duration::from_secs(10), || {
         answer_or_zero(front) != 0

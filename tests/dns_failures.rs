@@ -9,7 +9,9 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::dns::{DnsServer, Mode, answer_or_zero, dns_config, id_backends_on_one_port, lo};
+use common::dns::{
+    DnsServer, Mode, answer_or_zero, dns_config, id_backends_on_one_port, lo, start_host,
+};
 use common::http::get;
 use common::*;
 use prometheus_parse::{Scrape, Value};
@@ -38,13 +40,7 @@ fn servfail_and_timeouts_keep_the_last_good_answer_in_force() {
     dns.set_a("flaky.test", 1, &[lo(81)]);
     // max_ttl also caps the back-off, so recovery at the end is seen within 2 s.
     let resolver = "min_ttl: 100ms\ntimeout: 150ms\nmax_ttl: 2s";
-    let yaml = dns_config(
-        dns.addr(),
-        resolver,
-        "",
-        &format!("- {{ host: flaky.test, port: {port} }}"),
-    );
-    let server = start(&yaml);
+    let server = start_host(&dns, resolver, "", "flaky.test", port);
     let (front, admin) = (front(&server), server.admin_addr().unwrap());
     wait_for("resolved", Duration::from_secs(10), || {
         answer_or_zero(front) == 1
@@ -143,13 +139,7 @@ fn nxdomain_removes_after_the_hold_and_open_connections_finish_byte_exact() {
     let port = echo_on(lo(91));
     dns.set_a("gone.test", 1, &[lo(91)]);
     let resolver = "min_ttl: 100ms\nnegative_hold: 2s";
-    let yaml = dns_config(
-        dns.addr(),
-        resolver,
-        "",
-        &format!("- {{ host: gone.test, port: {port} }}"),
-    );
-    let server = start(&yaml);
+    let server = start_host(&dns, resolver, "", "gone.test", port);
     let (front, admin) = (front(&server), server.admin_addr().unwrap());
     wait_for("resolved", Duration::from_secs(10), || {
         round_trip(front, b"x").is_ok()

@@ -56,7 +56,7 @@ pub(crate) fn status(control: &Control) -> Value {
             let names: Vec<Value> = p
                 .named
                 .iter()
-                .map(|n| name_json(&dns.get(&(p.name.clone(), n.lookup.clone())), &n.lookup))
+                .map(|n| name_json(dns.get(&(p.name.clone(), n.lookup.clone())), &n.lookup))
                 .collect();
             Some(json!({"name": p.name, "balance": pool.algorithm.label(), "backends": backends, "names": names}))
         })
@@ -72,7 +72,7 @@ pub(crate) fn status(control: &Control) -> Value {
 }
 
 /// One DNS entry: the answer in force, its TTL and age, and when it is asked again.
-fn name_json(state: &Option<&NameState>, lookup: &Lookup) -> Value {
+fn name_json(state: Option<&NameState>, lookup: &Lookup) -> Value {
     let (now, wall) = (Instant::now(), SystemTime::now());
     let unix_ms = |at: Instant| {
         let at = if at >= now {

@@ -9,8 +9,10 @@
 
 mod addresses;
 pub mod answer;
+#[cfg(test)]
 mod answer_tests;
 mod resolve;
+#[cfg(test)]
 mod srv_tests;
 
 use std::collections::HashMap;

@@ -360,3 +360,15 @@ pub fn answer_or_zero(front: SocketAddr) -> u8 {
     let _ = s.read_to_end(&mut id);
     id.first().copied().unwrap_or(0)
 }
+
+/// Starts tollgate on [`dns_config`] with one backend entry, `host: NAME` on `port`.
+pub fn start_host(
+    dns: &DnsServer,
+    resolver: &str,
+    pool: &str,
+    name: &str,
+    port: u16,
+) -> tollgate::app::Server {
+    let entry = format!("- {{ host: {name}, port: {port} }}");
+    super::start(&dns_config(dns.addr(), resolver, pool, &entry))
+}
