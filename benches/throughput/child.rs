@@ -1,0 +1,166 @@
+//! The tollgate child process of the throughput benchmark: started from the release binary
+//! with a one-listener config, its bound address read from its JSON log, its CPU time read
+//! from `/proc`, stopped with `SIGTERM` (a non-zero exit fails the run) and killed on drop
+//! so a failed run never leaves it behind.
+
+use std::fmt::Display;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+use std::{fs, thread};
+use tempfile::TempDir;
+
+use super::{Ctx, Res, STARTUP_TIMEOUT, STOP_TIMEOUT, TAIL_LINES, Tail};
+
+/// A running tollgate child; killed on drop unless stopped cleanly.
+pub(crate) struct Tollgate {
+    child: Child,
+    tail: Tail,
+    _config_dir: TempDir,
+}
+
+impl Tollgate {
+    /// Starts tollgate in front of `backend`; returns it with its listening address.
+    pub(crate) fn start(exe: &Path, mode: &str, backend: SocketAddr) -> Res<(Self, SocketAddr)> {
+        let config_dir = tempfile::tempdir().ctx("creating tempdir")?;
+        let config = config_dir.path().join("tollgate.yaml");
+        fs::write(&config, config_yaml(mode, backend)).ctx("writing config")?;
+        let mut child = Command::new(exe)
+            .args(["run", "-c"])
+            .arg(&config)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ctx(format!("spawning {}", exe.display()))?;
+        let (stderr, tail) = (child.stderr.take(), Tail::default());
+        let mut tollgate = Tollgate {
+            child,
+            tail,
+            _config_dir: config_dir,
+        };
+        let stderr = stderr.ok_or("tollgate stderr was not captured")?;
+        let (tx, rx) = mpsc::channel();
+        let tail = Arc::clone(&tollgate.tail);
+        thread::spawn(move || watch_stderr(stderr, tx, tail));
+        match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => Ok((tollgate, addr)),
+            Err(RecvTimeoutError::Timeout) => Err(tollgate.failure("no 'listener bound' log")),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = tollgate.child.wait().ctx("waiting for tollgate")?;
+                Err(tollgate.failure(format!("tollgate exited during startup ({status})")))
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Res<i32> {
+        i32::try_from(self.child.id()).ctx("child pid")
+    }
+
+    /// Sends SIGTERM and requires a zero exit status within `STOP_TIMEOUT`.
+    pub(crate) fn stop(mut self) -> Res<()> {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own unreaped child, so it cannot have been recycled.
+        if unsafe { libc::kill(self.pid()?, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx("kill(SIGTERM)");
+        }
+        let give_up = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < give_up {
+            match self.child.try_wait().ctx("waiting for tollgate")? {
+                Some(status) if status.success() => return Ok(()),
+                Some(status) => return Err(self.failure(format!("tollgate exited: {status}"))),
+                None => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        Err(self.failure("tollgate did not exit within 10 s of SIGTERM"))
+    }
+
+    fn failure(&self, what: impl Display) -> String {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("{what}; last stderr lines:\n{}", lines.join("\n"))
+    }
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn config_yaml(forwarding: &str, backend: SocketAddr) -> String {
+    format!(
+        "workers: 1\nforwarding: {forwarding}\n\
+         listeners:\n  bench:\n    bind: \"127.0.0.1:0\"\n    pool: sink\n\
+         pools:\n  sink:\n    backends:\n      - address: \"{backend}\"\n"
+    )
+}
+
+/// Reads tollgate's stderr to EOF (so the child never blocks on it), reports
+/// the bound address once and keeps the last lines for error messages.
+fn watch_stderr(stderr: ChildStderr, tx: Sender<SocketAddr>, tail: Tail) {
+    let mut tx = Some(tx);
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if let Some(addr) = bound_addr(&line)
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(addr);
+        }
+        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Parses `{"fields":{"message":"listener bound","listener":"bench","addr":"..."}}`.
+fn bound_addr(line: &str) -> Option<SocketAddr> {
+    let message = json_str(line, "message")?;
+    let ours = message == "listener bound" && json_str(line, "listener")? == "bench";
+    if !ours {
+        return None;
+    }
+    json_str(line, "addr")?.parse().ok()
+}
+
+/// The first string value of `"key": "value"` in a JSON line (no escapes).
+fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let (_, rest) = line.split_once(&format!("\"{key}\""))?;
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let (value, _) = rest.strip_prefix('"')?.split_once('"')?;
+    Some(value)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+pub(crate) fn cpu_ticks(pid: i32) -> Res<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).ctx(format!("reading {path}"))?;
+    // Fields after the parenthesised comm start at field 3 (state); utime and
+    // stime are fields 14 and 15.
+    let (_, after_comm) = stat.rsplit_once(')').ok_or("malformed /proc stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (field(11), field(12)) {
+        (Some(utime), Some(stime)) => Ok(utime + stime),
+        _ => Err(format!("cannot parse utime/stime from {path}")),
+    }
+}
+
+pub(crate) fn clk_tck() -> Res<f64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return Err("sysconf(_SC_CLK_TCK) failed".into());
+    }
+    Ok(ticks as f64)
+}
