@@ -26,6 +26,8 @@ mod bulk;
 mod contenders;
 mod held;
 mod http;
+#[path = "../common/procfs.rs"]
+mod procfs;
 mod procs;
 mod report;
 

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::signal::unix::{SignalKind, signal as on_signal};
 
+use crate::procfs::stat_fields;
+pub use crate::procfs::{clk_tck, cpu_ticks};
+
 const TAIL_LINES: usize = 25;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(2);
@@ -323,26 +326,6 @@ fn descendants(pid: i32) -> Vec<i32> {
     tree
 }
 
-/// The fields of /proc/PID/stat after the parenthesised command name: state is [0], ppid
-/// [1], utime [11], stime [12].
-fn stat_fields(pid: i32) -> Result<Vec<String>> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let (_, after) = stat
-        .rsplit_once(')')
-        .with_context(|| format!("malformed {path}"))?;
-    Ok(after.split_whitespace().map(str::to_owned).collect())
-}
-
-pub fn cpu_ticks(pid: i32) -> Result<u64> {
-    let fields = stat_fields(pid)?;
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (field(11), field(12)) {
-        (Some(utime), Some(stime)) => Ok(utime + stime),
-        _ => bail!("cannot parse utime/stime of pid {pid}"),
-    }
-}
-
 fn pss_kib(pid: i32) -> Result<u64> {
     let path = format!("/proc/{pid}/smaps_rollup");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -376,13 +359,4 @@ pub fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
     Ok(listener.local_addr().context("local_addr")?.port())
-}
-
-pub fn clk_tck() -> Result<f64> {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) failed");
-    }
-    Ok(ticks as f64)
 }

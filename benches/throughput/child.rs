@@ -140,27 +140,3 @@ fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let (value, _) = rest.strip_prefix('"')?.split_once('"')?;
     Some(value)
 }
-
-/// utime + stime of `pid`, in clock ticks.
-pub(crate) fn cpu_ticks(pid: i32) -> Res<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).ctx(format!("reading {path}"))?;
-    // Fields after the parenthesised comm start at field 3 (state); utime and
-    // stime are fields 14 and 15.
-    let (_, after_comm) = stat.rsplit_once(')').ok_or("malformed /proc stat")?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (field(11), field(12)) {
-        (Some(utime), Some(stime)) => Ok(utime + stime),
-        _ => Err(format!("cannot parse utime/stime from {path}")),
-    }
-}
-
-pub(crate) fn clk_tck() -> Res<f64> {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks <= 0 {
-        return Err("sysconf(_SC_CLK_TCK) failed".into());
-    }
-    Ok(ticks as f64)
-}

@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 use std::{env, thread};
 
 mod child;
-use child::{Tollgate, clk_tck, cpu_ticks};
+#[path = "../common/procfs.rs"]
+mod procfs;
+use child::Tollgate;
 
 type Res<T> = Result<T, String>;
 type Tail = Arc<Mutex<VecDeque<String>>>;
@@ -82,7 +84,7 @@ impl Settings {
             return Err("TOLLGATE_BENCH_GIB is too small for the stream count".into());
         }
         let deadline = Duration::from_secs_f64(120.0 * gib.max(1.0));
-        let clk_tck = clk_tck()?;
+        let clk_tck = procfs::clk_tck().ctx("the clock-tick rate")?;
         Ok(Settings {
             reps,
             streams,
@@ -204,7 +206,7 @@ impl Bench {
         let (streams, bytes) = (self.settings.streams, self.settings.per_stream);
         self.sink.drain_stale();
         let deadline = Instant::now() + self.settings.deadline;
-        let cpu_before = pid.map(cpu_ticks).transpose()?;
+        let cpu_before = pid.map(tollgate_ticks).transpose()?;
         let start = Instant::now();
         let clients: Vec<_> = (0..streams)
             .map(|_| {
@@ -222,7 +224,7 @@ impl Bench {
             .collect();
         self.sink.wait_for(streams, bytes, deadline)?;
         let secs = start.elapsed().as_secs_f64();
-        let cpu_after = pid.map(cpu_ticks).transpose()?;
+        let cpu_after = pid.map(tollgate_ticks).transpose()?;
         for handle in clients {
             handle.join().map_err(|_| "client thread panicked")??;
         }
@@ -354,4 +356,9 @@ fn print_table(samples: &[Sample]) {
     let [direct, splice, copy] = medians;
     let (s, c) = (splice / direct, copy / direct);
     println!("ratio splice/direct: {s:.2}   copy/direct: {c:.2}");
+}
+
+/// utime + stime of the tollgate child, in clock ticks.
+fn tollgate_ticks(pid: i32) -> Res<u64> {
+    procfs::cpu_ticks(pid).map_err(|e| format!("tollgate's CPU time: {e:#}"))
 }
