@@ -122,9 +122,8 @@ fn the_explain_endpoint_reports_rule_tokens_and_open_connections() {
         "{v}"
     );
     drop(held);
-    wait_for("the two connections end", Duration::from_secs(5), || {
-        explain(admin, "127.0.9.1")["per_source"]["open_connections"] == 0
-    });
+    let none_open = || explain(admin, "127.0.9.1")["per_source"]["open_connections"] == 0;
+    wait_for("the two connections end", Duration::from_secs(5), none_open);
     // The last three tokens, one connection at a time: each probe's connection is closed
     // and seen closed before the next, or max_connections (2) would refuse the third.
     for i in 0..3 {
@@ -132,7 +131,7 @@ fn the_explain_endpoint_reports_rule_tokens_and_open_connections() {
         wait_for(
             "the probe's connection ends",
             Duration::from_secs(5),
-            || explain(admin, "127.0.9.1")["per_source"]["open_connections"] == 0,
+            none_open,
         );
     }
     let v = explain(admin, "127.0.9.1");
