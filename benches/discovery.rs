@@ -9,8 +9,10 @@
 //!   naming one target that has 1024 addresses, on different ports: the answer a review
 //!   measured at 3.8 s a round before the bounds, now cut at 1024 addresses;
 //! * `expand_1024`: the written config plus a 1024-address answer into the effective config;
-//! * `publish_1024_maglev`: `Live::build` of that effective config into a snapshot, Maglev
-//!   table included: the rest of what one changed answer costs before workers see it.
+//! * `publish_1024_maglev`: building that effective config into a fresh snapshot, Maglev
+//!   table included: the rest of what one changed answer costs before workers see it;
+//! * `republish_unchanged_maglev`: the owner rebuilding the same 1024-backend pool with
+//!   nothing changed (an event that touched another pool): the pool is reused, not rebuilt.
 //!
 //! Run: `cargo bench --bench discovery` (add `-- --quick` for a fast pass).
 #![allow(clippy::expect_used)]
@@ -22,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate::config::Lookup;
+use tollgate::control::Snapshots;
 use tollgate::discovery::answer::{NameState, Reply, Round, Srv, Timing};
-use tollgate::live::Live;
 
 const T: Timing = Timing {
     min_ttl: Duration::from_secs(1),
@@ -127,9 +129,13 @@ fn bench(c: &mut Criterion) {
     });
     let effective = tollgate::discovery::expand(&written, &states);
     assert_eq!(effective.pools[0].backends.len(), 1024);
-    let live = Live::default();
     c.bench_function("publish_1024_maglev", |b| {
-        b.iter(|| black_box(live.build(&effective, 1)))
+        b.iter(|| black_box(Snapshots::default().build(&effective, 1)))
+    });
+    let mut kept = Snapshots::default();
+    kept.build(&effective, 1);
+    c.bench_function("republish_unchanged_maglev", |b| {
+        b.iter(|| black_box(kept.build(&effective, 1)))
     });
 }
 

@@ -1,12 +1,13 @@
 //! The supervisor: turns a validated [`Config`] into the first snapshot, binds every
 //! listening socket (all before any worker starts, so a bad bind fails the start cleanly),
-//! runs the data-plane workers and the control plane (admin API), and drains on shutdown.
+//! runs the data-plane workers and the control plane (its owner and the admin API), watches
+//! both, and drains on shutdown.
 //!
 //! [`Server`] is the in-process handle that `main.rs`, the demo and the tests use alike.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
@@ -14,20 +15,22 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::config::{Config, Forwarding};
-use crate::control::{BoundMap, Control};
-use crate::live::Live;
+use crate::control::{Channels, Handle, Owner};
 use crate::proxy::listener::{self, BoundSocket};
 use crate::proxy::{DataPlane, ForwardMode, Tracker};
-use crate::reload::bind_group;
+use crate::reload::{BoundMap, bind_group};
 use crate::state::{Published, Snapshot};
 use crate::sys::PipePool;
 
 /// Bytes each splice pipe asks the kernel for.
 const PIPE_SIZE: usize = 128 * 1024;
+/// Passive-failure notices queued from the data plane (each is one backend crossing its
+/// limit, so this is far more than a burst of them).
+const PASSIVE_QUEUE: usize = 1024;
 
 /// A running tollgate: its workers, the control plane, and the way to stop them.
 pub struct Server {
-    control: Arc<Control>,
+    control: Handle,
     stop: StopHandle,
     workers: Vec<JoinHandle<()>>,
     control_thread: Option<JoinHandle<()>>,
@@ -41,9 +44,19 @@ pub struct StopHandle {
     drain: Arc<watch::Sender<bool>>,
     /// true: close every connection now, without waiting for the drain timeout.
     now: Arc<watch::Sender<bool>>,
+    /// Why the control plane failed, when it did; the process then drains and exits 1.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl StopHandle {
+    fn new() -> StopHandle {
+        StopHandle {
+            drain: Arc::new(watch::channel(false).0),
+            now: Arc::new(watch::channel(false).0),
+            failure: Arc::default(),
+        }
+    }
+
     /// Stops accepting on every listener at once; open connections carry on until they end
     /// or the drain timeout passes.
     pub fn drain(&self) {
@@ -54,6 +67,17 @@ impl StopHandle {
     pub fn now(&self) {
         self.drain();
         self.now.send_replace(true);
+    }
+
+    /// Resolves once a drain has begun, whoever began it.
+    pub async fn draining(&self) {
+        let mut rx = self.drain.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Why the control plane failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get().cloned()
     }
 }
 
@@ -90,43 +114,35 @@ impl Server {
         // Pipes cost two descriptors each; keep them to a quarter of the limit so sockets
         // never starve (beyond it, bursts copy through a buffer instead).
         let max_pipes = usize::try_from(fd_limit.soft / 8).unwrap_or(1024).max(2);
-        let live = Live::default();
-        let (failing_tx, failing_rx) = mpsc::unbounded_channel();
-        let plane = Arc::new(DataPlane::new(
-            Published::new(live.build(config, 1)),
-            PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE),
-            match config.forwarding {
-                Forwarding::Splice => ForwardMode::Splice,
-                Forwarding::Copy => ForwardMode::Copy,
-            },
-            failing_tx,
-        ));
+        let pipes = PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE);
+        let mode = match config.forwarding {
+            Forwarding::Splice => ForwardMode::Splice,
+            Forwarding::Copy => ForwardMode::Copy,
+        };
+        let (passive_tx, passive) = mpsc::channel(PASSIVE_QUEUE);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
-        let control = Arc::new(Control::new(
-            plane,
-            live,
-            Arc::new(config.clone()),
-            path,
-            senders,
-            bound.clone(),
-        ));
-        let stop = StopHandle {
-            drain: Arc::new(watch::channel(false).0),
-            now: Arc::new(watch::channel(false).0),
+        let channels = Channels {
+            workers: senders,
+            passive,
         };
+        let (owner, control) = Owner::new(config, path, bound.clone(), channels, |first| {
+            DataPlane::new(Published::new(first), pipes, mode, passive_tx)
+        });
+        let stop = StopHandle::new();
+        let drain_timeout = config.drain_timeout;
         let mut handles = Vec::with_capacity(workers);
         for (id, (socks, rx)) in sockets.into_iter().zip(receivers).enumerate() {
-            let (control, stop) = (control.clone(), stop.clone());
+            let (plane, stop) = (control.plane().clone(), stop.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("tollgate-w{id}"))
-                .spawn(move || run_worker(id, socks, rx, control, stop))
+                .spawn(move || run_worker(id, socks, rx, plane, drain_timeout, stop))
                 .context("cannot start a worker thread")?;
             handles.push(handle);
         }
         let control_thread = Some(spawn_control_plane(
+            owner,
             admin,
-            failing_rx,
             control.clone(),
             stop.clone(),
         )?);
@@ -155,26 +171,24 @@ impl Server {
         self.admin_addr
     }
 
-    pub fn control(&self) -> &Arc<Control> {
+    pub fn control(&self) -> &Handle {
         &self.control
     }
 
     /// The published snapshot, for inspection.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.control.plane.snapshot.load_full()
+        self.control.snapshot()
     }
 
     /// Splice pipes that exist now (in use or pooled); 0 when nothing has been spliced.
     pub fn pipes_open(&self) -> usize {
-        self.control.plane.pipes.open()
+        self.control.plane().pipes.open()
     }
 
     /// Stops accepting on every listener at once; open connections carry on until they end or
     /// the drain timeout passes. Returns immediately; [`Server::wait`] joins.
     pub fn begin_shutdown(&self) {
-        self.control
-            .draining
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.control.set_draining();
         self.stop.drain();
     }
 
@@ -234,11 +248,13 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
     Ok((bound, sockets))
 }
 
-/// The control plane's thread: health checks always, the admin API when configured.
+/// The control plane's thread: the owner, and the admin API when configured, until the
+/// server stops. If the owner dies (a bug), the failure is recorded and the process drains:
+/// running on without health checks, DNS or reloads would be worse than a restart.
 fn spawn_control_plane(
+    owner: Owner,
     admin: Option<std::net::TcpListener>,
-    mut failing: mpsc::UnboundedReceiver<(Arc<str>, SocketAddr)>,
-    control: Arc<Control>,
+    control: Handle,
     stop: StopHandle,
 ) -> Result<JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -250,35 +266,65 @@ fn spawn_control_plane(
         .name("tollgate-ctl".into())
         .spawn(move || {
             rt.block_on(async move {
-                control.attach(tokio::runtime::Handle::current());
-                let api = async {
-                    match admin {
-                        Some(l) => crate::admin::serve(l, control.clone()).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let passive = async {
-                    while let Some((pool, backend)) = failing.recv().await {
-                        control.passive_down(&pool, backend);
-                    }
-                };
-                tokio::select! {
-                    () = api => {}
-                    () = passive => {}
-                    _ = done.wait_for(|n| *n) => {}
+                let mut owner = tokio::spawn(owner.run(stop.now.subscribe()));
+                if let Some(l) = admin {
+                    tokio::spawn(serve_admin(l, control));
                 }
-                control.checks.stop();
-                control.discovery.stop();
+                let ended = tokio::select! {
+                    ended = &mut owner => Some(ended),
+                    _ = done.wait_for(|n| *n) => None,
+                };
+                match ended {
+                    // Stopping: the owner sees `now` too, and stops its tasks.
+                    None => drop(owner.await),
+                    Some(_) if *stop.now.borrow() => {}
+                    Some(ended) => {
+                        let why = match ended {
+                            Ok(()) => "it returned".to_owned(),
+                            Err(e) => format!("it panicked: {e}"),
+                        };
+                        error!(
+                            why,
+                            "the control plane stopped unexpectedly; draining and exiting"
+                        );
+                        let _ = stop
+                            .failure
+                            .set(format!("the control plane stopped unexpectedly ({why})"));
+                        stop.drain();
+                        // The admin API keeps answering (503 on /readyz) through the drain.
+                        let _ = done.wait_for(|n| *n).await;
+                    }
+                }
             });
         })
         .context("cannot start the control-plane thread")
+}
+
+/// Serves the admin API, restarting it (on a duplicate of the same listening socket) if it
+/// ever ends, so a bug in one request cannot take the operator's view away for good.
+async fn serve_admin(listener: std::net::TcpListener, control: Handle) {
+    loop {
+        let why = match listener.try_clone() {
+            Ok(l) => match tokio::spawn(crate::admin::serve(l, control.clone())).await {
+                Ok(()) => "it returned".to_owned(),
+                Err(e) => format!("it panicked: {e}"),
+            },
+            Err(e) => format!("cannot duplicate its socket: {e}"),
+        };
+        error!(
+            why,
+            "the admin API stopped unexpectedly; restarting it in 1 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 fn run_worker(
     id: usize,
     sockets: WorkerSockets,
     mut added: mpsc::UnboundedReceiver<BoundSocket>,
-    control: Arc<Control>,
+    plane: Arc<DataPlane>,
+    drain: std::time::Duration,
     stop: StopHandle,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -291,7 +337,6 @@ fn run_worker(
             return;
         }
     };
-    let plane = control.plane.clone();
     let (shutdown, mut now) = (stop.drain.subscribe(), stop.now.subscribe());
     rt.block_on(async move {
         let tracker = Tracker::default();
@@ -310,7 +355,6 @@ fn run_worker(
         }
         let open = tracker.open();
         if open > 0 {
-            let drain = control.config().drain_timeout;
             info!(worker = id, open, timeout = ?drain, "draining connections");
             tokio::select! {
                 r = tokio::time::timeout(drain, tracker.wait_idle()) => if r.is_err() {
@@ -343,18 +387,30 @@ fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
 
 /// Runs the config at `path` in the foreground until SIGTERM or SIGINT, then drains and
 /// returns. SIGHUP reloads the file. A second SIGTERM or SIGINT during the drain closes the
-/// remaining connections at once.
+/// remaining connections at once. Signals that arrived during start-up were held (blocked)
+/// until their handlers are in place here, and are acted on now.
 pub fn run(config: &Config, path: PathBuf) -> Result<()> {
     let server = Server::start_from(config, Some(path))?;
     let signals_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot build the signal runtime")?;
+    let failure = server.stop_handle();
+    let stop = failure.clone();
     signals_rt.block_on(async move {
         let mut signals = crate::signals::Signals::new()?;
         let control = server.control().clone();
-        signals.next_stop(|| drop(control.reload())).await;
-        info!(timeout = ?config.drain_timeout, "stop signal received; draining");
+        let reload = || {
+            let control = control.clone();
+            // Logged and counted by `reload` itself; the handle serialises reloads.
+            drop(tokio::spawn(async move { control.reload().await }));
+        };
+        tokio::select! {
+            () = signals.next_stop(reload) => {
+                info!(timeout = ?config.drain_timeout, "stop signal received; draining");
+            }
+            () = stop.draining() => {}
+        }
         server.begin_shutdown();
         let stop = server.stop_handle();
         let mut joined = tokio::task::spawn_blocking(move || server.wait());
@@ -367,6 +423,10 @@ pub fn run(config: &Config, path: PathBuf) -> Result<()> {
             }
         }
         info!("stopped");
-        Ok(())
-    })
+        anyhow::Ok(())
+    })?;
+    match failure.failure() {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }

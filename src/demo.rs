@@ -72,8 +72,11 @@ fn print_welcome(a: SocketAddr, b: SocketAddr) {
 async fn wait_for_stop() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+    // Held since before `main`; the handlers are in place now.
+    crate::sys::signals::release().context("cannot unblock the signals held at start")?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
+        _ = int.recv() => Ok(()),
         _ = term.recv() => Ok(()),
     }
 }

@@ -94,7 +94,7 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
         &next["listeners"],
         &mut out,
         |name| {
-            let active = find(&status["listeners"], "name", name)["active"]
+            let active = find(&status["listeners"], "name", name)["connections_active"]
                 .as_u64()
                 .unwrap_or(0);
             format!("{active} open connection(s) drain")
@@ -107,7 +107,7 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
             .unwrap_or_default();
         backends
             .iter()
-            .filter_map(|b| b["active"].as_u64())
+            .filter_map(|b| b["connections_active"].as_u64())
             .sum::<u64>()
     };
     for (old, new) in pairs(
@@ -142,7 +142,7 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
                     .map(|l| {
                         l.iter()
                             .filter(|b| b["address"] == entry || b["from_dns"] == name)
-                            .filter_map(|b| b["active"].as_u64())
+                            .filter_map(|b| b["connections_active"].as_u64())
                             .sum()
                     })
                     .unwrap_or(0);

@@ -6,13 +6,18 @@
 //!   forwarding), `balance` (pure backend selection) and `sys` (the only `unsafe`: splice,
 //!   pipes, rlimits) — runs on `workers` threads, each a current-thread tokio runtime with its
 //!   own `SO_REUSEPORT` sockets;
-//! - the **control plane** — `app` (start, signals, drain), `health`, `discovery` (DNS-named
-//!   backends) — builds an immutable
-//!   [`state::Snapshot`] from a validated [`config::Config`] and publishes it through an
-//!   `ArcSwap` that workers load once per connection.
+//! - the **control plane** runs on its own thread: `control` is its one owner, which applies
+//!   every change as an event in order (probe results from `health`, DNS answers from
+//!   `discovery`, passive-failure notices from the data plane, admin commands from `admin`,
+//!   reloads prepared off the owner by `reload`) and publishes an immutable
+//!   [`state::Snapshot`] through an `ArcSwap` that workers load once per connection, plus a
+//!   [`control::View`] that the admin API and `metrics` read. `health` and `discovery` never
+//!   import `control`: their tasks send results on channels.
+//! - `app` supervises both (start, signals, drain, a control plane that dies ends the process).
 //!
 //! `config` parses and validates YAML and never touches sockets; the data plane never
-//! imports `config` or `app`. `demo` is used only by `tollgate demo`.
+//! imports `config`, `control` or `app`. `demo` is used only by `tollgate demo`. The only
+//! `unsafe` code is in `sys`.
 
 pub mod admin;
 pub mod admission;
@@ -25,7 +30,6 @@ pub mod demo;
 pub mod diff;
 pub mod discovery;
 pub mod health;
-pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

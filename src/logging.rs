@@ -1,5 +1,6 @@
 //! Tracing set-up: text or JSON lines on stderr, filtered by `TOLLGATE_LOG` (an `EnvFilter`
-//! directive) or else the `--log-level` flag.
+//! directive) or else the `--log-level` flag. Colour only when stderr is a terminal: in a
+//! file or the journal, escape codes are noise that breaks grep.
 
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +15,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

@@ -7,6 +7,10 @@ use clap::Parser;
 use tollgate::cli::{Cli, Command};
 use tollgate::{app, config, demo, logging};
 
+// Holds tollgate's signals from before `main` (see the file); compiled into this binary only.
+#[path = "sys/early.rs"]
+mod early;
+
 const EXIT_USAGE: u8 = 64;
 const EXIT_CONFIG: u8 = 78;
 
@@ -22,6 +26,11 @@ fn main() -> ExitCode {
             };
         }
     };
+    // `run` and `demo` release the held signals once their handlers are in place; every
+    // other command gives them their usual meaning (Ctrl-C stops a hanging `check --diff`).
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo) {
+        let _ = tollgate::sys::signals::release();
+    }
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
         eprintln!("tollgate: {e}");
         return ExitCode::from(EXIT_USAGE);

@@ -6,7 +6,6 @@
 //! client address. A backend or listener that leaves the config leaves the output with it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus::core::{Collector, Desc};
@@ -15,7 +14,7 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, Registry, TextEncoder};
 
-use crate::control::Control;
+use crate::control::{Handle, View};
 use crate::state::{CONNECT_BUCKETS, ConnectFailure};
 
 /// (name, help, labels, type) of every tollgate metric.
@@ -82,7 +81,13 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
     ),
     (
         "tollgate_backend_up",
-        "1 when the backend takes new connections, else 0.",
+        "1 when the backend's health checks say it is up (whatever its tier, weight or operator override), else 0; a backend never checked is up unless passive checks took it down.",
+        &["pool", "backend"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_backend_weight",
+        "The weight new connections are spread by now: 0 while down, drained, disabled, standing by as a backup, or below the serving tier; ramping during slow start.",
         &["pool", "backend"],
         MetricType::GAUGE,
     ),
@@ -118,7 +123,7 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
     ),
     (
         "tollgate_health_checks_total",
-        "Active health-check probes, by result (success, failure).",
+        "Active health-check probes, by result: success, failure, local_error (the probe could not be made here, out of descriptors or ports; health unchanged).",
         &["pool", "backend", "result"],
         MetricType::COUNTER,
     ),
@@ -135,7 +140,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(control: Arc<Control>) -> prometheus::Result<Metrics> {
+    pub fn new(control: Handle) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -164,7 +169,7 @@ impl Metrics {
 }
 
 struct TollgateCollector {
-    control: Arc<Control>,
+    control: Handle,
     descs: Vec<Desc>,
 }
 
@@ -209,10 +214,12 @@ impl Collector for TollgateCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut out = Samples::new();
-        self.process(&mut out);
-        self.listeners(&mut out);
-        self.pools(&mut out);
-        self.dns(&mut out);
+        // One view for the whole scrape: every series of it is of the same instant.
+        let view = self.control.view();
+        self.process(&view, &mut out);
+        listeners(&view, &mut out);
+        pools(&view, &mut out);
+        dns(&view, &mut out);
         FAMILIES
             .iter()
             .filter_map(|(name, help, _, kind)| {
@@ -229,8 +236,7 @@ impl Collector for TollgateCollector {
 }
 
 impl TollgateCollector {
-    fn process(&self, out: &mut Samples) {
-        let c = &self.control;
+    fn process(&self, view: &View, out: &mut Samples) {
         push(
             out,
             "tollgate_build_info",
@@ -241,133 +247,133 @@ impl TollgateCollector {
             out,
             "tollgate_config_generation",
             &[],
-            c.generation() as f64,
+            view.generation as f64,
         );
-        push(
-            out,
-            "tollgate_config_reloads_total",
-            &[("result", "success")],
-            c.reloads_succeeded.load(Relaxed) as f64,
-        );
-        push(
-            out,
-            "tollgate_config_reloads_total",
-            &[("result", "failure")],
-            c.reloads_failed.load(Relaxed) as f64,
-        );
+        let (ok, failed) = self.control.reloads();
+        for (result, n) in [("success", ok), ("failure", failed)] {
+            push(
+                out,
+                "tollgate_config_reloads_total",
+                &[("result", result)],
+                n as f64,
+            );
+        }
     }
+}
 
-    fn listeners(&self, out: &mut Samples) {
-        let snapshot = self.control.plane.snapshot.load_full();
-        for (name, spec) in &snapshot.listeners {
-            let live = &spec.live;
-            let l = [("listener", name.as_ref())];
+fn listeners(view: &View, out: &mut Samples) {
+    let snapshot = &view.snapshot;
+    for (name, spec) in &snapshot.listeners {
+        let live = &spec.live;
+        let l = [("listener", name.as_ref())];
+        for (metric, n) in [
+            (
+                "tollgate_listener_connections_accepted_total",
+                &live.accepted,
+            ),
+            ("tollgate_listener_connections_active", &live.active),
+            ("tollgate_listener_accept_errors_total", &live.accept_errors),
+        ] {
+            push(out, metric, &l, n.load(Relaxed) as f64);
+        }
+        if let Some(ps) = &spec.admission.per_source {
+            push(
+                out,
+                "tollgate_listener_sources_tracked",
+                &l,
+                ps.table.tracked() as f64,
+            );
+        }
+        let admission = crate::admission::Reason::ALL
+            .iter()
+            .map(|r| (r.label(), live.rejected(*r)));
+        for (reason, n) in [("no_backend", &live.rejected_no_backend)]
+            .into_iter()
+            .chain(admission)
+        {
+            let l = [("listener", name.as_ref()), ("reason", reason)];
+            push(
+                out,
+                "tollgate_listener_connections_rejected_total",
+                &l,
+                n.load(Relaxed) as f64,
+            );
+        }
+    }
+}
+
+fn dns(view: &View, out: &mut Samples) {
+    for ((pool, result), n) in &view.dns.rounds {
+        let l = [("pool", pool.as_str()), ("result", *result)];
+        push(out, "tollgate_dns_resolutions_total", &l, *n as f64);
+    }
+    let now = std::time::Instant::now();
+    let mut age: HashMap<&str, f64> = HashMap::new();
+    for ((pool, _), state) in &view.dns.states {
+        if let Some(at) = state.answered_at {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            let oldest = age.entry(pool.as_str()).or_insert(secs);
+            *oldest = oldest.max(secs);
+        }
+    }
+    for (pool, secs) in &age {
+        let l = [("pool", *pool)];
+        push(out, "tollgate_dns_answer_age_seconds", &l, secs.floor());
+    }
+}
+
+fn pools(view: &View, out: &mut Samples) {
+    for (pool_name, pool) in &view.snapshot.pools {
+        let pool_label = pool_name.as_ref();
+        for bv in view.backends(pool_label) {
+            let b = bv.backend;
+            let addr = b.address.to_string();
+            let l = [("pool", pool_label), ("backend", addr.as_str())];
+            let s = &b.stats;
+            push(
+                out,
+                "tollgate_backend_up",
+                &l,
+                if bv.healthy { 1.0 } else { 0.0 },
+            );
+            let weight = f64::from(b.weight) / f64::from(crate::policy::SCALE);
+            push(out, "tollgate_backend_weight", &l, weight);
             for (metric, n) in [
-                (
-                    "tollgate_listener_connections_accepted_total",
-                    &live.accepted,
-                ),
-                ("tollgate_listener_connections_active", &live.active),
-                ("tollgate_listener_accept_errors_total", &live.accept_errors),
+                ("tollgate_backend_connections_active", &s.active),
+                ("tollgate_backend_connections_total", &s.connections),
+                ("tollgate_backend_sent_bytes_total", &s.sent_bytes),
+                ("tollgate_backend_received_bytes_total", &s.received_bytes),
             ] {
                 push(out, metric, &l, n.load(Relaxed) as f64);
             }
-            if let Some(ps) = &spec.admission.per_source {
+            let results = [&s.health_ok, &s.health_failed, &s.health_local_errors];
+            for (checked, n) in crate::health::Checked::ALL.iter().zip(results) {
+                let result = checked.label();
+                let l = [
+                    ("pool", pool_label),
+                    ("backend", addr.as_str()),
+                    ("result", result),
+                ];
                 push(
                     out,
-                    "tollgate_listener_sources_tracked",
-                    &l,
-                    ps.table.tracked() as f64,
-                );
-            }
-            let admission = crate::admission::Reason::ALL
-                .iter()
-                .map(|r| (r.label(), live.rejected(*r)));
-            for (reason, n) in [("no_backend", &live.rejected_no_backend)]
-                .into_iter()
-                .chain(admission)
-            {
-                let l = [("listener", name.as_ref()), ("reason", reason)];
-                push(
-                    out,
-                    "tollgate_listener_connections_rejected_total",
+                    "tollgate_health_checks_total",
                     &l,
                     n.load(Relaxed) as f64,
                 );
             }
-        }
-    }
-
-    fn dns(&self, out: &mut Samples) {
-        let discovery = &self.control.discovery;
-        for ((pool, result), n) in discovery.rounds() {
-            let l = [("pool", pool.as_str()), ("result", result)];
-            push(out, "tollgate_dns_resolutions_total", &l, n as f64);
-        }
-        let now = std::time::Instant::now();
-        let mut age: HashMap<String, f64> = HashMap::new();
-        for ((pool, _), state) in discovery.states() {
-            if let Some(at) = state.answered_at {
-                let secs = now.saturating_duration_since(at).as_secs_f64();
-                let oldest = age.entry(pool).or_insert(secs);
-                *oldest = oldest.max(secs);
+            for why in ConnectFailure::ALL {
+                let n = s.connect_failures[why as usize].load(Relaxed) as f64;
+                let l = [
+                    ("pool", pool_label),
+                    ("backend", addr.as_str()),
+                    ("reason", why.label()),
+                ];
+                push(out, "tollgate_backend_connect_failures_total", &l, n);
             }
         }
-        for (pool, secs) in &age {
-            let l = [("pool", pool.as_str())];
-            push(out, "tollgate_dns_answer_age_seconds", &l, secs.floor());
-        }
-    }
-
-    fn pools(&self, out: &mut Samples) {
-        let snapshot = self.control.plane.snapshot.load_full();
-        for (pool_name, pool) in &snapshot.pools {
-            let pool_label = pool_name.as_ref();
-            for b in &pool.backends {
-                let addr = b.address.to_string();
-                let l = [("pool", pool_label), ("backend", addr.as_str())];
-                let s = &b.stats;
-                push(
-                    out,
-                    "tollgate_backend_up",
-                    &l,
-                    if b.weight > 0 { 1.0 } else { 0.0 },
-                );
-                for (metric, n) in [
-                    ("tollgate_backend_connections_active", &s.active),
-                    ("tollgate_backend_connections_total", &s.connections),
-                    ("tollgate_backend_sent_bytes_total", &s.sent_bytes),
-                    ("tollgate_backend_received_bytes_total", &s.received_bytes),
-                ] {
-                    push(out, metric, &l, n.load(Relaxed) as f64);
-                }
-                for (result, n) in [("success", &s.health_ok), ("failure", &s.health_failed)] {
-                    let l = [
-                        ("pool", pool_label),
-                        ("backend", addr.as_str()),
-                        ("result", result),
-                    ];
-                    push(
-                        out,
-                        "tollgate_health_checks_total",
-                        &l,
-                        n.load(Relaxed) as f64,
-                    );
-                }
-                for why in ConnectFailure::ALL {
-                    let n = s.connect_failures[why as usize].load(Relaxed) as f64;
-                    let l = [
-                        ("pool", pool_label),
-                        ("backend", addr.as_str()),
-                        ("reason", why.label()),
-                    ];
-                    push(out, "tollgate_backend_connect_failures_total", &l, n);
-                }
-            }
-            out.entry("tollgate_backend_connect_duration_seconds")
-                .or_default()
-                .push(histogram(pool_label, pool));
-        }
+        out.entry("tollgate_backend_connect_duration_seconds")
+            .or_default()
+            .push(histogram(pool_label, pool));
     }
 }
 

@@ -1,20 +1,23 @@
-//! Reload, all or nothing: the new file is loaded and validated in full; new listening
-//! sockets are bound (for every worker) before anything changes; then the next snapshot is
-//! published in one swap. Listeners whose (name, bind) did not change keep their sockets, so
-//! no queued connection is lost; removed ones stop accepting as soon as they see the new
-//! snapshot while their open connections finish. Backends, overrides and counters carry over
-//! by identity (`live.rs`). On any error nothing changes.
+//! Reload, all or nothing, in two steps so that nothing slow runs on the control plane's
+//! owner. [`prepare`], on whatever thread asked for the reload, reads and validates the new
+//! file in full, refuses what a reload cannot change (`workers`, the admin socket), and binds
+//! the listening sockets the new file adds (one per worker) — all before anything changes.
+//! The owner then applies the [`Prepared`] result in one step (`control/owner.rs`): listeners
+//! whose (name, bind) did not change keep their sockets, so no queued connection is lost;
+//! removed ones stop accepting as soon as they see the new snapshot while their open
+//! connections finish. On any error nothing changes and the sockets bound so far close.
+//!
+//! It never imports the owner: it reads only the facts it is given in [`Running`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-
-use tracing::{info, warn};
+use std::path::Path;
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::control::Control;
-use crate::proxy::ForwardMode;
-use crate::proxy::listener::{self, BoundSocket};
+use crate::proxy::listener;
+
+/// (listener name, bind address as configured) → the address actually bound.
+pub type BoundMap = HashMap<(String, SocketAddr), SocketAddr>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -32,6 +35,8 @@ pub enum ReloadError {
     Admin { running: String, wanted: String },
     #[error("tollgate is draining for shutdown; reloads are refused")]
     Draining,
+    #[error("the control plane has stopped")]
+    Stopped,
     #[error("listener {listener}: cannot bind {addr}: {source}")]
     Bind {
         listener: String,
@@ -64,126 +69,85 @@ pub(crate) fn bind_group(
 
 /// A (listener, configured address) bound by a reload: its real address and one socket per
 /// worker.
-type FreshGroup = (String, SocketAddr, SocketAddr, Vec<std::net::TcpListener>);
+#[derive(Debug)]
+pub struct FreshGroup {
+    pub listener: String,
+    pub configured: SocketAddr,
+    pub actual: SocketAddr,
+    pub sockets: Vec<std::net::TcpListener>,
+}
 
-impl Control {
-    /// Reloads the config file this instance was started with (SIGHUP, `POST /api/v1/reload`).
-    /// Logs the outcome once and counts it.
-    pub fn reload(&self) -> Result<u64, ReloadError> {
-        let result = match &self.config_path {
-            None => Err(ReloadError::NoFile),
-            Some(path) => config::load(path)
-                .map_err(ReloadError::Config)
-                .and_then(|c| self.apply(c)),
-        };
-        match &result {
-            Ok(generation) => {
-                self.reloads_succeeded.fetch_add(1, Ordering::Relaxed);
-                info!(generation, "config reloaded");
-            }
-            Err(e) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                warn!("reload refused; the running config stays: {e}");
-            }
-        }
-        result
+/// A validated config and the sockets it adds, ready for the owner to apply.
+#[derive(Debug)]
+pub struct Prepared {
+    pub config: Config,
+    pub fresh: Vec<FreshGroup>,
+}
+
+/// What `prepare` must know of the running instance.
+#[derive(Debug)]
+pub struct Running<'a> {
+    pub workers: usize,
+    pub admin: Option<SocketAddr>,
+    pub bound: &'a BoundMap,
+}
+
+/// Reads, validates and binds for a reload of `path`; changes nothing in the running
+/// instance. Reloads must be serialised by the caller, so `running.bound` is current.
+pub fn prepare(path: &Path, running: &Running<'_>) -> Result<Prepared, ReloadError> {
+    let next = config::load(path).map_err(ReloadError::Config)?;
+    let wanted = next.workers.resolve();
+    if running.workers != wanted {
+        return Err(ReloadError::Workers {
+            running: running.workers,
+            wanted,
+        });
     }
+    // The admin socket is bound once at start: a reload that moved or removed it would
+    // leave the old socket serving under the new (perhaps token-less) rules.
+    let label = |a: Option<SocketAddr>| a.map_or("no admin API".to_owned(), |a| a.to_string());
+    let next_admin = next.admin.as_ref().map(|a| a.bind);
+    if running.admin != next_admin {
+        return Err(ReloadError::Admin {
+            running: label(running.admin),
+            wanted: label(next_admin),
+        });
+    }
+    let fresh = bind_new(&next, running)?;
+    Ok(Prepared {
+        config: next,
+        fresh,
+    })
+}
 
-    /// Makes `next` the running config. Returns the new generation.
-    pub fn apply(&self, next: Config) -> Result<u64, ReloadError> {
-        let _serial = self
-            .changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.draining.load(Ordering::Acquire) {
-            return Err(ReloadError::Draining);
-        }
-        let current = self.config();
-        let (running, wanted) = (self.workers.len(), next.workers.resolve());
-        if running != wanted {
-            return Err(ReloadError::Workers { running, wanted });
-        }
-        // The admin socket is bound once at start: a reload that moved or removed it would
-        // leave the old socket serving under the new (perhaps token-less) rules.
-        let admin_bind = |c: &Config| {
-            c.admin
-                .as_ref()
-                .map_or("no admin API".to_owned(), |a| a.bind.to_string())
-        };
-        if admin_bind(&current) != admin_bind(&next) {
-            return Err(ReloadError::Admin {
-                running: admin_bind(&current),
-                wanted: admin_bind(&next),
+/// Binds every (listener, address) of `next` that is not bound yet. All or nothing: on
+/// an error the sockets bound so far are closed (dropped).
+fn bind_new(next: &Config, running: &Running<'_>) -> Result<Vec<FreshGroup>, ReloadError> {
+    let bound = running.bound;
+    let mut fresh = Vec::new();
+    for l in &next.listeners {
+        for addr in &l.bind {
+            if bound.contains_key(&(l.name.clone(), *addr)) {
+                continue;
+            }
+            // An address that overlaps one we already hold (another listener name, or the
+            // same port narrowed or widened) would collide with our own probe.
+            let ours = bound
+                .keys()
+                .any(|(_, a)| a == addr || crate::config::overlaps(*a, *addr));
+            let (actual, sockets) =
+                bind_group(*addr, running.workers, !ours).map_err(|source| ReloadError::Bind {
+                    listener: l.name.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+            fresh.push(FreshGroup {
+                listener: l.name.clone(),
+                configured: *addr,
+                actual,
+                sockets,
             });
         }
-        let fresh = self.bind_new(&next)?;
-        let generation = self.bump_generation();
-        self.plane.set_mode(match next.forwarding {
-            config::Forwarding::Splice => ForwardMode::Splice,
-            config::Forwarding::Copy => ForwardMode::Copy,
-        });
-        let next = Arc::new(next);
-        self.set_written(next.clone());
-        self.discovery.adopt(&next);
-        let added = self.install(self.discovery.expand(&next), generation);
-        let mut bound = self.bound();
-        for (name, configured, actual, sockets) in fresh {
-            for (worker, socket) in self.workers.iter().zip(sockets) {
-                let _ = worker.send(BoundSocket {
-                    name: name.as_str().into(),
-                    configured,
-                    socket,
-                });
-            }
-            info!(listener = %name, addr = %actual, "listener bound");
-            bound.insert((name, configured), actual);
-        }
-        bound.retain(|(name, addr), _| {
-            next.listeners
-                .iter()
-                .any(|l| &l.name == name && l.bind.contains(addr))
-        });
-        drop(bound);
-        let removed = current
-            .listeners
-            .iter()
-            .filter(|l| !next.listeners.iter().any(|n| n.name == l.name));
-        for l in removed {
-            info!(listener = %l.name, "listener removed; its open connections drain");
-        }
-        // Under `changes`, so two reloads cannot leave the tasks matching the older file.
-        self.sync_discovery_serialised();
-        drop(_serial);
-        self.sync_checks(&added);
-        Ok(generation)
     }
-
-    /// Binds every (listener, address) of `next` that is not bound yet. All or nothing: on
-    /// an error the sockets bound so far are closed.
-    fn bind_new(&self, next: &Config) -> Result<Vec<FreshGroup>, ReloadError> {
-        let bound = self.bound().clone();
-        let mut fresh = Vec::new();
-        for l in &next.listeners {
-            for addr in &l.bind {
-                if bound.contains_key(&(l.name.clone(), *addr)) {
-                    continue;
-                }
-                // An address that overlaps one we already hold (another listener name, or the
-                // same port narrowed or widened) would collide with our own probe.
-                let ours = bound
-                    .keys()
-                    .any(|(_, a)| a == addr || crate::config::overlaps(*a, *addr));
-                let (actual, sockets) =
-                    bind_group(*addr, self.workers.len(), !ours).map_err(|source| {
-                        ReloadError::Bind {
-                            listener: l.name.clone(),
-                            addr: *addr,
-                            source,
-                        }
-                    })?;
-                fresh.push((l.name.clone(), *addr, actual, sockets));
-            }
-        }
-        Ok(fresh)
-    }
+    Ok(fresh)
 }

@@ -121,7 +121,9 @@ fn backend_overrides_take_effect_and_show_in_status() {
     let ready = get(admin, "/readyz");
     assert_eq!(ready.status, 503);
     assert!(
-        ready.body.contains("pool back: no backend is up"),
+        ready
+            .body
+            .contains("pool back: every backend that is up is drained, disabled or weighted 0"),
         "{}",
         ready.body
     );
@@ -137,7 +139,10 @@ fn backend_overrides_take_effect_and_show_in_status() {
         Some(TOKEN),
         r#"{"weight": 7}"#,
     );
-    assert_eq!((a.status, a.json()["weight"].clone()), (200, 7.into()));
+    assert_eq!(
+        (a.status, a.json()["weight_override"].clone()),
+        (200, 7.into())
+    );
     assert_eq!(a.json()["configured_weight"], 1);
     let a = request(
         admin,
@@ -279,6 +284,42 @@ fn the_openapi_document_lists_exactly_the_routes_served() {
             a.body
         );
     }
+    server.shutdown();
+}
+
+/// Every field the status answer carries is described in the OpenAPI document, and every
+/// field described there is served: the two cannot drift apart.
+#[test]
+fn the_status_answer_has_exactly_the_fields_the_openapi_document_describes() {
+    let doc: serde_json::Value = serde_saphyr::from_str(tollgate_openapi()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let described = |schema: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    let served = |object: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = object.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, _) = admin_server(&dir);
+    let status = get(admin, "/api/v1/status").json();
+    assert_eq!(served(&status), described(&schemas["Status"]));
+    let listener_schema = &schemas["Status"]["properties"]["listeners"]["items"];
+    assert_eq!(served(&status["listeners"][0]), described(listener_schema));
+    assert_eq!(
+        served(&status["listeners"][0]["rejected"]),
+        described(&listener_schema["properties"]["rejected"])
+    );
+    let backend = &status["pools"][0]["backends"][0];
+    assert_eq!(served(backend), described(&schemas["Backend"]));
     server.shutdown();
 }
 

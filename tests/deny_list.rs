@@ -72,7 +72,7 @@ fn a_denied_source_is_closed_at_once_and_explained() {
         "mapped IPv6 counts as IPv4"
     );
     // Kept across a reload of the same listener.
-    assert_eq!(server.control().reload().unwrap(), 2);
+    assert_eq!(server.control().reload_blocking().unwrap(), 2);
     let v = get(admin, "/api/v1/listeners/front/sources/127.0.0.1").json();
     assert_eq!(v["admitted"], false, "the deny list survived the reload");
     let metrics = get(admin, "/metrics").body;

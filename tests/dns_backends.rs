@@ -282,13 +282,13 @@ fn a_reload_keeps_the_resolved_addresses_without_a_gap() {
         answer_or_zero(front) == 1
     });
     let asked = dns.queries("kept.test");
-    let refused = status(&server)["listeners"][0]["rejected_no_backend"].clone();
+    let refused = status(&server)["listeners"][0]["rejected"]["no_backend"].clone();
     std::fs::write(
         &path,
         dns_config(dns.addr(), "", "connect_retries: 1", &backends),
     )
     .unwrap();
-    server.control().reload().unwrap();
+    server.control().reload_blocking().unwrap();
     assert_eq!(
         who_answers(front),
         1,
@@ -300,7 +300,10 @@ fn a_reload_keeps_the_resolved_addresses_without_a_gap() {
         "an unchanged entry is not asked again (TTL 300 s)"
     );
     let s = status(&server);
-    assert_eq!(s["listeners"][0]["rejected_no_backend"], refused, "no gap");
+    assert_eq!(
+        s["listeners"][0]["rejected"]["no_backend"], refused,
+        "no gap"
+    );
 
     // The written config is what the API shows; the resolved addresses are in status.
     let written = get(server.admin_addr().unwrap(), "/api/v1/config").json();
@@ -311,14 +314,17 @@ fn a_reload_keeps_the_resolved_addresses_without_a_gap() {
     let other_port = id_backends_on_one_port(&[(lo(61), 2)]);
     let moved = format!("- {{ host: kept.test, port: {other_port} }}");
     std::fs::write(&path, dns_config(dns.addr(), "", "", &moved)).unwrap();
-    server.control().reload().unwrap();
+    server.control().reload_blocking().unwrap();
     assert_eq!(
         who_answers(front),
         2,
         "the first connection goes to the new port"
     );
     let s = status(&server);
-    assert_eq!(s["listeners"][0]["rejected_no_backend"], refused, "no gap");
+    assert_eq!(
+        s["listeners"][0]["rejected"]["no_backend"], refused,
+        "no gap"
+    );
 }
 
 #[test]

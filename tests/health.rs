@@ -69,7 +69,7 @@ fn a_flapping_backend_changes_state_only_after_rise_and_fall_and_takes_nothing_w
         let (states, done, control) = (states.clone(), done.clone(), control.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                let up = control.live.health_of("back", flappy).up;
+                let up = control.health_of("back", flappy).up;
                 states.lock().unwrap().push((started.elapsed(), up));
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -184,15 +184,15 @@ fn health_shows_in_status_and_metrics_and_survives_a_reload() {
     );
     // A reload that keeps the backend keeps its health: it does not come back up for a moment.
     std::fs::write(&path, config(&[(good, 2), (dead, 1)], "", pool, top)).unwrap();
-    server.control().reload().unwrap();
+    server.control().reload_blocking().unwrap();
     assert!(
-        !server.control().live.health_of("back", dead).up,
+        !server.control().health_of("back", dead).up,
         "health carried over"
     );
     // Without a check, a backend is up again.
     std::fs::write(&path, config(&[(good, 1), (dead, 1)], "", "", top)).unwrap();
-    server.control().reload().unwrap();
-    assert!(server.control().live.health_of("back", dead).up);
+    server.control().reload_blocking().unwrap();
+    assert!(server.control().health_of("back", dead).up);
     server.shutdown();
 }
 
@@ -222,7 +222,7 @@ fn checks_stop_for_backends_a_reload_removes() {
         || probes.load(Ordering::Relaxed) >= 3,
     );
     std::fs::write(&path, config(&[(keep, 1)], "", pool, "")).unwrap();
-    server.control().reload().unwrap();
+    server.control().reload_blocking().unwrap();
     std::thread::sleep(Duration::from_millis(100)); // let a probe already in flight land
     let after = probes.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(400));

@@ -9,16 +9,20 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 use common::*;
-use tollgate::health::probe::{Probe, run};
+use tollgate::health::probe::{Failure, Probe, run};
 
 const T: Duration = Duration::from_millis(500);
 
+/// Runs one probe; a failure is the backend's (nothing here runs out of local resources).
 fn probe(p: &Probe, addr: SocketAddr) -> Result<String, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(p, addr, T))
+    rt.block_on(run(p, addr, T)).map_err(|f| match f {
+        Failure::Backend(detail) => detail,
+        Failure::Local(detail) => panic!("a local failure against a live peer: {detail}"),
+    })
 }
 
 /// A TCP peer that reads a little, then writes `reply` (or nothing, staying silent).

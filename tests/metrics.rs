@@ -196,7 +196,7 @@ fn a_backend_that_leaves_the_config_loses_its_series() {
         Some(1.0)
     );
     std::fs::write(&path, config(&[(a, 1)], "", "", top)).unwrap();
-    assert_eq!(server.control().reload().unwrap(), 2);
+    assert_eq!(server.control().reload_blocking().unwrap(), 2);
     let (text, s) = scrape(admin);
     assert!(!text.contains(&b.to_string()), "{text}");
     assert_eq!(

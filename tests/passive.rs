@@ -22,7 +22,7 @@ fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
         assert_eq!(who_answers(front_addr), 1, "the refused backend is skipped");
     }
     wait_for("marked down", Duration::from_secs(5), || {
-        !control.live.health_of("back", flaky).up
+        !control.health_of("back", flaky).up
     });
     let failures = || {
         server.snapshot().pool("back").unwrap().backends[1]
@@ -53,7 +53,7 @@ fn failures_in_a_row_mark_a_backend_down_until_it_answers_again() {
         }
     });
     wait_for("marked up again", Duration::from_secs(10), || {
-        control.live.health_of("back", flaky).up
+        control.health_of("back", flaky).up
     });
     let ids: Vec<u8> = (0..4).map(|_| who_answers(front_addr)).collect();
     assert!(ids.contains(&2), "it takes connections again: {ids:?}");
@@ -78,24 +78,24 @@ fn reloads_keep_passive_health_and_new_checked_backends_wait_for_their_check() {
         assert_eq!(who_answers(front_addr), 1);
     }
     wait_for("marked down", Duration::from_secs(5), || {
-        !control.live.health_of("back", dead).up
+        !control.health_of("back", dead).up
     });
-    control.reload().unwrap();
+    control.reload_blocking().unwrap();
     assert!(
-        !control.live.health_of("back", dead).up,
+        !control.health_of("back", dead).up,
         "still down after a reload"
     );
     // A checked pool gains a dead backend: no connection may try it before its first probe.
     let dead2 = refused_addr();
     let checked = format!("{pool}\nhealth_check: {{ type: tcp, interval: 1s, timeout: 500ms }}");
     std::fs::write(&path, config(&[(good, 1), (dead, 1)], "", &checked, "")).unwrap();
-    control.reload().unwrap();
+    control.reload_blocking().unwrap();
     std::fs::write(
         &path,
         config(&[(good, 1), (dead, 1), (dead2, 1)], "", &checked, ""),
     )
     .unwrap();
-    control.reload().unwrap();
+    control.reload_blocking().unwrap();
     for _ in 0..6 {
         assert_eq!(who_answers(front_addr), 1);
     }

@@ -50,21 +50,21 @@ fn backups_serve_only_while_no_primary_is_up() {
     );
     let control = server.control();
     control
-        .backend_action("back", p1, BackendAction::Disable)
+        .backend_action_blocking("back", p1, BackendAction::Disable)
         .unwrap();
     assert!(
         (0..4).all(|_| who(front_addr) == Some(2)),
         "one primary left"
     );
     control
-        .backend_action("back", p2, BackendAction::Drain)
+        .backend_action_blocking("back", p2, BackendAction::Drain)
         .unwrap();
     assert!(
         (0..4).all(|_| who(front_addr) == Some(9)),
         "no primary up: the backup serves"
     );
     control
-        .backend_action("back", p1, BackendAction::Enable)
+        .backend_action_blocking("back", p1, BackendAction::Enable)
         .unwrap();
     assert!(
         (0..4).all(|_| who(front_addr) == Some(1)),
@@ -90,9 +90,7 @@ fn all_down(policy: &str) -> (tollgate::app::Server, SocketAddr) {
         .map(|b| b.address)
         .collect();
     wait_for("every backend is down", Duration::from_secs(5), || {
-        backends
-            .iter()
-            .all(|a| !control.live.health_of("back", *a).up)
+        backends.iter().all(|a| !control.health_of("back", *a).up)
     });
     let front_addr = front(&server);
     (server, front_addr)
@@ -136,12 +134,12 @@ fn slow_start_ramps_a_recovered_backend() {
     let server = start(&yaml(pool, &[(steady, false), (rec_addr, false)]));
     let control = server.control().clone();
     wait_for("the backend is down", Duration::from_secs(5), || {
-        !control.live.health_of("back", rec_addr).up
+        !control.health_of("back", rec_addr).up
     });
     let back = TcpListener::bind(rec_addr).unwrap();
     std::thread::spawn(move || for _ in back.incoming() {});
     wait_for("it is back up", Duration::from_secs(5), || {
-        control.live.health_of("back", rec_addr).up
+        control.health_of("back", rec_addr).up
     });
     let weight = || server.snapshot().pool("back").unwrap().backends[1].weight;
     let early = weight();

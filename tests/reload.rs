@@ -89,7 +89,7 @@ fn reload_adds_and_removes_listeners_and_backends() {
         .load(Ordering::Relaxed);
     assert!(served_by_b >= 2, "the added backend takes its share");
     std::fs::write(&path, yaml(&[a], true)).unwrap();
-    assert_eq!(server.control().reload().unwrap(), 3);
+    assert_eq!(server.control().reload_blocking().unwrap(), 3);
     let extra_again = server.addrs("extra")[0];
     assert_eq!(
         round_trip(extra_again, b"x").unwrap(),
@@ -160,20 +160,20 @@ fn overrides_and_counters_survive_a_reload() {
     );
     assert_eq!(r.status, 200);
     std::fs::write(&path, yaml(&[a, b], true)).unwrap();
-    assert_eq!(server.control().reload().unwrap(), 2);
+    assert_eq!(server.control().reload_blocking().unwrap(), 2);
     let status = get(admin, "/api/v1/status").json();
     let backends = status["pools"][0]["backends"].as_array().unwrap().clone();
     assert_eq!(
         backends[1]["state"], "disabled",
         "the override carried over"
     );
-    assert_eq!(backends[0]["connections"], 2, "counters carried over");
+    assert_eq!(backends[0]["connections_total"], 2, "counters carried over");
     for i in 0..4u8 {
         round_trip(front(&server), &[i]).unwrap();
     }
     let status = get(admin, "/api/v1/status").json();
     assert_eq!(
-        status["pools"][0]["backends"][1]["connections"], 2,
+        status["pools"][0]["backends"][1]["connections_total"], 2,
         "the disabled backend took nothing new"
     );
     server.shutdown();
@@ -200,7 +200,7 @@ fn drain_via_the_api_lets_open_connections_finish() {
         (
             r.status,
             r.json()["state"].clone(),
-            r.json()["active"].clone()
+            r.json()["connections_active"].clone()
         ),
         (200, "draining".into(), 1.into())
     );
@@ -227,7 +227,10 @@ fn drain_via_the_api_lets_open_connections_finish() {
     wait_for(
         "status shows none left on the drained backend",
         Duration::from_secs(5),
-        || get(admin, "/api/v1/status").json()["pools"][0]["backends"][0]["active"] == 0,
+        || {
+            get(admin, "/api/v1/status").json()["pools"][0]["backends"][0]["connections_active"]
+                == 0
+        },
     );
     server.shutdown();
 }

@@ -83,7 +83,7 @@ fn a_removed_listener_waiting_at_its_cap_closes_its_socket() {
     let _held = served(side, 1);
     let _waiting = not_served(side);
     std::fs::write(&path, yaml(false, &[("front", 10)], echo)).unwrap();
-    server.control().reload().unwrap();
+    server.control().reload_blocking().unwrap();
     wait_for(
         "the removed listener refuses connections",
         Duration::from_secs(5),
@@ -101,7 +101,7 @@ fn a_lowered_cap_holds_once_open_connections_end() {
     let front_addr = front(&server);
     let held: Vec<TcpStream> = (0..3).map(|i| served(front_addr, i)).collect();
     std::fs::write(&path, yaml(false, &[("front", 1)], echo)).unwrap();
-    server.control().reload().unwrap();
+    server.control().reload_blocking().unwrap();
     drop(held);
     let live = server.snapshot().listener("front").unwrap().live.clone();
     wait_for("the open connections end", Duration::from_secs(5), || {
@@ -119,7 +119,7 @@ fn a_draining_instance_refuses_reloads() {
     let server = start_file(&path, &yaml(false, &[("front", 10)], echo_backend()));
     server.begin_shutdown();
     assert!(matches!(
-        server.control().reload(),
+        server.control().reload_blocking(),
         Err(ReloadError::Draining)
     ));
     server.wait();

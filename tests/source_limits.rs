@@ -102,7 +102,7 @@ fn a_reload_carries_limiter_state_through_new_rates_sizes_and_groupings() {
         yaml("connection_rate: 2/m\nburst: 2\nmax_connections: 2"),
     )
     .unwrap();
-    assert_eq!(server.control().reload().unwrap(), 2);
+    assert_eq!(server.control().reload_blocking().unwrap(), 2);
     assert!(
         probe_from(source, front).is_none(),
         "still at its cap after the reload"
@@ -110,7 +110,7 @@ fn a_reload_carries_limiter_state_through_new_rates_sizes_and_groupings() {
     // A bigger table: the state moves into it.
     let bigger = "connection_rate: 2/m\nburst: 2\nmax_connections: 2\nmax_tracked_sources: 2000000";
     std::fs::write(&path, yaml(bigger)).unwrap();
-    assert_eq!(server.control().reload().unwrap(), 3);
+    assert_eq!(server.control().reload_blocking().unwrap(), 3);
     assert!(
         probe_from(source, front).is_none(),
         "still at its cap in the new table"
@@ -130,12 +130,12 @@ fn a_reload_carries_limiter_state_through_new_rates_sizes_and_groupings() {
     // A coarser grouping merges what its members spent: the whole /24 is limited now.
     let coarser = format!("{bigger}\nipv4_prefix: 24");
     std::fs::write(&path, yaml(&coarser)).unwrap();
-    assert_eq!(server.control().reload().unwrap(), 4);
+    assert_eq!(server.control().reload_blocking().unwrap(), 4);
     assert!(probe_from(loopback(6, 200), front).is_none(), "same /24");
     assert!(probe_from(loopback(7, 1), front).is_some(), "another /24");
     // Limits removed: everyone gets in, nothing is tracked.
     std::fs::write(&path, config(&[(echo, 1)], "", "", "")).unwrap();
-    assert_eq!(server.control().reload().unwrap(), 5);
+    assert_eq!(server.control().reload_blocking().unwrap(), 5);
     let spec = server.snapshot().listener("front").unwrap().clone();
     assert!(spec.admission.per_source.is_none());
     for _ in 0..5 {

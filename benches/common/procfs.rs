@@ -27,10 +27,8 @@ pub fn cpu_ticks(pid: i32) -> Result<u64> {
 }
 
 pub fn clk_tck() -> Result<f64> {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) failed");
+    match tollgate::sys::signals::clock_ticks_per_second() {
+        Ok(ticks) => Ok(ticks as f64),
+        Err(e) => bail!("sysconf(_SC_CLK_TCK) failed: {e}"),
     }
-    Ok(ticks as f64)
 }

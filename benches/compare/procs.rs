@@ -296,10 +296,10 @@ pub fn run_tool(name: &str, cmd: &mut Command, dir: &Path, timeout: Duration) ->
     Ok(stdout)
 }
 
+/// Every pid passed here is our own unreaped child or one of its descendants; one that has
+/// exited meanwhile is not an error worth reporting.
 fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) has no memory-safety preconditions. Every pid passed here is our own
-    // unreaped child or one of its descendants.
-    unsafe { libc::kill(pid, sig) };
+    let _ = tollgate::sys::signals::kill(pid, sig);
 }
 
 /// `pid` and every process descending from it, breadth first.

@@ -64,11 +64,8 @@ impl Tollgate {
 
     /// Sends SIGTERM and requires a zero exit status within `STOP_TIMEOUT`.
     pub(crate) fn stop(mut self) -> Res<()> {
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own unreaped child, so it cannot have been recycled.
-        if unsafe { libc::kill(self.pid()?, libc::SIGTERM) } != 0 {
-            return Err(std::io::Error::last_os_error()).ctx("kill(SIGTERM)");
-        }
+        // The pid is our own unreaped child, so it cannot have been recycled.
+        tollgate::sys::signals::kill(self.pid()?, libc::SIGTERM).ctx("kill(SIGTERM)")?;
         let give_up = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < give_up {
             match self.child.try_wait().ctx("waiting for tollgate")? {

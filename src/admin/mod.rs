@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::control::Control;
+use crate::control::Handle;
 use crate::metrics::Metrics;
 use crate::proxy::throttle::LogThrottle;
 
@@ -97,12 +97,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// What every admin request can reach.
 pub(crate) struct Ctx {
-    pub control: Arc<Control>,
+    pub control: Handle,
     pub metrics: Metrics,
 }
 
 /// Serves the admin API until the future is dropped.
-pub async fn serve(listener: std::net::TcpListener, control: Arc<Control>) {
+pub async fn serve(listener: std::net::TcpListener, control: Handle) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, input, views};
-use crate::control::BackendAction;
+use crate::control::{ActionError, BackendAction};
 
 pub(crate) const OPENAPI: &str = include_str!("openapi.yaml");
 
@@ -32,7 +32,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
             json_reply(StatusCode::OK, views::status(&ctx.control))
         }
         (["api", "v1", "config"], &Method::GET) => {
-            json_reply(StatusCode::OK, views::config(&ctx.control.written()))
+            json_reply(StatusCode::OK, views::config(&ctx.control.view().written))
         }
         (["api", "v1", "openapi.yaml"], &Method::GET) => {
             text(StatusCode::OK, "application/yaml", OPENAPI)
@@ -61,10 +61,11 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
                 "disable" => BackendAction::Disable,
                 _ => BackendAction::Enable,
             };
-            let (pool, backend) = (pool.to_string(), backend.to_string());
-            guarded(&req, &ctx, |ctx| {
-                backend_action(ctx, &pool, &backend, action)
-            })
+            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
+                backend_action(&ctx, pool, backend, action).await
+            } else {
+                unauthorized()
+            }
         }
         (["api", "v1", "listeners", listener, "sources", ip], &Method::GET) => {
             explain(&ctx, listener, ip)
@@ -74,8 +75,11 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
             m @ (&Method::POST | &Method::DELETE),
         ) => {
             let add = *m == Method::POST;
-            let (listener, cidr) = (listener.to_string(), cidr.to_string());
-            guarded(&req, &ctx, |ctx| deny(ctx, &listener, &cidr, add))
+            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
+                deny(&ctx, listener, cidr, add).await
+            } else {
+                unauthorized()
+            }
         }
         (["api", "v1", "pools", pool, "backends", backend, "weight"], &Method::PUT) => {
             let (pool, backend) = (pool.to_string(), backend.to_string());
@@ -83,7 +87,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
                 unauthorized()
             } else {
                 match read_weight(req).await {
-                    Ok(w) => backend_action(&ctx, &pool, &backend, BackendAction::Weight(w)),
+                    Ok(w) => backend_action(&ctx, &pool, &backend, BackendAction::Weight(w)).await,
                     Err(reply) => reply,
                 }
             }
@@ -143,23 +147,16 @@ fn allowed_methods(segs: &[&str]) -> Option<String> {
 
 fn token(ctx: &Ctx) -> Option<String> {
     ctx.control
-        .config()
+        .view()
+        .written
         .admin
         .as_ref()
         .and_then(|a| a.token.as_ref())
         .map(|t| t.0.clone())
 }
 
-fn guarded(req: &Request<Incoming>, ctx: &Ctx, f: impl FnOnce(&Ctx) -> Reply) -> Reply {
-    if auth::authorized(req.headers(), token(ctx).as_deref()) {
-        f(ctx)
-    } else {
-        unauthorized()
-    }
-}
-
 fn ready(ctx: &Ctx) -> Reply {
-    let reasons = views::unready_reasons(&ctx.control);
+    let reasons = ctx.control.view().unready_reasons(ctx.control.draining());
     if reasons.is_empty() {
         json_reply(StatusCode::OK, json!({"ready": true}))
     } else {
@@ -184,13 +181,11 @@ fn metrics(ctx: &Ctx) -> Reply {
     }
 }
 
-/// Reads the file and binds sockets, so it runs on the blocking pool, not the admin task.
+/// The file is read, validated and bound on a blocking thread (see `Handle::reload`), so
+/// neither this task nor the control plane's owner waits on it.
 async fn reload(ctx: Arc<Ctx>) -> Reply {
     use crate::reload::ReloadError;
-    let Ok(result) = tokio::task::spawn_blocking(move || ctx.control.reload()).await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed");
-    };
-    match result {
+    match ctx.control.reload().await {
         Ok(generation) => json_reply(StatusCode::OK, json!({"generation": generation})),
         Err(crate::reload::ReloadError::Config(errors)) => {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -199,14 +194,14 @@ async fn reload(ctx: Arc<Ctx>) -> Reply {
                 json!({"error": "the new config is invalid; nothing changed", "errors": list}),
             )
         }
-        Err(e @ ReloadError::Bind { .. }) => {
+        Err(e @ (ReloadError::Bind { .. } | ReloadError::Stopped)) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
         }
         Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
     }
 }
 
-fn backend_action(ctx: &Ctx, pool: &str, backend: &str, action: BackendAction) -> Reply {
+async fn backend_action(ctx: &Ctx, pool: &str, backend: &str, action: BackendAction) -> Reply {
     let Some(address) = input::percent_decode(backend).and_then(|b| b.parse::<SocketAddr>().ok())
     else {
         return error(
@@ -214,9 +209,9 @@ fn backend_action(ctx: &Ctx, pool: &str, backend: &str, action: BackendAction) -
             &format!("`{backend}` is not a backend address (IP:PORT, percent-encoded)"),
         );
     };
-    match ctx.control.backend_action(pool, address, action) {
+    match ctx.control.backend_action(pool, address, action).await {
         Ok(()) => json_reply(StatusCode::OK, views::backend(&ctx.control, pool, address)),
-        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e) => action_error(&e),
     }
 }
 
@@ -230,11 +225,11 @@ fn explain(ctx: &Ctx, listener: &str, ip: &str) -> Reply {
     };
     match ctx.control.explain(listener, source) {
         Ok(v) => json_reply(StatusCode::OK, views::verdict(listener, source, &v)),
-        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e) => action_error(&e),
     }
 }
 
-fn deny(ctx: &Ctx, listener: &str, cidr: &str, add: bool) -> Reply {
+async fn deny(ctx: &Ctx, listener: &str, cidr: &str, add: bool) -> Reply {
     let Some(block) =
         input::percent_decode(cidr).and_then(|c| c.parse::<crate::admission::Cidr>().ok())
     else {
@@ -243,7 +238,7 @@ fn deny(ctx: &Ctx, listener: &str, cidr: &str, add: bool) -> Reply {
             &format!("`{cidr}` is not a CIDR (percent-encode the slash: 10.0.0.0%2F8)"),
         );
     };
-    match ctx.control.deny(listener, block, add) {
+    match ctx.control.deny(listener, block, add).await {
         Ok(changed) => {
             let list: Vec<String> = ctx
                 .control
@@ -256,8 +251,20 @@ fn deny(ctx: &Ctx, listener: &str, cidr: &str, add: bool) -> Reply {
                 json!({"listener": listener, "changed": changed, "deny": list}),
             )
         }
-        Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e) => action_error(&e),
     }
+}
+
+/// The status that says what went wrong with an action.
+fn action_error(e: &ActionError) -> Reply {
+    let status = match e {
+        ActionError::NoPool(_) | ActionError::NoBackend(..) | ActionError::NoListener(_) => {
+            StatusCode::NOT_FOUND
+        }
+        ActionError::DenyListFull(_) => StatusCode::CONFLICT,
+        ActionError::Stopped => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &e.to_string())
 }
 
 async fn read_weight(req: Request<Incoming>) -> Result<u32, Reply> {

@@ -1,6 +1,6 @@
 //! The JSON views the admin API serves: status, one backend, the effective config (secrets
-//! left out) and readiness. Built from the published snapshot and the live registry, read
-//! at request time.
+//! left out) and explanations. Each answer is built from one published control view (and
+//! the live counters of the snapshot in it), so it shows one instant.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,62 +10,65 @@ use serde_json::{Value, json};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Lookup};
-use crate::control::Control;
+use crate::control::{BackendView, Handle, View};
 use crate::discovery::NameState;
-use crate::state::Backend;
 
-pub(crate) fn status(control: &Control) -> Value {
-    let snapshot = control.plane.snapshot.load_full();
-    let config = control.config();
-    let listeners: Vec<Value> = config
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn status(control: &Handle) -> Value {
+    let view = control.view();
+    let snapshot = &view.snapshot;
+    let listeners: Vec<Value> = view
+        .written
         .listeners
         .iter()
         .filter_map(|l| {
             let spec = snapshot.listener(&l.name)?;
             let live = &spec.live;
+            let rejected: serde_json::Map<String, Value> = [("no_backend", &live.rejected_no_backend)]
+                .into_iter()
+                .chain(crate::admission::Reason::ALL.iter().map(|r| (r.label(), live.rejected(*r))))
+                .map(|(reason, n)| (reason.to_owned(), json!(n.load(Relaxed))))
+                .collect();
             Some(json!({
                 "name": l.name,
                 "pool": l.pool,
-                "bind": control.addrs(&l.name).iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "active": live.active.load(Relaxed),
-                "accepted": live.accepted.load(Relaxed),
+                "bind": view.addrs(&l.name).iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "connections_active": live.active.load(Relaxed),
+                "connections_accepted": live.accepted.load(Relaxed),
                 "accept_errors": live.accept_errors.load(Relaxed),
-                "rejected_no_backend": live.rejected_no_backend.load(Relaxed),
                 "max_connections": live.max_connections(),
-                "rejected_acl": live.rejected_acl.load(Relaxed),
-                "rejected": crate::admission::Reason::ALL
-                    .iter()
-                    .map(|r| (r.label().to_owned(), json!(live.rejected(*r).load(Relaxed))))
-                    .collect::<serde_json::Map<_, _>>(),
+                "rejected": rejected,
                 "deny": spec.admission.runtime_deny.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "tracked_sources": spec.admission.per_source.as_ref().map(|ps| ps.table.tracked()),
             }))
         })
         .collect();
-    let dns = control.discovery.states();
-    let pools: Vec<Value> = config
+    let pools: Vec<Value> = view
+        .effective
         .pools
         .iter()
         .filter_map(|p| {
             let pool = snapshot.pool(&p.name)?;
-            let backends: Vec<Value> = pool
-                .backends
-                .iter()
-                .map(|b| backend_json(control, &p.name, b))
-                .collect();
+            let backends: Vec<Value> = view.backends(&p.name).iter().map(backend_json).collect();
             let names: Vec<Value> = p
                 .named
                 .iter()
-                .map(|n| name_json(dns.get(&(p.name.clone(), n.lookup.clone())), &n.lookup))
+                .map(|n| name_json(view.dns.states.get(&(p.name.clone(), n.lookup.clone())), &n.lookup))
                 .collect();
             Some(json!({"name": p.name, "balance": pool.algorithm.label(), "backends": backends, "names": names}))
         })
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "generation": control.generation(),
-        "workers": control.worker_count(),
-        "draining": control.draining.load(Relaxed),
+        "pid": view.pid,
+        "started_at_unix_ms": unix_ms(view.started_at),
+        "generation": view.generation,
+        "workers": view.workers,
+        "draining": control.draining(),
         "listeners": listeners,
         "pools": pools,
     })
@@ -109,36 +112,26 @@ fn name_json(state: Option<&NameState>, lookup: &Lookup) -> Value {
     })
 }
 
-fn backend_json(control: &Control, pool: &str, b: &Backend) -> Value {
-    let ov = control.live.override_of(pool, b.address);
-    let health = control.live.health_of(pool, b.address);
-    let config = control.config();
-    let entry = config
-        .pool(pool)
-        .and_then(|p| p.backends.iter().find(|c| c.address == b.address));
-    let configured = entry.map_or(0, |c| c.weight);
-    let state = match ov.state {
-        crate::live::AdminState::Active if !health.up => "down",
-        other => other.label(),
-    };
-    let last_check = health.last.as_ref().map(|o| {
-        let at = o.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        json!({"result": if o.ok { "success" } else { "failure" }, "detail": o.detail, "at_unix_ms": at})
-    });
+fn backend_json(b: &BackendView<'_>) -> Value {
+    let stats = &b.backend.stats;
+    let last_check = b.last_check.map(
+        |o| json!({"result": o.result.label(), "detail": o.detail, "at_unix_ms": unix_ms(o.at)}),
+    );
     json!({
-        "address": b.address.to_string(),
-        "state": state,
-        "weight": ov.weight.unwrap_or(configured),
-        "configured_weight": configured,
-        "effective_weight": f64::from(b.weight) / f64::from(crate::policy::SCALE),
-        "active": b.stats.active.load(Relaxed),
-        "connections": b.stats.connections.load(Relaxed),
-        "connect_failures": b.stats.failures(),
-        "sent_bytes": b.stats.sent_bytes.load(Relaxed),
-        "received_bytes": b.stats.received_bytes.load(Relaxed),
+        "address": b.backend.address.to_string(),
+        "state": b.state,
+        "health": b.health,
+        "configured_weight": b.configured_weight,
+        "weight_override": b.weight_override,
+        "effective_weight": f64::from(b.backend.weight) / f64::from(crate::policy::SCALE),
+        "connections_active": stats.active.load(Relaxed),
+        "connections_total": stats.connections.load(Relaxed),
+        "connect_failures": stats.failures(),
+        "sent_bytes": stats.sent_bytes.load(Relaxed),
+        "received_bytes": stats.received_bytes.load(Relaxed),
         "last_check": last_check,
-        "tier": entry.map_or(0, |c| c.tier),
-        "from_dns": entry.and_then(|c| c.origin.as_deref()),
+        "tier": b.tier,
+        "from_dns": b.from_dns,
     })
 }
 
@@ -176,58 +169,12 @@ pub(crate) fn verdict(
 }
 
 /// One backend's status, after an admin action.
-pub(crate) fn backend(control: &Control, pool: &str, address: SocketAddr) -> Value {
-    let snapshot = control.plane.snapshot.load_full();
-    snapshot
-        .pool(pool)
-        .and_then(|p| p.backends.iter().find(|b| b.address == address))
-        .map_or(Value::Null, |b| backend_json(control, pool, b))
-}
-
-/// Why the instance should not take traffic now; empty when ready.
-pub(crate) fn unready_reasons(control: &Control) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if control.draining.load(Relaxed) {
-        reasons.push("draining: shutting down".to_owned());
-    }
-    let config = control.config();
-    let bound = control.bound().clone();
-    for l in &config.listeners {
-        for addr in &l.bind {
-            if !bound.contains_key(&(l.name.clone(), *addr)) {
-                reasons.push(format!("listener {}: {addr} is not bound", l.name));
-            }
-        }
-    }
-    let snapshot = control.plane.snapshot.load_full();
-    let dns = control.discovery.states();
-    let dns_error = control.discovery.client_error();
-    for p in &config.pools {
-        if snapshot
-            .pool(&p.name)
-            .is_some_and(|pool| pool.has_selectable())
-        {
-            continue;
-        }
-        reasons.push(format!("pool {}: no backend is up", p.name));
-        for n in &p.named {
-            let state = dns.get(&(p.name.clone(), n.lookup.clone()));
-            let why = match (state, &dns_error) {
-                (_, Some(e)) => format!("DNS cannot run: {e}"),
-                (Some(s), _) if s.has_answer() && s.resolved.is_empty() => {
-                    format!("DNS answered no address ({})", s.last_result)
-                }
-                (Some(s), _) if s.has_answer() => continue,
-                (Some(s), _) => format!(
-                    "no DNS answer yet (last: {})",
-                    s.last_error.as_deref().unwrap_or(s.last_result)
-                ),
-                (None, None) => "no DNS answer yet".to_owned(),
-            };
-            reasons.push(format!("pool {}: {}: {why}", p.name, n.lookup));
-        }
-    }
-    reasons
+pub(crate) fn backend(control: &Handle, pool: &str, address: SocketAddr) -> Value {
+    let view: std::sync::Arc<View> = control.view();
+    view.backends(pool)
+        .iter()
+        .find(|b| b.backend.address == address)
+        .map_or(Value::Null, backend_json)
 }
 
 /// The effective config as JSON (see [`Config::to_json`]).

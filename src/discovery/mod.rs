@@ -1,11 +1,12 @@
 //! Backends named in DNS (`host:` and `srv:` entries), on the control plane only: one task
-//! per (pool, entry) asks DNS (`resolve.rs`), the pure policy in `answer.rs` decides what
-//! stays in force and when to ask again, and [`expand`] turns the written config plus the
-//! answers in force into the effective config the control plane builds snapshots from.
+//! per (pool, entry) asks DNS (`resolve.rs`) and sends the [`Answer`] to the owner, which
+//! applies it to [`Names`] (the pure policy in `answer.rs` decides what stays in force and
+//! when to ask again) and tells the task when to ask next. [`expand`] turns the written
+//! config plus the answers in force into the effective config snapshots are built from.
 //! Resolution never runs on the data path: a new connection uses the last published set.
 //!
-//! This module owns the answers, their schedule and the resolution counters. It never
-//! publishes a snapshot itself: `Control::dns_round` does, under the same lock as reloads.
+//! This module owns the answers, their schedule and the resolution counters; it never
+//! imports the owner, never publishes a snapshot and never spawns a task itself.
 
 mod addresses;
 pub mod answer;
@@ -17,13 +18,12 @@ mod srv_tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, BACKUP_TIER, Backend, Config, Lookup};
-use crate::control::Control;
 pub use answer::{NameState, Round, Timing};
 pub use resolve::Dns;
 
@@ -44,154 +44,108 @@ pub struct Applied {
     pub addresses: Vec<SocketAddr>,
 }
 
-#[derive(Default)]
-struct Inner {
+/// One round's answer, from an entry's task to the owner; the owner replies with when to
+/// ask again (dropping `next` ends the task).
+#[derive(Debug)]
+pub struct Answer {
+    pub key: Key,
+    pub round: Round,
+    pub next: oneshot::Sender<Next>,
+}
+
+/// The owner's reply to an [`Answer`].
+#[derive(Debug)]
+pub struct Next {
+    pub delay: Duration,
+    /// The SRV targets in force, which the next round asks about even if the SRV question
+    /// fails.
+    pub srv_targets: Vec<String>,
+}
+
+/// How soon a resolver that could not be built (no readable nameserver) is tried again.
+pub const RETRY_CLIENT: Duration = Duration::from_secs(5);
+
+/// What [`Names::client`] found.
+#[derive(Debug)]
+pub enum Client {
+    /// The client the running tasks already use.
+    Same,
+    /// A new client: every task must restart on it.
+    New(Box<Dns>),
+    /// No client can be built; `first` is true when the last attempt had not failed too.
+    Failed { error: String, first: bool },
+}
+
+/// The DNS state of a running instance, owned by the control plane's owner.
+#[derive(Debug, Default)]
+pub struct Names {
     states: HashMap<Key, NameState>,
-    tasks: HashMap<Key, JoinHandle<()>>,
     /// The resolver settings the tasks run with, and the client built for them (or why
     /// none could be built).
     client: Option<(config::Resolver, Result<Dns, String>)>,
     /// Resolution rounds by (pool, result).
     rounds: HashMap<(String, &'static str), u64>,
-    /// The next attempt to build a client that could not be built.
-    retry: Option<JoinHandle<()>>,
 }
 
-/// How soon a resolver that could not be built (no readable nameserver) is tried again.
-const RETRY_CLIENT: Duration = Duration::from_secs(5);
-
-/// The DNS state of a running instance.
-#[derive(Default)]
-pub struct Discovery {
-    inner: Mutex<Inner>,
-}
-
-impl Discovery {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Each critical section replaces whole values, so a poisoned lock is consistent.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Makes the tasks match `written`'s entries: new entries start (their first round at
-    /// once), removed ones stop and are forgotten. Any change of the `resolver` section
-    /// restarts every task (on a new client, each asking at once, so new TTL bounds apply
-    /// now rather than after a sleep under the old ones); the answers in force are kept.
-    pub fn sync(&self, written: &Config, control: Weak<Control>, rt: &tokio::runtime::Handle) {
-        let wanted: Vec<Key> = written
-            .pools
-            .iter()
-            .flat_map(|p| {
-                p.named
-                    .iter()
-                    .map(move |n| (p.name.clone(), n.lookup.clone()))
-            })
-            .collect();
-        let mut inner = self.lock();
-        let want_client = written.resolver.clone();
-        // A client that could not be built is tried again (resolv.conf may appear later).
-        let same_client = inner
-            .client
-            .as_ref()
-            .is_some_and(|(c, built)| *c == want_client && built.is_ok());
-        if !same_client {
-            for (_, t) in inner.tasks.drain() {
-                t.abort();
-            }
-            inner.client = None;
+impl Names {
+    /// The client for `resolver`: kept while the settings stay the same and it was built;
+    /// otherwise built again (a resolv.conf may have appeared). Must run inside a tokio
+    /// runtime. The answers in force are kept either way.
+    pub fn client(&mut self, resolver: &config::Resolver) -> Client {
+        if let Some((r, Ok(_))) = &self.client
+            && r == resolver
+        {
+            return Client::Same;
         }
-        if inner.client.is_none() && !wanted.is_empty() {
-            let _runtime = rt.enter();
-            let client = Dns::new(&want_client.nameservers, want_client.timeout);
-            match &client {
-                Ok(dns) => tracing::info!(servers = ?dns.servers, "DNS resolution started"),
-                Err(e) => {
-                    let again = inner.client.as_ref().is_some_and(|(_, b)| b.is_err());
-                    if !again {
-                        tracing::error!(error = %e, retry_in = ?RETRY_CLIENT, "DNS-named backends cannot be resolved");
-                    }
-                    let control = control.clone();
-                    if let Some(t) = inner.retry.take() {
-                        t.abort();
-                    }
-                    inner.retry = Some(rt.spawn(async move {
-                        tokio::time::sleep(RETRY_CLIENT).await;
-                        if let Some(c) = control.upgrade() {
-                            c.sync_discovery();
-                        }
-                    }));
-                }
-            }
-            inner.client = Some((want_client, client));
-        }
-        inner.tasks.retain(|k, t| {
-            let keep = wanted.contains(k);
-            if !keep {
-                t.abort();
-            }
-            keep
-        });
-        inner.states.retain(|k, _| wanted.contains(k));
-        let pools: Vec<&str> = written.pools.iter().map(|p| p.name.as_str()).collect();
-        inner
-            .rounds
-            .retain(|(pool, _), _| pools.contains(&pool.as_str()));
-        let Some((_, Ok(dns))) = &inner.client else {
-            return;
+        let failed_before = matches!(&self.client, Some((_, Err(_))));
+        let built = Dns::new(&resolver.nameservers, resolver.timeout);
+        let out = match &built {
+            Ok(dns) => Client::New(Box::new(dns.clone())),
+            Err(e) => Client::Failed {
+                error: e.clone(),
+                first: !failed_before,
+            },
         };
-        let dns = dns.clone();
-        for key in wanted {
-            if let std::collections::hash_map::Entry::Vacant(slot) = inner.tasks.entry(key) {
-                let key = slot.key().clone();
-                slot.insert(rt.spawn(run(control.clone(), dns.clone(), key)));
-            }
-        }
+        self.client = Some((resolver.clone(), built));
+        out
     }
 
-    /// Stops every task (shutdown).
-    pub fn stop(&self) {
-        let mut inner = self.lock();
-        for (_, t) in inner.tasks.drain() {
-            t.abort();
-        }
-        if let Some(t) = inner.retry.take() {
-            t.abort();
-        }
+    /// Forgets the entries (and the pools' counters) that `written` no longer has.
+    pub fn retain(&mut self, written: &Config) {
+        let wanted = entries(written);
+        self.states.retain(|k, _| wanted.contains(k));
+        let pools: Vec<&str> = written.pools.iter().map(|p| p.name.as_str()).collect();
+        self.rounds
+            .retain(|(pool, _), _| pools.contains(&pool.as_str()));
     }
 
     /// Before a reload publishes `next`: a `host:` entry whose port changed starts from the
     /// addresses the same name has in force on the old port, so the reload opens no gap.
-    pub fn adopt(&self, next: &Config) {
-        let mut inner = self.lock();
+    pub fn adopt(&mut self, next: &Config) {
         for p in &next.pools {
             for n in &p.named {
                 let Lookup::Host { name, port } = &n.lookup else {
                     continue;
                 };
                 let key = (p.name.clone(), n.lookup.clone());
-                if inner.states.contains_key(&key) {
+                if self.states.contains_key(&key) {
                     continue;
                 }
-                let same_name = inner.states.iter().find(|((pool, l), _)| {
+                let same_name = self.states.iter().find(|((pool, l), _)| {
                     pool == &p.name
                         && matches!(l, Lookup::Host { name: other, .. } if other == name)
                 });
                 if let Some((_, state)) = same_name {
                     let moved = state.with_port(*port);
-                    inner.states.insert(key, moved);
+                    self.states.insert(key, moved);
                 }
             }
         }
     }
 
-    /// Applies one round of `key`, or `None` when the entry is gone (its task then ends).
-    pub fn apply(&self, key: &Key, round: Round, port: u16, t: Timing) -> Option<Applied> {
-        let mut inner = self.lock();
-        if !inner.tasks.contains_key(key) {
-            return None;
-        }
-        let state = inner.states.entry(key.clone()).or_default();
+    /// Applies one round of `key` at `now`.
+    pub fn apply(&mut self, key: &Key, round: Round, port: u16, t: Timing) -> Applied {
+        let state = self.states.entry(key.clone()).or_default();
         let before = (state.resolved.clone(), state.last_result);
         let delay = state.apply(round, port, Instant::now(), t);
         let applied = Applied {
@@ -202,30 +156,29 @@ impl Discovery {
             error: state.last_error.clone(),
             addresses: state.resolved.iter().map(|r| r.address).collect(),
         };
-        *inner
+        *self
             .rounds
             .entry((key.0.clone(), applied.result))
             .or_default() += 1;
-        Some(applied)
+        applied
     }
 
     /// The SRV targets `key` holds, for its next round.
-    fn srv_targets(&self, key: &Key) -> Vec<String> {
-        self.lock()
-            .states
+    pub fn srv_targets(&self, key: &Key) -> Vec<String> {
+        self.states
             .get(key)
             .map(NameState::srv_targets)
             .unwrap_or_default()
     }
 
     /// Every entry's state, for status and readiness.
-    pub fn states(&self) -> HashMap<Key, NameState> {
-        self.lock().states.clone()
+    pub fn states(&self) -> &HashMap<Key, NameState> {
+        &self.states
     }
 
     /// Why resolution cannot run at all, if it cannot.
     pub fn client_error(&self) -> Option<String> {
-        match &self.lock().client {
+        match &self.client {
             Some((_, Err(e))) => Some(e.clone()),
             _ => None,
         }
@@ -233,12 +186,7 @@ impl Discovery {
 
     /// Resolution rounds by (pool, result), for metrics.
     pub fn rounds(&self) -> Vec<((String, &'static str), u64)> {
-        let mut out: Vec<_> = self
-            .lock()
-            .rounds
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
+        let mut out: Vec<_> = self.rounds.iter().map(|(k, v)| (k.clone(), *v)).collect();
         out.sort();
         out
     }
@@ -246,8 +194,21 @@ impl Discovery {
     /// The effective config: `written` with every entry's addresses in force appended to
     /// its pool's backends.
     pub fn expand(&self, written: &Config) -> Config {
-        expand(written, &self.lock().states)
+        expand(written, &self.states)
     }
+}
+
+/// Every (pool, entry) of `written`, in order.
+pub fn entries(written: &Config) -> Vec<Key> {
+    written
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.named
+                .iter()
+                .map(move |n| (p.name.clone(), n.lookup.clone()))
+        })
+        .collect()
 }
 
 /// `written` with the resolved addresses added: in entry order, after the literal backends,
@@ -286,26 +247,26 @@ pub fn expand(written: &Config, states: &HashMap<Key, NameState>) -> Config {
     out
 }
 
-/// One entry's loop: a round, then sleep as the answer says. Ends when the entry leaves the
-/// config (its task is aborted, or `apply` no longer knows it) or the control plane is gone.
-async fn run(control: Weak<Control>, dns: Dns, key: Key) {
+/// One entry's loop: a round, the answer to the owner, then sleep as the owner says. Ends
+/// when the owner drops the reply (the entry left the config) or is gone, or when aborted.
+pub async fn run(dns: Dns, key: Key, mut srv_targets: Vec<String>, answers: mpsc::Sender<Answer>) {
     loop {
         let round = match &key.1 {
             Lookup::Host { name, .. } => dns.host(name).await,
-            Lookup::Srv { name } => {
-                let held = match control.upgrade() {
-                    Some(c) => c.discovery.srv_targets(&key),
-                    None => return,
-                };
-                dns.srv(name, held).await
-            }
+            Lookup::Srv { name } => dns.srv(name, std::mem::take(&mut srv_targets)).await,
         };
-        let Some(c) = control.upgrade() else { return };
-        let Some(delay) = c.dns_round(&key, round) else {
+        let (tx, rx) = oneshot::channel();
+        let answer = Answer {
+            key: key.clone(),
+            round,
+            next: tx,
+        };
+        if answers.send(answer).await.is_err() {
             return;
-        };
-        drop(c);
-        tokio::time::sleep(delay).await;
+        }
+        let Ok(next) = rx.await else { return };
+        srv_targets = next.srv_targets;
+        tokio::time::sleep(next.delay).await;
     }
 }
 

@@ -1,86 +1,30 @@
-//! One checker task per (pool, backend) with an active check, on the control-plane runtime.
-//! Each waits its interval (±10% jitter, so checks of many backends spread out instead of
-//! firing together), probes, and hands the result to the control plane, which applies the
-//! rise/fall state machine and republishes on a change. `sync` starts tasks for new
-//! backends, stops those whose backend or check went away, and restarts changed ones.
+//! The probing tasks, on the control-plane runtime: one per (pool, backend) with an active
+//! check, and one per backend that passive checks took down in a pool without an active
+//! check (it probes with back-off until the backend answers). Each task only probes and
+//! sends [`Report`]s; the control plane's owner applies them (rise/fall, republishing), and
+//! starts, stops and restarts the tasks. Nothing here reads or changes control state.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, Weak};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
-use super::probe::{self, Probe};
-use crate::config::{CheckKind, Config, HealthCheck};
-use crate::control::Control;
+use super::probe::{self, Failure, Probe};
+use crate::config::{CheckKind, HealthCheck};
 
-type Key = (String, SocketAddr);
-
-/// The running checker tasks.
-#[derive(Default)]
-pub struct Checks {
-    tasks: Mutex<HashMap<Key, (HealthCheck, JoinHandle<()>)>>,
+/// One probe result, for the owner.
+#[derive(Debug)]
+pub struct Report {
+    pub pool: Arc<str>,
+    pub backend: SocketAddr,
+    pub outcome: probe::Outcome,
+    pub at: SystemTime,
+    /// From a passive-recovery probe: one pass brings the backend back.
+    pub recovery: bool,
 }
 
-impl Checks {
-    /// Makes the running tasks match `config`'s checks. Returns the backends that had a
-    /// check and no longer do (their health is reset by the caller), and those whose check
-    /// just started (new backends, or a pool that gained a check).
-    pub fn sync(
-        &self,
-        config: &Config,
-        control: Weak<Control>,
-        rt: &tokio::runtime::Handle,
-    ) -> (Vec<Key>, Vec<Key>) {
-        let mut wanted: HashMap<Key, HealthCheck> = HashMap::new();
-        for p in &config.pools {
-            if let Some(hc) = &p.health_check {
-                for b in &p.backends {
-                    wanted.insert((p.name.clone(), b.address), hc.clone());
-                }
-            }
-        }
-        let mut tasks = self
-            .tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut stopped = Vec::new();
-        tasks.retain(|key, (check, handle)| {
-            let keep = wanted.get(key) == Some(check);
-            if !keep {
-                handle.abort();
-                if !wanted.contains_key(key) {
-                    stopped.push(key.clone());
-                }
-            }
-            keep
-        });
-        let mut started = Vec::new();
-        for (key, check) in wanted {
-            if tasks.contains_key(&key) {
-                continue;
-            }
-            let handle = rt.spawn(run(control.clone(), key.clone(), check.clone()));
-            tasks.insert(key.clone(), (check, handle));
-            started.push(key);
-        }
-        (stopped, started)
-    }
-
-    /// Stops every task (shutdown).
-    pub fn stop(&self) {
-        let mut tasks = self
-            .tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (_, (_, handle)) in tasks.drain() {
-            handle.abort();
-        }
-    }
-}
-
-fn probe_of(kind: &CheckKind) -> Probe {
+pub fn probe_of(kind: &CheckKind) -> Probe {
     match kind {
         CheckKind::Tcp => Probe::Tcp,
         CheckKind::SendExpect { send, expect } => Probe::SendExpect {
@@ -110,25 +54,66 @@ fn jittered(base: Duration, r: u64) -> Duration {
     (base + Duration::from_millis(offset)).saturating_sub(Duration::from_millis(spread / 2))
 }
 
-async fn run(control: Weak<Control>, (pool, backend): Key, check: HealthCheck) {
+/// Probes `backend` every `check.interval` (±10% jitter, so checks of many backends spread
+/// out instead of firing together) until aborted or the owner is gone. The first probe
+/// comes soon, at a random point, so state is known quickly.
+pub async fn run(
+    pool: Arc<str>,
+    backend: SocketAddr,
+    check: HealthCheck,
+    reports: mpsc::Sender<Report>,
+) {
     let probe = probe_of(&check.kind);
     let target = SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port()));
     let mut r = crate::balance::mix(
         crate::balance::maglev::fnv1a(format!("{pool}/{backend}").as_bytes()) ^ seed(),
     );
-    // The first probe soon, at a random point, so state is known quickly and spread out.
     let first = check.interval.min(Duration::from_millis(200));
     let mut delay = Duration::from_millis(r % (first.as_millis() as u64 + 1));
     loop {
         tokio::time::sleep(delay).await;
-        let result = probe::run(&probe, target, check.timeout).await;
-        let Some(control) = control.upgrade() else {
-            return;
+        let outcome = probe::run(&probe, target, check.timeout).await;
+        let report = Report {
+            pool: pool.clone(),
+            backend,
+            outcome,
+            at: SystemTime::now(),
+            recovery: false,
         };
-        control.record_check(&pool, backend, result, check.rise, check.fall);
-        drop(control);
+        if reports.send(report).await.is_err() {
+            return; // the owner is gone: shutting down
+        }
         r = crate::balance::mix(r);
         delay = jittered(check.interval, r);
+    }
+}
+
+/// First wait, and the longest, between passive-recovery probes.
+pub const RECOVERY_FIRST: Duration = Duration::from_secs(1);
+pub const RECOVERY_MAX: Duration = Duration::from_secs(30);
+
+/// Passive recovery of a backend in a pool without an active check: a TCP connect after
+/// 1 s, doubling to 30 s, until one passes; that pass is reported and the task ends. A
+/// probe that fails for a local reason is retried without backing off further.
+pub async fn recover(pool: Arc<str>, backend: SocketAddr, reports: mpsc::Sender<Report>) {
+    let mut wait = RECOVERY_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        match probe::run(&Probe::Tcp, backend, Duration::from_secs(3)).await {
+            Err(Failure::Local(_)) => continue,
+            Err(Failure::Backend(_)) => wait = (wait * 2).min(RECOVERY_MAX),
+            Ok(detail) => {
+                let report = Report {
+                    pool,
+                    backend,
+                    outcome: Ok(detail),
+                    at: SystemTime::now(),
+                    recovery: true,
+                };
+                let _ = reports.send(report).await;
+                return;
+            }
+        }
     }
 }
 

@@ -1,6 +1,10 @@
 //! One probe of one backend, bounded by the check's timeout: a TCP connect, a send/expect
 //! exchange, an HTTP GET (hyper's client, not a hand-written parser), or a UDP datagram
 //! whose reply must match (an ICMP port unreachable counts as a failure).
+//!
+//! A probe that cannot even be attempted because this host is out of something (descriptors,
+//! buffers, memory, local ports) says nothing about the backend: it is reported as a
+//! [`Failure::Local`], which leaves the backend's health as it was.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,27 +35,65 @@ pub enum Probe {
     },
 }
 
-/// Runs `probe` against `addr` within `timeout`: `Ok(detail)` on a pass, `Err(reason)`.
-pub async fn run(probe: &Probe, addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-    match tokio::time::timeout(timeout, attempt(probe, addr)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+/// Why a probe did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The backend failed it: refused, reset, timed out, answered wrong.
+    Backend(String),
+    /// This host could not make the attempt (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+    /// EADDRNOTAVAIL): nothing is known about the backend.
+    Local(String),
+}
+
+impl Failure {
+    pub fn detail(&self) -> &str {
+        match self {
+            Failure::Backend(d) | Failure::Local(d) => d,
+        }
     }
 }
 
-async fn attempt(probe: &Probe, addr: SocketAddr) -> Result<String, String> {
+/// The result of one probe: `Ok(what was seen)` on a pass.
+pub type Outcome = Result<String, Failure>;
+
+/// Failures of this host, not of the backend: out of descriptors, buffers, memory or
+/// ephemeral ports.
+pub fn is_local(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// An I/O error of step `what`, sorted by whose fault it is.
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> Failure {
+    move |e| {
+        let detail = format!("{what}: {e}");
+        if is_local(&e) {
+            Failure::Local(detail)
+        } else {
+            Failure::Backend(detail)
+        }
+    }
+}
+
+/// Runs `probe` against `addr` within `timeout`.
+pub async fn run(probe: &Probe, addr: SocketAddr, timeout: Duration) -> Outcome {
+    match tokio::time::timeout(timeout, attempt(probe, addr)).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Backend(format!("no answer within {timeout:?}"))),
+    }
+}
+
+async fn attempt(probe: &Probe, addr: SocketAddr) -> Outcome {
     match probe {
         Probe::Tcp => {
-            TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
+            TcpStream::connect(addr).await.map_err(io("connect"))?;
             Ok("connected".to_owned())
         }
         Probe::SendExpect { send, expect } => {
-            let mut s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            s.write_all(send).await.map_err(|e| format!("send: {e}"))?;
+            let mut s = TcpStream::connect(addr).await.map_err(io("connect"))?;
+            s.write_all(send).await.map_err(io("send"))?;
             let got = read_prefix(&mut s, expect.len()).await?;
             expect_prefix(&got, expect)
         }
@@ -66,34 +108,23 @@ async fn attempt(probe: &Probe, addr: SocketAddr) -> Result<String, String> {
             } else {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             };
-            let socket = UdpSocket::bind(local)
-                .await
-                .map_err(|e| format!("socket: {e}"))?;
-            socket
-                .connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            socket.send(send).await.map_err(|e| format!("send: {e}"))?;
+            let socket = UdpSocket::bind(local).await.map_err(io("socket"))?;
+            socket.connect(addr).await.map_err(io("connect"))?;
+            socket.send(send).await.map_err(io("send"))?;
             let mut buf = vec![0u8; expect.len().max(512)];
             // A connected UDP socket reports ICMP port unreachable as ECONNREFUSED.
-            let n = socket
-                .recv(&mut buf)
-                .await
-                .map_err(|e| format!("receive: {e}"))?;
+            let n = socket.recv(&mut buf).await.map_err(io("receive"))?;
             expect_prefix(&buf[..n], expect)
         }
     }
 }
 
 /// Reads until `want` bytes or end of stream.
-async fn read_prefix(s: &mut TcpStream, want: usize) -> Result<Vec<u8>, String> {
+async fn read_prefix(s: &mut TcpStream, want: usize) -> Result<Vec<u8>, Failure> {
     let mut got = Vec::with_capacity(want);
     let mut buf = [0u8; 512];
     while got.len() < want {
-        let n = s
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
+        let n = s.read(&mut buf).await.map_err(io("receive"))?;
         if n == 0 {
             break;
         }
@@ -102,29 +133,23 @@ async fn read_prefix(s: &mut TcpStream, want: usize) -> Result<Vec<u8>, String> 
     Ok(got)
 }
 
-fn expect_prefix(got: &[u8], expect: &[u8]) -> Result<String, String> {
+fn expect_prefix(got: &[u8], expect: &[u8]) -> Outcome {
     if got.starts_with(expect) {
         Ok("expected reply".to_owned())
     } else {
         let shown = String::from_utf8_lossy(&got[..got.len().min(32)])
             .escape_debug()
             .to_string();
-        Err(format!("unexpected reply \"{shown}\""))
+        Err(Failure::Backend(format!("unexpected reply \"{shown}\"")))
     }
 }
 
-async fn http(
-    addr: SocketAddr,
-    path: &str,
-    host: Option<&str>,
-    expect: &[(u16, u16)],
-) -> Result<String, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn http(addr: SocketAddr, path: &str, host: Option<&str>, expect: &[(u16, u16)]) -> Outcome {
+    let backend = |what: &str, e: &dyn std::fmt::Display| Failure::Backend(format!("{what}: {e}"));
+    let stream = TcpStream::connect(addr).await.map_err(io("connect"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("http handshake: {e}"))?;
+        .map_err(|e| backend("http handshake", &e))?;
     let driver = tokio::spawn(conn);
     let host = host.map_or_else(|| addr.to_string(), str::to_owned);
     let req = Request::get(path)
@@ -132,16 +157,17 @@ async fn http(
         .header(hyper::header::USER_AGENT, "tollgate-health-check")
         .header(hyper::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
+        // The path and host were validated with the config; this cannot fail on them.
+        .map_err(|e| Failure::Local(format!("request: {e}")))?;
     let result = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("http: {e}"));
+        .map_err(|e| backend("http", &e));
     driver.abort();
     let status = result?.status().as_u16();
     if expect.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) {
         Ok(format!("HTTP {status}"))
     } else {
-        Err(format!("HTTP {status}"))
+        Err(Failure::Backend(format!("HTTP {status}")))
     }
 }

@@ -1,14 +1,36 @@
 //! The health state machine of one backend: `rise` consecutive passes bring it up, `fall`
 //! consecutive failures take it down, and the very first result decides at once (so a dead
-//! backend takes no traffic while waiting for `fall` failures at start). Pure: results and
-//! times are passed in.
+//! backend takes no traffic while waiting for `fall` failures at start). A probe that failed
+//! for a local reason is shown as the last result but moves nothing. Pure: results and times
+//! are passed in.
 
 use std::time::SystemTime;
+
+/// What one probe said; the `result` label of `tollgate_health_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    Passed,
+    Failed,
+    /// This host could not make the attempt: nothing is known about the backend.
+    LocalError,
+}
+
+impl Checked {
+    pub const ALL: [Checked; 3] = [Checked::Passed, Checked::Failed, Checked::LocalError];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Checked::Passed => "success",
+            Checked::Failed => "failure",
+            Checked::LocalError => "local_error",
+        }
+    }
+}
 
 /// The last probe result, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOutcome {
-    pub ok: bool,
+    pub result: Checked,
     /// What failed, or what was seen (`HTTP 200`), for operators.
     pub detail: String,
     pub at: SystemTime,
@@ -41,6 +63,16 @@ impl Default for HealthState {
 }
 
 impl HealthState {
+    /// What the checks say: `up`, `down`, or `pending` (no result yet for a backend that
+    /// waits for its first one).
+    pub fn label(&self) -> &'static str {
+        match (self.up, self.checked) {
+            (true, _) => "up",
+            (false, true) => "down",
+            (false, false) => "pending",
+        }
+    }
+
     /// A backend whose first result is awaited and which takes no traffic meanwhile.
     pub fn pending() -> HealthState {
         HealthState {
@@ -49,9 +81,17 @@ impl HealthState {
         }
     }
 
-    /// Records one result; returns `Some(new_up)` when the state changed.
+    /// Records one result; returns `Some(new_up)` when the state changed. A local error is
+    /// kept as the last result and changes nothing else: no streak, no first decision.
     pub fn record(&mut self, outcome: CheckOutcome, rise: u32, fall: u32) -> Option<bool> {
-        let ok = outcome.ok;
+        let ok = match outcome.result {
+            Checked::Passed => true,
+            Checked::Failed => false,
+            Checked::LocalError => {
+                self.last = Some(outcome);
+                return None;
+            }
+        };
         self.last = Some(outcome);
         if ok {
             self.ok_streak = self.ok_streak.saturating_add(1);
@@ -80,7 +120,7 @@ impl HealthState {
         self.checked = true;
         self.ok_streak = 0;
         self.last = Some(CheckOutcome {
-            ok: false,
+            result: Checked::Failed,
             detail,
             at,
         });
@@ -94,10 +134,43 @@ mod tests {
 
     fn r(ok: bool) -> CheckOutcome {
         CheckOutcome {
-            ok,
+            result: if ok { Checked::Passed } else { Checked::Failed },
             detail: String::new(),
             at: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    fn local() -> CheckOutcome {
+        CheckOutcome {
+            result: Checked::LocalError,
+            detail: "connect: Too many open files (os error 24)".into(),
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn local_errors_move_nothing_but_are_shown() {
+        let mut h = HealthState::default();
+        for _ in 0..10 {
+            assert_eq!(h.record(local(), 2, 3), None);
+        }
+        assert!(h.up, "no failure counted");
+        assert_eq!(h.last, Some(local()));
+        assert_eq!(
+            h.record(r(false), 2, 3),
+            Some(false),
+            "still the first result"
+        );
+        assert_eq!(h.record(r(true), 2, 3), None);
+        assert_eq!(h.record(local(), 2, 3), None);
+        assert_eq!(
+            h.record(r(true), 2, 3),
+            Some(true),
+            "the streak survives a local error"
+        );
+        let mut p = HealthState::pending();
+        assert_eq!(p.record(local(), 1, 1), None);
+        assert_eq!(p.label(), "pending", "still waiting for a real answer");
     }
 
     #[test]

@@ -38,7 +38,14 @@ pub struct DataPlane {
     copy_only: AtomicBool,
     /// Passive health: a backend that just reached its pool's limit of connect failures in a
     /// row. Sent once per crossing (rare), never per connection.
-    pub failing: tokio::sync::mpsc::UnboundedSender<(Arc<str>, std::net::SocketAddr)>,
+    pub failing: tokio::sync::mpsc::Sender<PassiveDown>,
+}
+
+/// A backend that just reached its pool's limit of connect failures in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveDown {
+    pub pool: Arc<str>,
+    pub backend: std::net::SocketAddr,
 }
 
 impl DataPlane {
@@ -46,7 +53,7 @@ impl DataPlane {
         snapshot: Published,
         pipes: PipePool,
         mode: ForwardMode,
-        failing: tokio::sync::mpsc::UnboundedSender<(Arc<str>, std::net::SocketAddr)>,
+        failing: tokio::sync::mpsc::Sender<PassiveDown>,
     ) -> DataPlane {
         DataPlane {
             snapshot,

@@ -171,7 +171,10 @@ fn passive_failure(plane: &DataPlane, pool: &crate::state::Pool, backend: &Backe
     let streak = backend.stats.failing_streak.fetch_add(1, Ordering::Relaxed) + 1;
     // At or past the limit (the control plane acts once: a backend already down is skipped).
     if streak >= pool.passive_failures {
-        let _ = plane.failing.send((pool.name.clone(), backend.address));
+        let _ = plane.failing.try_send(super::PassiveDown {
+            pool: pool.name.clone(),
+            backend: backend.address,
+        });
     }
 }
 

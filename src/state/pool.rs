@@ -44,9 +44,10 @@ pub struct BackendStats {
     pub sent_bytes: AtomicU64,
     /// Bytes received from the backend (backend → client).
     pub received_bytes: AtomicU64,
-    /// Active health-check results.
+    /// Health-check results: passed, failed, and not made for a local reason.
     pub health_ok: AtomicU64,
     pub health_failed: AtomicU64,
+    pub health_local_errors: AtomicU64,
     /// Connect failures in a row (passive health); reset by a successful connect.
     pub failing_streak: std::sync::atomic::AtomicU32,
 }

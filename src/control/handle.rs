@@ -1,0 +1,254 @@
+//! How everyone but the owner reaches the control plane: [`Handle`] loads the published
+//! [`View`] and sends [`Command`]s to the owner, waiting for its answer. Reloads are
+//! prepared here, on the caller's side (a blocking thread), and serialised among themselves,
+//! so the owner only ever applies a reload that is already read, validated and bound.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::{ActionError, BackendAction, Command, View};
+use crate::admission::Cidr;
+use crate::health::HealthState;
+use crate::proxy::DataPlane;
+use crate::reload::{self, Prepared, ReloadError, Running};
+use crate::state::Snapshot;
+
+/// What the owner and every handle share.
+pub(super) struct Shared {
+    pub view: ArcSwap<View>,
+    pub draining: AtomicBool,
+    pub commands: mpsc::Sender<Command>,
+    /// One reload at a time, from preparing to applying, so each builds on the last.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// Where reloads read from; `None` for a config built in memory (tests, the demo).
+    pub config_path: Option<PathBuf>,
+    pub reloads_succeeded: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub plane: Arc<DataPlane>,
+}
+
+/// A cheap, cloneable way in to the control plane.
+#[derive(Clone)]
+pub struct Handle(pub(super) Arc<Shared>);
+
+/// Why a source would be admitted or refused by a listener right now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub explanation: crate::admission::Explanation,
+    /// Connections open on the listener now, and its cap.
+    pub listener_active: u64,
+    pub listener_max: usize,
+}
+
+impl Handle {
+    /// The control state as of the last applied change.
+    pub fn view(&self) -> Arc<View> {
+        self.0.view.load_full()
+    }
+
+    /// The snapshot the data plane uses now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.0.plane.snapshot.load_full()
+    }
+
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.0.plane
+    }
+
+    /// 1 at start, +1 per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.view().generation
+    }
+
+    /// The real addresses of a listener's sockets, in configured order.
+    pub fn addrs(&self, listener: &str) -> Vec<SocketAddr> {
+        self.view().addrs(listener)
+    }
+
+    /// What the checks say of one backend (up and unchecked when nothing is recorded).
+    pub fn health_of(&self, pool: &str, address: SocketAddr) -> HealthState {
+        self.view().health_of(pool, address)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Acquire)
+    }
+
+    /// From now on `/readyz` says not ready and reloads are refused.
+    pub fn set_draining(&self) {
+        self.0.draining.store(true, Ordering::Release);
+    }
+
+    /// Reloads that succeeded and failed so far.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.0.reloads_succeeded.load(Ordering::Relaxed),
+            self.0.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reloads the config file this instance was started with (SIGHUP, `POST
+    /// /api/v1/reload`): read, validated and bound on a blocking thread, then applied by the
+    /// owner. Logs the outcome once and counts it.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let _one = self.0.reload_lock.lock().await;
+        let this = self.clone();
+        let prepared = tokio::task::spawn_blocking(move || this.prepare())
+            .await
+            .unwrap_or(Err(ReloadError::Stopped));
+        let result = match prepared {
+            Ok(p) => self.apply(p).await,
+            Err(e) => Err(e),
+        };
+        self.count(&result);
+        result
+    }
+
+    /// [`Handle::reload`] for a caller outside any async runtime (tests, tools).
+    pub fn reload_blocking(&self) -> Result<u64, ReloadError> {
+        let _one = self.0.reload_lock.blocking_lock();
+        let result = self.prepare().and_then(|p| {
+            let (cmd, rx) = reload_command(p);
+            self.ask_blocking(cmd, rx, ReloadError::Stopped)
+        });
+        self.count(&result);
+        result
+    }
+
+    fn prepare(&self) -> Result<Prepared, ReloadError> {
+        let path = self.0.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        if self.draining() {
+            return Err(ReloadError::Draining);
+        }
+        let view = self.view();
+        let running = Running {
+            workers: view.workers,
+            admin: view.written.admin.as_ref().map(|a| a.bind),
+            bound: &view.bound,
+        };
+        reload::prepare(path, &running)
+    }
+
+    async fn apply(&self, prepared: Prepared) -> Result<u64, ReloadError> {
+        let (cmd, rx) = reload_command(prepared);
+        self.ask(cmd, rx, ReloadError::Stopped).await
+    }
+
+    fn count(&self, result: &Result<u64, ReloadError>) {
+        match result {
+            Ok(generation) => {
+                self.0.reloads_succeeded.fetch_add(1, Ordering::Relaxed);
+                info!(generation, "config reloaded");
+            }
+            Err(e) => {
+                self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                warn!("reload refused; the running config stays: {e}");
+            }
+        }
+    }
+
+    /// Drains, disables, enables or re-weights one backend. The override lasts while the
+    /// backend exists, across reloads.
+    pub async fn backend_action(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+        action: BackendAction,
+    ) -> Result<(), ActionError> {
+        let (cmd, rx) = backend_command(pool, address, action);
+        self.ask(cmd, rx, ActionError::Stopped).await
+    }
+
+    /// [`Handle::backend_action`] for a caller outside any async runtime.
+    pub fn backend_action_blocking(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+        action: BackendAction,
+    ) -> Result<(), ActionError> {
+        let (cmd, rx) = backend_command(pool, address, action);
+        self.ask_blocking(cmd, rx, ActionError::Stopped)
+    }
+
+    /// Adds `block` to (or removes it from) `listener`'s runtime deny list; true when the
+    /// list changed. The list lasts while the listener exists, across reloads.
+    pub async fn deny(&self, listener: &str, block: Cidr, add: bool) -> Result<bool, ActionError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Deny {
+            listener: listener.to_owned(),
+            block,
+            add,
+            reply,
+        };
+        self.ask(cmd, rx, ActionError::Stopped).await
+    }
+
+    /// Sends `cmd` to the owner and waits for its answer; `stopped` when the owner is gone.
+    async fn ask<T, E>(&self, cmd: Command, rx: Answer<T, E>, stopped: E) -> Result<T, E> {
+        if self.0.commands.send(cmd).await.is_err() {
+            return Err(stopped);
+        }
+        rx.await.unwrap_or(Err(stopped))
+    }
+
+    /// [`Handle::ask`] for a caller outside any async runtime.
+    fn ask_blocking<T, E>(&self, cmd: Command, rx: Answer<T, E>, stopped: E) -> Result<T, E> {
+        if self.0.commands.blocking_send(cmd).is_err() {
+            return Err(stopped);
+        }
+        rx.blocking_recv().unwrap_or(Err(stopped))
+    }
+
+    /// What `listener` would do with a new connection from `source` now.
+    pub fn explain(&self, listener: &str, source: IpAddr) -> Result<Verdict, ActionError> {
+        let snapshot = self.snapshot();
+        let spec = snapshot
+            .listener(listener)
+            .ok_or_else(|| ActionError::NoListener(listener.to_owned()))?;
+        Ok(Verdict {
+            explanation: spec.admission.explain(source, std::time::Instant::now()),
+            listener_active: spec.live.active.load(Ordering::Relaxed),
+            listener_max: spec.live.max_connections(),
+        })
+    }
+
+    /// The runtime deny list of a listener.
+    pub fn deny_list(&self, listener: &str) -> Vec<Cidr> {
+        self.snapshot()
+            .listener(listener)
+            .map(|l| l.admission.runtime_deny.blocks().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+type Answer<T, E = ActionError> = oneshot::Receiver<Result<T, E>>;
+
+fn backend_command(
+    pool: &str,
+    address: SocketAddr,
+    action: BackendAction,
+) -> (Command, Answer<()>) {
+    let (reply, rx) = oneshot::channel();
+    let cmd = Command::Backend {
+        pool: pool.to_owned(),
+        address,
+        action,
+        reply,
+    };
+    (cmd, rx)
+}
+
+fn reload_command(prepared: Prepared) -> (Command, Answer<u64, ReloadError>) {
+    let (reply, rx) = oneshot::channel();
+    let cmd = Command::Reload {
+        prepared: Box::new(prepared),
+        reply,
+    };
+    (cmd, rx)
+}

@@ -1,0 +1,102 @@
+//! The control plane. One owner (`owner.rs`) holds every piece of control state — the
+//! configs, the registry of identity-kept facts, health, overrides, deny lists, limiter
+//! tables, DNS answers, the bound sockets — and applies every change as an event, one at a
+//! time, in its own task: probe results, DNS answers, passive-failure notices, admin
+//! commands, prepared reloads and its own timers. After each event that changes something it
+//! publishes the data plane's [`Snapshot`](crate::state::Snapshot) (when that changed) and a
+//! [`View`] for every reader.
+//!
+//! Everyone else holds a [`Handle`]: it loads the published view (one consistent view per
+//! request) and sends commands, waiting for the owner's answer. Health and discovery tasks
+//! never import this module: they send results on channels (`tasks.rs` runs them). A reload
+//! is read, validated and bound off the owner (`crate::reload::prepare`), then applied by
+//! the owner in one step, so a slow reload never delays health checks, DNS or `/readyz`.
+//!
+//! `registry.rs` keeps facts by identity, `build.rs` turns them into snapshots (reusing
+//! unchanged pools), `view.rs` is what readers see, `handle.rs` is how they ask.
+
+mod build;
+mod handle;
+mod owner;
+pub mod registry;
+mod tasks;
+pub mod view;
+
+use std::net::SocketAddr;
+
+pub use handle::{Handle, Verdict};
+pub use owner::{Channels, Owner};
+pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};
+pub use view::{BackendView, View};
+
+use crate::admission::Cidr;
+use crate::reload::{Prepared, ReloadError};
+
+/// What an operator can do to one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendAction {
+    Drain,
+    Disable,
+    Enable,
+    Weight(u32),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActionError {
+    #[error("no pool named `{0}`")]
+    NoPool(String),
+    #[error("pool `{0}` has no backend {1}")]
+    NoBackend(String, SocketAddr),
+    #[error("no listener named `{0}`")]
+    NoListener(String),
+    #[error(
+        "the runtime deny list of listener `{0}` is full ({MAX_RUNTIME_DENY} blocks): remove some, or list them in the config's access.deny"
+    )]
+    DenyListFull(String),
+    #[error("the control plane has stopped")]
+    Stopped,
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<T>;
+
+/// A request to the owner, with where to send its answer.
+#[derive(Debug)]
+pub enum Command {
+    Backend {
+        pool: String,
+        address: SocketAddr,
+        action: BackendAction,
+        reply: Reply<Result<(), ActionError>>,
+    },
+    Deny {
+        listener: String,
+        block: Cidr,
+        add: bool,
+        reply: Reply<Result<bool, ActionError>>,
+    },
+    Reload {
+        prepared: Box<Prepared>,
+        reply: Reply<Result<u64, ReloadError>>,
+    },
+}
+
+/// Snapshot building as the owner does it, for benchmarks and tests: a registry and a
+/// builder that reuses what did not change between two builds.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    registry: registry::Registry,
+    builder: build::Builder,
+}
+
+impl Snapshots {
+    /// The snapshot of `config` (an effective config) at `generation`; `None` when nothing
+    /// changed since the last build (the owner then publishes nothing).
+    pub fn build(
+        &mut self,
+        config: &crate::config::Config,
+        generation: u64,
+    ) -> Option<crate::state::Snapshot> {
+        let built = self.builder.build(config, &mut self.registry, generation);
+        built.changed.then_some(built.snapshot)
+    }
+}
