@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::http::{get, request};
+use common::http::{assert_unready, get, request};
 use common::*;
 use tollgate::app::Server;
 
@@ -118,14 +118,9 @@ fn backend_overrides_take_effect_and_show_in_status() {
         closed_within(&mut refused, Duration::from_secs(5)),
         "no backend takes connections"
     );
-    let ready = get(admin, "/readyz");
-    assert_eq!(ready.status, 503);
-    assert!(
-        ready
-            .body
-            .contains("pool back: every backend that is up is drained, disabled or weighted 0"),
-        "{}",
-        ready.body
+    assert_unready(
+        admin,
+        "pool back: every backend that is up is drained, disabled or weighted 0",
     );
     assert_eq!(
         request(admin, "POST", &format!("{base}/enable"), Some(TOKEN), "").json()["state"],

@@ -151,3 +151,61 @@ fn bad_requests_to_the_deny_endpoints() {
     );
     server.shutdown();
 }
+
+/// The runtime deny list is bounded: past `MAX_RUNTIME_DENY` blocks an add is refused with
+/// a 409 that says where larger lists belong, and nothing changes; removing one makes room.
+#[test]
+fn the_runtime_deny_list_is_bounded() {
+    let echo = echo_backend();
+    let top = "admin:\n  bind: \"127.0.0.1:0\"";
+    let server = start(&config(&[(echo, 1)], "", "", top));
+    let admin = server.admin_addr().unwrap();
+    let control = server.control().clone();
+    let block = |i: usize| -> tollgate::admission::Cidr {
+        format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for i in 0..tollgate::control::MAX_RUNTIME_DENY {
+            assert_eq!(control.deny("front", block(i), true).await, Ok(true));
+        }
+    });
+    let full = request(
+        admin,
+        "POST",
+        "/api/v1/listeners/front/deny/192.0.2.0%2F24",
+        None,
+        "",
+    );
+    assert_eq!(full.status, 409, "{}", full.body);
+    let message = full.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("is full (10000 blocks)") && message.contains("access.deny"),
+        "{message}"
+    );
+    assert_eq!(
+        control.deny_list("front").len(),
+        tollgate::control::MAX_RUNTIME_DENY,
+        "nothing changed"
+    );
+    let removed = request(
+        admin,
+        "DELETE",
+        "/api/v1/listeners/front/deny/10.0.0.0%2F24",
+        None,
+        "",
+    );
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    let added = request(
+        admin,
+        "POST",
+        "/api/v1/listeners/front/deny/192.0.2.0%2F24",
+        None,
+        "",
+    );
+    assert_eq!(added.status, 200, "room again: {}", added.body);
+    server.shutdown();
+}

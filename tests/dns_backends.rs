@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::dns::{
     DnsServer, Mode, answer_or_zero, dns_config, id_backends_on_one_port, lo, start_host,
 };
-use common::http::get;
+use common::http::{assert_unready, get};
 use common::*;
 
 /// The ids that answer `n` connections (a connection closed unanswered counts as 0).
@@ -241,20 +241,10 @@ fn start_up_does_not_wait_on_dns_and_readyz_names_the_pool_waiting() {
         Duration::from_secs(5),
         || status(&server)["pools"][0]["names"][0]["result"] == "timeout",
     );
-    let ready = get(admin, "/readyz");
-    assert_eq!(ready.status, 503);
-    assert!(
-        ready.body.contains("pool back: host late.test port"),
-        "{}",
-        ready.body
+    let waiting = format!(
+        "pool back: host late.test port {port}: no DNS answer yet (last: no answer within the timeout)"
     );
-    assert!(
-        ready
-            .body
-            .contains("no DNS answer yet (last: no answer within the timeout)"),
-        "{}",
-        ready.body
-    );
+    assert_unready(admin, &waiting);
     // Meanwhile a connection is refused at once (no backend), not held.
     let mut s = std::net::TcpStream::connect(front(&server)).unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(2)));

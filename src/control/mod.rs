@@ -12,14 +12,19 @@
 //! is read, validated and bound off the owner (`crate::reload::prepare`), then applied by
 //! the owner in one step, so a slow reload never delays health checks, DNS or `/readyz`.
 //!
-//! `registry.rs` keeps facts by identity, `build.rs` turns them into snapshots (reusing
-//! unchanged pools), `view.rs` is what readers see, `handle.rs` is how they ask.
+//! `served.rs` is what the data plane is served (the effective config, health, overrides),
+//! kept by identity in `registry.rs` and built into snapshots by `build.rs` (reusing
+//! unchanged pools); `tasks.rs` runs the probing and resolving tasks; `view.rs` is what
+//! readers see, `handle.rs` is how they ask.
 
 mod build;
 mod handle;
 mod owner;
 pub mod registry;
+mod served;
 mod tasks;
+#[cfg(test)]
+mod tests;
 pub mod view;
 
 use std::net::SocketAddr;

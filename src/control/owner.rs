@@ -6,23 +6,23 @@
 //! arrive prepared, limiter reshapes run on a blocking thread.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::build::{Builder, Reshape};
+use super::Command;
+use super::build::Reshape;
 use super::handle::{Handle, Shared};
-use super::registry::{AdminState, BackendKey, DenyListFull, Registry};
+use super::registry::BackendKey;
+use super::served::{ReportEffect, Served};
 use super::tasks::{Kind, Tasks};
 use super::view::{DnsView, View};
-use super::{ActionError, BackendAction, Command};
-use crate::admission::{Carried, SourceTable};
+use crate::admission::{Carried, Shape, SourceTable};
 use crate::config::{self, Config, Lookup};
 use crate::discovery::{self, Answer, Client, Names, Next, Timing};
-use crate::health::probe::Failure;
-use crate::health::{CheckOutcome, Checked, Report};
+use crate::health::Report;
 use crate::proxy::listener::BoundSocket;
 use crate::proxy::throttle::LogThrottle;
 use crate::proxy::{DataPlane, ForwardMode, PassiveDown};
@@ -33,23 +33,14 @@ const COMMAND_QUEUE: usize = 64;
 /// Queued probe reports and DNS answers before their tasks wait.
 const REPORT_QUEUE: usize = 1024;
 
-static LOCAL_PROBE_LOG: LogThrottle = LogThrottle::new();
 static TASK_LOG: LogThrottle = LogThrottle::new();
 
 /// A limiter table moved into a new shape, off the owner's loop.
 struct Moved {
     listener: String,
     from: Arc<SourceTable>,
-    shape: crate::admission::Shape,
+    shape: Shape,
     to: Option<(Arc<SourceTable>, Carried)>,
-}
-
-/// Slow start: republish in steps while a recovered backend's weight ramps up.
-#[derive(Clone, Copy)]
-struct Ramp {
-    next: Instant,
-    until: Instant,
-    step: Duration,
 }
 
 /// Which parts of the published view are stale.
@@ -70,13 +61,11 @@ pub struct Channels {
 
 pub struct Owner {
     shared: Arc<Shared>,
-    registry: Registry,
-    builder: Builder,
+    served: Served,
     names: Names,
     tasks: Tasks,
+    /// The config in force as written (`host:`/`srv:` entries unresolved).
     written: Arc<Config>,
-    effective: Arc<Config>,
-    generation: u64,
     bound: Arc<BoundMap>,
     workers: Vec<mpsc::UnboundedSender<BoundSocket>>,
     commands: mpsc::Receiver<Command>,
@@ -84,7 +73,6 @@ pub struct Owner {
     reports: mpsc::Receiver<Report>,
     answers: mpsc::Receiver<Answer>,
     moved: (mpsc::Sender<Moved>, mpsc::Receiver<Moved>),
-    ramp: Option<Ramp>,
     resolver_retry: Option<Instant>,
     dirty: Dirty,
     view_health: Arc<std::collections::HashMap<BackendKey, crate::health::HealthState>>,
@@ -102,21 +90,18 @@ impl Owner {
         channels: Channels,
         plane: impl FnOnce(crate::state::Snapshot) -> DataPlane,
     ) -> (Owner, Handle) {
-        let mut registry = Registry::default();
-        let mut builder = Builder::default();
-        let first = builder.build(config, &mut registry, 1);
-        let plane = Arc::new(plane(first.snapshot));
+        let served = Served::new(config, plane);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
         let (answers_tx, answers) = mpsc::channel(REPORT_QUEUE);
-        let written = Arc::new(config.clone());
+        let written = served.effective().clone();
         let bound = Arc::new(bound);
         let started_at = SystemTime::now();
         let view = View {
             generation: 1,
             written: written.clone(),
             effective: written.clone(),
-            snapshot: plane.snapshot.load_full(),
+            snapshot: served.plane().snapshot.load_full(),
             health: Arc::default(),
             overrides: Arc::default(),
             dns: Arc::default(),
@@ -133,17 +118,14 @@ impl Owner {
             config_path: path,
             reloads_succeeded: 0.into(),
             reloads_failed: 0.into(),
-            plane,
+            plane: served.plane().clone(),
         });
         let owner = Owner {
             shared: shared.clone(),
-            registry,
-            builder,
+            served,
             names: Names::default(),
             tasks: Tasks::new(reports_tx, answers_tx),
-            effective: written.clone(),
             written,
-            generation: 1,
             bound,
             workers: channels.workers,
             commands,
@@ -151,7 +133,6 @@ impl Owner {
             reports,
             answers,
             moved: mpsc::channel(16),
-            ramp: None,
             resolver_retry: None,
             dirty: Dirty::default(),
             view_health: Arc::default(),
@@ -165,27 +146,39 @@ impl Owner {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         self.sync_dns();
         self.sync_checks();
-        self.publish_view();
+        self.after_event();
         loop {
             let timer = self.next_timer();
             tokio::select! {
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(report) = self.reports.recv() => self.on_report(report),
                 Some(answer) = self.answers.recv() => self.on_answer(answer),
-                Some(notice) = self.passive.recv() => self.on_passive(notice),
+                Some(notice) = self.passive.recv() => self.on_passive(&notice),
                 Some(moved) = self.moved.1.recv() => self.on_moved(moved),
                 Some((kind, why)) = self.tasks.ended() => self.on_task_ended(kind, &why),
                 () = sleep_until(timer), if timer.is_some() => self.on_timer(),
                 _ = stop.wait_for(|s| *s) => break,
             }
-            if self.dirty.any {
-                self.publish_view();
-            }
+            self.after_event();
         }
         self.tasks.stop_all();
     }
 
+    /// After every event: start the limiter moves it asked for, publish the view.
+    fn after_event(&mut self) {
+        for r in self.served.take_reshapes() {
+            self.reshape(r);
+        }
+        if self.dirty.any {
+            self.publish_view();
+        }
+    }
+
     fn on_command(&mut self, cmd: Command) {
+        // Every command changes state an admin reader may look at at once: the view is
+        // published before the answer goes back.
+        self.dirty.any = true;
+        self.dirty.health = true;
         match cmd {
             Command::Backend {
                 pool,
@@ -193,8 +186,8 @@ impl Owner {
                 action,
                 reply,
             } => {
-                let result = self.backend_action(&pool, address, action);
-                self.publish_view();
+                let result = self.served.backend_action(&pool, address, action);
+                self.after_event();
                 let _ = reply.send(result);
             }
             Command::Deny {
@@ -203,54 +196,16 @@ impl Owner {
                 add,
                 reply,
             } => {
-                let result = if self.written.listeners.iter().any(|l| l.name == listener) {
-                    match self.registry.set_deny(&listener, block, add) {
-                        Ok(changed) => {
-                            if changed {
-                                info!(listener, %block, add, "runtime deny list changed");
-                                self.rebuild();
-                            }
-                            Ok(changed)
-                        }
-                        Err(DenyListFull) => Err(ActionError::DenyListFull(listener)),
-                    }
-                } else {
-                    Err(ActionError::NoListener(listener))
-                };
-                self.publish_view();
+                let result = self.served.deny(&listener, block, add);
+                self.after_event();
                 let _ = reply.send(result);
             }
             Command::Reload { prepared, reply } => {
                 let result = self.apply_reload(*prepared);
-                self.publish_view();
+                self.after_event();
                 let _ = reply.send(result);
             }
         }
-    }
-
-    fn backend_action(
-        &mut self,
-        pool: &str,
-        address: std::net::SocketAddr,
-        action: BackendAction,
-    ) -> Result<(), ActionError> {
-        let p = self
-            .effective
-            .pool(pool)
-            .ok_or_else(|| ActionError::NoPool(pool.to_owned()))?;
-        if !p.backends.iter().any(|b| b.address == address) {
-            return Err(ActionError::NoBackend(pool.to_owned(), address));
-        }
-        let key = (pool.to_owned(), address);
-        self.registry.set_override(&key, |o| match action {
-            BackendAction::Drain => o.state = AdminState::Draining,
-            BackendAction::Disable => o.state = AdminState::Disabled,
-            BackendAction::Enable => o.state = AdminState::Active,
-            BackendAction::Weight(w) => o.weight = Some(w),
-        });
-        info!(pool, backend = %address, ?action, "backend override applied");
-        self.rebuild();
-        Ok(())
     }
 
     /// Makes a prepared config the running one, in one step.
@@ -263,15 +218,16 @@ impl Owner {
             return Err(ReloadError::Draining); // the prepared sockets close as they drop
         }
         let Prepared { config, fresh } = prepared;
-        self.generation += 1;
-        self.shared.plane.set_mode(match config.forwarding {
+        let generation = self.served.generation() + 1;
+        self.served.plane().set_mode(match config.forwarding {
             config::Forwarding::Splice => ForwardMode::Splice,
             config::Forwarding::Copy => ForwardMode::Copy,
         });
         let before = std::mem::replace(&mut self.written, Arc::new(config));
         self.names.adopt(&self.written);
         self.names.retain(&self.written);
-        self.install(self.names.expand(&self.written));
+        self.served
+            .install(self.names.expand(&self.written), generation);
         let mut bound = (*self.bound).clone();
         for group in fresh {
             for (worker, socket) in self.workers.iter().zip(group.sockets) {
@@ -299,45 +255,7 @@ impl Owner {
         }
         self.sync_dns();
         self.sync_checks();
-        Ok(self.generation)
-    }
-
-    /// Makes `next` the effective config and publishes its snapshot. Backends it adds to a
-    /// pool with an active check are pending before that snapshot, so none takes a
-    /// connection before its first passing check.
-    fn install(&mut self, next: Config) {
-        let known: std::collections::HashSet<(&str, std::net::SocketAddr)> = self
-            .effective
-            .pools
-            .iter()
-            .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b.address)))
-            .collect();
-        let added: Vec<BackendKey> = next
-            .pools
-            .iter()
-            .filter(|p| p.health_check.is_some())
-            .flat_map(|p| p.backends.iter().map(move |b| (p.name.clone(), b.address)))
-            .filter(|(pool, addr)| !known.contains(&(pool.as_str(), *addr)))
-            .collect();
-        self.registry.expect_pending(&added);
-        self.effective = Arc::new(next);
-        self.rebuild();
-    }
-
-    /// Builds the next snapshot and publishes it when it changed; starts the limiter moves
-    /// it asks for.
-    fn rebuild(&mut self) {
-        let built = self
-            .builder
-            .build(&self.effective, &mut self.registry, self.generation);
-        for r in built.reshapes {
-            self.reshape(r);
-        }
-        if built.changed {
-            self.shared.plane.snapshot.publish(built.snapshot);
-        }
-        self.dirty.any = true;
-        self.dirty.health = true;
+        Ok(generation)
     }
 
     /// Moves a limiter table into its new shape on a blocking thread; the owner installs
@@ -376,105 +294,35 @@ impl Owner {
             shape,
             to,
         } = moved;
-        match to {
-            Some((to, carried)) => {
-                info!(
-                    listener,
-                    kept = carried.kept,
-                    split = carried.split,
-                    no_room = carried.no_room,
-                    took = ?carried.took,
-                    "per-source limiter moved to a new table (prefix or max_tracked_sources changed)"
-                );
-                self.builder.moved(&listener, &from, to);
-            }
-            None => self.builder.unmoved(&listener, &from, shape),
+        if let Some((_, carried)) = &to {
+            info!(
+                listener,
+                kept = carried.kept,
+                split = carried.split,
+                no_room = carried.no_room,
+                took = ?carried.took,
+                "per-source limiter moved to a new table (prefix or max_tracked_sources changed)"
+            );
         }
-        self.rebuild();
+        self.served
+            .moved(&listener, &from, shape, to.map(|(t, _)| t));
+        self.dirty.any = true;
     }
 
     fn on_report(&mut self, report: Report) {
-        let key = (report.pool.to_string(), report.backend);
-        let Some(pool) = self.effective.pool(&key.0) else {
-            return;
-        };
-        if !pool.backends.iter().any(|b| b.address == key.1) {
-            return; // removed while the probe ran
+        if let ReportEffect::Recovered(key) = self.served.report(report) {
+            self.tasks.end_recovery(&key);
         }
-        let (rise, fall) = match (&pool.health_check, report.recovery) {
-            (Some(hc), false) => (hc.rise, hc.fall),
-            (None, true) => {
-                self.tasks.end_recovery(&key);
-                (1, 1)
-            }
-            _ => return, // the pool's checks changed while the probe ran
-        };
-        let slow_start = pool.slow_start;
-        let (result, detail) = match report.outcome {
-            Ok(detail) => (Checked::Passed, detail),
-            Err(Failure::Backend(detail)) => (Checked::Failed, detail),
-            Err(Failure::Local(detail)) => (Checked::LocalError, detail),
-        };
-        let stats = self.registry.stats_of(&key).cloned();
-        if let Some(stats) = &stats {
-            let counter = match result {
-                Checked::Passed => &stats.health_ok,
-                Checked::Failed => &stats.health_failed,
-                Checked::LocalError => &stats.health_local_errors,
-            };
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        if result == Checked::LocalError
-            && let Some(suppressed) = LOCAL_PROBE_LOG.allow()
-        {
-            warn!(pool = %key.0, backend = %key.1, %detail, suppressed, "health probe could not be made for a local reason; the backend's health stays as it was");
-        }
-        let outcome = CheckOutcome {
-            result,
-            detail: detail.clone(),
-            at: report.at,
-        };
         self.dirty.any = true;
         self.dirty.health = true;
-        match self.registry.record(&key, outcome, rise, fall) {
-            None => {}
-            Some(true) => {
-                if let Some(stats) = &stats {
-                    // A fresh start for passive checks: the streak that took it down is history.
-                    stats
-                        .failing_streak
-                        .store(0, std::sync::atomic::Ordering::Relaxed);
-                }
-                info!(pool = %key.0, backend = %key.1, %detail, "backend is up");
-                self.rebuild();
-                if !slow_start.is_zero() {
-                    self.start_ramp(slow_start);
-                }
-            }
-            Some(false) => {
-                warn!(pool = %key.0, backend = %key.1, %detail, "backend is down");
-                self.rebuild();
-            }
-        }
     }
 
-    /// Passive health: a backend failed its pool's limit of connects in a row. It is marked
-    /// down; an active check brings it back through `rise`, or else a recovery probe.
-    fn on_passive(&mut self, notice: PassiveDown) {
-        let key = (notice.pool.to_string(), notice.backend);
-        let Some(pool) = self.effective.pool(&key.0) else {
-            return;
-        };
-        let (limit, checked) = (pool.passive_failures, pool.health_check.is_some());
-        let detail = format!("{limit} connect failures in a row");
-        if !self.registry.force_down(&key, detail) {
-            return;
-        }
-        warn!(pool = %key.0, backend = %key.1, failures = limit, "backend is down (passive check)");
-        self.rebuild();
-        if !checked {
+    fn on_passive(&mut self, notice: &PassiveDown) {
+        if let Some(key) = self.served.passive(notice) {
             self.tasks.recover(&key);
         }
+        self.dirty.any = true;
+        self.dirty.health = true;
     }
 
     fn on_answer(&mut self, answer: Answer) {
@@ -522,7 +370,8 @@ impl Owner {
         }
         if applied.changed {
             info!(pool, name, addresses = ?applied.addresses, "DNS answer in force changed");
-            self.install(self.names.expand(&written));
+            let generation = self.served.generation();
+            self.served.install(self.names.expand(&written), generation);
             self.sync_checks();
         }
     }
@@ -535,16 +384,14 @@ impl Owner {
             Kind::Dns(key) => self.names.srv_targets(key),
             _ => Vec::new(),
         };
-        self.tasks.restart(kind, &self.effective, held);
+        self.tasks.restart(kind, self.served.effective(), held);
     }
 
     /// Makes the checkers match the effective config; backends that lost their check
     /// forget their health.
     fn sync_checks(&mut self) {
-        let stopped = self.tasks.sync_checks(&self.effective);
-        if self.registry.reset_health(&stopped) {
-            self.rebuild();
-        }
+        let stopped = self.tasks.sync_checks(self.served.effective());
+        self.served.forget_health(&stopped);
         self.dirty.any = true;
         self.dirty.health = true;
     }
@@ -578,24 +425,8 @@ impl Owner {
             .sync_dns(&self.written, |key| names.srv_targets(key));
     }
 
-    fn start_ramp(&mut self, over: Duration) {
-        let now = Instant::now();
-        let step = (over / 20).max(Duration::from_millis(50));
-        let mut ramp = Ramp {
-            next: now + step,
-            until: now + over + step,
-            step,
-        };
-        if let Some(r) = self.ramp {
-            ramp.next = ramp.next.min(r.next);
-            ramp.until = ramp.until.max(r.until);
-            ramp.step = ramp.step.min(r.step);
-        }
-        self.ramp = Some(ramp);
-    }
-
     fn next_timer(&self) -> Option<Instant> {
-        [self.ramp.map(|r| r.next), self.resolver_retry]
+        [self.served.ramp_due(), self.resolver_retry]
             .into_iter()
             .flatten()
             .min()
@@ -603,26 +434,19 @@ impl Owner {
 
     fn on_timer(&mut self) {
         let now = Instant::now();
-        if let Some(r) = self.ramp
-            && r.next <= now
-        {
-            self.rebuild();
-            self.ramp = (now < r.until).then_some(Ramp {
-                next: now + r.step,
-                ..r
-            });
-        }
+        self.served.ramp_step(now);
         if self.resolver_retry.is_some_and(|at| at <= now) {
             self.resolver_retry = None;
             self.sync_dns();
         }
+        self.dirty.any = true;
     }
 
     /// Publishes the view of the current state; parts that did not change are shared with
     /// the last view.
     fn publish_view(&mut self) {
         if self.dirty.health {
-            self.view_health = Arc::new(self.registry.healths().clone());
+            self.view_health = Arc::new(self.served.healths().clone());
         }
         if self.dirty.dns {
             self.view_dns = Arc::new(DnsView {
@@ -633,12 +457,12 @@ impl Owner {
         }
         self.dirty = Dirty::default();
         let view = View {
-            generation: self.generation,
+            generation: self.served.generation(),
             written: self.written.clone(),
-            effective: self.effective.clone(),
-            snapshot: self.shared.plane.snapshot.load_full(),
+            effective: self.served.effective().clone(),
+            snapshot: self.served.plane().snapshot.load_full(),
             health: self.view_health.clone(),
-            overrides: Arc::new(self.registry.overrides().clone()),
+            overrides: Arc::new(self.served.registry().overrides().clone()),
             dns: self.view_dns.clone(),
             bound: self.bound.clone(),
             workers: self.workers.len(),

@@ -232,3 +232,64 @@ impl Tasks {
         self.recoveries.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(check: bool, backend: std::net::SocketAddr) -> Config {
+        let hc = if check {
+            "    health_check: { type: tcp, interval: 50ms }\n"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "listeners:\n  web: {{ bind: \"127.0.0.1:0\", pool: p }}\npools:\n  p:\n{hc}    backends:\n      - address: \"{backend}\"\n"
+        );
+        crate::config::load_str(&yaml, "t").unwrap()
+    }
+
+    /// A task that dies (here a checker standing in for a probe with a bug) is reported with
+    /// why, and restarted like for like; one stopped on purpose is not reported.
+    #[tokio::test]
+    async fn a_task_that_dies_is_reported_and_restarted() {
+        let backend: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (reports_tx, mut reports) = mpsc::channel(8);
+        let (answers_tx, _answers) = mpsc::channel(8);
+        let mut tasks = Tasks::new(reports_tx, answers_tx);
+        let key = ("p".to_owned(), backend);
+        let handle = tasks.spawn(Kind::Check(key.clone()), async { panic!("a probe bug") });
+        tasks.checks.insert(
+            key.clone(),
+            (
+                config(true, backend).pools[0].health_check.clone().unwrap(),
+                handle,
+            ),
+        );
+        let (kind, why) = tokio::time::timeout(Duration::from_secs(5), tasks.ended())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kind, Kind::Check(key.clone()));
+        assert!(why.contains("panicked"), "{why}");
+        assert!(
+            !tasks.checks.contains_key(&key),
+            "forgotten, to be restarted"
+        );
+        tasks.restart(kind, &config(true, backend), Vec::new());
+        let report = tokio::time::timeout(Duration::from_secs(5), reports.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.backend, backend, "the restarted checker probes");
+        assert!(
+            tasks.sync_checks(&config(false, backend)).contains(&key),
+            "stopped"
+        );
+        let on_purpose = tokio::time::timeout(Duration::from_secs(5), tasks.ended())
+            .await
+            .unwrap();
+        assert_eq!(on_purpose, None, "a task stopped on purpose is not a death");
+    }
+}

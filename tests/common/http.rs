@@ -63,3 +63,14 @@ pub fn request(
 pub fn get(addr: SocketAddr, path: &str) -> Answer {
     request(addr, "GET", path, None, "")
 }
+
+/// Asserts that `/readyz` answers 503 with a reason containing `reason`.
+pub fn assert_unready(admin: SocketAddr, reason: &str) {
+    let ready = get(admin, "/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains(reason),
+        "no {reason:?} in {}",
+        ready.body
+    );
+}
