@@ -10,6 +10,8 @@ pub mod cidr;
 pub mod gcra;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod move_tests;
 pub mod prefix;
 mod reshape;
 mod shard;
