@@ -11,7 +11,11 @@ pub mod gcra;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod move_model_tests;
+#[cfg(test)]
 mod move_tests;
+#[cfg(test)]
+mod move_thread_tests;
 pub mod prefix;
 mod reshape;
 mod shard;
