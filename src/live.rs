@@ -334,6 +334,7 @@ fn policy(inner: &mut Inner, l: &crate::config::Listener) -> Policy {
                     split = carried.split,
                     no_room = carried.no_room,
                     took = ?carried.took,
+                    longest_hold = ?carried.longest_hold,
                     "per-source limiter moved to a new table (prefix or max_tracked_sources changed)"
                 );
                 next
