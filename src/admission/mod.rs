@@ -10,6 +10,12 @@ pub mod cidr;
 pub mod gcra;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod move_model_tests;
+#[cfg(test)]
+mod move_tests;
+#[cfg(test)]
+mod move_thread_tests;
 pub mod prefix;
 mod reshape;
 mod shard;

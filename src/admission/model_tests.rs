@@ -37,28 +37,28 @@ const STEPS: usize = 1000;
 const STALE: usize = 4;
 
 /// xorshift64.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+    pub(super) fn pick<T: Copy>(&mut self, from: &[T]) -> T {
         from[self.below(from.len())]
     }
 }
 
 /// IPv4 sources (some again as IPv4-mapped IPv6) and IPv6 ones, their addresses differing
 /// in bits that the prefixes of `random_shape` keep or clear: each prefix groups them anew.
-fn pool() -> Vec<IpAddr> {
+pub(super) fn pool() -> Vec<IpAddr> {
     let v4 = (0..48u32).map(|i| {
         let bits = 0x0a00_0000 | (i & 3) | (i >> 2 & 3) << 6 | (i >> 4 & 3) << 14 | (i >> 5) << 22;
         IpAddr::from(bits.to_be_bytes())
@@ -74,7 +74,7 @@ fn pool() -> Vec<IpAddr> {
     v4.chain(mapped).chain(v6).collect()
 }
 
-fn random_shape(rng: &mut Rng) -> Shape {
+pub(super) fn random_shape(rng: &mut Rng) -> Shape {
     Shape {
         ipv4_prefix: rng.pick(&[1, 8, 10, 16, 18, 24, 26, 30, 31, 32]),
         ipv6_prefix: rng.pick(&[1, 32, 48, 56, 64, 96, 126, 127, 128]),
@@ -82,7 +82,7 @@ fn random_shape(rng: &mut Rng) -> Shape {
     }
 }
 
-fn random_rate(rng: &mut Rng) -> Option<Rate> {
+pub(super) fn random_rate(rng: &mut Rng) -> Option<Rate> {
     let s = Duration::from_secs;
     rng.pick(&[
         None,

@@ -65,6 +65,10 @@ pub struct Shard {
     newest: u32,
     oldest: u32,
     cap: usize,
+    /// Set by a reshape when it starts moving this shard's entries out (`reshape.rs`): from
+    /// then on the shard takes no new key, so a key it no longer holds will never be here
+    /// again and operations on it go to the table the state moves to.
+    pub moving: bool,
 }
 
 fn at(i: u32) -> usize {
@@ -81,6 +85,7 @@ impl Shard {
             newest: NIL,
             oldest: NIL,
             cap,
+            moving: false,
         }
     }
 
@@ -316,58 +321,6 @@ impl Shard {
         }
     }
 
-    /// Empties the shard for a reload that moves its state to another table, returning the
-    /// entries worth carrying: those with open connections, then the idle ones that have
-    /// not recovered, least recently seen first. Recovered idle ones are as good as unknown.
-    pub fn take_state(&mut self, now: u64) -> Vec<Entry> {
-        let mut out: Vec<Entry> = self
-            .entries
-            .iter()
-            .filter(|e| e.open > 0)
-            .copied()
-            .collect();
-        let mut i = self.oldest;
-        while i != NIL {
-            let e = self.entries[at(i)];
-            if e.tat > now {
-                out.push(e);
-            }
-            i = e.newer;
-        }
-        *self = Shard::new(0, None);
-        out
-    }
-
-    /// Adds an entry carried from another table, merging with one of the same key (open
-    /// connections add up, the later TAT wins); false when the shard is full. A source with
-    /// open connections always gets in: forgetting it would forget its count, and the
-    /// listener's `max_connections` bounds how many such sources there are.
-    pub fn merge(&mut self, hash: u64, from: &Entry, hasher: &impl BuildHasher) -> bool {
-        let i = match self.find(hash, &from.key) {
-            Some(i) => i,
-            None => {
-                let Some(i) = self.push_entry(from.open > 0) else {
-                    return false;
-                };
-                self.entries[at(i)].key = from.key;
-                self.push_newest(i);
-                let entries = &self.entries;
-                self.index
-                    .insert_unique(hash, i, |&j| hasher.hash_one(entries[at(j)].key));
-                i
-            }
-        };
-        let e = &mut self.entries[at(i)];
-        let was_idle = e.open == 0;
-        e.tat = e.tat.max(from.tat);
-        e.open = e.open.saturating_add(from.open);
-        e.logged = e.logged.max(from.logged);
-        if was_idle && e.open > 0 {
-            self.unlink(i);
-        }
-        true
-    }
-
     /// Entries from least to most recently seen, idle ones only (for tests).
     #[cfg(test)]
     pub fn idle_keys(&self) -> Vec<Key> {
@@ -394,6 +347,9 @@ impl Entry {
         false
     }
 }
+
+#[path = "shard_move.rs"]
+mod moving;
 
 #[cfg(test)]
 #[path = "shard_tests.rs"]

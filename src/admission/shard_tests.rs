@@ -17,6 +17,11 @@ pub(in crate::admission) struct Census {
 }
 
 impl Shard {
+    /// Every entry, in slab order.
+    pub(in crate::admission) fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
     /// Asserts the shard's structure: the recency list holds exactly the idle entries
     /// (`open == 0`), linked the same way in both directions and without a cycle; pinned
     /// entries are unlinked; the index has exactly one slot per entry, found under the

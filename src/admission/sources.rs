@@ -2,11 +2,12 @@
 //! grouped by prefix into keys, keys are spread over 64 (up to 1024 for huge tables)
 //! independently locked shards (no global lock on the accept path), and each shard is
 //! bounded (`shard.rs`). A connection admitted with a ticket gives its slot back when the
-//! ticket drops.
+//! ticket drops. While a reload moves the state to a new table (`reshape.rs`), each shard
+//! sends what it no longer holds there.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 use super::Cidr;
@@ -36,6 +37,20 @@ pub struct Shape {
 #[derive(Debug)]
 pub(super) struct Padded(pub(super) Mutex<Shard>);
 
+/// What a table shares with the tables reshaped from it: one listener's limiter across
+/// reloads.
+#[derive(Debug, Default)]
+pub(super) struct Lineage {
+    /// Held by a reshape from start to end: two never run at once, and the second starts
+    /// from where the first put the state.
+    pub(super) reshaping: Mutex<()>,
+    /// The tables of the lineage still alive (empty before the first reshape, when the one
+    /// table is all there is). Locked by `set_rate` for its whole run, which puts the rate
+    /// in force in all of them, and by the start and each batch of a move: a batch never
+    /// carries a TAT between two shards whose rates differ.
+    pub(super) members: Mutex<Vec<Weak<SourceTable>>>,
+}
+
 #[derive(Debug)]
 pub struct SourceTable {
     pub(super) shards: Box<[Padded]>,
@@ -44,10 +59,13 @@ pub struct SourceTable {
     pub(super) hasher: RandomState,
     pub(super) shape: Shape,
     pub(super) epoch: Instant,
-    /// The table this one's state moved to when a reload changed its shape (`reshape.rs`).
-    /// It is set while every shard lock is held, and every operation reads it under its
-    /// shard's lock, so no admit or release falls between the two tables.
+    /// The table this one's state moves to when a reload changed its shape (`reshape.rs`).
+    /// Set before any shard starts moving. A shard that has started (`Shard::moving`)
+    /// sends there the keys it no longer holds, deciding under its own lock, under which
+    /// the move also takes entries out and puts them in: no admit or release falls between
+    /// the two tables.
     pub(super) moved: OnceLock<Arc<SourceTable>>,
+    pub(super) lineage: Arc<Lineage>,
 }
 
 /// Where an operation on a source lands: this table's shard, or the table it moved to.
@@ -67,12 +85,18 @@ pub(super) fn mask(bits: u128, width: u32, prefix: u8) -> u128 {
 
 impl SourceTable {
     pub fn new(shape: Shape, rate: Option<Rate>) -> SourceTable {
-        SourceTable::with_epoch(shape, Instant::now(), rate)
+        SourceTable::with_epoch(shape, Instant::now(), (rate, rate), Arc::default())
     }
 
     /// A table whose clock counts from `epoch` (a reshaped table keeps its predecessor's,
-    /// so carried TATs keep their meaning).
-    pub(super) fn with_epoch(shape: Shape, epoch: Instant, rate: Option<Rate>) -> SourceTable {
+    /// so carried TATs keep their meaning), with the rate in force and the TATs' basis of
+    /// [`Shard::rates`].
+    pub(super) fn with_epoch(
+        shape: Shape,
+        epoch: Instant,
+        rates: (Option<Rate>, Option<Rate>),
+        lineage: Arc<Lineage>,
+    ) -> SourceTable {
         let max = shape.max_tracked.max(1);
         let want = (max / MIN_PER_SHARD)
             .min(SHARDS)
@@ -82,10 +106,9 @@ impl SourceTable {
         let count = 1usize << want.ilog2();
         let shards = (0..count)
             .map(|i| {
-                Padded(Mutex::new(Shard::new(
-                    max / count + usize::from(i < max % count),
-                    rate,
-                )))
+                let mut shard = Shard::new(max / count + usize::from(i < max % count), rates.0);
+                shard.inherit(rates);
+                Padded(Mutex::new(shard))
             })
             .collect();
         SourceTable {
@@ -94,6 +117,7 @@ impl SourceTable {
             shape,
             epoch,
             moved: OnceLock::new(),
+            lineage,
         }
     }
 
@@ -136,13 +160,18 @@ impl SourceTable {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Locks the shard of `hash`, or says where the state went.
-    fn place(&self, hash: u64) -> Place<'_> {
+    /// Locks the shard of `key`, or says where its state went: a shard that a move has
+    /// started on handles the keys it still holds and sends the others on (it takes no new
+    /// key, so one it does not hold now it never will).
+    fn place(&self, hash: u64, key: &Key) -> Place<'_> {
         let shard = self.shard(hash);
-        match self.moved.get() {
-            None => Place::Here(shard),
-            Some(next) => Place::Moved(next),
+        if shard.moving
+            && !shard.holds(hash, key)
+            && let Some(next) = self.moved.get()
+        {
+            return Place::Moved(next);
         }
+        Place::Here(shard)
     }
 
     pub(super) fn shard_index(&self, hash: u64) -> usize {
@@ -171,7 +200,7 @@ impl SourceTable {
         let key = self.key(ip);
         let hash = self.hasher.hash_one(key);
         let t = self.nanos(now);
-        let mut shard = match self.place(hash) {
+        let mut shard = match self.place(hash, &key) {
             Place::Here(shard) => shard,
             Place::Moved(next) => return next.admit(ip, now, max_open),
         };
@@ -189,7 +218,7 @@ impl SourceTable {
     /// to the group it was merged into; a group that was split (a finer prefix) started
     /// afresh without this connection, so there is nothing to release.
     fn release(&self, key: Key, hash: u64) {
-        match self.place(hash) {
+        match self.place(hash, &key) {
             Place::Here(mut shard) => shard.release(hash, &key),
             Place::Moved(next) => {
                 if let Some(key) = super::reshape::rekey(key, self.shape, next.shape) {
@@ -199,12 +228,23 @@ impl SourceTable {
         }
     }
 
-    /// Puts `rate` in force at `now`; what sources owe carries over (see `reshape.rs`).
+    /// Puts `rate` in force at `now` in this table and every other of its lineage (the
+    /// ones it moved from and to, even halfway through a move); what sources owe carries
+    /// over (see `reshape.rs`).
     pub fn set_rate(&self, now: Instant, rate: Option<Rate>) {
-        if let Some(next) = self.moved.get() {
-            return next.set_rate(now, rate);
-        }
         let t = self.nanos(now);
+        let members = guard(&self.lineage.members);
+        let mut here = false;
+        for table in members.iter().filter_map(Weak::upgrade) {
+            here |= std::ptr::eq(&*table, self);
+            table.convert(t, rate);
+        }
+        if !here {
+            self.convert(t, rate);
+        }
+    }
+
+    fn convert(&self, t: u64, rate: Option<Rate>) {
         for shard in self.shards.iter() {
             lock(shard).set_rate(t, rate);
         }
@@ -215,7 +255,7 @@ impl SourceTable {
     pub fn peek(&self, ip: IpAddr, now: Instant) -> (Option<Entry>, u64) {
         let key = self.key(ip);
         let hash = self.hasher.hash_one(key);
-        match self.place(hash) {
+        match self.place(hash, &key) {
             Place::Here(shard) => (shard.get(hash, &key), self.nanos(now)),
             Place::Moved(next) => next.peek(ip, now),
         }
@@ -223,8 +263,9 @@ impl SourceTable {
 
     /// Whether a source `ip`'s group, if not tracked, would get a slot at `now`.
     pub fn has_room(&self, ip: IpAddr, now: Instant) -> bool {
-        let hash = self.hasher.hash_one(self.key(ip));
-        match self.place(hash) {
+        let key = self.key(ip);
+        let hash = self.hasher.hash_one(key);
+        match self.place(hash, &key) {
             Place::Here(shard) => shard.has_room(self.nanos(now)),
             Place::Moved(next) => next.has_room(ip, now),
         }
@@ -239,20 +280,18 @@ impl SourceTable {
         t
     }
 
-    /// Sources tracked now.
+    /// Sources tracked now: here, and in the table the state moved (or is moving) to.
+    /// During a move the sum may count an entry that moves meanwhile twice.
     pub fn tracked(&self) -> usize {
-        match self.moved.get() {
-            Some(next) => next.tracked(),
-            None => self.shards.iter().map(|s| lock(s).len()).sum(),
-        }
+        let here: usize = self.shards.iter().map(|s| lock(s).len()).sum();
+        here + self.moved.get().map_or(0, |next| next.tracked())
     }
 
-    /// Bytes held by the table's storage (its bound grows with `max_tracked` only).
+    /// Bytes held by the table's storage (its bound grows with `max_tracked` only), and by
+    /// the table the state moved to (an old table gives its storage back as it empties).
     pub fn memory(&self) -> usize {
-        match self.moved.get() {
-            Some(next) => next.memory(),
-            None => self.shards.iter().map(|s| lock(s).memory()).sum(),
-        }
+        let here: usize = self.shards.iter().map(|s| lock(s).memory()).sum();
+        here + self.moved.get().map_or(0, |next| next.memory())
     }
 
     #[cfg(test)]
@@ -282,8 +321,13 @@ impl SourceTable {
 pub(super) fn lock(p: &Padded) -> MutexGuard<'_, Shard> {
     // A shard's invariants hold between statements that cannot panic, so a poisoned lock
     // still guards a consistent shard.
-    p.0.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    guard(&p.0)
+}
+
+/// Locks `m`, poisoned or not (every lock of this module guards state that stays
+/// consistent between statements that cannot panic).
+pub(super) fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One open connection counted against its source; dropping it releases the count (in the
@@ -293,6 +337,14 @@ pub struct Ticket {
     table: Arc<SourceTable>,
     key: Key,
     hash: u64,
+}
+
+#[cfg(test)]
+impl Ticket {
+    /// The table that issued it and its key there.
+    pub(super) fn issued(&self) -> (&Arc<SourceTable>, Key) {
+        (&self.table, self.key)
+    }
 }
 
 impl Drop for Ticket {

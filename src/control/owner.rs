@@ -301,6 +301,7 @@ impl Owner {
                 split = carried.split,
                 no_room = carried.no_room,
                 took = ?carried.took,
+                longest_hold = ?carried.longest_hold,
                 "per-source limiter moved to a new table (prefix or max_tracked_sources changed)"
             );
         }
