@@ -14,7 +14,9 @@
 //! locked table stalls them). After a quiet baseline, two reloads through `POST
 //! /api/v1/reload` over plain HTTP/1.1 (the stable interface, not a Rust API):
 //! `max_tracked_sources` 2000000 -> 2000001 (a new table, the same groups), then
-//! `ipv4_prefix` 32 -> 24 (groups merge).
+//! `ipv4_prefix` 32 -> 24 (groups merge). A reload phase lasts from the request until the
+//! published snapshot holds the new table: the reload itself is applied at once, and the
+//! state moves after it, on a blocking thread, while the old table keeps serving.
 //!
 //! Printed per phase: how long it took, the echoes and short connections completed in it,
 //! and the median, the number above 10 ms and the largest of the gaps between consecutive
@@ -180,6 +182,26 @@ fn reload(admin: SocketAddr) -> Duration {
     started.elapsed()
 }
 
+/// Waits until the published snapshot holds a table of the new shape: the reload is
+/// applied at once, and the limiter's state moves after it, off the control plane's loop,
+/// while the old table serves. How long that took.
+fn moved(server: &Server, max_tracked: u32, prefix: u8) -> Duration {
+    let started = Instant::now();
+    loop {
+        let snapshot = server.snapshot();
+        let shape = snapshot
+            .listener("front")
+            .and_then(|l| l.admission.per_source.as_ref())
+            .map(|ps| ps.table.shape())
+            .expect("per-source limits");
+        if shape.max_tracked == max_tracked as usize && shape.ipv4_prefix == prefix {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < DEADLINE, "the limiter never moved");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn fill(server: &Server) {
     let snapshot = server.snapshot();
     let listener = snapshot.listener("front").expect("listener front");
@@ -199,7 +221,7 @@ fn fill(server: &Server) {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("tollgate::live=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("tollgate::control=info"))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
@@ -233,11 +255,11 @@ fn main() {
         took[1] = quiet(1, QUIET);
         phase.store(2, Relaxed);
         write(&path, 2_000_001, 32);
-        took[2] = reload(admin);
+        took[2] = reload(admin) + moved(&server, 2_000_001, 32);
         took[3] = quiet(3, SETTLE);
         phase.store(4, Relaxed);
         write(&path, 2_000_001, 24);
-        took[4] = reload(admin);
+        took[4] = reload(admin) + moved(&server, 2_000_001, 24);
         took[5] = quiet(5, SETTLE);
         stop.store(true, Relaxed);
         echoes
