@@ -17,13 +17,16 @@ use crate::config::{Config, Forwarding};
 use crate::control::{BoundMap, Control};
 use crate::live::Live;
 use crate::proxy::listener::{self, BoundSocket};
-use crate::proxy::{DataPlane, ForwardMode, Tracker};
+use crate::proxy::{DataPlane, ForwardMode, PassiveDown, Tracker};
 use crate::reload::bind_group;
 use crate::state::{Published, Snapshot};
 use crate::sys::PipePool;
 
 /// Bytes each splice pipe asks the kernel for.
 const PIPE_SIZE: usize = 128 * 1024;
+/// Passive-health notices waiting for the control plane. One per backend crossing its limit,
+/// so this is plenty; when full, the data plane retries on the backend's next failure.
+const PASSIVE_QUEUE: usize = 1024;
 
 /// A running tollgate: its workers, the control plane, and the way to stop them.
 pub struct Server {
@@ -91,7 +94,7 @@ impl Server {
         // never starve (beyond it, bursts copy through a buffer instead).
         let max_pipes = usize::try_from(fd_limit.soft / 8).unwrap_or(1024).max(2);
         let live = Live::default();
-        let (failing_tx, failing_rx) = mpsc::unbounded_channel();
+        let (failing_tx, failing_rx) = mpsc::channel(PASSIVE_QUEUE);
         let plane = Arc::new(DataPlane::new(
             Published::new(live.build(config, 1)),
             PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE),
@@ -237,7 +240,7 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
 /// The control plane's thread: health checks always, the admin API when configured.
 fn spawn_control_plane(
     admin: Option<std::net::TcpListener>,
-    mut failing: mpsc::UnboundedReceiver<(Arc<str>, SocketAddr)>,
+    mut failing: mpsc::Receiver<PassiveDown>,
     control: Arc<Control>,
     stop: StopHandle,
 ) -> Result<JoinHandle<()>> {
@@ -258,7 +261,7 @@ fn spawn_control_plane(
                     }
                 };
                 let passive = async {
-                    while let Some((pool, backend)) = failing.recv().await {
+                    while let Some(PassiveDown { pool, backend }) = failing.recv().await {
                         control.passive_down(&pool, backend);
                     }
                 };

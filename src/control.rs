@@ -356,7 +356,7 @@ mod tests {
         let one = pool(&["127.0.0.1:9001"]);
         let live = Live::default();
         let first = Published::new(live.build(&one, 1));
-        let failing = tokio::sync::mpsc::unbounded_channel().0;
+        let failing = tokio::sync::mpsc::channel(1).0;
         let plane = DataPlane::new(
             first,
             PipePool::new(2, 2, 65536),

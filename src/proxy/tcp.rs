@@ -16,7 +16,7 @@ static NO_BACKEND_LOG: LogThrottle = LogThrottle::new();
 static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
 static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
-use super::{DataPlane, TrackerGuard};
+use super::{DataPlane, TrackerGuard, passive};
 use crate::state::{Backend, ConnectFailure, ListenerSpec};
 
 /// Everything a connection task owns; dropping it releases the listener slot and the
@@ -131,7 +131,7 @@ async fn connect<'s>(
         let error = match dial_until(backend.address, deadline).await {
             Ok(stream) => {
                 spec.pool.live.connect_duration.observe(started.elapsed());
-                backend.stats.failing_streak.store(0, Ordering::Relaxed);
+                passive::success(backend);
                 return Some((backend, stream));
             }
             // Out of descriptors or memory here: every backend would fail alike, and it is
@@ -144,12 +144,12 @@ async fn connect<'s>(
             }
             Err(Dial::Backend(e)) => {
                 backend.stats.count_failure(failure_reason(&e));
-                passive_failure(plane, &spec.pool, backend);
+                passive::failure(&plane.failing, &spec.pool, backend);
                 e.to_string()
             }
             Err(Dial::TimedOut) => {
                 backend.stats.count_failure(ConnectFailure::Timeout);
-                passive_failure(plane, &spec.pool, backend);
+                passive::failure(&plane.failing, &spec.pool, backend);
                 format!("timed out after {:?}", spec.connect_timeout)
             }
         };
@@ -163,16 +163,6 @@ async fn connect<'s>(
         }
     }
     None
-}
-
-/// Counts a failure in a row; at exactly the pool's limit, tells the control plane (which
-/// marks the backend down) — once per crossing, not per failure.
-fn passive_failure(plane: &DataPlane, pool: &crate::state::Pool, backend: &Backend) {
-    let streak = backend.stats.failing_streak.fetch_add(1, Ordering::Relaxed) + 1;
-    // At or past the limit (the control plane acts once: a backend already down is skipped).
-    if streak >= pool.passive_failures {
-        let _ = plane.failing.send((pool.name.clone(), backend.address));
-    }
 }
 
 /// Why a connect attempt failed: on this host (no socket could be made), at the backend, or
