@@ -1,12 +1,19 @@
 //! The life of one TCP connection: pick a backend from the snapshot, connect (with timeout,
 //! then the next candidate), forward both ways, account, and log once when it ends.
+//!
+//! The listener spec (and through it the snapshot's pool and every backend of its generation)
+//! is held only until the backend answers; the rest of the connection keeps only what it
+//! needs (see [`Connected`]), so a long-lived connection does not keep an old generation
+//! alive across reloads and DNS changes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::copy::{self, ForwardError, Side, Transfer};
@@ -16,8 +23,8 @@ static NO_BACKEND_LOG: LogThrottle = LogThrottle::new();
 static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
 static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
-use super::{DataPlane, TrackerGuard, passive};
-use crate::state::{Backend, ConnectFailure, ListenerSpec};
+use super::{DataPlane, PassiveDown, TrackerGuard, passive};
+use crate::state::{Backend, BackendStats, ConnectFailure, ListenerSpec};
 
 /// Everything a connection task owns; dropping it releases the listener slot and the
 /// per-source count, and marks the
@@ -25,6 +32,7 @@ use crate::state::{Backend, ConnectFailure, ListenerSpec};
 pub struct Admitted {
     pub client: TcpStream,
     pub peer: SocketAddr,
+    /// Held until the backend answers, then dropped (see [`Connected`]).
     pub spec: Arc<ListenerSpec>,
     pub slot: super::listener::Slot,
     /// Its place among its source's open connections, when limited per source.
@@ -32,11 +40,30 @@ pub struct Admitted {
     pub guard: TrackerGuard,
 }
 
+/// What a connection keeps of its listener spec once the backend answered: the names its
+/// log line uses, the chosen backend's address and live counters, and the idle timeout. Not
+/// the spec itself: that would pin the snapshot's whole pool (a Maglev pool holds a 256 KiB
+/// table) and every backend of its generation for as long as the connection lives.
+struct Connected {
+    listener: Arc<str>,
+    backend: SocketAddr,
+    stats: Arc<BackendStats>,
+    idle: Duration,
+}
+
 /// Serves one connection to its end. No tracing span is made for it: a span costs an
 /// allocation and field formatting per connection even when nothing is logged, so the few
 /// (throttled) log lines name the listener, client and backend themselves.
 pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
-    let live = conn.spec.live.clone();
+    let Admitted {
+        client,
+        peer,
+        spec,
+        slot,
+        ticket,
+        guard,
+    } = conn;
+    let live = spec.live.clone();
     live.active.fetch_add(1, Ordering::Relaxed);
     let _active = scopeguard(move || {
         live.active.fetch_sub(1, Ordering::Relaxed);
@@ -44,18 +71,12 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     // The client socket has TCP_NODELAY already: it inherits it from the listening socket.
     // The connect phase (timer, dial, retries) is boxed: it is larger than the forwarding
     // phase, and unboxed it would set the size of every connection's task for its whole life.
-    let connecting = Box::pin(connect(&conn.spec, conn.peer, &plane));
-    let Some((backend, upstream)) = connecting.await else {
-        conn.spec
-            .live
-            .rejected_no_backend
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = NO_BACKEND_LOG.allow() {
-            warn!(listener = %conn.spec.name, client = %conn.peer, suppressed, "no backend could be reached; closing client");
-        }
+    // It takes the spec by value and drops it when it ends.
+    let connecting = Box::pin(connect(spec, peer, &plane.failing));
+    let Some((connected, upstream)) = connecting.await else {
         return;
     };
-    let stats = &*backend.stats;
+    let stats = &*connected.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     let _backend_active = scopeguard(|| {
@@ -63,9 +84,9 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     });
     let mut moved = Transfer::default();
     let result = copy::forward(
-        &conn.client,
+        &client,
         &upstream,
-        conn.spec.idle_timeout,
+        connected.idle,
         plane.mode(),
         &plane.pipes,
         &mut moved,
@@ -80,10 +101,11 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     log_end(
         &result,
         moved,
-        (&conn.spec.name, conn.peer, backend.address),
+        (&connected.listener, peer, connected.backend),
     );
-    drop(conn.slot);
-    drop(conn.guard);
+    drop(slot);
+    drop(ticket);
+    drop(guard);
 }
 
 /// Which connection a log line is about: listener, client, backend.
@@ -119,11 +141,36 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
     }
 }
 
+/// Connects to one of the pool's candidates and returns what the connection keeps of
+/// `spec`; `spec` itself is dropped here. When none can be reached, counts and logs it.
+async fn connect(
+    spec: Arc<ListenerSpec>,
+    client: SocketAddr,
+    failing: &mpsc::Sender<PassiveDown>,
+) -> Option<(Connected, TcpStream)> {
+    let Some((backend, upstream)) = dial_candidates(&spec, client, failing).await else {
+        spec.live
+            .rejected_no_backend
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = NO_BACKEND_LOG.allow() {
+            warn!(listener = %spec.name, %client, suppressed, "no backend could be reached; closing client");
+        }
+        return None;
+    };
+    let connected = Connected {
+        listener: spec.name.clone(),
+        backend: backend.address,
+        stats: backend.stats.clone(),
+        idle: spec.idle_timeout,
+    };
+    Some((connected, upstream))
+}
+
 /// Tries the pool's candidates in order, each within the connect timeout.
-async fn connect<'s>(
+async fn dial_candidates<'s>(
     spec: &'s ListenerSpec,
     client: SocketAddr,
-    plane: &DataPlane,
+    failing: &mpsc::Sender<PassiveDown>,
 ) -> Option<(&'s Backend, TcpStream)> {
     for backend in spec.pool.candidates(client) {
         let started = tokio::time::Instant::now();
@@ -144,12 +191,12 @@ async fn connect<'s>(
             }
             Err(Dial::Backend(e)) => {
                 backend.stats.count_failure(failure_reason(&e));
-                passive::failure(&plane.failing, &spec.pool, backend);
+                passive::failure(failing, &spec.pool, backend);
                 e.to_string()
             }
             Err(Dial::TimedOut) => {
                 backend.stats.count_failure(ConnectFailure::Timeout);
-                passive::failure(&plane.failing, &spec.pool, backend);
+                passive::failure(failing, &spec.pool, backend);
                 format!("timed out after {:?}", spec.connect_timeout)
             }
         };
