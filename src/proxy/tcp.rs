@@ -89,15 +89,10 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
         connected.idle,
         plane.mode(),
         &plane.pipes,
+        stats,
         &mut moved,
     )
     .await;
-    stats
-        .sent_bytes
-        .fetch_add(moved.to_backend, Ordering::Relaxed);
-    stats
-        .received_bytes
-        .fetch_add(moved.to_client, Ordering::Relaxed);
     log_end(
         &result,
         moved,

@@ -40,9 +40,10 @@ pub struct BackendStats {
     pub connections: AtomicU64,
     /// By [`ConnectFailure`], in `ConnectFailure::ALL` order.
     pub connect_failures: [AtomicU64; 4],
-    /// Bytes sent to the backend (client → backend).
+    /// Bytes sent to the backend (client → backend). Added while connections live, at most
+    /// about a second late, and for the rest when they end (`proxy::copy` flushes them).
     pub sent_bytes: AtomicU64,
-    /// Bytes received from the backend (backend → client).
+    /// Bytes received from the backend (backend → client), counted the same way.
     pub received_bytes: AtomicU64,
     /// Active health-check results.
     pub health_ok: AtomicU64,
