@@ -135,8 +135,8 @@ pub async fn forward(
         counted: Transfer::default(),
     };
     let mut last_moved = Instant::now();
-    // When the counters are next flushed; None while nothing moved since the last flush.
-    let mut flush_at: Option<Instant> = None;
+    // A flush is armed on the timer: bytes moved since the last one.
+    let mut flush_due = false;
     let timer = tokio::time::sleep_until(last_moved + idle);
     tokio::pin!(timer);
     let mut up_first = true;
@@ -160,27 +160,25 @@ pub async fn forward(
         }
         if std::mem::take(&mut up.touched) | std::mem::take(&mut down.touched) {
             last_moved = Instant::now();
-            if flush_at.is_none() {
+            if !flush_due {
+                flush_due = true;
                 let at = last_moved + FLUSH_EVERY;
-                flush_at = Some(at);
                 if at < timer.deadline() {
                     timer.as_mut().reset(at);
                 }
             }
         }
         while timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if flush_at.is_some_and(|at| at <= now) {
+            // The timer fires at the flush or at the idle deadline, whichever comes first;
+            // with an idle timeout under FLUSH_EVERY the flush just comes early.
+            if std::mem::take(&mut flush_due) {
                 flow.flush();
-                flush_at = None;
             }
             let idle_at = last_moved + idle;
-            if now >= idle_at {
+            if Instant::now() >= idle_at {
                 return Poll::Ready(Err(ForwardError::Idle(idle)));
             }
-            timer
-                .as_mut()
-                .reset(flush_at.map_or(idle_at, |at| at.min(idle_at)));
+            timer.as_mut().reset(idle_at);
         }
         Poll::Pending
     })

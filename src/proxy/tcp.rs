@@ -24,7 +24,7 @@ static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
 static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
 use super::{DataPlane, PassiveDown, TrackerGuard, passive};
-use crate::state::{Backend, BackendStats, ConnectFailure, ListenerSpec};
+use crate::state::{Backend, ConnectFailure, ListenerSpec};
 
 /// Everything a connection task owns; dropping it releases the listener slot and the
 /// per-source count, and marks the
@@ -40,14 +40,14 @@ pub struct Admitted {
     pub guard: TrackerGuard,
 }
 
-/// What a connection keeps of its listener spec once the backend answered: the names its
-/// log line uses, the chosen backend's address and live counters, and the idle timeout. Not
-/// the spec itself: that would pin the snapshot's whole pool (a Maglev pool holds a 256 KiB
-/// table) and every backend of its generation for as long as the connection lives.
+/// What a connection keeps of its listener spec once the backend answered: the listener's
+/// name for its log line, the chosen backend (its address and live counters), and the idle
+/// timeout. Not the spec itself: that would pin the snapshot's whole pool (a Maglev pool
+/// holds a 256 KiB table) and every backend of its generation for as long as the connection
+/// lives. One backend is a few words, and its counters are kept across generations anyway.
 struct Connected {
     listener: Arc<str>,
-    backend: SocketAddr,
-    stats: Arc<BackendStats>,
+    backend: Arc<Backend>,
     idle: Duration,
 }
 
@@ -76,7 +76,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     let Some((connected, upstream)) = connecting.await else {
         return;
     };
-    let stats = &*connected.stats;
+    let stats = &*connected.backend.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     let _backend_active = scopeguard(|| {
@@ -96,7 +96,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     log_end(
         &result,
         moved,
-        (&connected.listener, peer, connected.backend),
+        (&connected.listener, peer, connected.backend.address),
     );
     drop(slot);
     drop(ticket);
@@ -154,8 +154,7 @@ async fn connect(
     };
     let connected = Connected {
         listener: spec.name.clone(),
-        backend: backend.address,
-        stats: backend.stats.clone(),
+        backend: backend.clone(),
         idle: spec.idle_timeout,
     };
     Some((connected, upstream))
@@ -166,7 +165,7 @@ async fn dial_candidates<'s>(
     spec: &'s ListenerSpec,
     client: SocketAddr,
     failing: &mpsc::Sender<PassiveDown>,
-) -> Option<(&'s Backend, TcpStream)> {
+) -> Option<(&'s Arc<Backend>, TcpStream)> {
     for backend in spec.pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;

@@ -184,8 +184,9 @@ impl Pool {
     }
 
     /// The backends to try for a new connection from `client`, in order: the balancer's pick,
-    /// then up to `connect_retries` others.
-    pub fn candidates(&self, client: SocketAddr) -> impl Iterator<Item = &Backend> {
+    /// then up to `connect_retries` others. As `Arc`s, so that a connection can keep its
+    /// backend without keeping the pool.
+    pub fn candidates(&self, client: SocketAddr) -> impl Iterator<Item = &Arc<Backend>> {
         let want = usize::try_from(self.connect_retries)
             .unwrap_or(0)
             .saturating_add(1);
@@ -214,9 +215,7 @@ impl Pool {
                 table.candidates(client_key(client, *with_port), want, &mut picks)
             }
         }
-        picks
-            .into_iter()
-            .filter_map(|i| self.backends.get(i).map(|b| &**b))
+        picks.into_iter().filter_map(|i| self.backends.get(i))
     }
 
     /// Open connections on backend `i`, read now.
