@@ -104,8 +104,8 @@ impl Drop for Flow<'_, '_> {
     }
 }
 
-/// Forwards until both directions have ended, an error occurs, or nothing moved for `idle`.
-/// The bytes moved land in `progress` when it returns, an error included, and on `stats`
+/// Forwards until both directions have ended, an error occurs, or nothing moved for `idle`,
+/// and returns how it ended with the bytes moved each way. The bytes also land on `stats`
 /// (sent and received bytes) while it runs and however it ends, cancellation included.
 ///
 /// Both directions and the idle clock live in this one future, polled together: the
@@ -122,8 +122,7 @@ pub async fn forward(
     mode: ForwardMode,
     pipes: &PipePool,
     stats: &BackendStats,
-    progress: &mut Transfer,
-) -> Result<(), ForwardError> {
+) -> (Result<(), ForwardError>, Transfer) {
     let means = Means {
         pipes,
         may_splice: mode == ForwardMode::Splice,
@@ -183,8 +182,7 @@ pub async fn forward(
         Poll::Pending
     })
     .await;
-    *progress = flow.moved();
-    result
+    (result, flow.moved())
 }
 
 #[cfg(test)]
@@ -223,20 +221,18 @@ mod tests {
             backend_end.write_all(&got[..1000]).await.unwrap();
             got
         });
-        let mut moved = Transfer::default();
         let idle = Duration::from_secs(10);
         let stats = BackendStats::default();
-        forward(
+        let (result, moved) = forward(
             &client,
             &backend,
             idle,
             ForwardMode::Splice,
             &empty_pool,
             &stats,
-            &mut moved,
         )
-        .await
-        .unwrap();
+        .await;
+        result.unwrap();
         drop((client, backend));
         assert_eq!(echo.await.unwrap(), expected);
         assert_eq!(peer.await.unwrap(), expected[..1000]);
@@ -272,7 +268,6 @@ mod tests {
         let (backend, mut backend_end) = pair().await;
         let pipes = PipePool::new(0, 0, 65_536);
         let stats = BackendStats::default();
-        let mut moved = Transfer::default();
         let idle = Duration::from_secs(60);
         let mut forwarding = Box::pin(forward(
             &client,
@@ -281,7 +276,6 @@ mod tests {
             ForwardMode::Copy,
             &pipes,
             &stats,
-            &mut moved,
         ));
         let peers = async {
             let mut buf = [0u8; 1000];

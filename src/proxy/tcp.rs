@@ -73,31 +73,27 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     // phase, and unboxed it would set the size of every connection's task for its whole life.
     // It takes the spec by value and drops it when it ends.
     let connecting = Box::pin(connect(spec, peer, &plane.failing));
-    let Some((connected, upstream)) = connecting.await else {
+    // Destructured, so that `idle` is not kept a second time beside the forwarding's own copy.
+    let Some((
+        Connected {
+            listener,
+            backend,
+            idle,
+        },
+        upstream,
+    )) = connecting.await
+    else {
         return;
     };
-    let stats = &*connected.backend.stats;
+    let stats = &*backend.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     let _backend_active = scopeguard(|| {
         stats.active.fetch_sub(1, Ordering::Relaxed);
     });
-    let mut moved = Transfer::default();
-    let result = copy::forward(
-        &client,
-        &upstream,
-        connected.idle,
-        plane.mode(),
-        &plane.pipes,
-        stats,
-        &mut moved,
-    )
-    .await;
-    log_end(
-        &result,
-        moved,
-        (&connected.listener, peer, connected.backend.address),
-    );
+    let (result, moved) =
+        copy::forward(&client, &upstream, idle, plane.mode(), &plane.pipes, stats).await;
+    log_end(&result, moved, (&listener, peer, backend.address));
     drop(slot);
     drop(ticket);
     drop(guard);
@@ -136,36 +132,15 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
     }
 }
 
-/// Connects to one of the pool's candidates and returns what the connection keeps of
-/// `spec`; `spec` itself is dropped here. When none can be reached, counts and logs it.
+/// Tries the pool's candidates in order, each within the connect timeout, and returns what
+/// the connection keeps of `spec`; `spec` itself is dropped when this ends. When no backend
+/// can be reached, counts and logs it. One async fn, not a wrapper around a borrowing one: a
+/// wrapper would store the spec and the client address twice in every connecting future.
 async fn connect(
     spec: Arc<ListenerSpec>,
     client: SocketAddr,
     failing: &mpsc::Sender<PassiveDown>,
 ) -> Option<(Connected, TcpStream)> {
-    let Some((backend, upstream)) = dial_candidates(&spec, client, failing).await else {
-        spec.live
-            .rejected_no_backend
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = NO_BACKEND_LOG.allow() {
-            warn!(listener = %spec.name, %client, suppressed, "no backend could be reached; closing client");
-        }
-        return None;
-    };
-    let connected = Connected {
-        listener: spec.name.clone(),
-        backend: backend.clone(),
-        idle: spec.idle_timeout,
-    };
-    Some((connected, upstream))
-}
-
-/// Tries the pool's candidates in order, each within the connect timeout.
-async fn dial_candidates<'s>(
-    spec: &'s ListenerSpec,
-    client: SocketAddr,
-    failing: &mpsc::Sender<PassiveDown>,
-) -> Option<(&'s Arc<Backend>, TcpStream)> {
     for backend in spec.pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;
@@ -173,7 +148,12 @@ async fn dial_candidates<'s>(
             Ok(stream) => {
                 spec.pool.live.connect_duration.observe(started.elapsed());
                 passive::success(backend);
-                return Some((backend, stream));
+                let connected = Connected {
+                    listener: spec.name.clone(),
+                    backend: backend.clone(),
+                    idle: spec.idle_timeout,
+                };
+                return Some((connected, stream));
             }
             // Out of descriptors or memory here: every backend would fail alike, and it is
             // not the backend's fault, so no failure is counted against it.
@@ -181,7 +161,7 @@ async fn dial_candidates<'s>(
                 if let Some(suppressed) = LOCAL_LOG.allow() {
                     warn!(listener = %spec.name, %client, backend = %backend.address, error = %e, suppressed, "no local resources to reach the backend; closing client");
                 }
-                return None;
+                break;
             }
             Err(Dial::Backend(e)) => {
                 backend.stats.count_failure(failure_reason(&e));
@@ -202,6 +182,12 @@ async fn dial_candidates<'s>(
                 debug!(listener = %spec.name, %client, backend = %backend.address, pool = %spec.pool.name, %error, "backend connect failed")
             }
         }
+    }
+    spec.live
+        .rejected_no_backend
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = NO_BACKEND_LOG.allow() {
+        warn!(listener = %spec.name, %client, suppressed, "no backend could be reached; closing client");
     }
     None
 }
