@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -30,12 +29,6 @@ fn yaml(backends: &[SocketAddr], extra: bool) -> String {
         y.push_str(&format!("      - address: \"{b}\"\n"));
     }
     y
-}
-
-fn start_file(path: &Path, text: &str) -> tollgate::app::Server {
-    std::fs::write(path, text).unwrap();
-    let config = tollgate::config::load(path).unwrap();
-    tollgate::app::Server::start_from(&config, Some(path.to_owned())).unwrap()
 }
 
 #[test]

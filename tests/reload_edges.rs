@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use common::http::request;
@@ -27,12 +26,6 @@ fn yaml(admin: bool, listeners: &[(&str, usize)], backend: SocketAddr) -> String
         "pools:\n  back:\n    backends:\n      - address: \"{backend}\"\n"
     ));
     y
-}
-
-fn start_file(path: &Path, text: &str) -> tollgate::app::Server {
-    std::fs::write(path, text).unwrap();
-    let config = tollgate::config::load(path).unwrap();
-    tollgate::app::Server::start_from(&config, Some(path.to_owned())).unwrap()
 }
 
 fn served(addr: SocketAddr, byte: u8) -> TcpStream {

@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::sources::{loopback, probe_from};
 use common::*;
-use tollgate::app::Server;
 
 fn limits(lines: &str) -> String {
     let mut s = "limits:\n  per_source:\n".to_owned();
@@ -20,12 +18,6 @@ fn limits(lines: &str) -> String {
         s.push_str(&format!("    {l}\n"));
     }
     s
-}
-
-fn start_file(path: &Path, yaml: &str) -> Server {
-    std::fs::write(path, yaml).unwrap();
-    let cfg = tollgate::config::load(path).unwrap();
-    Server::start_from(&cfg, Some(path.to_owned())).unwrap()
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub enum ActionError {
     Stopped,
 }
 
-type Reply<T> = tokio::sync::oneshot::Sender<T>;
+pub(crate) type Reply<T> = tokio::sync::oneshot::Sender<T>;
 
 /// A request to the owner, with where to send its answer.
 #[derive(Debug)]

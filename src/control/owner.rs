@@ -73,6 +73,9 @@ pub struct Owner {
     reports: mpsc::Receiver<Report>,
     answers: mpsc::Receiver<Answer>,
     moved: (mpsc::Sender<Moved>, mpsc::Receiver<Moved>),
+    /// Limiter moves running, and the reloads that answer once none is.
+    moving: usize,
+    waiting: Vec<(super::Reply<Result<u64, ReloadError>>, u64)>,
     resolver_retry: Option<Instant>,
     dirty: Dirty,
     view_health: Arc<std::collections::HashMap<BackendKey, crate::health::HealthState>>,
@@ -133,6 +136,8 @@ impl Owner {
             reports,
             answers,
             moved: mpsc::channel(16),
+            moving: 0,
+            waiting: Vec::new(),
             resolver_retry: None,
             dirty: Dirty::default(),
             view_health: Arc::default(),
@@ -203,7 +208,12 @@ impl Owner {
             Command::Reload { prepared, reply } => {
                 let result = self.apply_reload(*prepared);
                 self.after_event();
-                let _ = reply.send(result);
+                // A reload answers once all it changed is in force: a limiter it reshaped
+                // too (the owner goes on serving other events meanwhile).
+                match result {
+                    Ok(generation) if self.moving > 0 => self.waiting.push((reply, generation)),
+                    result => drop(reply.send(result)),
+                }
             }
         }
     }
@@ -260,7 +270,8 @@ impl Owner {
 
     /// Moves a limiter table into its new shape on a blocking thread; the owner installs
     /// the result when it arrives.
-    fn reshape(&self, r: Reshape) {
+    fn reshape(&mut self, r: Reshape) {
+        self.moving += 1;
         let tx = self.moved.0.clone();
         let Reshape {
             listener,
@@ -307,7 +318,15 @@ impl Owner {
         }
         self.served
             .moved(&listener, &from, shape, to.map(|(t, _)| t));
+        self.moving -= 1;
         self.dirty.any = true;
+        // Publish (and start any move the new table still needs) before answering.
+        self.after_event();
+        if self.moving == 0 {
+            for (reply, generation) in self.waiting.drain(..) {
+                let _ = reply.send(Ok(generation));
+            }
+        }
     }
 
     fn on_report(&mut self, report: Report) {

@@ -5,9 +5,14 @@
 //! delivered, while the other direction keeps flowing. Both pumps and the idle clock run in
 //! the connection's one task; an error on either side ends the whole connection, and the
 //! error says which side and which operation failed.
+//!
+//! It also owns putting the bytes moved on the backend's counters while the connection lives
+//! (at most [`FLUSH_EVERY`] late) and when it ends, however it ends: a connection cut at the
+//! drain deadline has its task dropped mid-await, and its bytes still count.
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -16,7 +21,12 @@ use tokio::time::Instant;
 
 use super::ForwardMode;
 use super::pump::{Means, Pump};
+use crate::state::BackendStats;
 use crate::sys::PipePool;
+
+/// How late, at most, the backend's byte counters are while bytes move: scrapes and `rate()`
+/// see a long stream as it goes, not only when it ends.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Which leg of a connection an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,32 +64,83 @@ pub struct Transfer {
     pub to_client: u64,
 }
 
-/// Forwards until both directions have ended, an error occurs, or nothing moved for `idle`.
-/// The bytes moved land in `progress` however it ends, an error included.
+/// Both directions of a connection and the backend counters their bytes go to. Dropping it
+/// adds whatever was not counted yet, so every way a connection ends (done, error, idle, or
+/// its task dropped at the drain deadline) counts every byte delivered, exactly once.
+struct Flow<'p, 's> {
+    up: Pump<'p>,
+    down: Pump<'p>,
+    stats: &'s BackendStats,
+    /// What the counters have been given so far.
+    counted: Transfer,
+}
+
+impl Flow<'_, '_> {
+    fn moved(&self) -> Transfer {
+        Transfer {
+            to_backend: self.up.moved,
+            to_client: self.down.moved,
+        }
+    }
+
+    /// Adds the bytes moved since the last flush to the backend's counters.
+    fn flush(&mut self) {
+        let moved = self.moved();
+        let up = moved.to_backend.saturating_sub(self.counted.to_backend);
+        let down = moved.to_client.saturating_sub(self.counted.to_client);
+        if up > 0 {
+            self.stats.sent_bytes.fetch_add(up, Ordering::Relaxed);
+        }
+        if down > 0 {
+            self.stats.received_bytes.fetch_add(down, Ordering::Relaxed);
+        }
+        self.counted = moved;
+    }
+}
+
+impl Drop for Flow<'_, '_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Forwards until both directions have ended, an error occurs, or nothing moved for `idle`,
+/// and returns how it ended with the bytes moved each way. The bytes also land on `stats`
+/// (sent and received bytes) while it runs and however it ends, cancellation included.
 ///
 /// Both directions and the idle clock live in this one future, polled together: the
 /// directions take turns going first, so neither starves the other when the worker's
-/// cooperative budget runs out. The idle timer is re-armed only when it fires, not on every
-/// byte: on firing it checks when bytes last moved.
+/// cooperative budget runs out. The one timer serves both the idle clock and the counters'
+/// flush, and is never touched per byte or per wake-up: it is re-armed when it fires (it
+/// then checks when bytes last moved), and pulled in to a flush at most once per
+/// [`FLUSH_EVERY`], by the first bytes that move after the previous flush. An idle
+/// connection has no flush due and costs no wake-up; a busy one costs one a second.
 pub async fn forward(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Duration,
     mode: ForwardMode,
     pipes: &PipePool,
-    progress: &mut Transfer,
-) -> Result<(), ForwardError> {
+    stats: &BackendStats,
+) -> (Result<(), ForwardError>, Transfer) {
     let means = Means {
         pipes,
         may_splice: mode == ForwardMode::Splice,
     };
-    let mut up = Pump::new(Side::Client, Side::Backend);
-    let mut down = Pump::new(Side::Backend, Side::Client);
+    let mut flow = Flow {
+        up: Pump::new(Side::Client, Side::Backend),
+        down: Pump::new(Side::Backend, Side::Client),
+        stats,
+        counted: Transfer::default(),
+    };
     let mut last_moved = Instant::now();
+    // A flush is armed on the timer: bytes moved since the last one.
+    let mut flush_due = false;
     let timer = tokio::time::sleep_until(last_moved + idle);
     tokio::pin!(timer);
     let mut up_first = true;
     let result = std::future::poll_fn(|cx| {
+        let Flow { up, down, .. } = &mut flow;
         up_first = !up_first;
         let (a, b) = if up_first {
             let a = up.poll(cx, client, backend, means, down.is_done());
@@ -98,20 +159,30 @@ pub async fn forward(
         }
         if std::mem::take(&mut up.touched) | std::mem::take(&mut down.touched) {
             last_moved = Instant::now();
+            if !flush_due {
+                flush_due = true;
+                let at = last_moved + FLUSH_EVERY;
+                if at < timer.deadline() {
+                    timer.as_mut().reset(at);
+                }
+            }
         }
         while timer.as_mut().poll(cx).is_ready() {
-            let deadline = last_moved + idle;
-            if Instant::now() >= deadline {
+            // The timer fires at the flush or at the idle deadline, whichever comes first;
+            // with an idle timeout under FLUSH_EVERY the flush just comes early.
+            if std::mem::take(&mut flush_due) {
+                flow.flush();
+            }
+            let idle_at = last_moved + idle;
+            if Instant::now() >= idle_at {
                 return Poll::Ready(Err(ForwardError::Idle(idle)));
             }
-            timer.as_mut().reset(deadline);
+            timer.as_mut().reset(idle_at);
         }
         Poll::Pending
     })
     .await;
-    progress.to_backend = up.moved;
-    progress.to_client = down.moved;
-    result
+    (result, flow.moved())
 }
 
 #[cfg(test)]
@@ -150,18 +221,18 @@ mod tests {
             backend_end.write_all(&got[..1000]).await.unwrap();
             got
         });
-        let mut moved = Transfer::default();
         let idle = Duration::from_secs(10);
-        forward(
+        let stats = BackendStats::default();
+        let (result, moved) = forward(
             &client,
             &backend,
             idle,
             ForwardMode::Splice,
             &empty_pool,
-            &mut moved,
+            &stats,
         )
-        .await
-        .unwrap();
+        .await;
+        result.unwrap();
         drop((client, backend));
         assert_eq!(echo.await.unwrap(), expected);
         assert_eq!(peer.await.unwrap(), expected[..1000]);
@@ -173,5 +244,60 @@ mod tests {
             }
         );
         assert_eq!(empty_pool.open(), 0, "no pipe was made");
+        assert_eq!(
+            counted(&stats),
+            (300_000, 1000),
+            "the counters got every byte"
+        );
+    }
+
+    /// (sent, received) bytes on the backend's counters.
+    fn counted(stats: &BackendStats) -> (u64, u64) {
+        (
+            stats.sent_bytes.load(Ordering::Relaxed),
+            stats.received_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The counters follow a connection that stays open (within about `FLUSH_EVERY`), and a
+    /// connection whose future is dropped (a worker cut at the drain deadline) still counts
+    /// the bytes it delivered since the last flush.
+    #[tokio::test]
+    async fn bytes_count_while_open_and_when_dropped() {
+        let (mut client_end, client) = pair().await;
+        let (backend, mut backend_end) = pair().await;
+        let pipes = PipePool::new(0, 0, 65_536);
+        let stats = BackendStats::default();
+        let idle = Duration::from_secs(60);
+        let mut forwarding = Box::pin(forward(
+            &client,
+            &backend,
+            idle,
+            ForwardMode::Copy,
+            &pipes,
+            &stats,
+        ));
+        let peers = async {
+            let mut buf = [0u8; 1000];
+            client_end.write_all(&[1; 1000]).await.unwrap();
+            backend_end.read_exact(&mut buf).await.unwrap();
+            backend_end.write_all(&[2; 300]).await.unwrap();
+            client_end.read_exact(&mut buf[..300]).await.unwrap();
+            let deadline = Instant::now() + FLUSH_EVERY * 5;
+            while counted(&stats) != (1000, 300) {
+                assert!(Instant::now() < deadline, "counted {:?}", counted(&stats));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Delivered after the flush above, and dropped well before the next one is due
+            // (no assertion on that: it would be one on timing), so the drop counts these.
+            client_end.write_all(&[3; 50]).await.unwrap();
+            backend_end.read_exact(&mut buf[..50]).await.unwrap();
+        };
+        tokio::select! {
+            r = &mut forwarding => panic!("forwarding ended while both peers were open: {r:?}"),
+            () = peers => {}
+        }
+        drop(forwarding);
+        assert_eq!(counted(&stats), (1050, 300));
     }
 }

@@ -1,6 +1,7 @@
 //! The data plane: listening sockets and accept loops (`listener.rs`), the life of one TCP
 //! connection (`tcp.rs`) and moving its bytes (`copy.rs`, one direction at a time in
-//! `pump.rs`, with buffers from `buffers.rs`).
+//! `pump.rs`, with buffers from `buffers.rs`), and the failure streaks behind passive health
+//! checks (`passive.rs`).
 //!
 //! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
 //! it never imports `config`, `app` or admin code.
@@ -8,14 +9,16 @@
 pub mod buffers;
 pub mod copy;
 pub mod listener;
+mod passive;
 mod pump;
 pub mod tcp;
 pub mod throttle;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::state::Published;
 use crate::sys::PipePool;
@@ -37,15 +40,17 @@ pub struct DataPlane {
     /// `ForwardMode` as a flag (true = copy), so a reload can change it for new connections.
     copy_only: AtomicBool,
     /// Passive health: a backend that just reached its pool's limit of connect failures in a
-    /// row. Sent once per crossing (rare), never per connection.
-    pub failing: tokio::sync::mpsc::Sender<PassiveDown>,
+    /// row. Sent once per crossing (rare), never per connection, and never waited on: the
+    /// channel is bounded, and a full one defers the notice to the next failure.
+    pub failing: mpsc::Sender<PassiveDown>,
 }
 
-/// A backend that just reached its pool's limit of connect failures in a row.
+/// A backend whose connect failures in a row just reached its pool's passive limit; the
+/// control plane marks it down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassiveDown {
     pub pool: Arc<str>,
-    pub backend: std::net::SocketAddr,
+    pub backend: SocketAddr,
 }
 
 impl DataPlane {
@@ -53,7 +58,7 @@ impl DataPlane {
         snapshot: Published,
         pipes: PipePool,
         mode: ForwardMode,
-        failing: tokio::sync::mpsc::Sender<PassiveDown>,
+        failing: mpsc::Sender<PassiveDown>,
     ) -> DataPlane {
         DataPlane {
             snapshot,

@@ -1,12 +1,19 @@
 //! The life of one TCP connection: pick a backend from the snapshot, connect (with timeout,
 //! then the next candidate), forward both ways, account, and log once when it ends.
+//!
+//! The listener spec (and through it the snapshot's pool and every backend of its generation)
+//! is held only until the backend answers; the rest of the connection keeps only what it
+//! needs (see [`Connected`]), so a long-lived connection does not keep an old generation
+//! alive across reloads and DNS changes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::copy::{self, ForwardError, Side, Transfer};
@@ -16,7 +23,7 @@ static NO_BACKEND_LOG: LogThrottle = LogThrottle::new();
 static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
 static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
-use super::{DataPlane, TrackerGuard};
+use super::{DataPlane, PassiveDown, TrackerGuard, passive};
 use crate::state::{Backend, ConnectFailure, ListenerSpec};
 
 /// Everything a connection task owns; dropping it releases the listener slot and the
@@ -25,6 +32,7 @@ use crate::state::{Backend, ConnectFailure, ListenerSpec};
 pub struct Admitted {
     pub client: TcpStream,
     pub peer: SocketAddr,
+    /// Held until the backend answers, then dropped (see [`Connected`]).
     pub spec: Arc<ListenerSpec>,
     pub slot: super::listener::Slot,
     /// Its place among its source's open connections, when limited per source.
@@ -32,11 +40,30 @@ pub struct Admitted {
     pub guard: TrackerGuard,
 }
 
+/// What a connection keeps of its listener spec once the backend answered: the listener's
+/// name for its log line, the chosen backend (its address and live counters), and the idle
+/// timeout. Not the spec itself: that would pin the snapshot's whole pool (a Maglev pool
+/// holds a 256 KiB table) and every backend of its generation for as long as the connection
+/// lives. One backend is a few words, and its counters are kept across generations anyway.
+struct Connected {
+    listener: Arc<str>,
+    backend: Arc<Backend>,
+    idle: Duration,
+}
+
 /// Serves one connection to its end. No tracing span is made for it: a span costs an
 /// allocation and field formatting per connection even when nothing is logged, so the few
 /// (throttled) log lines name the listener, client and backend themselves.
 pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
-    let live = conn.spec.live.clone();
+    let Admitted {
+        client,
+        peer,
+        spec,
+        slot,
+        ticket,
+        guard,
+    } = conn;
+    let live = spec.live.clone();
     live.active.fetch_add(1, Ordering::Relaxed);
     let _active = scopeguard(move || {
         live.active.fetch_sub(1, Ordering::Relaxed);
@@ -44,15 +71,18 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     // The client socket has TCP_NODELAY already: it inherits it from the listening socket.
     // The connect phase (timer, dial, retries) is boxed: it is larger than the forwarding
     // phase, and unboxed it would set the size of every connection's task for its whole life.
-    let connecting = Box::pin(connect(&conn.spec, conn.peer, &plane));
-    let Some((backend, upstream)) = connecting.await else {
-        conn.spec
-            .live
-            .rejected_no_backend
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = NO_BACKEND_LOG.allow() {
-            warn!(listener = %conn.spec.name, client = %conn.peer, suppressed, "no backend could be reached; closing client");
-        }
+    // It takes the spec by value and drops it when it ends.
+    let connecting = Box::pin(connect(spec, peer, &plane.failing));
+    // Destructured, so that `idle` is not kept a second time beside the forwarding's own copy.
+    let Some((
+        Connected {
+            listener,
+            backend,
+            idle,
+        },
+        upstream,
+    )) = connecting.await
+    else {
         return;
     };
     let stats = &*backend.stats;
@@ -61,29 +91,12 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     let _backend_active = scopeguard(|| {
         stats.active.fetch_sub(1, Ordering::Relaxed);
     });
-    let mut moved = Transfer::default();
-    let result = copy::forward(
-        &conn.client,
-        &upstream,
-        conn.spec.idle_timeout,
-        plane.mode(),
-        &plane.pipes,
-        &mut moved,
-    )
-    .await;
-    stats
-        .sent_bytes
-        .fetch_add(moved.to_backend, Ordering::Relaxed);
-    stats
-        .received_bytes
-        .fetch_add(moved.to_client, Ordering::Relaxed);
-    log_end(
-        &result,
-        moved,
-        (&conn.spec.name, conn.peer, backend.address),
-    );
-    drop(conn.slot);
-    drop(conn.guard);
+    let (result, moved) =
+        copy::forward(&client, &upstream, idle, plane.mode(), &plane.pipes, stats).await;
+    log_end(&result, moved, (&listener, peer, backend.address));
+    drop(slot);
+    drop(ticket);
+    drop(guard);
 }
 
 /// Which connection a log line is about: listener, client, backend.
@@ -119,20 +132,28 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
     }
 }
 
-/// Tries the pool's candidates in order, each within the connect timeout.
-async fn connect<'s>(
-    spec: &'s ListenerSpec,
+/// Tries the pool's candidates in order, each within the connect timeout, and returns what
+/// the connection keeps of `spec`; `spec` itself is dropped when this ends. When no backend
+/// can be reached, counts and logs it. One async fn, not a wrapper around a borrowing one: a
+/// wrapper would store the spec and the client address twice in every connecting future.
+async fn connect(
+    spec: Arc<ListenerSpec>,
     client: SocketAddr,
-    plane: &DataPlane,
-) -> Option<(&'s Backend, TcpStream)> {
+    failing: &mpsc::Sender<PassiveDown>,
+) -> Option<(Connected, TcpStream)> {
     for backend in spec.pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;
         let error = match dial_until(backend.address, deadline).await {
             Ok(stream) => {
                 spec.pool.live.connect_duration.observe(started.elapsed());
-                backend.stats.failing_streak.store(0, Ordering::Relaxed);
-                return Some((backend, stream));
+                passive::success(backend);
+                let connected = Connected {
+                    listener: spec.name.clone(),
+                    backend: backend.clone(),
+                    idle: spec.idle_timeout,
+                };
+                return Some((connected, stream));
             }
             // Out of descriptors or memory here: every backend would fail alike, and it is
             // not the backend's fault, so no failure is counted against it.
@@ -140,16 +161,16 @@ async fn connect<'s>(
                 if let Some(suppressed) = LOCAL_LOG.allow() {
                     warn!(listener = %spec.name, %client, backend = %backend.address, error = %e, suppressed, "no local resources to reach the backend; closing client");
                 }
-                return None;
+                break;
             }
             Err(Dial::Backend(e)) => {
                 backend.stats.count_failure(failure_reason(&e));
-                passive_failure(plane, &spec.pool, backend);
+                passive::failure(failing, &spec.pool, backend);
                 e.to_string()
             }
             Err(Dial::TimedOut) => {
                 backend.stats.count_failure(ConnectFailure::Timeout);
-                passive_failure(plane, &spec.pool, backend);
+                passive::failure(failing, &spec.pool, backend);
                 format!("timed out after {:?}", spec.connect_timeout)
             }
         };
@@ -162,20 +183,13 @@ async fn connect<'s>(
             }
         }
     }
-    None
-}
-
-/// Counts a failure in a row; at exactly the pool's limit, tells the control plane (which
-/// marks the backend down) — once per crossing, not per failure.
-fn passive_failure(plane: &DataPlane, pool: &crate::state::Pool, backend: &Backend) {
-    let streak = backend.stats.failing_streak.fetch_add(1, Ordering::Relaxed) + 1;
-    // At or past the limit (the control plane acts once: a backend already down is skipped).
-    if streak >= pool.passive_failures {
-        let _ = plane.failing.try_send(super::PassiveDown {
-            pool: pool.name.clone(),
-            backend: backend.address,
-        });
+    spec.live
+        .rejected_no_backend
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(suppressed) = NO_BACKEND_LOG.allow() {
+        warn!(listener = %spec.name, %client, suppressed, "no backend could be reached; closing client");
     }
+    None
 }
 
 /// Why a connect attempt failed: on this host (no socket could be made), at the backend, or

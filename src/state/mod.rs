@@ -3,9 +3,12 @@
 //! (atomics) that outlive any one snapshot because the control plane hands the same `Arc`s to
 //! every snapshot it builds for the same identity.
 //!
-//! A worker loads the snapshot once per connection and keeps that `Arc` for the connection's
-//! life, so no lock is taken on the hot path. Metrics are read from these atomics at scrape
-//! time. This module knows nothing of YAML, config files or the admin API.
+//! An accept loop holds its listener's spec from the current snapshot, and each connection
+//! keeps that `Arc` until its backend answers, so no lock is taken on the hot path; after
+//! that a connection keeps only its backend's `Arc` and the listener's live counters, never
+//! the pool, so an old generation is freed as soon as the snapshots move on. Metrics are
+//! read from these atomics at scrape time. This module knows nothing of YAML, config files
+//! or the admin API.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -40,9 +40,10 @@ pub struct BackendStats {
     pub connections: AtomicU64,
     /// By [`ConnectFailure`], in `ConnectFailure::ALL` order.
     pub connect_failures: [AtomicU64; 4],
-    /// Bytes sent to the backend (client → backend).
+    /// Bytes sent to the backend (client → backend). Added while connections live, at most
+    /// about a second late, and for the rest when they end (`proxy::copy` flushes them).
     pub sent_bytes: AtomicU64,
-    /// Bytes received from the backend (backend → client).
+    /// Bytes received from the backend (backend → client), counted the same way.
     pub received_bytes: AtomicU64,
     /// Health-check results: passed, failed, and not made for a local reason.
     pub health_ok: AtomicU64,
@@ -184,8 +185,9 @@ impl Pool {
     }
 
     /// The backends to try for a new connection from `client`, in order: the balancer's pick,
-    /// then up to `connect_retries` others.
-    pub fn candidates(&self, client: SocketAddr) -> impl Iterator<Item = &Backend> {
+    /// then up to `connect_retries` others. As `Arc`s, so that a connection can keep its
+    /// backend without keeping the pool.
+    pub fn candidates(&self, client: SocketAddr) -> impl Iterator<Item = &Arc<Backend>> {
         let want = usize::try_from(self.connect_retries)
             .unwrap_or(0)
             .saturating_add(1);
@@ -214,9 +216,7 @@ impl Pool {
                 table.candidates(client_key(client, *with_port), want, &mut picks)
             }
         }
-        picks
-            .into_iter()
-            .filter_map(|i| self.backends.get(i).map(|b| &**b))
+        picks.into_iter().filter_map(|i| self.backends.get(i))
     }
 
     /// Open connections on backend `i`, read now.

@@ -250,3 +250,10 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
         }
     }
 }
+
+/// Writes `yaml` to `path` and starts tollgate from that file, so reloads re-read it.
+pub fn start_file(path: &std::path::Path, yaml: &str) -> Server {
+    std::fs::write(path, yaml).unwrap();
+    let config = tollgate::config::load(path).unwrap();
+    Server::start_from(&config, Some(path.to_owned())).unwrap()
+}
