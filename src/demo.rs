@@ -44,7 +44,7 @@ fn demo_config(a: SocketAddr, b: SocketAddr) -> String {
          shutdown:\n  drain_timeout: 2s\n\
          listeners:\n  demo:\n    bind: \"{DEMO_LISTEN}\"\n    pool: demo\n    limits:\n      max_connections: 1000\n\
          \x20     per_source: {{ connection_rate: 10/s, burst: 20, max_connections: 50 }}\n\
-         pools:\n  demo:\n    balance: round_robin\n    backends:\n      - address: \"{a}\"\n      - address: \"{b}\"\n"
+         pools:\n  demo:\n    balance: round_robin\n    health_check: {{ type: http, interval: 1s }}\n    backends:\n      - address: \"{a}\"\n      - address: \"{b}\"\n"
     )
 }
 
@@ -59,6 +59,7 @@ fn print_welcome(a: SocketAddr, b: SocketAddr) {
          \x20 for i in 1 2 3 4; do curl -s http://{DEMO_LISTEN}/; done     # answers alternate\n\
          \x20 curl -s http://{DEMO_ADMIN}/api/v1/status                     # pools, backends, counters\n\
          \x20 curl -s http://{DEMO_ADMIN}/metrics | grep tollgate_backend     # Prometheus metrics\n\
+         \x20 curl -s http://{DEMO_ADMIN}/readyz                             # ready: a backend up in every pool\n\
          \x20 curl -s -X POST http://{DEMO_ADMIN}/api/v1/pools/demo/backends/{a_enc}/drain\n\
          \x20                                              # then only demo-backend-2 answers\n\
          \x20 for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}} ' http://{DEMO_LISTEN}/; done\n\
