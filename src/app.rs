@@ -261,43 +261,53 @@ fn spawn_control_plane(
         .enable_all()
         .build()
         .context("cannot build the control-plane runtime")?;
-    let mut done = stop.now.subscribe();
     std::thread::Builder::new()
         .name("tollgate-ctl".into())
         .spawn(move || {
             rt.block_on(async move {
-                let mut owner = tokio::spawn(owner.run(stop.now.subscribe()));
                 if let Some(l) = admin {
-                    tokio::spawn(serve_admin(l, control));
+                    tokio::spawn(serve_admin(l, control.clone()));
                 }
-                let ended = tokio::select! {
-                    ended = &mut owner => Some(ended),
-                    _ = done.wait_for(|n| *n) => None,
-                };
-                match ended {
-                    // Stopping: the owner sees `now` too, and stops its tasks.
-                    None => drop(owner.await),
-                    Some(_) if *stop.now.borrow() => {}
-                    Some(ended) => {
-                        let why = match ended {
-                            Ok(()) => "it returned".to_owned(),
-                            Err(e) => format!("it panicked: {e}"),
-                        };
-                        error!(
-                            why,
-                            "the control plane stopped unexpectedly; draining and exiting"
-                        );
-                        let _ = stop
-                            .failure
-                            .set(format!("the control plane stopped unexpectedly ({why})"));
-                        stop.drain();
-                        // The admin API keeps answering (503 on /readyz) through the drain.
-                        let _ = done.wait_for(|n| *n).await;
-                    }
-                }
+                watch_owner(owner, &control, &stop).await;
             });
+            // A reload still reading a stuck file (a dead mount, a FIFO) must not keep the
+            // process from exiting.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
         })
         .context("cannot start the control-plane thread")
+}
+
+/// Runs the owner until the server stops. An owner that ends before that (a bug) is
+/// recorded as the failure, and the server drains: `/readyz` says 503 at once, and the
+/// admin API keeps answering through the drain.
+async fn watch_owner(owner: Owner, control: &Handle, stop: &StopHandle) {
+    let mut done = stop.now.subscribe();
+    let mut owner = tokio::spawn(owner.run(stop.now.subscribe()));
+    let ended = tokio::select! {
+        ended = &mut owner => ended,
+        _ = done.wait_for(|n| *n) => {
+            // Stopping: the owner sees `now` too, and stops its tasks.
+            let _ = owner.await;
+            return;
+        }
+    };
+    if *stop.now.borrow() {
+        return;
+    }
+    let why = match ended {
+        Ok(()) => "it returned".to_owned(),
+        Err(e) => format!("it panicked: {e}"),
+    };
+    error!(
+        why,
+        "the control plane stopped unexpectedly; draining and exiting"
+    );
+    let _ = stop
+        .failure
+        .set(format!("the control plane stopped unexpectedly ({why})"));
+    control.set_draining();
+    stop.drain();
+    let _ = done.wait_for(|n| *n).await;
 }
 
 /// Serves the admin API, restarting it (on a duplicate of the same listening socket) if it
@@ -382,51 +392,5 @@ fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
             max_connections_total = total,
             "the open-file limit cannot fit every listener's max_connections; accepts will pause when it runs out"
         );
-    }
-}
-
-/// Runs the config at `path` in the foreground until SIGTERM or SIGINT, then drains and
-/// returns. SIGHUP reloads the file. A second SIGTERM or SIGINT during the drain closes the
-/// remaining connections at once. Signals that arrived during start-up were held (blocked)
-/// until their handlers are in place here, and are acted on now.
-pub fn run(config: &Config, path: PathBuf) -> Result<()> {
-    let server = Server::start_from(config, Some(path))?;
-    let signals_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the signal runtime")?;
-    let failure = server.stop_handle();
-    let stop = failure.clone();
-    signals_rt.block_on(async move {
-        let mut signals = crate::signals::Signals::new()?;
-        let control = server.control().clone();
-        let reload = || {
-            let control = control.clone();
-            // Logged and counted by `reload` itself; the handle serialises reloads.
-            drop(tokio::spawn(async move { control.reload().await }));
-        };
-        tokio::select! {
-            () = signals.next_stop(reload) => {
-                info!(timeout = ?config.drain_timeout, "stop signal received; draining");
-            }
-            () = stop.draining() => {}
-        }
-        server.begin_shutdown();
-        let stop = server.stop_handle();
-        let mut joined = tokio::task::spawn_blocking(move || server.wait());
-        tokio::select! {
-            _ = &mut joined => {}
-            () = signals.next_stop(|| tracing::warn!("SIGHUP during the drain is ignored")) => {
-                info!("second stop signal; closing every connection now");
-                stop.now();
-                let _ = joined.await;
-            }
-        }
-        info!("stopped");
-        anyhow::Ok(())
-    })?;
-    match failure.failure() {
-        Some(why) => Err(anyhow::anyhow!(why)),
-        None => Ok(()),
     }
 }

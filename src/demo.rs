@@ -70,15 +70,17 @@ fn print_welcome(a: SocketAddr, b: SocketAddr) {
     );
 }
 
+/// Until Ctrl-C or SIGTERM; SIGHUP and SIGUSR2 are answered, never fatal.
 async fn wait_for_stop() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
-    // Held since before `main`; the handlers are in place now.
-    crate::sys::signals::release().context("cannot unblock the signals held at start")?;
-    tokio::select! {
-        _ = int.recv() => Ok(()),
-        _ = term.recv() => Ok(()),
+    let mut signals = crate::signals::Signals::new()?;
+    loop {
+        match signals.next().await {
+            crate::signals::Asked::Stop => return Ok(()),
+            crate::signals::Asked::Reload => {
+                println!("the demo has no config file to reload; edit one and use `tollgate run`")
+            }
+            crate::signals::Asked::Upgrade => crate::signals::upgrade_unsupported(),
+        }
     }
 }
 

@@ -94,9 +94,7 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
         &next["listeners"],
         &mut out,
         |name| {
-            let active = find(&status["listeners"], "name", name)["connections_active"]
-                .as_u64()
-                .unwrap_or(0);
+            let active = open_connections(find(&status["listeners"], "name", name));
             format!("{active} open connection(s) drain")
         },
     );
@@ -105,10 +103,7 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
             .as_array()
             .cloned()
             .unwrap_or_default();
-        backends
-            .iter()
-            .filter_map(|b| b["connections_active"].as_u64())
-            .sum::<u64>()
+        backends.iter().map(open_connections).sum::<u64>()
     };
     for (old, new) in pairs(
         &running["pools"],
@@ -142,7 +137,7 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
                     .map(|l| {
                         l.iter()
                             .filter(|b| b["address"] == entry || b["from_dns"] == name)
-                            .filter_map(|b| b["connections_active"].as_u64())
+                            .map(open_connections)
                             .sum()
                     })
                     .unwrap_or(0);
@@ -291,4 +286,14 @@ fn show(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// The open connections a status entry (listener or backend) reports: `connections_active`,
+/// or `active` from an instance older than that name, so a new `check --diff` still counts
+/// right against an old instance during an upgrade.
+fn open_connections(entry: &Value) -> u64 {
+    entry["connections_active"]
+        .as_u64()
+        .or_else(|| entry["active"].as_u64())
+        .unwrap_or(0)
 }

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod run;
 pub mod signals;
 pub mod state;
 pub mod sys;

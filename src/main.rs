@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tollgate::cli::{Cli, Command};
-use tollgate::{app, config, demo, logging};
+use tollgate::{config, demo, logging, run};
 
 // Holds tollgate's signals from before `main` (see the file); compiled into this binary only.
 #[path = "sys/early.rs"]
@@ -58,11 +58,15 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Run { config } => match config::load(&config) {
-            Ok(cfg) => exit(app::run(&cfg, config)),
-            Err(errors) => {
+        Command::Run { config } => match run::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(run::RunError::Config(errors)) => {
                 eprintln!("{errors}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+            Err(run::RunError::Failed(e)) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Demo => exit(demo::run()),

@@ -81,13 +81,13 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
     ),
     (
         "tollgate_backend_up",
-        "1 when the backend's health checks say it is up (whatever its tier, weight or operator override), else 0; a backend never checked is up unless passive checks took it down.",
+        "1 when the health checks say the backend is up, whatever its tier, weight or operator override; 0 while they say down, or before the first check of a checked pool has answered. In a pool without an active check, 1 unless passive checks took it down.",
         &["pool", "backend"],
         MetricType::GAUGE,
     ),
     (
         "tollgate_backend_weight",
-        "The weight new connections are spread by now: 0 while down, drained, disabled, standing by as a backup, or below the serving tier; ramping during slow start.",
+        "The weight new connections are spread by now: 0 while drained, disabled, standing by as a backup, below the serving tier, or down (unless when_all_down: use_all and no backend of the pool is up); ramping during slow start.",
         &["pool", "backend"],
         MetricType::GAUGE,
     ),
@@ -123,7 +123,7 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
     ),
     (
         "tollgate_health_checks_total",
-        "Active health-check probes, by result: success, failure, local_error (the probe could not be made here, out of descriptors or ports; health unchanged).",
+        "Health probes by result: success, failure, local_error (the probe could not be made here, out of descriptors or ports; health unchanged). Active checks, plus the pass that ends a passive recovery in a pool without one.",
         &["pool", "backend", "result"],
         MetricType::COUNTER,
     ),

@@ -37,6 +37,8 @@ pub enum ReloadError {
     Draining,
     #[error("the control plane has stopped")]
     Stopped,
+    #[error("the reload failed unexpectedly: {0}")]
+    Failed(String),
     #[error("listener {listener}: cannot bind {addr}: {source}")]
     Bind {
         listener: String,

@@ -194,7 +194,7 @@ async fn reload(ctx: Arc<Ctx>) -> Reply {
                 json!({"error": "the new config is invalid; nothing changed", "errors": list}),
             )
         }
-        Err(e @ (ReloadError::Bind { .. } | ReloadError::Stopped)) => {
+        Err(e @ (ReloadError::Bind { .. } | ReloadError::Stopped | ReloadError::Failed(_))) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
         }
         Err(e) => error(StatusCode::CONFLICT, &e.to_string()),

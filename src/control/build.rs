@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::registry::Registry;
-use crate::admission::{Cidr, PerSource, Policy, PrefixSet, Rate, Shape, SourceTable};
+use crate::admission::{PerSource, Policy, PrefixSet, Rate, Shape, SourceTable};
 use crate::config::{self, Balance, Config};
 use crate::policy::{Candidate, effective_weights};
 use crate::state::{Algorithm, Backend, ListenerSpec, Pool, Snapshot};
@@ -43,7 +43,8 @@ struct Table {
 #[derive(Debug)]
 struct BuiltListener {
     config: config::Listener,
-    deny: Vec<Cidr>,
+    /// The registry's deny-list version it was built with.
+    deny: u64,
     spec: Arc<ListenerSpec>,
 }
 
@@ -204,7 +205,7 @@ impl Builder {
         table: Option<(Arc<SourceTable>, Option<Rate>)>,
         registry: &mut Registry,
     ) -> (Arc<ListenerSpec>, bool) {
-        let deny = registry.deny_list(&l.name).to_vec();
+        let deny = registry.deny_version(&l.name);
         if let Some(last) = self.listeners.get(&l.name)
             && last.config == *l
             && last.deny == deny
@@ -235,7 +236,7 @@ impl Builder {
             idle_timeout: l.idle_timeout,
             live: registry.listener_live(&l.name, l.max_connections),
             admission: Policy {
-                runtime_deny: PrefixSet::new(deny.iter().copied()),
+                runtime_deny: PrefixSet::new(registry.deny_list(&l.name).iter().copied()),
                 deny: PrefixSet::new(l.access.deny.iter().copied()),
                 allow: PrefixSet::new(l.access.allow.iter().copied()),
                 per_source,

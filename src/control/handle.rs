@@ -95,13 +95,21 @@ impl Handle {
 
     /// Reloads the config file this instance was started with (SIGHUP, `POST
     /// /api/v1/reload`): read, validated and bound on a blocking thread, then applied by the
-    /// owner. Logs the outcome once and counts it.
+    /// owner. Logs the outcome once and counts it. The reload runs in a task of its own, so
+    /// a caller that goes away (an admin connection cut) cannot leave it half counted.
     pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.reload_now().await })
+            .await
+            .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())))
+    }
+
+    async fn reload_now(&self) -> Result<u64, ReloadError> {
         let _one = self.0.reload_lock.lock().await;
         let this = self.clone();
         let prepared = tokio::task::spawn_blocking(move || this.prepare())
             .await
-            .unwrap_or(Err(ReloadError::Stopped));
+            .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())));
         let result = match prepared {
             Ok(p) => self.apply(p).await,
             Err(e) => Err(e),
@@ -148,7 +156,7 @@ impl Handle {
             }
             Err(e) => {
                 self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                warn!("reload refused; the running config stays: {e}");
+                warn!(error = %e, "reload refused; the running config stays");
             }
         }
     }

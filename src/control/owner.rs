@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::Command;
 use super::build::Reshape;
@@ -20,8 +20,8 @@ use super::served::{ReportEffect, Served};
 use super::tasks::{Kind, Tasks};
 use super::view::{DnsView, View};
 use crate::admission::{Carried, Shape, SourceTable};
-use crate::config::{self, Config, Lookup};
-use crate::discovery::{self, Answer, Client, Names, Next, Timing};
+use crate::config::{self, Config};
+use crate::discovery::{self, Answer, Client, Names};
 use crate::health::Report;
 use crate::proxy::listener::BoundSocket;
 use crate::proxy::throttle::LogThrottle;
@@ -169,8 +169,10 @@ impl Owner {
         self.tasks.stop_all();
     }
 
-    /// After every event: start the limiter moves it asked for, publish the view.
+    /// After every event: publish the one snapshot it makes (if workers see a change),
+    /// start the limiter moves it asks for, publish the view.
     fn after_event(&mut self) {
+        self.served.publish();
         for r in self.served.take_reshapes() {
             self.reshape(r);
         }
@@ -238,6 +240,11 @@ impl Owner {
         self.names.retain(&self.written);
         self.served
             .install(self.names.expand(&self.written), generation);
+        self.sync_dns();
+        self.sync_checks();
+        // Published before the new sockets reach the workers: their accept loops look their
+        // listener up in it.
+        self.served.publish();
         let mut bound = (*self.bound).clone();
         for group in fresh {
             for (worker, socket) in self.workers.iter().zip(group.sockets) {
@@ -263,8 +270,6 @@ impl Owner {
                 info!(listener = %l.name, "listener removed; its open connections drain");
             }
         }
-        self.sync_dns();
-        self.sync_checks();
         Ok(generation)
     }
 
@@ -346,50 +351,16 @@ impl Owner {
     }
 
     fn on_answer(&mut self, answer: Answer) {
-        let Answer { key, round, next } = answer;
-        if !self.tasks.runs_dns(&key) {
-            return; // dropping `next` ends that task
+        if !self.tasks.runs_dns(&answer.key) {
+            return; // dropping the reply ends that task
         }
         let written = self.written.clone();
-        let Some(entry) = written
-            .pool(&key.0)
-            .and_then(|p| p.named.iter().find(|n| n.lookup == key.1))
-        else {
+        let Some(changed) = self.names.answer(answer, &written) else {
             return;
         };
-        let port = match entry.lookup {
-            Lookup::Host { port, .. } => port,
-            Lookup::Srv { .. } => 0,
-        };
-        let r = &written.resolver;
-        let timing = Timing {
-            min_ttl: r.min_ttl,
-            max_ttl: r.max_ttl,
-            negative_hold: r.negative_hold,
-        };
-        let applied = self.names.apply(&key, round, port, timing);
-        let _ = next.send(Next {
-            delay: applied.delay,
-            srv_targets: self.names.srv_targets(&key),
-        });
         self.dirty.any = true;
         self.dirty.dns = true;
-        let (pool, name) = (&key.0, key.1.name());
-        if applied.result != applied.previous {
-            match &applied.error {
-                Some(error) if applied.previous.is_empty() || applied.previous == "success" => {
-                    warn!(pool, name, result = applied.result, %error, retry_in = ?applied.delay, "DNS lookup failing; the last answer stays in force")
-                }
-                _ => info!(
-                    pool,
-                    name,
-                    result = applied.result,
-                    "DNS lookup result changed"
-                ),
-            }
-        }
-        if applied.changed {
-            info!(pool, name, addresses = ?applied.addresses, "DNS answer in force changed");
+        if changed {
             let generation = self.served.generation();
             self.served.install(self.names.expand(&written), generation);
             self.sync_checks();

@@ -66,6 +66,10 @@ pub struct Registry {
     health: HashMap<BackendKey, HealthState>,
     /// Runtime deny lists by listener name.
     deny: HashMap<String, Vec<Cidr>>,
+    /// When each listener's deny list last changed (a counter), so a snapshot build can tell
+    /// whether to rebuild a listener without comparing lists of thousands of blocks.
+    deny_changed: HashMap<String, u64>,
+    deny_changes: u64,
 }
 
 impl Registry {
@@ -175,6 +179,11 @@ impl Registry {
         was_out
     }
 
+    /// A number that changes whenever `listener`'s runtime deny list does.
+    pub fn deny_version(&self, listener: &str) -> u64 {
+        self.deny_changed.get(listener).copied().unwrap_or(0)
+    }
+
     /// The runtime deny list of a listener.
     pub fn deny_list(&self, listener: &str) -> &[Cidr] {
         self.deny.get(listener).map_or(&[], Vec::as_slice)
@@ -201,6 +210,11 @@ impl Registry {
         if list.is_empty() {
             self.deny.remove(listener);
         }
+        if add != had {
+            self.deny_changes += 1;
+            self.deny_changed
+                .insert(listener.to_owned(), self.deny_changes);
+        }
         Ok(add != had)
     }
 
@@ -218,5 +232,6 @@ impl Registry {
         let has = |n: &str| config.listeners.iter().any(|l| l.name == n);
         self.listeners.retain(|n, _| has(n));
         self.deny.retain(|n, _| has(n));
+        self.deny_changed.retain(|n, _| has(n));
     }
 }

@@ -1,9 +1,9 @@
 //! What the data plane is served, as the owner keeps it: the effective config, the registry
 //! of identity-kept facts (health, overrides, deny lists, counters), the builder that turns
-//! them into snapshots, and the slow-start ramp. Every change here that alters what workers
-//! see publishes one new snapshot (none when nothing changed). Owned by the owner only; the
-//! owner decides when each method runs and starts what these ask for (limiter moves,
-//! recovery probes).
+//! them into snapshots, and the slow-start ramp. Changes mark the snapshot stale, and
+//! [`Served::publish`] builds and publishes one snapshot for all the changes an event made
+//! (none when nothing workers see changed). Owned by the owner only; the owner decides when
+//! each method runs and starts what these ask for (limiter moves, recovery probes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub struct Served {
     ramp: Option<Ramp>,
     /// Limiter moves the last builds asked for, for the owner to start.
     reshapes: Vec<Reshape>,
+    /// Something workers see may have changed since the last publish.
+    stale: bool,
 }
 
 impl Served {
@@ -67,6 +69,7 @@ impl Served {
             generation: 1,
             ramp: None,
             reshapes: first.reshapes,
+            stale: false,
         }
     }
 
@@ -86,13 +89,21 @@ impl Served {
         &self.registry
     }
 
-    /// The limiter moves asked for since the last call.
+    /// The limiter moves asked for by the snapshots published since the last call.
     pub fn take_reshapes(&mut self) -> Vec<Reshape> {
         std::mem::take(&mut self.reshapes)
     }
 
-    /// Builds the next snapshot and publishes it when it changed.
+    /// Something workers see may have changed: the next [`Served::publish`] builds.
     fn rebuild(&mut self) {
+        self.stale = true;
+    }
+
+    /// Builds the next snapshot, if anything may have changed, and publishes it when it did.
+    pub fn publish(&mut self) {
+        if !std::mem::take(&mut self.stale) {
+            return;
+        }
         let built = self
             .builder
             .build(&self.effective, &mut self.registry, self.generation);
@@ -102,7 +113,7 @@ impl Served {
         }
     }
 
-    /// Makes `next` the effective config (of `generation`) and publishes its snapshot.
+    /// Makes `next` the effective config (of `generation`); the next publish serves it.
     /// Backends it adds to a pool with an active check are pending before that snapshot, so
     /// none takes a connection before its first passing check.
     pub fn install(&mut self, next: Config, generation: u64) {
@@ -125,8 +136,14 @@ impl Served {
         self.rebuild();
     }
 
-    /// Backends whose check stopped for good forget their health (they are up again).
+    /// Backends whose check stopped for good forget their health (they are up again), and
+    /// passive checks start afresh for them.
     pub fn forget_health(&mut self, keys: &[BackendKey]) {
+        for key in keys {
+            if let Some(stats) = self.registry.stats_of(key) {
+                stats.reset_passive();
+            }
+        }
         if self.registry.reset_health(keys) {
             self.rebuild();
         }
@@ -233,7 +250,7 @@ impl Served {
             Some(true) => {
                 if let Some(stats) = &stats {
                     // A fresh start for passive checks: the streak that took it down is history.
-                    stats.failing_streak.store(0, Ordering::Relaxed);
+                    stats.reset_passive();
                 }
                 info!(pool = %key.0, backend = %key.1, %detail, "backend is up");
                 self.rebuild();

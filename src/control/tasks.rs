@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, Id, JoinSet};
@@ -23,8 +24,14 @@ pub enum Kind {
     Recovery(BackendKey),
 }
 
+/// How long a task that died waits before it runs again: one that dies at once every time
+/// (a bug that one answer triggers) then costs a log line a second, not a spinning core.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+
 pub struct Tasks {
     set: JoinSet<()>,
+    /// Tasks started now wait this long first (`RESTART_AFTER` while restarting one).
+    delay: Duration,
     /// Tasks that run on purpose; one that ends while listed here ended unexpectedly.
     running: HashMap<Id, Kind>,
     checks: HashMap<BackendKey, (HealthCheck, AbortHandle)>,
@@ -40,6 +47,7 @@ impl Tasks {
     pub fn new(reports: mpsc::Sender<Report>, answers: mpsc::Sender<Answer>) -> Tasks {
         Tasks {
             set: JoinSet::new(),
+            delay: Duration::ZERO,
             running: HashMap::new(),
             checks: HashMap::new(),
             dns: HashMap::new(),
@@ -55,7 +63,13 @@ impl Tasks {
         kind: Kind,
         task: impl Future<Output = ()> + Send + 'static,
     ) -> AbortHandle {
-        let handle = self.set.spawn(task);
+        let delay = self.delay;
+        let handle = self.set.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            task.await;
+        });
         self.running.insert(handle.id(), kind);
         handle
     }
@@ -206,8 +220,15 @@ impl Tasks {
         Some((kind, why))
     }
 
-    /// Restarts a task that ended unexpectedly, if the config still wants it.
+    /// Restarts a task that ended unexpectedly, if the config still wants it, after
+    /// [`RESTART_AFTER`].
     pub fn restart(&mut self, kind: Kind, effective: &Config, held: Vec<String>) {
+        self.delay = RESTART_AFTER;
+        self.start(kind, effective, held);
+        self.delay = Duration::ZERO;
+    }
+
+    fn start(&mut self, kind: Kind, effective: &Config, held: Vec<String>) {
         match kind {
             Kind::Check(key) => {
                 let check = effective
@@ -236,7 +257,6 @@ impl Tasks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn config(check: bool, backend: std::net::SocketAddr) -> Config {
         let hc = if check {

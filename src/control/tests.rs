@@ -95,6 +95,7 @@ fn a_backend_added_to_a_checked_pool_is_published_pending() {
         )
     });
     served.install(checked(&["10.0.0.1:80", "10.0.0.2:80"]), 2);
+    served.publish();
     let snapshot = served.plane().snapshot.load_full();
     let weights: Vec<u32> = snapshot.pools["a"]
         .backends
@@ -109,4 +110,47 @@ fn a_backend_added_to_a_checked_pool_is_published_pending() {
     let new = ("a".to_owned(), "10.0.0.2:80".parse().unwrap());
     assert_eq!(served.healths()[&new].label(), "pending");
     assert_eq!(snapshot.generation, 2);
+}
+
+/// A pool that loses its check forgets its backends' health, and their passive streaks
+/// start afresh: a streak left past the limit would never notify again.
+#[test]
+fn forgetting_health_resets_passive_streaks() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = config(TWO_POOLS);
+    let mut served = Served::new(&c, |first| {
+        DataPlane::new(
+            Published::new(first),
+            PipePool::new(2, 2, 65536),
+            ForwardMode::Copy,
+            tokio::sync::mpsc::channel(1).0,
+        )
+    });
+    let key = ("b".to_owned(), "10.0.1.1:80".parse::<SocketAddr>().unwrap());
+    let notice = crate::proxy::PassiveDown {
+        pool: "b".into(),
+        backend: key.1,
+    };
+    assert_eq!(
+        served.passive(&notice),
+        Some(key.clone()),
+        "down, to be recovered"
+    );
+    served.publish();
+    let stats = served.plane().snapshot.load().pools["b"].backends[0]
+        .stats
+        .clone();
+    stats.failing_streak.store(9, Relaxed);
+    stats.passive_reported.store(true, Relaxed);
+    served.forget_health(std::slice::from_ref(&key));
+    served.publish();
+    assert_eq!(
+        (
+            stats.failing_streak.load(Relaxed),
+            stats.passive_reported.load(Relaxed)
+        ),
+        (0, false)
+    );
+    assert!(served.healths().get(&key).is_none(), "up again");
+    assert!(served.plane().snapshot.load().pools["b"].backends[0].weight > 0);
 }

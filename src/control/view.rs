@@ -56,8 +56,10 @@ pub struct BackendView<'v> {
     /// `up`, `down`, `pending`, `draining` or `disabled`: what the operator did first, then
     /// what the checks say.
     pub state: &'static str,
-    /// `up`, `down` or `pending`: what the checks say, whatever the operator did.
+    /// `up`, `down` or `pending`: what the checks say, whatever the operator did. `pending`
+    /// until a check of a checked pool has answered (a backend there serves meanwhile).
     pub health: &'static str,
+    /// `health` is `up`: what `tollgate_backend_up` and readiness count.
     pub healthy: bool,
     pub last_check: Option<&'v crate::health::CheckOutcome>,
     pub configured_weight: u32,
@@ -81,7 +83,9 @@ impl View {
         let Some(p) = self.snapshot.pool(pool) else {
             return Vec::new();
         };
-        let entries = self.effective.pool(pool).map(|p| p.backends.as_slice());
+        let config = self.effective.pool(pool);
+        let checked_pool = config.is_some_and(|c| c.health_check.is_some());
+        let entries = config.map(|p| p.backends.as_slice());
         p.backends
             .iter()
             .map(|b| {
@@ -89,16 +93,24 @@ impl View {
                 let entry = entries.and_then(|e| e.iter().find(|c| c.address == b.address));
                 let ov = self.overrides.get(&key).copied().unwrap_or_default();
                 let health = self.health.get(&key);
-                let health_label = health.map_or("up", HealthState::label);
-                let state = match ov.state {
-                    AdminState::Active => health_label,
-                    other => other.label(),
+                // What happens to new connections: a backend of a checked pool serves from
+                // the start, before its first check answers...
+                let serving = health.map_or("up", HealthState::label);
+                // ...but the checks only say it is up once one has answered.
+                let (health_label, healthy) = match health {
+                    Some(h) if h.checked() => (if h.up { "up" } else { "down" }, h.up),
+                    Some(h) if !h.up => ("pending", false),
+                    _ if checked_pool => ("pending", false),
+                    _ => ("up", true),
                 };
                 BackendView {
                     backend: b,
-                    state,
+                    state: match ov.state {
+                        AdminState::Active => serving,
+                        other => other.label(),
+                    },
                     health: health_label,
-                    healthy: health.is_none_or(|h| h.up),
+                    healthy,
                     last_check: health.and_then(|h| h.last.as_ref()),
                     configured_weight: entry.map_or(0, |c| c.weight),
                     weight_override: ov.weight,
@@ -153,6 +165,13 @@ impl View {
             if backends.iter().any(|b| b.healthy) {
                 reasons.push(format!(
                     "pool {}: every backend that is up is drained, disabled or weighted 0",
+                    p.name
+                ));
+                continue;
+            }
+            if backends.iter().any(|b| b.health == "pending") {
+                reasons.push(format!(
+                    "pool {}: no backend is up yet: waiting for the first health check",
                     p.name
                 ));
                 continue;

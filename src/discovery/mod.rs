@@ -163,6 +163,50 @@ impl Names {
         applied
     }
 
+    /// Applies an entry task's answer as `written` (the config in force) says, replies to the
+    /// task when to ask again, and logs what changed. `Some(changed)`: whether the addresses
+    /// in force changed; `None` when `written` has no such entry (the reply is dropped, which
+    /// ends the task).
+    pub fn answer(&mut self, answer: Answer, written: &Config) -> Option<bool> {
+        let Answer { key, round, next } = answer;
+        let entry = written
+            .pool(&key.0)
+            .and_then(|p| p.named.iter().find(|n| n.lookup == key.1))?;
+        let port = match entry.lookup {
+            Lookup::Host { port, .. } => port,
+            Lookup::Srv { .. } => 0,
+        };
+        let r = &written.resolver;
+        let timing = Timing {
+            min_ttl: r.min_ttl,
+            max_ttl: r.max_ttl,
+            negative_hold: r.negative_hold,
+        };
+        let applied = self.apply(&key, round, port, timing);
+        let _ = next.send(Next {
+            delay: applied.delay,
+            srv_targets: self.srv_targets(&key),
+        });
+        let (pool, name) = (&key.0, key.1.name());
+        if applied.result != applied.previous {
+            match &applied.error {
+                Some(error) if applied.previous.is_empty() || applied.previous == "success" => {
+                    tracing::warn!(pool, name, result = applied.result, %error, retry_in = ?applied.delay, "DNS lookup failing; the last answer stays in force")
+                }
+                _ => tracing::info!(
+                    pool,
+                    name,
+                    result = applied.result,
+                    "DNS lookup result changed"
+                ),
+            }
+        }
+        if applied.changed {
+            tracing::info!(pool, name, addresses = ?applied.addresses, "DNS answer in force changed");
+        }
+        Some(applied.changed)
+    }
+
     /// The SRV targets `key` holds, for its next round.
     pub fn srv_targets(&self, key: &Key) -> Vec<String> {
         self.states

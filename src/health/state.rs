@@ -73,6 +73,12 @@ impl HealthState {
         }
     }
 
+    /// Whether a probe has answered (or passive checks took it down): until then `up` is
+    /// only the assumption the backend started with.
+    pub fn checked(&self) -> bool {
+        self.checked
+    }
+
     /// A backend whose first result is awaited and which takes no traffic meanwhile.
     pub fn pending() -> HealthState {
         HealthState {

@@ -11,20 +11,27 @@ use crate::state::{Backend, Pool};
 
 /// A connect to `backend` succeeded: its streak starts again.
 pub(super) fn success(backend: &Backend) {
-    backend.stats.failing_streak.store(0, Ordering::Relaxed);
+    backend.stats.reset_passive();
 }
 
-/// Counts a connect failure in a row. The one failure whose increment reaches the pool's
-/// limit tells the control plane (which marks the backend down): once per crossing, never
-/// per failure, so the channel stays bounded and quiet under a flood of failures. When the
-/// channel is full the streak steps back below the limit, so the next failure crosses and
-/// tries again: no crossing is lost, and nothing waits or grows. A successful connect (or the
-/// control plane bringing the backend back) resets the streak, so a new crossing notifies
-/// again.
+/// Counts a connect failure in a row. The first failure that finds the streak at or past the
+/// pool's limit tells the control plane (which marks the backend down): once per crossing,
+/// never per failure, so the channel stays bounded and quiet under a flood of failures. "At
+/// or past", not "exactly at": a reload that lowers the limit below a streak in progress
+/// still gets its notice. When the channel is full the notice is not marked sent, so the
+/// next failure tries again: no crossing is lost, and nothing waits or grows. A successful
+/// connect (or the control plane bringing the backend back, or changing its pool's checks)
+/// resets the streak and the mark, so a new crossing notifies again.
 pub(super) fn failure(failing: &mpsc::Sender<PassiveDown>, pool: &Pool, backend: &Backend) {
-    let limit = pool.passive_failures;
-    let streak = &backend.stats.failing_streak;
-    if streak.fetch_add(1, Ordering::Relaxed).saturating_add(1) != limit {
+    let stats = &backend.stats;
+    let streak = stats
+        .failing_streak
+        .fetch_add(1, Ordering::Relaxed)
+        .saturating_add(1);
+    if streak < pool.passive_failures
+        || stats.passive_reported.load(Ordering::Relaxed)
+        || stats.passive_reported.swap(true, Ordering::AcqRel)
+    {
         return;
     }
     let notice = PassiveDown {
@@ -32,11 +39,7 @@ pub(super) fn failure(failing: &mpsc::Sender<PassiveDown>, pool: &Pool, backend:
         backend: backend.address,
     };
     if failing.try_send(notice).is_err() {
-        // Failures that raced past the limit meanwhile are pulled back too (else none of
-        // them would cross again); a success that reset the streak meanwhile is kept.
-        let _ = streak.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-            (s >= limit).then(|| limit.saturating_sub(1))
-        });
+        stats.passive_reported.store(false, Ordering::Release);
     }
 }
 
@@ -122,5 +125,29 @@ mod tests {
         fail(&tx, &pool, 1);
         assert_eq!(rx.try_recv(), Ok(notice(&pool)), "crossed again");
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    /// A reload that lowers the limit below a streak in progress: the next failure notifies
+    /// (with "exactly at the limit", no failure ever would again).
+    #[test]
+    fn a_limit_lowered_below_the_streak_still_notifies() {
+        let before = pool(10);
+        let (tx, mut rx) = mpsc::channel(4);
+        fail(&tx, &before, 5);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        let live = Arc::new(PoolLive::default());
+        let mut after = Pool::new("p", before.backends.clone(), 0, live, Algorithm::RoundRobin);
+        after.passive_failures = 3;
+        fail(&tx, &after, 1);
+        assert_eq!(rx.try_recv(), Ok(notice(&after)), "past the new limit");
+        fail(&tx, &after, 3);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "once");
+        after.backends[0].stats.reset_passive();
+        fail(&tx, &after, 3);
+        assert_eq!(
+            rx.try_recv(),
+            Ok(notice(&after)),
+            "a reset (the control plane's) rearms it"
+        );
     }
 }

@@ -51,11 +51,27 @@ pub struct BackendStats {
     pub health_local_errors: AtomicU64,
     /// Connect failures in a row (passive health); reset by a successful connect.
     pub failing_streak: std::sync::atomic::AtomicU32,
+    /// The streak at or past the pool's limit has been reported to the control plane (see
+    /// `proxy::passive`); cleared with the streak.
+    pub passive_reported: std::sync::atomic::AtomicBool,
 }
 
 impl BackendStats {
     pub fn count_failure(&self, why: ConnectFailure) {
         self.connect_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Passive health starts afresh: no failure in a row, nothing reported. Called on a
+    /// successful connect, and by the control plane when a backend comes back up or its
+    /// pool's checks change. Loads first, so the connect path writes nothing shared unless
+    /// there is something to clear.
+    pub fn reset_passive(&self) {
+        if self.failing_streak.load(Ordering::Relaxed) != 0 {
+            self.failing_streak.store(0, Ordering::Relaxed);
+        }
+        if self.passive_reported.load(Ordering::Relaxed) {
+            self.passive_reported.store(false, Ordering::Relaxed);
+        }
     }
 
     pub fn failures(&self) -> u64 {

@@ -13,6 +13,7 @@
 static HOLD_SIGNALS: extern "C" fn() = hold_signals;
 
 extern "C" fn hold_signals() {
-    // Nothing can be reported this early; `main` reads the mask back (`signals::held`).
+    // Nothing can be reported this early, and there is nothing to do about a failure: the
+    // signals then keep their default action, as in any program.
     let _ = tollgate::sys::signals::hold();
 }

@@ -18,7 +18,7 @@ pub fn bin() -> &'static str {
 }
 
 /// Starts `tollgate run` on `yaml`, optionally under `prlimit` with an open-file limit, and
-/// waits until `listener` has logged its bound address.
+/// returns at once (`Running::addr` waits for the bound address).
 pub fn spawn(yaml: &str, nofile: Option<u64>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
