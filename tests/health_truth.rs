@@ -164,3 +164,42 @@ fn use_all_spreads_over_dead_backends_but_never_says_ready() {
     assert_eq!(answered, HashSet::from([1, 2]), "traffic spread over both");
     server.shutdown();
 }
+
+/// Before any check of a checked pool has answered, nothing claims the backend is up: it
+/// already serves (the first answer decides at once), but health is `pending`,
+/// `tollgate_backend_up` is 0 and `/readyz` says why it waits.
+#[test]
+fn before_the_first_check_answers_nothing_claims_health() {
+    // The probe connects, sends, and waits 3 s for a reply that never comes.
+    let silent = backend(|s| {
+        std::thread::sleep(Duration::from_secs(5));
+        drop(s);
+    });
+    let yaml = format!(
+        "workers: 1\nadmin:\n  bind: \"127.0.0.1:0\"\nlisteners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
+         pools:\n  back:\n    health_check: {{ type: send_expect, send: \"ping\", expect: \"pong\", interval: 5s, timeout: 3s }}\n\
+         \x20   backends:\n      - address: \"{silent}\"\n"
+    );
+    let server = start(&yaml);
+    let admin = server.admin_addr().unwrap();
+    let b = status_of(admin, silent);
+    assert_eq!(
+        (
+            b["health"].clone(),
+            b["state"].clone(),
+            b["last_check"].clone()
+        ),
+        ("pending".into(), "up".into(), serde_json::Value::Null),
+        "serving, not yet checked"
+    );
+    assert_eq!(up_and_weight(admin, silent), (0.0, 1.0));
+    assert_unready(
+        admin,
+        "pool back: no backend is up yet: waiting for the first health check",
+    );
+    wait_for("the first answer", Duration::from_secs(10), || {
+        status_of(admin, silent)["health"] == "down"
+    });
+    assert_unready(admin, "pool back: no backend is up");
+    server.shutdown();
+}
