@@ -16,7 +16,7 @@ use tracing::{error, info};
 
 use crate::config::{Config, Forwarding};
 use crate::control::{Channels, Handle, Owner};
-use crate::proxy::listener::{self, BoundSocket};
+use crate::proxy::listener::{self, BindKey, BoundSocket};
 use crate::proxy::{DataPlane, ForwardMode, Tracker};
 use crate::reload::{BoundMap, bind_group};
 use crate::state::{Published, Snapshot};
@@ -146,8 +146,12 @@ impl Server {
             control.clone(),
             stop.clone(),
         )?);
-        for ((name, _), addr) in &bound {
-            info!(listener = %name, %addr, workers, "listener bound");
+        for l in &config.listeners {
+            for want in &l.bind {
+                if let Some(addr) = bound.get(&BindKey::new(&l.name, *want)) {
+                    info!(listener = %l.name, %addr, workers, "listener bound");
+                }
+            }
         }
         if let Some(addr) = admin_addr {
             info!(%addr, "admin API listening");
@@ -227,7 +231,6 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
     let mut bound = BoundMap::new();
     let mut sockets: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
-        let name: Arc<str> = l.name.as_str().into();
         for want in &l.bind {
             let (actual, group) = bind_group(*want, workers, true).with_context(|| {
                 format!(
@@ -235,14 +238,14 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
                     l.name
                 )
             })?;
+            let key = BindKey::new(&l.name, *want);
             for (worker, socket) in sockets.iter_mut().zip(group) {
                 worker.push(BoundSocket {
-                    name: name.clone(),
-                    configured: *want,
+                    key: key.clone(),
                     socket,
                 });
             }
-            bound.insert((l.name.clone(), *want), actual);
+            bound.insert(key, actual);
         }
     }
     Ok((bound, sockets))

@@ -2,10 +2,11 @@
 //! owner. [`prepare`], on whatever thread asked for the reload, reads and validates the new
 //! file in full, refuses what a reload cannot change (`workers`, the admin socket), and binds
 //! the listening sockets the new file adds (one per worker) — all before anything changes.
-//! The owner then applies the [`Prepared`] result in one step (`control/owner.rs`): listeners
-//! whose (name, bind) did not change keep their sockets, so no queued connection is lost;
-//! removed ones stop accepting as soon as they see the new snapshot while their open
-//! connections finish. On any error nothing changes and the sockets bound so far close.
+//! The owner then applies the [`Prepared`] result in one step (`control/owner.rs`): an
+//! address some listener still binds keeps its sockets, whatever that listener is called now
+//! (sockets are keyed by address, see `BindKey`), so no queued connection is lost; removed
+//! ones stop accepting as soon as they see the new snapshot while their open connections
+//! finish. On any error nothing changes and the sockets bound so far close.
 //!
 //! It never imports the owner: it reads only the facts it is given in [`Running`].
 
@@ -14,10 +15,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::proxy::listener;
+use crate::proxy::listener::{self, BindKey};
 
-/// (listener name, bind address as configured) → the address actually bound.
-pub type BoundMap = HashMap<(String, SocketAddr), SocketAddr>;
+/// Each listening socket group (by [`BindKey`]: a fixed address, or a listener's port-0
+/// address) → the address actually bound.
+pub type BoundMap = HashMap<BindKey, SocketAddr>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -69,12 +71,12 @@ pub(crate) fn bind_group(
     Ok((actual, sockets))
 }
 
-/// A (listener, configured address) bound by a reload: its real address and one socket per
-/// worker.
+/// A socket group bound by a reload: its key, the listener it is for, its real address and
+/// one socket per worker.
 #[derive(Debug)]
 pub struct FreshGroup {
+    pub key: BindKey,
     pub listener: String,
-    pub configured: SocketAddr,
     pub actual: SocketAddr,
     pub sockets: Vec<std::net::TcpListener>,
 }
@@ -122,21 +124,24 @@ pub fn prepare(path: &Path, running: &Running<'_>) -> Result<Prepared, ReloadErr
     })
 }
 
-/// Binds every (listener, address) of `next` that is not bound yet. All or nothing: on
-/// an error the sockets bound so far are closed (dropped).
+/// Binds every address of `next` that has no socket yet. A fixed address bound before keeps
+/// its sockets whatever listener serves it now (a rename loses no queued client). All or
+/// nothing: on an error the sockets bound so far are closed (dropped).
 fn bind_new(next: &Config, running: &Running<'_>) -> Result<Vec<FreshGroup>, ReloadError> {
     let bound = running.bound;
     let mut fresh = Vec::new();
     for l in &next.listeners {
         for addr in &l.bind {
-            if bound.contains_key(&(l.name.clone(), *addr)) {
+            let key = BindKey::new(&l.name, *addr);
+            if bound.contains_key(&key) {
                 continue;
             }
-            // An address that overlaps one we already hold (another listener name, or the
-            // same port narrowed or widened) would collide with our own probe.
-            let ours = bound
-                .keys()
-                .any(|(_, a)| a == addr || crate::config::overlaps(*a, *addr));
+            // An address that overlaps one we already hold (the same port narrowed or
+            // widened) would collide with our own probe.
+            let ours = bound.keys().any(|k| {
+                let a = k.configured();
+                a == *addr || crate::config::overlaps(a, *addr)
+            });
             let (actual, sockets) =
                 bind_group(*addr, running.workers, !ours).map_err(|source| ReloadError::Bind {
                     listener: l.name.clone(),
@@ -144,8 +149,8 @@ fn bind_new(next: &Config, running: &Running<'_>) -> Result<Vec<FreshGroup>, Rel
                     source,
                 })?;
             fresh.push(FreshGroup {
+                key,
                 listener: l.name.clone(),
-                configured: *addr,
                 actual,
                 sockets,
             });

@@ -23,7 +23,7 @@ use crate::admission::{Carried, Shape, SourceTable};
 use crate::config::{self, Config};
 use crate::discovery::{self, Answer, Client, Names};
 use crate::health::Report;
-use crate::proxy::listener::BoundSocket;
+use crate::proxy::listener::{BindKey, BoundSocket};
 use crate::proxy::throttle::LogThrottle;
 use crate::proxy::{DataPlane, ForwardMode, PassiveDown};
 use crate::reload::{BoundMap, Prepared, ReloadError};
@@ -248,22 +248,20 @@ impl Owner {
         let mut bound = (*self.bound).clone();
         for group in fresh {
             for (worker, socket) in self.workers.iter().zip(group.sockets) {
-                let _ = worker.send(BoundSocket {
-                    name: group.listener.as_str().into(),
-                    configured: group.configured,
-                    socket,
-                });
+                let key = group.key.clone();
+                let _ = worker.send(BoundSocket { key, socket });
             }
             info!(listener = %group.listener, addr = %group.actual, "listener bound");
-            bound.insert((group.listener, group.configured), group.actual);
+            bound.insert(group.key, group.actual);
         }
-        let written = &self.written;
-        bound.retain(|(name, addr), _| {
-            written
-                .listeners
-                .iter()
-                .any(|l| &l.name == name && l.bind.contains(addr))
-        });
+        bound.retain(|key, _| serves(&self.written, key).is_some());
+        for (key, addr) in &bound {
+            if let (Some(was), Some(now)) = (serves(&before, key), serves(&self.written, key))
+                && was != now
+            {
+                info!(listener = now, was, %addr, "address carried over to another listener; its sockets and queued clients stay");
+            }
+        }
         self.bound = Arc::new(bound);
         for l in &before.listeners {
             if !self.written.listeners.iter().any(|n| n.name == l.name) {
@@ -469,4 +467,13 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// The listener of `config` that the socket group `key` serves, if any.
+fn serves<'c>(config: &'c Config, key: &BindKey) -> Option<&'c str> {
+    config
+        .listeners
+        .iter()
+        .find(|l| l.bind.iter().any(|b| BindKey::new(&l.name, *b) == *key))
+        .map(|l| l.name.as_str())
 }

@@ -14,6 +14,7 @@ use super::registry::{AdminState, BackendKey, Override};
 use crate::config::Config;
 use crate::discovery::{self, NameState};
 use crate::health::HealthState;
+use crate::proxy::listener::BindKey;
 use crate::reload::BoundMap;
 use crate::state::{Backend, Snapshot};
 
@@ -131,7 +132,7 @@ impl View {
             .flat_map(|l| {
                 l.bind
                     .iter()
-                    .filter_map(|b| self.bound.get(&(l.name.clone(), *b)).copied())
+                    .filter_map(|b| self.bound.get(&BindKey::new(&l.name, *b)).copied())
             })
             .collect()
     }
@@ -147,7 +148,7 @@ impl View {
         }
         for l in &self.written.listeners {
             for addr in &l.bind {
-                if !self.bound.contains_key(&(l.name.clone(), *addr)) {
+                if !self.bound.contains_key(&BindKey::new(&l.name, *addr)) {
                     reasons.push(format!("listener {}: {addr} is not bound", l.name));
                 }
             }

@@ -23,7 +23,7 @@ use crate::admission::{LOG_EVERY_SECS, Reason, Refusal};
 use super::tcp::{self, Admitted};
 use super::throttle::{LogThrottle, SourceLogFilter};
 use super::{DataPlane, Tracker};
-use crate::state::{ListenerLive, ListenerSpec};
+use crate::state::{ListenerLive, ListenerSpec, Snapshot};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Listen backlog; the kernel clamps it to `net.core.somaxconn`.
@@ -70,27 +70,52 @@ pub fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
     probe.bind(&addr.into())
 }
 
-/// One listening socket of one worker: which listener it serves and the address as
-/// configured (port 0 as written), which is how a reload recognises it.
+/// Which listening socket this is, as a reload recognises it. A fixed address is one
+/// socket whatever listener serves it, so renaming a listener (or moving an address to
+/// another listener) keeps its sockets and the clients queued on them. A port-0 address asks
+/// for a fresh port: it belongs to its listener's name (two listeners may both ask for
+/// `127.0.0.1:0`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BindKey {
+    Fixed(SocketAddr),
+    Fresh(Arc<str>, SocketAddr),
+}
+
+impl BindKey {
+    /// The key of `configured` (the address as written) in listener `listener`.
+    pub fn new(listener: &str, configured: SocketAddr) -> BindKey {
+        if configured.port() == 0 {
+            BindKey::Fresh(listener.into(), configured)
+        } else {
+            BindKey::Fixed(configured)
+        }
+    }
+
+    /// The address as configured (port 0 as written).
+    pub fn configured(&self) -> SocketAddr {
+        match self {
+            BindKey::Fixed(a) | BindKey::Fresh(_, a) => *a,
+        }
+    }
+
+    /// The listener of `snapshot` that this socket serves now, if any.
+    pub fn spec<'s>(&self, snapshot: &'s Snapshot) -> Option<&'s Arc<ListenerSpec>> {
+        match self {
+            BindKey::Fixed(addr) => snapshot.listeners.values().find(|l| l.bind.contains(addr)),
+            BindKey::Fresh(name, addr) => snapshot.listener(name).filter(|l| l.bind.contains(addr)),
+        }
+    }
+}
+
+/// One listening socket of one worker, and the key a reload recognises it by.
 pub struct BoundSocket {
-    pub name: Arc<str>,
-    pub configured: SocketAddr,
+    pub key: BindKey,
     pub socket: std::net::TcpListener,
 }
 
-/// The listener spec `name` has in the current snapshot, if `configured` is still one of
-/// its binds.
-fn current_spec(
-    plane: &DataPlane,
-    name: &str,
-    configured: SocketAddr,
-) -> Option<Arc<ListenerSpec>> {
-    plane
-        .snapshot
-        .load()
-        .listener(name)
-        .filter(|l| l.bind.contains(&configured))
-        .cloned()
+/// The listener spec the socket of `key` serves in the current snapshot, if any.
+fn current_spec(plane: &DataPlane, key: &BindKey) -> Option<Arc<ListenerSpec>> {
+    key.spec(&plane.snapshot.load()).cloned()
 }
 
 /// Accepts until `shutdown` turns true or a published snapshot no longer has this socket's
@@ -103,15 +128,11 @@ pub async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     tracker: Tracker,
 ) {
-    let BoundSocket {
-        name,
-        configured,
-        socket,
-    } = bound;
+    let BoundSocket { key, socket } = bound;
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(e) => {
-            warn!(listener = %name, error = %e, "cannot register listening socket");
+            warn!(addr = %key.configured(), error = %e, "cannot register listening socket");
             return;
         }
     };
@@ -119,7 +140,7 @@ pub async fn accept_loop(
     let mut errors = ErrorLog::default();
     let mut pause = PAUSE_MIN;
     // The spec is looked up again only when a new snapshot has been published.
-    let Some(mut spec) = current_spec(&plane, &name, configured) else {
+    let Some(mut spec) = current_spec(&plane, &key) else {
         return;
     };
     loop {
@@ -133,13 +154,13 @@ pub async fn accept_loop(
             || matches!(&accepted, Err(e) if e.kind() == io::ErrorKind::Interrupted)
         {
             versions.borrow_and_update();
-            match current_spec(&plane, &name, configured) {
+            match current_spec(&plane, &key) {
                 Some(now) => spec = now,
                 None => {
                     // A reload removed this socket. A client accepted just now is still
                     // served, under the spec it arrived with; then the socket closes.
                     if let Ok((client, peer)) = accepted {
-                        let at = (configured, &mut shutdown, &versions);
+                        let at = (&key, &mut shutdown, &versions);
                         admit(client, peer, &spec, &plane, at, &tracker).await;
                     }
                     return;
@@ -149,7 +170,7 @@ pub async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 pause = PAUSE_MIN;
-                let at = (configured, &mut shutdown, &versions);
+                let at = (&key, &mut shutdown, &versions);
                 if !admit(client, peer, &spec, &plane, at, &tracker).await {
                     return;
                 }
@@ -158,10 +179,10 @@ pub async fn accept_loop(
             Err(e) => {
                 spec.live.accept_errors.fetch_add(1, Ordering::Relaxed);
                 if is_per_connection(&e) {
-                    debug!(listener = %name, error = %e, "accept failed for one connection");
+                    debug!(listener = %spec.name, error = %e, "accept failed for one connection");
                     continue;
                 }
-                errors.report(&name, &e, pause);
+                errors.report(&spec.name, &e, pause);
                 // Resource exhaustion: the pending connection stays queued in the kernel.
                 // Retrying at once would spin, so wait, longer each time it persists.
                 tokio::select! {
@@ -182,11 +203,7 @@ async fn admit(
     peer: SocketAddr,
     spec: &Arc<ListenerSpec>,
     plane: &Arc<DataPlane>,
-    (configured, shutdown, versions): (
-        SocketAddr,
-        &mut watch::Receiver<bool>,
-        &watch::Receiver<u64>,
-    ),
+    (key, shutdown, versions): (&BindKey, &mut watch::Receiver<bool>, &watch::Receiver<u64>),
     tracker: &Tracker,
 ) -> bool {
     let ticket = match spec.admission.admit(peer.ip()) {
@@ -218,7 +235,7 @@ async fn admit(
     // ends — or until a reload removes the listener, which must not leave its socket open.
     let slot = match Slot::try_take(&spec.live) {
         Some(slot) => slot,
-        None => match wait_for_slot(spec, plane, configured, shutdown, versions).await {
+        None => match wait_for_slot(spec, plane, key, shutdown, versions).await {
             Some(slot) => slot,
             None => return false,
         },
@@ -259,7 +276,7 @@ fn log_refusal(listener: &str, client: SocketAddr, refused: &Refusal) {
 async fn wait_for_slot(
     spec: &Arc<ListenerSpec>,
     plane: &Arc<DataPlane>,
-    configured: SocketAddr,
+    key: &BindKey,
     shutdown: &mut watch::Receiver<bool>,
     versions: &watch::Receiver<u64>,
 ) -> Option<Slot> {
@@ -271,7 +288,7 @@ async fn wait_for_slot(
             return Some(slot);
         }
         // A listener already removed does not wait: its socket must close now.
-        current_spec(plane, &spec.name, configured)?;
+        current_spec(plane, key)?;
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return None,
             p = spec.live.slots.clone().acquire_owned() => return match p {
@@ -279,7 +296,7 @@ async fn wait_for_slot(
                 Err(_) => None,
             },
             _ = snapshot_changed(&mut versions) => {
-                current_spec(plane, &spec.name, configured)?;
+                current_spec(plane, key)?;
             }
         }
     }
