@@ -16,6 +16,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::control::{Handle, View};
 use crate::state::{CONNECT_BUCKETS, ConnectFailure};
+use crate::sys::pipe_pool::{Fallback, Refusal};
 
 /// (name, help, labels, type) of every tollgate metric.
 const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
@@ -133,6 +134,30 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         &["pool"],
         MetricType::HISTOGRAM,
     ),
+    (
+        "tollgate_pipes_open",
+        "Splice pipes that exist now, in use or cached by a worker (bounded by a quarter of the open-file limit).",
+        &[],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_pipes_created_total",
+        "Splice pipes made.",
+        &[],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_pipes_refused_total",
+        "Splice pipes the kernel refused, by reason: descriptors (EMFILE, ENFILE), quota (granted below 64 KiB: an unprivileged user past fs.pipe-user-pages-soft), error. Each refusal keeps the pool from asking again for 1 s.",
+        &["reason"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_pipe_fallbacks_total",
+        "Bulk bursts that copied through a buffer for want of a pipe, by reason: limit (the pipe bound is reached), refused (the kernel refused the pipe), backoff (it refused one less than 1 s ago).",
+        &["reason"],
+        MetricType::COUNTER,
+    ),
 ];
 
 pub struct Metrics {
@@ -217,6 +242,7 @@ impl Collector for TollgateCollector {
         // One view for the whole scrape: every series of it is of the same instant.
         let view = self.control.view();
         self.process(&view, &mut out);
+        self.pipes(&mut out);
         listeners(&view, &mut out);
         pools(&view, &mut out);
         dns(&view, &mut out);
@@ -257,6 +283,27 @@ impl TollgateCollector {
                 &[("result", result)],
                 n as f64,
             );
+        }
+    }
+}
+
+impl TollgateCollector {
+    fn pipes(&self, out: &mut Samples) {
+        let stats = self.control.plane().pipes.stats();
+        push(out, "tollgate_pipes_open", &[], stats.open as f64);
+        push(
+            out,
+            "tollgate_pipes_created_total",
+            &[],
+            stats.created as f64,
+        );
+        for (why, n) in Refusal::ALL.iter().zip(stats.refused) {
+            let l = [("reason", why.label())];
+            push(out, "tollgate_pipes_refused_total", &l, n as f64);
+        }
+        for (why, n) in Fallback::ALL.iter().zip(stats.fallbacks) {
+            let l = [("reason", why.label())];
+            push(out, "tollgate_pipe_fallbacks_total", &l, n as f64);
         }
     }
 }

@@ -12,7 +12,9 @@
 //! a buffer and three through a pipe, plus the pipe's own cost), switches to splicing once a
 //! read fills the whole buffer, and goes back to copying after a splice burst that moved less
 //! than a buffer. A burst borrows its pipe or buffer and gives it back as soon as the source
-//! would block, so an idle connection holds neither.
+//! would block, so an idle connection holds neither. A bulk burst that finds no pipe (the
+//! pool is at its bound or backing off after a refusal) copies to its end and asks again
+//! only in the next burst.
 
 use std::io::{self, Read as _};
 use std::os::fd::AsFd;
@@ -49,6 +51,8 @@ pub struct Pump<'p> {
     end: usize,
     /// Bytes the current splice burst moved.
     burst: u64,
+    /// The pool had no pipe for this burst; it copies to its end.
+    no_pipe: bool,
     /// The source ended; the FIN is passed on once everything is delivered.
     eof: bool,
     done: bool,
@@ -69,6 +73,7 @@ impl<'p> Pump<'p> {
             start: 0,
             end: 0,
             burst: 0,
+            no_pipe: false,
             eof: false,
             done: false,
             moved: 0,
@@ -128,13 +133,16 @@ impl<'p> Pump<'p> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(self.src_err(e))),
                 Poll::Ready(Ok(())) => {}
             }
-            if self.bulk
-                && means.may_splice
-                && self.pipe.is_none()
-                && let Some(pipe) = means.pipes.take()
-            {
-                self.buf = None;
-                self.pipe = Some(pipe);
+            if self.bulk && means.may_splice && self.pipe.is_none() && !self.no_pipe {
+                match means.pipes.take() {
+                    Some(pipe) => {
+                        self.buf = None;
+                        self.pipe = Some(pipe);
+                    }
+                    // Asked once per burst: the pool said no (at its bound, or the kernel
+                    // refused lately), and asking again on every read would only cost.
+                    None => self.no_pipe = true,
+                }
             }
             self.fill(src, means)?;
         }
@@ -196,6 +204,7 @@ impl<'p> Pump<'p> {
 
     /// Gives the pipe and buffer back; a splice burst that moved little ends the bulk mode.
     fn end_burst(&mut self) {
+        self.no_pipe = false;
         if self.pipe.take().is_some() {
             self.bulk = self.burst >= SPLICE_WORTH;
             self.burst = 0;
