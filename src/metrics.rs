@@ -2,8 +2,8 @@
 //! this one file. Values are read from the data plane's atomics at scrape time by a custom
 //! collector in an explicit `prometheus::Registry` (with the process collector beside it),
 //! so nothing on the data path takes a lock or sends a message per connection. Labels are
-//! bounded: listener, pool, backend (`IP:PORT` from the config), reason, result — never a
-//! client address. A backend or listener that leaves the config leaves the output with it.
+//! bounded: listener, pool, backend (`IP:PORT` from the config), side (client or backend),
+//! reason, result — never a client address. A backend or listener that leaves the config leaves the output with it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,7 +15,7 @@ use prometheus::proto::{
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::control::{Handle, View};
-use crate::state::{CONNECT_BUCKETS, ConnectFailure};
+use crate::state::{CONNECT_BUCKETS, ConnectFailure, Failure, Side};
 use crate::sys::pipe_pool::{Fallback, Refusal};
 
 /// (name, help, labels, type) of every tollgate metric.
@@ -48,6 +48,12 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         "tollgate_listener_connections_rejected_total",
         "Connections closed without being proxied, by reason.",
         &["listener", "reason"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_listener_connections_aborted_total",
+        "Proxied connections ended by a failure of one leg, by the leg that failed (side: client, backend) and how (reason: reset by the peer, or error: any other I/O failure). Both legs were reset, not closed, so neither peer mistakes the cut for a complete transfer.",
+        &["listener", "side", "reason"],
         MetricType::COUNTER,
     ),
     (
@@ -330,6 +336,17 @@ fn listeners(view: &View, out: &mut Samples) {
                 &l,
                 ps.table.tracked() as f64,
             );
+        }
+        for side in Side::ALL {
+            for why in Failure::ALL {
+                let l = [
+                    ("listener", name.as_ref()),
+                    ("side", side.label()),
+                    ("reason", why.label()),
+                ];
+                let n = live.aborted(side, why).load(Relaxed) as f64;
+                push(out, "tollgate_listener_connections_aborted_total", &l, n);
+            }
         }
         let admission = crate::admission::Reason::ALL
             .iter()

@@ -114,7 +114,7 @@ fn exposition_parses_and_counters_move() {
     );
     // Labels stay bounded: only these names appear on tollgate's series, never a client's.
     let allowed = [
-        "listener", "pool", "backend", "reason", "result", "version", "le",
+        "listener", "pool", "backend", "side", "reason", "result", "version", "le",
     ];
     for line in text.lines().filter(|l| l.starts_with("tollgate_")) {
         if let Some((_, rest)) = line.split_once('{') {

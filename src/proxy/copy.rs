@@ -3,8 +3,14 @@
 //! Each direction is a pump (`pump.rs`): it moves what the source has to the destination
 //! and on end of stream passes the FIN on (`shutdown(SHUT_WR)`) once every byte is
 //! delivered, while the other direction keeps flowing. Both pumps and the idle clock run in
-//! the connection's one task; an error on either side ends the whole connection, and the
-//! error says which side and which operation failed.
+//! the connection's one task. An error on either side ends the whole connection: the error
+//! says which side and which operation failed, and both legs are reset, never closed with a
+//! FIN, once the bytes in flight toward the standing leg are delivered (`abort.rs`).
+//!
+//! The idle timeout closes both legs with a FIN, as HAProxy's and nginx's do: nothing moved
+//! either way for the whole timeout, so every byte either peer sent has been delivered and
+//! an orderly close loses nothing. Unless tollgate still holds bytes it could not deliver
+//! (a peer that stopped reading): the stream was then cut short, and both legs are reset.
 //!
 //! It also owns putting the bytes moved on the backend's counters while the connection lives
 //! (at most [`FLUSH_EVERY`] late) and when it ends, however it ends: a connection cut at the
@@ -19,30 +25,15 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::ForwardMode;
 use super::pump::{Means, Pump};
-use crate::state::BackendStats;
+use super::{ForwardMode, abort};
+pub use crate::state::Side;
+use crate::state::{BackendStats, Failure};
 use crate::sys::PipePool;
 
 /// How late, at most, the backend's byte counters are while bytes move: scrapes and `rate()`
 /// see a long stream as it goes, not only when it ends.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-
-/// Which leg of a connection an error came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Backend,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Client => "client",
-            Side::Backend => "backend",
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -53,8 +44,30 @@ pub enum ForwardError {
         #[source]
         source: io::Error,
     },
-    #[error("idle for {0:?}")]
-    Idle(Duration),
+    /// Nothing moved either way for `after`. `stranded`: bytes tollgate held and could not
+    /// deliver (both legs are then reset, not closed).
+    #[error("idle for {after:?}")]
+    Idle { after: Duration, stranded: u64 },
+}
+
+impl ForwardError {
+    /// The leg whose failure ended the connection, and how it failed; `None` for the idle
+    /// timeout, which is no failure of a leg.
+    pub fn aborted(&self) -> Option<(Side, Failure)> {
+        match self {
+            ForwardError::Io { side, source, .. } => Some((*side, failure(source))),
+            ForwardError::Idle { .. } => None,
+        }
+    }
+}
+
+/// A peer's reset shows as ECONNRESET on the first read or write after it, and as EPIPE on
+/// writes after that (once the first error was reported).
+fn failure(e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Reset,
+        _ => Failure::Error,
+    }
 }
 
 /// Bytes moved in each direction.
@@ -105,7 +118,8 @@ impl Drop for Flow<'_, '_> {
 }
 
 /// Forwards until both directions have ended, an error occurs, or nothing moved for `idle`,
-/// and returns how it ended with the bytes moved each way. The bytes also land on `stats`
+/// and returns how it ended with the bytes moved each way. After an error, or an idle
+/// timeout with bytes stranded, both sockets are set to reset when the caller closes them. The bytes also land on `stats`
 /// (sent and received bytes) while it runs and however it ends, cancellation included.
 ///
 /// Both directions and the idle clock live in this one future, polled together: the
@@ -175,13 +189,36 @@ pub async fn forward(
             }
             let idle_at = last_moved + idle;
             if Instant::now() >= idle_at {
-                return Poll::Ready(Err(ForwardError::Idle(idle)));
+                let stranded = flow.up.held() + flow.down.held();
+                return Poll::Ready(Err(ForwardError::Idle {
+                    after: idle,
+                    stranded: stranded as u64,
+                }));
             }
             timer.as_mut().reset(idle_at);
         }
         Poll::Pending
     })
     .await;
+    let result = match result {
+        Err(failure @ ForwardError::Io { side, .. }) => {
+            let (toward, failed, standing) = match side {
+                Side::Backend => (&mut flow.down, backend, client),
+                Side::Client => (&mut flow.up, client, backend),
+            };
+            // Boxed, and owning the error while it runs: failures are rare, and whatever
+            // this await keeps would otherwise be part of every connection's task.
+            Box::pin(abort::abort(failure, toward, failed, standing, idle)).await
+        }
+        Err(idle @ ForwardError::Idle { stranded, .. }) => {
+            if stranded > 0 {
+                abort::reset_on_close(client);
+                abort::reset_on_close(backend);
+            }
+            Err(idle)
+        }
+        Ok(()) => Ok(()),
+    };
     (result, flow.moved())
 }
 

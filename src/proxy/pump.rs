@@ -86,7 +86,7 @@ impl<'p> Pump<'p> {
     }
 
     /// Bytes read from the source and not yet delivered.
-    fn held(&self) -> usize {
+    pub fn held(&self) -> usize {
         match &self.pipe {
             Some(pipe) => pipe.held(),
             None => self.end - self.start,
@@ -145,6 +145,54 @@ impl<'p> Pump<'p> {
                 }
             }
             self.fill(src, means)?;
+        }
+    }
+
+    /// After the connection failed (see `abort.rs`): moves to `dst` what this direction
+    /// holds and what `src` still has queued, without waiting for `src` to send more, and
+    /// never passes the FIN on. A source that was reset gives its queued bytes first, then
+    /// the error or end of stream; one that is still up (the failure was elsewhere) says it
+    /// would block. `Pending` only while `dst` has no room.
+    pub fn poll_salvage(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+    ) -> Poll<Result<(), ForwardError>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.held() > 0 {
+                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err("write", e))?;
+                self.deliver(dst)?;
+                continue;
+            }
+            if self.eof {
+                self.done = true;
+                self.end_burst();
+                return Poll::Ready(Ok(()));
+            }
+            // Straight to the socket, not through tokio's readiness: the readiness of a reset
+            // socket may not have been seen yet, and this read must not wait for it.
+            let read = match &mut self.pipe {
+                Some(pipe) => pipe.fill_from(src.as_fd()),
+                None => {
+                    let buf = self.buf.get_or_insert_with(buffers::take);
+                    (&*socket2::SockRef::from(src)).read(buf)
+                }
+            };
+            match read {
+                Ok(n) if n > 0 => {
+                    if self.pipe.is_none() {
+                        (self.start, self.end) = (0, n);
+                    }
+                    self.touched = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // End of stream, would block, or the error itself: nothing more to salvage.
+                Ok(_) | Err(_) => self.eof = true,
+            }
         }
     }
 
