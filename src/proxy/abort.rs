@@ -29,31 +29,22 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::copy::ForwardError;
 use super::pump::Pump;
 
 /// The first and the longest pause between two looks at a send queue.
 const PAUSE_MIN: Duration = Duration::from_millis(1);
 const PAUSE_MAX: Duration = Duration::from_millis(100);
 
-/// Ends a connection after `failure` on `src` (the failed leg): both legs are set to reset
-/// when closed, then `dst` (the standing leg) gets what `toward` holds from `src` and what
-/// `src` still has queued, and its send queue goes out; see the module docs. Returns the
-/// failure.
-pub(super) async fn abort(
-    failure: ForwardError,
-    toward: &mut Pump<'_>,
-    src: &TcpStream,
-    dst: &TcpStream,
-    idle: Duration,
-) -> Result<(), ForwardError> {
+/// Ends a connection whose leg `src` failed: both legs are set to reset when closed, then
+/// `dst` (the standing leg) gets what `toward` holds from `src` and what `src` still has
+/// queued, and its send queue goes out; see the module docs.
+pub(super) async fn abort(toward: &mut Pump<'_>, src: &TcpStream, dst: &TcpStream, idle: Duration) {
     // First, so that a task cut while salvaging (at the drain deadline) resets too.
     reset_on_close(src);
     reset_on_close(dst);
     if deliver_rest(toward, src, dst, idle).await {
         sent(dst, idle).await;
     }
-    Err(failure)
 }
 
 /// Step 1. True when everything was delivered; false when `dst` failed too, or took

@@ -24,7 +24,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::buffers::{self, Buffer};
-use super::copy::{ForwardError, Side};
+use super::copy::{ForwardError, Op, Side};
 use crate::sys::{PipePool, PooledPipe};
 
 /// A splice burst that moves less than this goes back to copying: one buffered read would
@@ -109,7 +109,7 @@ impl<'p> Pump<'p> {
         }
         loop {
             if self.held() > 0 {
-                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err("write", e))?;
+                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err(Op::Write, e))?;
                 self.deliver(dst)?;
                 continue;
             }
@@ -164,7 +164,7 @@ impl<'p> Pump<'p> {
         }
         loop {
             if self.held() > 0 {
-                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err("write", e))?;
+                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err(Op::Write, e))?;
                 self.deliver(dst)?;
                 continue;
             }
@@ -246,7 +246,7 @@ impl<'p> Pump<'p> {
             }
             // Readiness was cleared; the next poll_write_ready waits for room.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(self.dst_err("write", e)),
+            Err(e) => Err(self.dst_err(Op::Write, e)),
         }
     }
 
@@ -267,19 +267,19 @@ impl<'p> Pump<'p> {
         match socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-            Err(e) => Err(self.dst_err("shutdown", e)),
+            Err(e) => Err(self.dst_err(Op::Shutdown, e)),
         }
     }
 
     fn src_err(&self, source: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.src_side,
-            op: "read",
+            op: Op::Read,
             source,
         }
     }
 
-    fn dst_err(&self, op: &'static str, source: io::Error) -> ForwardError {
+    fn dst_err(&self, op: Op, source: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.dst_side,
             op,

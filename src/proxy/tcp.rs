@@ -113,11 +113,11 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
         Ok(()) => {
             debug!(listener, %client, %backend, to_backend = up, to_client = down, "connection closed")
         }
-        Err(ForwardError::Idle { after, stranded: 0 }) => {
-            debug!(listener, %client, %backend, to_backend = up, to_client = down, idle = ?after, "connection idle; closed")
+        Err(ForwardError::Idle { stranded: 0 }) => {
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, "connection idle; closed")
         }
-        Err(ForwardError::Idle { after, stranded }) => {
-            debug!(listener, %client, %backend, to_backend = up, to_client = down, idle = ?after, stranded, "connection idle with bytes undelivered; both legs reset")
+        Err(ForwardError::Idle { stranded }) => {
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, stranded, "connection idle with bytes undelivered; both legs reset")
         }
         Err(
             e @ ForwardError::Io {
