@@ -24,7 +24,8 @@
 //! (default 4), `TOLLGATE_PIPES_REPS` (default 3), `TOLLGATE_PIPES_USERS` (default
 //! `root,nobody`; not running as root, only `self` is possible), `TOLLGATE_PIPES_EXE`
 //! (another tollgate binary, e.g. an older build to compare; pipe figures are n/a for one
-//! without the pipe metrics). Every run has a deadline (120 s), and the count of runs is
+//! without the pipe metrics), `TOLLGATE_PIPES_FORWARDING` (default `splice`; `copy` gives
+//! the cost of copying everything, for reference). Every run has a deadline (120 s), and the count of runs is
 //! REPS × users, so the bench always ends; any failed run makes it exit non-zero.
 
 #[path = "../common/child.rs"]
@@ -196,8 +197,9 @@ fn run_once(s: &Settings, exe: &std::path::Path, sink: &Sink, user: &str) -> Res
 }
 
 fn config_yaml(sink: SocketAddr, admin: u16) -> String {
+    let forwarding = env::var("TOLLGATE_PIPES_FORWARDING").unwrap_or_else(|_| "splice".into());
     format!(
-        "workers: auto\nforwarding: splice\n\
+        "workers: auto\nforwarding: {forwarding}\n\
          admin:\n  bind: \"127.0.0.1:{admin}\"\n\
          listeners:\n  bench:\n    bind: \"127.0.0.1:0\"\n    pool: sink\n\
          pools:\n  sink:\n    backends:\n      - address: \"{sink}\"\n"
