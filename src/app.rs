@@ -24,6 +24,11 @@ use crate::sys::PipePool;
 
 /// Bytes each splice pipe asks the kernel for.
 const PIPE_SIZE: usize = 128 * 1024;
+/// Empty pipes each worker keeps for its next bursts (fewer if `max_pipes` is small): enough
+/// that bulk bursts starting and ending on many connections reuse pipes instead of paying
+/// `pipe2` + `fcntl` + `close` each time; few enough that idle pipes (two descriptors each,
+/// and pages of an unprivileged user's pipe quota) stay a small share of the bound.
+const PIPES_CACHED_PER_WORKER: usize = 256;
 /// Passive-failure notices queued from the data plane (each is one backend crossing its
 /// limit, so this is far more than a burst of them).
 const PASSIVE_QUEUE: usize = 1024;
@@ -112,9 +117,11 @@ impl Server {
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         // Pipes cost two descriptors each; keep them to a quarter of the limit so sockets
-        // never starve (beyond it, bursts copy through a buffer instead).
+        // never starve (beyond it, bursts copy through a buffer instead). Each worker caches
+        // at most its share of them.
         let max_pipes = usize::try_from(fd_limit.soft / 8).unwrap_or(1024).max(2);
-        let pipes = PipePool::new(max_pipes, 1024.min(max_pipes), PIPE_SIZE);
+        let cached = (max_pipes / workers.max(1)).clamp(1, PIPES_CACHED_PER_WORKER);
+        let pipes = PipePool::new(max_pipes, cached, PIPE_SIZE);
         let mode = match config.forwarding {
             Forwarding::Splice => ForwardMode::Splice,
             Forwarding::Copy => ForwardMode::Copy,

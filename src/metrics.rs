@@ -2,8 +2,8 @@
 //! this one file. Values are read from the data plane's atomics at scrape time by a custom
 //! collector in an explicit `prometheus::Registry` (with the process collector beside it),
 //! so nothing on the data path takes a lock or sends a message per connection. Labels are
-//! bounded: listener, pool, backend (`IP:PORT` from the config), reason, result — never a
-//! client address. A backend or listener that leaves the config leaves the output with it.
+//! bounded: listener, pool, backend (`IP:PORT` from the config), side (client or backend),
+//! reason, result — never a client address. A backend or listener that leaves the config leaves the output with it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,7 +15,8 @@ use prometheus::proto::{
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::control::{Handle, View};
-use crate::state::{CONNECT_BUCKETS, ConnectFailure};
+use crate::state::{CONNECT_BUCKETS, ConnectFailure, Failure, Side};
+use crate::sys::pipe_pool::{Fallback, Refusal};
 
 /// (name, help, labels, type) of every tollgate metric.
 const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
@@ -47,6 +48,12 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         "tollgate_listener_connections_rejected_total",
         "Connections closed without being proxied, by reason.",
         &["listener", "reason"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_listener_connections_aborted_total",
+        "Proxied connections ended by a failure of one leg, by the leg that failed (side: client, backend) and how (reason: reset by the peer, or error: any other I/O failure). Both legs were reset, not closed, so neither peer mistakes the cut for a complete transfer.",
+        &["listener", "side", "reason"],
         MetricType::COUNTER,
     ),
     (
@@ -133,6 +140,30 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         &["pool"],
         MetricType::HISTOGRAM,
     ),
+    (
+        "tollgate_pipes_open",
+        "Splice pipes that exist now, in use or cached by a worker (bounded by a quarter of the open-file limit).",
+        &[],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_pipes_created_total",
+        "Splice pipes made.",
+        &[],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_pipes_refused_total",
+        "Splice pipes the kernel refused, by reason: descriptors (EMFILE, ENFILE), quota (granted below 64 KiB: an unprivileged user past fs.pipe-user-pages-soft), error. Each refusal keeps the pool from asking again for 1 s.",
+        &["reason"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_pipe_fallbacks_total",
+        "Bulk bursts that copied through a buffer for want of a pipe, by reason: limit (the pipe bound is reached), refused (the kernel refused the pipe), backoff (it refused one less than 1 s ago).",
+        &["reason"],
+        MetricType::COUNTER,
+    ),
 ];
 
 pub struct Metrics {
@@ -217,6 +248,7 @@ impl Collector for TollgateCollector {
         // One view for the whole scrape: every series of it is of the same instant.
         let view = self.control.view();
         self.process(&view, &mut out);
+        self.pipes(&mut out);
         listeners(&view, &mut out);
         pools(&view, &mut out);
         dns(&view, &mut out);
@@ -261,6 +293,27 @@ impl TollgateCollector {
     }
 }
 
+impl TollgateCollector {
+    fn pipes(&self, out: &mut Samples) {
+        let stats = self.control.plane().pipes.stats();
+        push(out, "tollgate_pipes_open", &[], stats.open as f64);
+        push(
+            out,
+            "tollgate_pipes_created_total",
+            &[],
+            stats.created as f64,
+        );
+        for (why, n) in Refusal::ALL.iter().zip(stats.refused) {
+            let l = [("reason", why.label())];
+            push(out, "tollgate_pipes_refused_total", &l, n as f64);
+        }
+        for (why, n) in Fallback::ALL.iter().zip(stats.fallbacks) {
+            let l = [("reason", why.label())];
+            push(out, "tollgate_pipe_fallbacks_total", &l, n as f64);
+        }
+    }
+}
+
 fn listeners(view: &View, out: &mut Samples) {
     let snapshot = &view.snapshot;
     for (name, spec) in &snapshot.listeners {
@@ -283,6 +336,17 @@ fn listeners(view: &View, out: &mut Samples) {
                 &l,
                 ps.table.tracked() as f64,
             );
+        }
+        for side in Side::ALL {
+            for why in Failure::ALL {
+                let l = [
+                    ("listener", name.as_ref()),
+                    ("side", side.label()),
+                    ("reason", why.label()),
+                ];
+                let n = live.aborted(side, why).load(Relaxed) as f64;
+                push(out, "tollgate_listener_connections_aborted_total", &l, n);
+            }
         }
         let admission = crate::admission::Reason::ALL
             .iter()

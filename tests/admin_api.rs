@@ -313,6 +313,14 @@ fn the_status_answer_has_exactly_the_fields_the_openapi_document_describes() {
         served(&status["listeners"][0]["rejected"]),
         described(&listener_schema["properties"]["rejected"])
     );
+    let aborted = &status["listeners"][0]["aborted"];
+    assert_eq!(
+        served(aborted),
+        described(&listener_schema["properties"]["aborted"])
+    );
+    for side in ["client", "backend"] {
+        assert_eq!(served(&aborted[side]), described(&schemas["AbortedBy"]));
+    }
     let backend = &status["pools"][0]["backends"][0];
     assert_eq!(served(backend), described(&schemas["Backend"]));
     server.shutdown();

@@ -1,10 +1,12 @@
 //! `timeouts.idle`: a connection on which nothing moves for that long is closed on both legs;
-//! traffic in either direction keeps it open.
+//! traffic in either direction keeps it open. The close is orderly (a FIN), as nothing was
+//! lost; unless tollgate holds bytes a peer stopped taking, and then both legs are reset, so
+//! that the cut stream does not look complete.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -100,4 +102,87 @@ fn idle_closed_spliced_connections_return_their_pipes() {
     );
     assert!(server.pipes_open() > 0, "these connections were spliced");
     server.shutdown();
+}
+
+/// Nothing was sent: both peers see an orderly end of stream, not a reset.
+#[test]
+fn an_idle_close_with_nothing_undelivered_is_a_fin() {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let addr = backend(move |mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let ended = s.read(&mut [0u8; 16]).map_err(|e| e.kind());
+        tx.lock().unwrap().send(ended).unwrap();
+    });
+    let server = start(&config(&[(addr, 1)], "timeouts: { idle: 200ms }", "", ""));
+    let mut client = TcpStream::connect(front(&server)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let ended = client.read(&mut [0u8; 16]).map_err(|e| e.kind());
+    assert_eq!(ended, Ok(0), "the client leg got a FIN");
+    let ended = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(ended, Ok(0), "the backend leg got a FIN");
+    server.shutdown();
+}
+
+/// The client stops reading while the backend still sends: once the buffers on the way are
+/// full nothing moves, and at the idle timeout tollgate holds bytes it never delivered. The
+/// client must see a reset after what did arrive, not an end of stream.
+fn idle_with_bytes_stranded(mode: &str) {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let addr = backend(move |mut s| {
+        let chunk = vec![9u8; 64 * 1024];
+        // Writes until tollgate's reset makes a write fail.
+        let failed = loop {
+            if let Err(e) = s.write_all(&chunk) {
+                break e.kind();
+            }
+        };
+        tx.lock().unwrap().send(failed).unwrap();
+    });
+    let top = format!("forwarding: {mode}");
+    let server = start(&config(&[(addr, 1)], "timeouts: { idle: 300ms }", "", &top));
+    let mut client = TcpStream::connect(front(&server)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let failed = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        matches!(
+            failed,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        "{mode}: the backend leg was reset: {failed:?}"
+    );
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let end = loop {
+        match client.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => received += n,
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert!(
+        received > 0,
+        "{mode}: what arrived before the cut is readable"
+    );
+    assert_eq!(
+        end,
+        Err(io::ErrorKind::ConnectionReset),
+        "{mode}: the client leg was reset, not closed, after {received} bytes"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn an_idle_timeout_with_bytes_stranded_resets_both_legs_splice() {
+    idle_with_bytes_stranded("splice");
+}
+
+#[test]
+fn an_idle_timeout_with_bytes_stranded_resets_both_legs_copy() {
+    idle_with_bytes_stranded("copy");
 }

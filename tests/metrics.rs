@@ -114,7 +114,7 @@ fn exposition_parses_and_counters_move() {
     );
     // Labels stay bounded: only these names appear on tollgate's series, never a client's.
     let allowed = [
-        "listener", "pool", "backend", "reason", "result", "version", "le",
+        "listener", "pool", "backend", "side", "reason", "result", "version", "le",
     ];
     for line in text.lines().filter(|l| l.starts_with("tollgate_")) {
         if let Some((_, rest)) = line.split_once('{') {
@@ -212,5 +212,44 @@ fn a_backend_that_leaves_the_config_loses_its_series() {
         Some(1.0)
     );
     assert_eq!(value(&s, "tollgate_config_generation", &[]), Some(2.0));
+    server.shutdown();
+}
+
+/// Pipes show in the metrics: made when bulk data is spliced, none refused on a host with
+/// descriptors and quota to spare, every reason's series present from the start.
+#[test]
+fn spliced_bulk_data_shows_in_the_pipe_metrics() {
+    let echo = echo_backend();
+    let top = "forwarding: splice\nadmin:\n  bind: \"127.0.0.1:0\"";
+    let server = start(&config(&[(echo, 1)], "", "", top));
+    let admin = server.admin_addr().unwrap();
+    let (_, before) = scrape(admin);
+    assert_eq!(
+        value(&before, "tollgate_pipes_created_total", &[]),
+        Some(0.0)
+    );
+    let payload = vec![7u8; 1 << 20];
+    assert_eq!(round_trip(front(&server), &payload).unwrap(), payload);
+    let (text, after) = scrape(admin);
+    let created = value(&after, "tollgate_pipes_created_total", &[]).unwrap();
+    assert!(created >= 1.0, "bulk data was spliced through a pipe");
+    assert!(value(&after, "tollgate_pipes_open", &[]).is_some());
+    for reason in ["descriptors", "quota", "error"] {
+        let refused = value(
+            &after,
+            "tollgate_pipes_refused_total",
+            &[("reason", reason)],
+        );
+        assert_eq!(refused, Some(0.0), "refused: {reason}");
+    }
+    for reason in ["limit", "refused", "backoff"] {
+        let fell_back = value(
+            &after,
+            "tollgate_pipe_fallbacks_total",
+            &[("reason", reason)],
+        );
+        assert_eq!(fell_back, Some(0.0), "fallback: {reason}");
+    }
+    promtool_check(&text);
     server.shutdown();
 }

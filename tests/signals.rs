@@ -13,10 +13,12 @@ use common::*;
 
 const CHUNK: usize = 64 * 1024;
 
-/// A backend that, once it has read one byte, sends `chunks` chunks of 64 KiB 50 ms apart.
+/// A backend that, once it has read the client's `go`, sends `chunks` chunks of 64 KiB 50 ms
+/// apart. It reads all of `go`: closing with a byte unread would reset the connection, and
+/// tollgate passes a reset on as one.
 fn slow_sender(chunks: u64) -> std::net::SocketAddr {
     backend(move |mut s| {
-        let mut b = [0u8; 1];
+        let mut b = [0u8; 2];
         if s.read_exact(&mut b).is_err() {
             return;
         }

@@ -22,7 +22,6 @@
 //!
 //! Smoke run: `TOLLGATE_BENCH_GIB=0.05 TOLLGATE_BENCH_REPS=1 cargo bench --bench throughput`.
 
-use std::collections::VecDeque;
 use std::fmt::Display;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -30,34 +29,17 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::str::FromStr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use std::{env, thread};
 
+#[path = "../common/child.rs"]
 mod child;
 #[path = "../common/procfs.rs"]
 mod procfs;
-use child::Tollgate;
-
-type Res<T> = Result<T, String>;
-type Tail = Arc<Mutex<VecDeque<String>>>;
+use child::{Ctx, Res, Tollgate};
 
 const BUF_SIZE: usize = 256 * 1024;
 const GIB: f64 = (1u64 << 30) as f64;
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-const TAIL_LINES: usize = 20;
-
-/// Adds context to an error, turning it into the bench's `String` error.
-trait Ctx<T> {
-    fn ctx(self, what: impl Display) -> Res<T>;
-}
-
-impl<T, E: Display> Ctx<T> for Result<T, E> {
-    fn ctx(self, what: impl Display) -> Res<T> {
-        self.map_err(|e| format!("{what}: {e}"))
-    }
-}
 
 /// Modes in the order they alternate; the proxied ones are tollgate's `forwarding` values.
 const MODES: [&str; 3] = ["direct", "splice", "copy"];
@@ -187,7 +169,11 @@ impl Bench {
     fn run_once(&self, mode: &'static str) -> Res<Sample> {
         let proxy = match mode {
             "direct" => None,
-            _ => Some(Tollgate::start(&self.exe, mode, self.sink.addr)?),
+            _ => Some(Tollgate::start(
+                &self.exe,
+                &config_yaml(mode, self.sink.addr),
+                &[],
+            )?),
         };
         let target = proxy.as_ref().map_or(self.sink.addr, |(_, addr)| *addr);
         let pid = proxy.as_ref().map(|(t, _)| t.pid()).transpose()?;
@@ -361,4 +347,12 @@ fn print_table(samples: &[Sample]) {
 /// utime + stime of the tollgate child, in clock ticks.
 fn tollgate_ticks(pid: i32) -> Res<u64> {
     procfs::cpu_ticks(pid).map_err(|e| format!("tollgate's CPU time: {e:#}"))
+}
+
+fn config_yaml(forwarding: &str, backend: SocketAddr) -> String {
+    format!(
+        "workers: 1\nforwarding: {forwarding}\n\
+         listeners:\n  bench:\n    bind: \"127.0.0.1:0\"\n    pool: sink\n\
+         pools:\n  sink:\n    backends:\n      - address: \"{backend}\"\n"
+    )
 }

@@ -33,6 +33,16 @@ pub(crate) fn status(control: &Handle) -> Value {
                 .chain(crate::admission::Reason::ALL.iter().map(|r| (r.label(), live.rejected(*r))))
                 .map(|(reason, n)| (reason.to_owned(), json!(n.load(Relaxed))))
                 .collect();
+            let aborted: serde_json::Map<String, Value> = crate::state::Side::ALL
+                .iter()
+                .map(|side| {
+                    let by_failure: serde_json::Map<String, Value> = crate::state::Failure::ALL
+                        .iter()
+                        .map(|why| (why.label().to_owned(), json!(live.aborted(*side, *why).load(Relaxed))))
+                        .collect();
+                    (side.label().to_owned(), Value::Object(by_failure))
+                })
+                .collect();
             Some(json!({
                 "name": l.name,
                 "pool": l.pool,
@@ -42,6 +52,7 @@ pub(crate) fn status(control: &Handle) -> Value {
                 "accept_errors": live.accept_errors.load(Relaxed),
                 "max_connections": live.max_connections(),
                 "rejected": rejected,
+                "aborted": aborted,
                 "deny": spec.admission.runtime_deny.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "tracked_sources": spec.admission.per_source.as_ref().map(|ps| ps.table.tracked()),
             }))

@@ -3,8 +3,14 @@
 //! Each direction is a pump (`pump.rs`): it moves what the source has to the destination
 //! and on end of stream passes the FIN on (`shutdown(SHUT_WR)`) once every byte is
 //! delivered, while the other direction keeps flowing. Both pumps and the idle clock run in
-//! the connection's one task; an error on either side ends the whole connection, and the
-//! error says which side and which operation failed.
+//! the connection's one task. An error on either side ends the whole connection: the error
+//! says which side and which operation failed, and both legs are reset, never closed with a
+//! FIN, once the bytes in flight toward the standing leg are delivered (`abort.rs`).
+//!
+//! The idle timeout closes both legs with a FIN, as HAProxy's and nginx's do: nothing moved
+//! either way for the whole timeout, so every byte either peer sent has been delivered and
+//! an orderly close loses nothing. Unless tollgate still holds bytes it could not deliver
+//! (a peer that stopped reading): the stream was then cut short, and both legs are reset.
 //!
 //! It also owns putting the bytes moved on the backend's counters while the connection lives
 //! (at most [`FLUSH_EVERY`] late) and when it ends, however it ends: a connection cut at the
@@ -19,42 +25,68 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::ForwardMode;
 use super::pump::{Means, Pump};
-use crate::state::BackendStats;
+use super::{ForwardMode, abort};
+pub use crate::state::Side;
+use crate::state::{BackendStats, Failure};
 use crate::sys::PipePool;
 
 /// How late, at most, the backend's byte counters are while bytes move: scrapes and `rate()`
 /// see a long stream as it goes, not only when it ends.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// Which leg of a connection an error came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Backend,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Client => "client",
-            Side::Backend => "backend",
-        })
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("{side} {op} failed")]
     Io {
         side: Side,
-        op: &'static str,
+        op: Op,
         #[source]
         source: io::Error,
     },
-    #[error("idle for {0:?}")]
-    Idle(Duration),
+    /// Nothing moved either way for the idle timeout. `stranded`: bytes tollgate held and
+    /// could not deliver (both legs are then reset, not closed).
+    #[error("idle timeout")]
+    Idle { stranded: u64 },
+}
+
+/// What failed on a leg. (Not a `&str`: the error is kept in every connection's task while
+/// a failure is passed on, and one byte is cheaper than sixteen.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Shutdown,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Shutdown => "shutdown",
+        })
+    }
+}
+
+impl ForwardError {
+    /// The leg whose failure ended the connection, and how it failed; `None` for the idle
+    /// timeout, which is no failure of a leg.
+    pub fn aborted(&self) -> Option<(Side, Failure)> {
+        match self {
+            ForwardError::Io { side, source, .. } => Some((*side, failure(source))),
+            ForwardError::Idle { .. } => None,
+        }
+    }
+}
+
+/// A peer's reset shows as ECONNRESET on the first read or write after it, and as EPIPE on
+/// writes after that (once the first error was reported).
+fn failure(e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Reset,
+        _ => Failure::Error,
+    }
 }
 
 /// Bytes moved in each direction.
@@ -106,7 +138,9 @@ impl Drop for Flow<'_, '_> {
 
 /// Forwards until both directions have ended, an error occurs, or nothing moved for `idle`,
 /// and returns how it ended with the bytes moved each way. The bytes also land on `stats`
-/// (sent and received bytes) while it runs and however it ends, cancellation included.
+/// (sent and received bytes) while it runs and however it ends, cancellation included. After
+/// an error, or an idle timeout with bytes stranded, both sockets are set to reset when the
+/// caller closes them.
 ///
 /// Both directions and the idle clock live in this one future, polled together: the
 /// directions take turns going first, so neither starves the other when the worker's
@@ -133,55 +167,102 @@ pub async fn forward(
         stats,
         counted: Transfer::default(),
     };
-    let mut last_moved = Instant::now();
-    // A flush is armed on the timer: bytes moved since the last one.
-    let mut flush_due = false;
-    let timer = tokio::time::sleep_until(last_moved + idle);
-    tokio::pin!(timer);
-    let mut up_first = true;
-    let result = std::future::poll_fn(|cx| {
-        let Flow { up, down, .. } = &mut flow;
-        up_first = !up_first;
-        let (a, b) = if up_first {
-            let a = up.poll(cx, client, backend, means, down.is_done());
-            (a, down.poll(cx, backend, client, means, up.is_done()))
-        } else {
-            let b = down.poll(cx, backend, client, means, up.is_done());
-            (up.poll(cx, client, backend, means, down.is_done()), b)
-        };
-        for r in [a, b] {
-            if let Poll::Ready(Err(e)) = r {
-                return Poll::Ready(Err(e));
-            }
-        }
-        if up.is_done() && down.is_done() {
-            return Poll::Ready(Ok(()));
-        }
-        if std::mem::take(&mut up.touched) | std::mem::take(&mut down.touched) {
-            last_moved = Instant::now();
-            if !flush_due {
-                flush_due = true;
-                let at = last_moved + FLUSH_EVERY;
-                if at < timer.deadline() {
-                    timer.as_mut().reset(at);
+    // The clock, the timer and the result end with this block, and the boxed future it
+    // yields when a leg failed owns the result: kept across the await below, any of them
+    // would add to every connection's task, for a path few connections take. (The legs are
+    // still kept across it: 16 bytes.)
+    let aborting = {
+        let result = {
+            let mut last_moved = Instant::now();
+            // A flush is armed on the timer: bytes moved since the last one.
+            let mut flush_due = false;
+            let timer = tokio::time::sleep_until(last_moved + idle);
+            tokio::pin!(timer);
+            let mut up_first = true;
+            std::future::poll_fn(|cx| {
+                let Flow { up, down, .. } = &mut flow;
+                up_first = !up_first;
+                let (a, b) = if up_first {
+                    let a = up.poll(cx, client, backend, means, down.is_done());
+                    (a, down.poll(cx, backend, client, means, up.is_done()))
+                } else {
+                    let b = down.poll(cx, backend, client, means, up.is_done());
+                    (up.poll(cx, client, backend, means, down.is_done()), b)
+                };
+                for r in [a, b] {
+                    if let Poll::Ready(Err(e)) = r {
+                        return Poll::Ready(Err(e));
+                    }
                 }
+                if up.is_done() && down.is_done() {
+                    return Poll::Ready(Ok(()));
+                }
+                if std::mem::take(&mut up.touched) | std::mem::take(&mut down.touched) {
+                    last_moved = Instant::now();
+                    if !flush_due {
+                        flush_due = true;
+                        let at = last_moved + FLUSH_EVERY;
+                        if at < timer.deadline() {
+                            timer.as_mut().reset(at);
+                        }
+                    }
+                }
+                while timer.as_mut().poll(cx).is_ready() {
+                    // The timer fires at the flush or at the idle deadline, whichever comes first;
+                    // with an idle timeout under FLUSH_EVERY the flush just comes early.
+                    if std::mem::take(&mut flush_due) {
+                        flow.flush();
+                    }
+                    let idle_at = last_moved + idle;
+                    if Instant::now() >= idle_at {
+                        let stranded = flow.up.held() + flow.down.held();
+                        return Poll::Ready(Err(ForwardError::Idle {
+                            stranded: stranded as u64,
+                        }));
+                    }
+                    timer.as_mut().reset(idle_at);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        let side = match &result {
+            Err(ForwardError::Io { side, .. }) => *side,
+            Err(ForwardError::Idle { stranded }) => {
+                if *stranded > 0 {
+                    abort::reset_on_close(client);
+                    abort::reset_on_close(backend);
+                }
+                return (result, flow.moved());
             }
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            // The timer fires at the flush or at the idle deadline, whichever comes first;
-            // with an idle timeout under FLUSH_EVERY the flush just comes early.
-            if std::mem::take(&mut flush_due) {
-                flow.flush();
-            }
-            let idle_at = last_moved + idle;
-            if Instant::now() >= idle_at {
-                return Poll::Ready(Err(ForwardError::Idle(idle)));
-            }
-            timer.as_mut().reset(idle_at);
-        }
-        Poll::Pending
-    })
-    .await;
+            Ok(()) => return (result, flow.moved()),
+        };
+        // Boxed, for the same reason.
+        Box::pin(after_failure(
+            result,
+            &mut flow,
+            side,
+            (client, backend),
+            idle,
+        ))
+    };
+    aborting.await
+}
+
+/// The end of [`forward`] after `side` failed: resets both legs once the standing one has
+/// what was in flight toward it (`abort.rs`).
+async fn after_failure(
+    result: Result<(), ForwardError>,
+    flow: &mut Flow<'_, '_>,
+    side: Side,
+    (client, backend): (&TcpStream, &TcpStream),
+    idle: Duration,
+) -> (Result<(), ForwardError>, Transfer) {
+    let (toward, failed, standing) = match side {
+        Side::Backend => (&mut flow.down, backend, client),
+        Side::Client => (&mut flow.up, client, backend),
+    };
+    abort::abort(toward, failed, standing, idle).await;
     (result, flow.moved())
 }
 

@@ -1,11 +1,13 @@
 //! The data plane: listening sockets and accept loops (`listener.rs`), the life of one TCP
 //! connection (`tcp.rs`) and moving its bytes (`copy.rs`, one direction at a time in
-//! `pump.rs`, with buffers from `buffers.rs`), and the failure streaks behind passive health
+//! `pump.rs`, with buffers from `buffers.rs`; a failed leg passed on as a reset in
+//! `abort.rs`), and the failure streaks behind passive health
 //! checks (`passive.rs`).
 //!
 //! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
 //! it never imports `config`, `app` or admin code.
 
+mod abort;
 pub mod buffers;
 pub mod copy;
 pub mod listener;

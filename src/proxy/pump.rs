@@ -12,7 +12,9 @@
 //! a buffer and three through a pipe, plus the pipe's own cost), switches to splicing once a
 //! read fills the whole buffer, and goes back to copying after a splice burst that moved less
 //! than a buffer. A burst borrows its pipe or buffer and gives it back as soon as the source
-//! would block, so an idle connection holds neither.
+//! would block, so an idle connection holds neither. A bulk burst that finds no pipe (the
+//! pool is at its bound or backing off after a refusal) copies to its end and asks again
+//! only in the next burst.
 
 use std::io::{self, Read as _};
 use std::os::fd::AsFd;
@@ -22,7 +24,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::buffers::{self, Buffer};
-use super::copy::{ForwardError, Side};
+use super::copy::{ForwardError, Op, Side};
 use crate::sys::{PipePool, PooledPipe};
 
 /// A splice burst that moves less than this goes back to copying: one buffered read would
@@ -49,6 +51,8 @@ pub struct Pump<'p> {
     end: usize,
     /// Bytes the current splice burst moved.
     burst: u64,
+    /// The pool had no pipe for this burst; it copies to its end.
+    no_pipe: bool,
     /// The source ended; the FIN is passed on once everything is delivered.
     eof: bool,
     done: bool,
@@ -69,6 +73,7 @@ impl<'p> Pump<'p> {
             start: 0,
             end: 0,
             burst: 0,
+            no_pipe: false,
             eof: false,
             done: false,
             moved: 0,
@@ -81,7 +86,7 @@ impl<'p> Pump<'p> {
     }
 
     /// Bytes read from the source and not yet delivered.
-    fn held(&self) -> usize {
+    pub fn held(&self) -> usize {
         match &self.pipe {
             Some(pipe) => pipe.held(),
             None => self.end - self.start,
@@ -104,7 +109,7 @@ impl<'p> Pump<'p> {
         }
         loop {
             if self.held() > 0 {
-                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err("write", e))?;
+                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err(Op::Write, e))?;
                 self.deliver(dst)?;
                 continue;
             }
@@ -128,15 +133,66 @@ impl<'p> Pump<'p> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(self.src_err(e))),
                 Poll::Ready(Ok(())) => {}
             }
-            if self.bulk
-                && means.may_splice
-                && self.pipe.is_none()
-                && let Some(pipe) = means.pipes.take()
-            {
-                self.buf = None;
-                self.pipe = Some(pipe);
+            if self.bulk && means.may_splice && self.pipe.is_none() && !self.no_pipe {
+                match means.pipes.take() {
+                    Some(pipe) => {
+                        self.buf = None;
+                        self.pipe = Some(pipe);
+                    }
+                    // Asked once per burst: the pool said no (at its bound, or the kernel
+                    // refused lately), and asking again on every read would only cost.
+                    None => self.no_pipe = true,
+                }
             }
             self.fill(src, means)?;
+        }
+    }
+
+    /// After the connection failed (see `abort.rs`): moves to `dst` what this direction
+    /// holds and what `src` still has queued, without waiting for `src` to send more, and
+    /// never passes the FIN on. A source that was reset gives its queued bytes first, then
+    /// the error or end of stream; one that is still up (the failure was elsewhere) says it
+    /// would block. `Pending` only while `dst` has no room.
+    pub fn poll_salvage(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+    ) -> Poll<Result<(), ForwardError>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.held() > 0 {
+                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err(Op::Write, e))?;
+                self.deliver(dst)?;
+                continue;
+            }
+            if self.eof {
+                self.done = true;
+                self.end_burst();
+                return Poll::Ready(Ok(()));
+            }
+            // Straight to the socket, not through tokio's readiness: the readiness of a reset
+            // socket may not have been seen yet, and this read must not wait for it.
+            let read = match &mut self.pipe {
+                Some(pipe) => pipe.fill_from(src.as_fd()),
+                None => {
+                    let buf = self.buf.get_or_insert_with(buffers::take);
+                    (&*socket2::SockRef::from(src)).read(buf)
+                }
+            };
+            match read {
+                Ok(n) if n > 0 => {
+                    if self.pipe.is_none() {
+                        (self.start, self.end) = (0, n);
+                    }
+                    self.touched = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // End of stream, would block, or the error itself: nothing more to salvage.
+                Ok(_) | Err(_) => self.eof = true,
+            }
         }
     }
 
@@ -190,12 +246,13 @@ impl<'p> Pump<'p> {
             }
             // Readiness was cleared; the next poll_write_ready waits for room.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(self.dst_err("write", e)),
+            Err(e) => Err(self.dst_err(Op::Write, e)),
         }
     }
 
     /// Gives the pipe and buffer back; a splice burst that moved little ends the bulk mode.
     fn end_burst(&mut self) {
+        self.no_pipe = false;
         if self.pipe.take().is_some() {
             self.bulk = self.burst >= SPLICE_WORTH;
             self.burst = 0;
@@ -210,19 +267,19 @@ impl<'p> Pump<'p> {
         match socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-            Err(e) => Err(self.dst_err("shutdown", e)),
+            Err(e) => Err(self.dst_err(Op::Shutdown, e)),
         }
     }
 
     fn src_err(&self, source: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.src_side,
-            op: "read",
+            op: Op::Read,
             source,
         }
     }
 
-    fn dst_err(&self, op: &'static str, source: io::Error) -> ForwardError {
+    fn dst_err(&self, op: Op, source: io::Error) -> ForwardError {
         ForwardError::Io {
             side: self.dst_side,
             op,

@@ -1,5 +1,6 @@
 //! The life of one TCP connection: pick a backend from the snapshot, connect (with timeout,
-//! then the next candidate), forward both ways, account, and log once when it ends.
+//! then the next candidate), forward both ways, account (a connection a failed leg ended
+//! counts as aborted, by side and failure), and log once when it ends.
 //!
 //! The listener spec (and through it the snapshot's pool and every backend of its generation)
 //! is held only until the backend answers; the rest of the connection keeps only what it
@@ -65,7 +66,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     } = conn;
     let live = spec.live.clone();
     live.active.fetch_add(1, Ordering::Relaxed);
-    let _active = scopeguard(move || {
+    let _active = scopeguard(|| {
         live.active.fetch_sub(1, Ordering::Relaxed);
     });
     // The client socket has TCP_NODELAY already: it inherits it from the listening socket.
@@ -93,6 +94,9 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     });
     let (result, moved) =
         copy::forward(&client, &upstream, idle, plane.mode(), &plane.pipes, stats).await;
+    if let Some((side, why)) = result.as_ref().err().and_then(ForwardError::aborted) {
+        live.aborted(side, why).fetch_add(1, Ordering::Relaxed);
+    }
     log_end(&result, moved, (&listener, peer, backend.address));
     drop(slot);
     drop(ticket);
@@ -109,8 +113,11 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
         Ok(()) => {
             debug!(listener, %client, %backend, to_backend = up, to_client = down, "connection closed")
         }
-        Err(ForwardError::Idle(t)) => {
-            debug!(listener, %client, %backend, to_backend = up, to_client = down, idle = ?t, "connection idle; closed")
+        Err(ForwardError::Idle { stranded: 0 }) => {
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, "connection idle; closed")
+        }
+        Err(ForwardError::Idle { stranded }) => {
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, stranded, "connection idle with bytes undelivered; both legs reset")
         }
         Err(
             e @ ForwardError::Io {
@@ -120,14 +127,14 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
             },
         ) => match BACKEND_ERROR_LOG.allow() {
             Some(suppressed) => {
-                warn!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, suppressed, "{e}; connection closed")
+                warn!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, suppressed, "{e}; both legs reset")
             }
             None => {
-                debug!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, "{e}; connection closed")
+                debug!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, "{e}; both legs reset")
             }
         },
         Err(e @ ForwardError::Io { source, .. }) => {
-            debug!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, "{e}; connection closed")
+            debug!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, "{e}; both legs reset")
         }
     }
 }

@@ -74,6 +74,50 @@ pub struct PoolLive {
     pub connect_duration: Histogram,
 }
 
+/// Which leg of a proxied connection: the client's or the backend's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    pub const ALL: [Side; 2] = [Side::Client, Side::Backend];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// How the leg whose failure ended a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer reset the connection (ECONNRESET, or EPIPE after a reset).
+    Reset,
+    /// Any other I/O failure (ETIMEDOUT, EHOSTUNREACH, ENOBUFS, ...).
+    Error,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 2] = [Failure::Reset, Failure::Error];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Reset => "reset",
+            Failure::Error => "error",
+        }
+    }
+}
+
 /// Live facts of one listener; kept by name across snapshots.
 #[derive(Debug)]
 pub struct ListenerLive {
@@ -81,6 +125,8 @@ pub struct ListenerLive {
     pub active: AtomicU64,
     pub accept_errors: AtomicU64,
     pub rejected_no_backend: AtomicU64,
+    /// Connections ended by a failed leg, by side and failure (see [`ListenerLive::aborted`]).
+    aborted: [AtomicU64; 4],
     /// Connections closed at once by admission, by reason (see [`ListenerLive::rejected`]).
     pub rejected_acl: AtomicU64,
     pub rejected_rate_limit: AtomicU64,
@@ -101,6 +147,7 @@ impl ListenerLive {
             active: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             rejected_no_backend: AtomicU64::new(0),
+            aborted: Default::default(),
             rejected_acl: AtomicU64::new(0),
             rejected_rate_limit: AtomicU64::new(0),
             rejected_source_limit: AtomicU64::new(0),
@@ -119,6 +166,12 @@ impl ListenerLive {
             Reason::SourceLimit => &self.rejected_source_limit,
             Reason::SourceTableFull => &self.rejected_source_table_full,
         }
+    }
+
+    /// The counter of connections ended by a failure of the `side` leg (the other leg was
+    /// reset, not closed).
+    pub fn aborted(&self, side: Side, why: Failure) -> &AtomicU64 {
+        &self.aborted[side as usize * 2 + why as usize]
     }
 
     pub fn max_connections(&self) -> usize {

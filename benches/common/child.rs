@@ -1,20 +1,41 @@
-//! The tollgate child process of the throughput benchmark: started from the release binary
-//! with a one-listener config, its bound address read from its JSON log, its CPU time read
-//! from `/proc`, stopped with `SIGTERM` (a non-zero exit fails the run) and killed on drop
-//! so a failed run never leaves it behind.
+//! A tollgate child process for the benchmarks (`throughput` and `pipes` include this file
+//! with `#[path]`): started from the release binary with a given config, optionally under
+//! another user (a command prefix such as `setpriv --reuid=65534 ...`), its bound address
+//! read from its JSON log, stopped with `SIGTERM` (a non-zero exit fails the run) and killed
+//! on drop so a failed run never leaves it behind.
 
+use std::collections::VecDeque;
 use std::fmt::Display;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 use tempfile::TempDir;
 
-use super::{Ctx, Res, STARTUP_TIMEOUT, STOP_TIMEOUT, TAIL_LINES, Tail};
+/// The benchmarks' error: a message with its context.
+pub type Res<T> = Result<T, String>;
+
+/// Adds context to an error, turning it into the bench's `String` error.
+pub trait Ctx<T> {
+    fn ctx(self, what: impl Display) -> Res<T>;
+}
+
+impl<T, E: Display> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: impl Display) -> Res<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const TAIL_LINES: usize = 20;
+
+type Tail = Arc<Mutex<VecDeque<String>>>;
 
 /// A running tollgate child; killed on drop unless stopped cleanly.
 pub(crate) struct Tollgate {
@@ -24,12 +45,26 @@ pub(crate) struct Tollgate {
 }
 
 impl Tollgate {
-    /// Starts tollgate in front of `backend`; returns it with its listening address.
-    pub(crate) fn start(exe: &Path, mode: &str, backend: SocketAddr) -> Res<(Self, SocketAddr)> {
+    /// Starts tollgate with `yaml` (its listener must be named `bench`), behind the command
+    /// `prefix` (empty: run it directly); returns it with the listener's address. The config
+    /// is world-readable, so that a prefix that switches to another user still reads it.
+    pub(crate) fn start(exe: &Path, yaml: &str, prefix: &[&str]) -> Res<(Self, SocketAddr)> {
         let config_dir = tempfile::tempdir().ctx("creating tempdir")?;
         let config = config_dir.path().join("tollgate.yaml");
-        fs::write(&config, config_yaml(mode, backend)).ctx("writing config")?;
-        let mut child = Command::new(exe)
+        fs::write(&config, yaml).ctx("writing config")?;
+        for (path, mode) in [(config_dir.path(), 0o755), (config.as_path(), 0o644)] {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).ctx("chmod")?;
+        }
+        let (program, args) = match prefix.split_first() {
+            Some((program, args)) => (Path::new(program), args),
+            None => (exe, &[][..]),
+        };
+        let mut command = Command::new(program);
+        command.args(args);
+        if !prefix.is_empty() {
+            command.arg(exe);
+        }
+        let mut child = command
             .args(["run", "-c"])
             .arg(&config)
             .args(["--log-format", "json"])
@@ -37,7 +72,7 @@ impl Tollgate {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .ctx(format!("spawning {}", exe.display()))?;
+            .ctx(format!("spawning {}", program.display()))?;
         let (stderr, tail) = (child.stderr.take(), Tail::default());
         let mut tollgate = Tollgate {
             child,
@@ -91,14 +126,6 @@ impl Drop for Tollgate {
             let _ = self.child.wait();
         }
     }
-}
-
-fn config_yaml(forwarding: &str, backend: SocketAddr) -> String {
-    format!(
-        "workers: 1\nforwarding: {forwarding}\n\
-         listeners:\n  bench:\n    bind: \"127.0.0.1:0\"\n    pool: sink\n\
-         pools:\n  sink:\n    backends:\n      - address: \"{backend}\"\n"
-    )
 }
 
 /// Reads tollgate's stderr to EOF (so the child never blocks on it), reports
