@@ -270,8 +270,8 @@ fn spawn_control_plane(
                 }
                 watch_owner(owner, &control, &stop).await;
             });
-            // A reload still reading a stuck file (a dead mount, a FIFO) must not keep the
-            // process from exiting.
+            // A reload still reading a stuck file (on a dead network mount) must not keep
+            // the process from exiting.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
         })
         .context("cannot start the control-plane thread")

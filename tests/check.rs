@@ -308,3 +308,22 @@ fn hash_is_only_for_maglev() {
         "the summary names the algorithm"
     );
 }
+
+/// A YAML tag asks the loader for something tollgate never does (build an object, run a
+/// constructor): it is an error at its place, never silently dropped.
+#[test]
+fn unknown_yaml_tags_are_refused_with_their_place() {
+    rejected(
+        &GOOD.replace(
+            "pool: web\n",
+            "pool: !!python/object/apply:os.system [\"id\"]\n",
+        ),
+        "t.yaml:4:",
+        "listeners.web.pool: unsupported tag `!!python/object/apply:os.system`",
+    );
+    rejected(
+        &GOOD.replace("    backends:\n", "    backends: !custom\n"),
+        "t.yaml:",
+        "unsupported tag `!custom`",
+    );
+}

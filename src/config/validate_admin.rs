@@ -55,14 +55,8 @@ pub(super) fn admin(c: &mut Checker, raw: &S<AdminFile>) -> Option<Admin> {
 }
 
 fn read_token(path: &str) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
-    if meta.len() > MAX_TOKEN_BYTES {
-        return Err(format!(
-            "`{path}` is {} bytes; a token is at most {MAX_TOKEN_BYTES}",
-            meta.len()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let text = super::read::bounded_text(std::path::Path::new(path), MAX_TOKEN_BYTES)
+        .map_err(|e| format!("`{path}`: {e}"))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("`{path}` is empty"));
