@@ -7,6 +7,7 @@
 //! It must not parse HTTP itself, touch sockets of the data plane, or block.
 
 mod auth;
+mod conn;
 pub mod input;
 mod routes;
 
@@ -18,9 +19,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -34,13 +32,6 @@ const MAX_CONNECTIONS: usize = 32;
 /// Concurrent admin connections from one address, so that one client cannot take every slot
 /// (and leave `/readyz` unanswered for the health checker that withdraws this instance).
 const MAX_PER_PEER: usize = 8;
-/// Time allowed for a request's headers to arrive.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest an admin connection may live, requests included.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-const MAX_HEADERS: usize = 64;
-/// Bytes of request line plus headers.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Request bodies are small JSON documents.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time allowed for a request body to arrive.
@@ -140,18 +131,7 @@ pub async fn serve(listener: std::net::TcpListener, control: Handle) {
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| routes::handle(req, ctx.clone()));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_headers(MAX_HEADERS)
-                .max_buf_size(MAX_HEAD_BYTES.max(8192))
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, error = %e, "admin: connection ended with an error"),
-                Err(_) => debug!(%peer, "admin: connection lifetime reached; closed"),
-            }
+            conn::serve(stream, peer, ctx).await;
             drop((permit, peer_slot));
         });
     }

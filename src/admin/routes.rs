@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -24,6 +24,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    // A declared length over the limit is refused before any route reads (or ignores) it.
+    if req.body().size_hint().lower() > MAX_BODY_BYTES as u64 {
+        return Ok(too_large());
+    }
     let reply = match (segments.as_slice(), &method) {
         (["healthz"], &Method::GET) => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         (["readyz"], &Method::GET) => ready(&ctx),
@@ -276,9 +280,10 @@ async fn read_weight(req: Request<Incoming>) -> Result<u32, Reply> {
                 "the request body did not arrive in time",
             ));
         }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
         Ok(Err(e)) => {
             return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::BAD_REQUEST,
                 &format!("cannot read the body: {e}"),
             ));
         }
@@ -290,10 +295,8 @@ async fn read_weight(req: Request<Incoming>) -> Result<u32, Reply> {
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -307,11 +310,21 @@ fn error(status: StatusCode, message: &str) -> Reply {
     json_reply(status, json!({ "error": message }))
 }
 
+/// 413, and the connection closes after it (lingering, see `conn.rs`): the rest of the body
+/// is never read as a request.
+fn too_large() -> Reply {
+    let mut r = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+    );
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 fn unauthorized() -> Reply {
     let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-    r.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        hyper::header::HeaderValue::from_static("Bearer"),
-    );
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }
