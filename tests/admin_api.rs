@@ -193,7 +193,7 @@ fn requests_are_bounded() {
     // Too many headers: refused, not stored.
     let mut s = TcpStream::connect(admin).unwrap();
     let headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{headers}\r\n").as_bytes())
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n{headers}\r\n").as_bytes())
         .unwrap();
     let mut reply = String::new();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -201,7 +201,7 @@ fn requests_are_bounded() {
     assert!(!reply.contains("200 OK"), "{reply}");
     // A slow client that never finishes its headers is cut off after the header timeout.
     let mut slow = TcpStream::connect(admin).unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n").as_bytes())
         .unwrap();
     let started = Instant::now();
     assert!(

@@ -8,6 +8,7 @@
 
 mod auth;
 mod conn;
+mod guard;
 pub mod input;
 mod routes;
 
@@ -90,12 +91,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 pub(crate) struct Ctx {
     pub control: Handle,
     pub metrics: Metrics,
+    /// The address the admin socket is bound to (its real port): what `Host` must name.
+    pub bind: SocketAddr,
 }
 
 /// Serves the admin API until the future is dropped.
 pub async fn serve(listener: std::net::TcpListener, control: Handle) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
+    let (listener, bind) = match TcpListener::from_std(listener).and_then(|l| {
+        let bind = l.local_addr()?;
+        Ok((l, bind))
+    }) {
+        Ok(bound) => bound,
         Err(e) => {
             warn!(error = %e, "admin: cannot register the listening socket");
             return;
@@ -108,7 +114,11 @@ pub async fn serve(listener: std::net::TcpListener, control: Handle) {
             return;
         }
     };
-    let ctx = Arc::new(Ctx { control, metrics });
+    let ctx = Arc::new(Ctx {
+        control,
+        metrics,
+        bind,
+    });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_peer: PeerCounts = Arc::new(Mutex::new(HashMap::new()));
     loop {

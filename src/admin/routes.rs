@@ -1,6 +1,7 @@
 //! Routing and handlers of the admin API. Every answer is JSON (`{"error": "..."}` on
-//! failure) except `/healthz`, `/metrics` and the OpenAPI document. Mutations are POST or PUT
-//! only and need the bearer token when one is configured.
+//! failure) except `/healthz`, `/metrics` and the OpenAPI document. Every request must name
+//! this API in its Host, and changes (POST, PUT, DELETE) must not come from another origin
+//! (`guard.rs`); they also need the bearer token when one is configured.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICA
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, input, views};
+use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, guard, input, views};
 use crate::control::{ActionError, BackendAction};
 
 pub(crate) const OPENAPI: &str = include_str!("openapi.yaml");
@@ -24,6 +25,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    if let Some(refused) = guarded(&req, &ctx) {
+        return Ok(refused);
+    }
     // A declared length over the limit is refused before any route reads (or ignores) it.
     if req.body().size_hint().lower() > MAX_BODY_BYTES as u64 {
         return Ok(too_large());
@@ -147,6 +151,25 @@ fn allowed_methods(segs: &[&str]) -> Option<String> {
         .map(|(m, _)| *m)
         .collect();
     (!methods.is_empty()).then(|| methods.join(", "))
+}
+
+/// The refusal of a request that does not name this API, or of a change a web page elsewhere
+/// could have sent (see `guard.rs`).
+fn guarded(req: &Request<Incoming>, ctx: &Ctx) -> Option<Reply> {
+    let view = ctx.control.view();
+    let rules = guard::Rules {
+        bind: ctx.bind,
+        allowed: view
+            .written
+            .admin
+            .as_ref()
+            .map_or(&[][..], |a| a.allowed_hosts.as_slice()),
+    };
+    let has_body = req.body().size_hint().exact() != Some(0);
+    let (method, version, uri, headers) = (req.method(), req.version(), req.uri(), req.headers());
+    guard::check(&rules, method, version, uri, headers, has_body)
+        .err()
+        .map(|refusal| error(refusal.status(), &refusal.message(&rules)))
 }
 
 fn token(ctx: &Ctx) -> Option<String> {
