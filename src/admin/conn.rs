@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::admission::{Admitted, Slot};
 use super::{Ctx, routes};
 
 /// Time allowed for a request's headers to arrive.
@@ -35,9 +36,28 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 /// after a refusal, little enough to cost the control plane nothing (a few milliseconds).
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
-/// Serves one connection until it ends, its lifetime is up or the future is dropped.
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
-    let service = service_fn(move |req| routes::handle(req, ctx.clone()));
+/// Serves one admitted connection until it ends, its lifetime is up, or admission closes it
+/// to make room for another (`admission.rs`).
+pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, admitted: Admitted) {
+    let Admitted { ticket, closed, .. } = admitted;
+    tokio::select! {
+        () = serve_until_closed(stream, peer, ctx, ticket.slot()) => {}
+        _ = closed => debug!(%peer, "admin: idle connection closed to make room for a new one"),
+    }
+    drop(ticket);
+}
+
+async fn serve_until_closed(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, slot: Slot) {
+    // The connection is busy (never closed for room) only while a handler runs.
+    let service = service_fn(move |req| {
+        let busy = slot.busy();
+        let ctx = ctx.clone();
+        async move {
+            let reply = routes::handle(req, ctx).await;
+            drop(busy);
+            reply
+        }
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

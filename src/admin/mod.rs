@@ -1,11 +1,14 @@
 //! The admin HTTP API (DESIGN.md §3.4) on hyper, run by the control plane's own runtime so it
-//! can never slow the data plane. This file owns the listening socket and the bounds on
-//! every connection: a small connection cap, header count and size, a header deadline, a
-//! body cap and a whole-connection lifetime. Routing and handlers are in `routes.rs`,
-//! bearer-token checks in `auth.rs`, the JSON views in `views.rs`.
+//! can never slow the data plane. This file owns the listening socket and its accept loop.
+//! Who gets one of the few connection slots is `admission.rs` (fair: idle connections make
+//! room, so `/readyz` always answers); one connection's bounds (header count, size and
+//! deadline, lifetime, lingering close) are `conn.rs`; the Host and Origin rules `guard.rs`;
+//! routing, handlers and the body cap `routes.rs`; bearer-token checks `auth.rs`; the JSON
+//! views `views.rs`.
 //!
 //! It must not parse HTTP itself, touch sockets of the data plane, or block.
 
+mod admission;
 mod auth;
 mod conn;
 mod guard;
@@ -15,70 +18,26 @@ mod routes;
 pub use routes::ROUTES;
 mod views;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::control::Handle;
 use crate::metrics::Metrics;
 use crate::proxy::throttle::LogThrottle;
+use admission::{Admission, MAX_CHANGES_IN_FLIGHT};
 
-/// Concurrent admin connections; more are closed at once.
-const MAX_CONNECTIONS: usize = 32;
-/// Concurrent admin connections from one address, so that one client cannot take every slot
-/// (and leave `/readyz` unanswered for the health checker that withdraws this instance).
-const MAX_PER_PEER: usize = 8;
 /// Request bodies are small JSON documents.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time allowed for a request body to arrive.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
-static OVER_CAP_LOG: LogThrottle = LogThrottle::new();
-
-type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
-/// One of a peer's [`MAX_PER_PEER`] admin connections; released on drop.
-struct PeerSlot {
-    counts: PeerCounts,
-    ip: IpAddr,
-}
-
-impl PeerSlot {
-    fn take(counts: &PeerCounts, ip: IpAddr) -> Option<PeerSlot> {
-        let mut map = counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(PeerSlot {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
+static FULL_LOG: LogThrottle = LogThrottle::new();
+static DISPLACED_LOG: LogThrottle = LogThrottle::new();
 
 /// Binds the admin socket (before any worker starts, so a bad address fails the start).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -93,6 +52,8 @@ pub(crate) struct Ctx {
     pub metrics: Metrics,
     /// The address the admin socket is bound to (its real port): what `Host` must name.
     pub bind: SocketAddr,
+    /// Changes being handled (see `routes::may_change`).
+    pub changes: Semaphore,
 }
 
 /// Serves the admin API until the future is dropped.
@@ -118,9 +79,9 @@ pub async fn serve(listener: std::net::TcpListener, control: Handle) {
         control,
         metrics,
         bind,
+        changes: Semaphore::new(MAX_CHANGES_IN_FLIGHT),
     });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_peer: PeerCounts = Arc::new(Mutex::new(HashMap::new()));
+    let admission = Arc::new(Admission::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -130,19 +91,17 @@ pub async fn serve(listener: std::net::TcpListener, control: Handle) {
                 continue;
             }
         };
-        let (Ok(permit), Some(peer_slot)) = (
-            slots.clone().try_acquire_owned(),
-            PeerSlot::take(&per_peer, peer.ip()),
-        ) else {
-            if let Some(suppressed) = OVER_CAP_LOG.allow() {
-                warn!(%peer, suppressed, "admin: connection cap reached; closing new connection");
+        let Some(admitted) = admission.admit(peer.ip(), Instant::now()) else {
+            if let Some(suppressed) = FULL_LOG.allow() {
+                warn!(%peer, suppressed, "admin: every connection is busy; closing new connection");
             }
             continue;
         };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            conn::serve(stream, peer, ctx).await;
-            drop((permit, peer_slot));
-        });
+        if let Some(displaced) = admitted.displaced
+            && let Some(suppressed) = DISPLACED_LOG.allow()
+        {
+            info!(%peer, %displaced, suppressed, "admin: connection cap reached; closed the idlest connection of the address holding the most");
+        }
+        tokio::spawn(conn::serve(stream, peer, ctx.clone(), admitted));
     }
 }

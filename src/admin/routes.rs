@@ -10,10 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::admission::MAX_CHANGES_IN_FLIGHT;
 use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, guard, input, views};
 use crate::control::{ActionError, BackendAction};
 
@@ -45,13 +46,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
         (["api", "v1", "openapi.yaml"], &Method::GET) => {
             text(StatusCode::OK, "application/yaml", OPENAPI)
         }
-        (["api", "v1", "reload"], &Method::POST) => {
-            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                reload(ctx.clone()).await
-            } else {
-                unauthorized()
-            }
-        }
+        (["api", "v1", "reload"], &Method::POST) => match may_change(&req, &ctx) {
+            Ok(_in_flight) => reload(ctx.clone()).await,
+            Err(refused) => *refused,
+        },
         (
             [
                 "api",
@@ -69,10 +67,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
                 "disable" => BackendAction::Disable,
                 _ => BackendAction::Enable,
             };
-            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                backend_action(&ctx, pool, backend, action).await
-            } else {
-                unauthorized()
+            match may_change(&req, &ctx) {
+                Ok(_in_flight) => backend_action(&ctx, pool, backend, action).await,
+                Err(refused) => *refused,
             }
         }
         (["api", "v1", "listeners", listener, "sources", ip], &Method::GET) => {
@@ -83,21 +80,20 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
             m @ (&Method::POST | &Method::DELETE),
         ) => {
             let add = *m == Method::POST;
-            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                deny(&ctx, listener, cidr, add).await
-            } else {
-                unauthorized()
+            match may_change(&req, &ctx) {
+                Ok(_in_flight) => deny(&ctx, listener, cidr, add).await,
+                Err(refused) => *refused,
             }
         }
         (["api", "v1", "pools", pool, "backends", backend, "weight"], &Method::PUT) => {
             let (pool, backend) = (pool.to_string(), backend.to_string());
-            if !auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                unauthorized()
-            } else {
-                match read_weight(req).await {
+            match may_change(&req, &ctx) {
+                // The body is read within the change's slot, so slow bodies are bounded too.
+                Ok(_in_flight) => match read_weight(req).await {
                     Ok(w) => backend_action(&ctx, &pool, &backend, BackendAction::Weight(w)).await,
                     Err(reply) => reply,
-                }
+                },
+                Err(refused) => *refused,
             }
         }
         (segs, _) => match allowed_methods(segs) {
@@ -170,6 +166,30 @@ fn guarded(req: &Request<Incoming>, ctx: &Ctx) -> Option<Reply> {
     guard::check(&rules, method, version, uri, headers, has_body)
         .err()
         .map(|refusal| error(refusal.status(), &refusal.message(&rules)))
+}
+
+/// A change may go ahead with the bearer token (when one is configured) and while fewer
+/// than [`MAX_CHANGES_IN_FLIGHT`] are being handled: the permit returned is held until the
+/// answer is ready. The bound keeps connections waiting on changes from ever filling the
+/// admin API's connection table (`admission.rs`).
+fn may_change<'a>(
+    req: &Request<Incoming>,
+    ctx: &'a Ctx,
+) -> Result<tokio::sync::SemaphorePermit<'a>, Box<Reply>> {
+    if !auth::authorized(req.headers(), token(ctx).as_deref()) {
+        return Err(Box::new(unauthorized()));
+    }
+    ctx.changes.try_acquire().map_err(|_| {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{MAX_CHANGES_IN_FLIGHT} changes are being made already; retry when they are done"
+            ),
+        );
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        Box::new(r)
+    })
 }
 
 fn token(ctx: &Ctx) -> Option<String> {
