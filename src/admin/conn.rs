@@ -17,10 +17,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::admission::{Admitted, Slot};
+use super::fds::Conn;
 use super::{Ctx, routes};
 
 /// Time allowed for a request's headers to arrive.
@@ -38,7 +38,7 @@ const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Serves one admitted connection until it ends, its lifetime is up, or admission closes it
 /// to make room for another (`admission.rs`).
-pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, admitted: Admitted) {
+pub(super) async fn serve(stream: Conn, peer: SocketAddr, ctx: Arc<Ctx>, admitted: Admitted) {
     let Admitted { ticket, closed, .. } = admitted;
     tokio::select! {
         () = serve_until_closed(stream, peer, ctx, ticket.slot()) => {}
@@ -47,7 +47,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, ad
     drop(ticket);
 }
 
-async fn serve_until_closed(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, slot: Slot) {
+async fn serve_until_closed(stream: Conn, peer: SocketAddr, ctx: Arc<Ctx>, slot: Slot) {
     // The connection is busy (never closed for room) only while a handler runs.
     let service = service_fn(move |req| {
         let busy = slot.busy();
@@ -73,7 +73,7 @@ async fn serve_until_closed(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, 
 }
 
 /// Sends FIN, then discards what the client still sends until it closes (or the bounds).
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: Conn) {
     if stream.shutdown().await.is_err() {
         return;
     }

@@ -1,16 +1,18 @@
 //! The admin HTTP API (DESIGN.md §3.4) on hyper, run by the control plane's own runtime so it
-//! can never slow the data plane. This file owns the listening socket and its accept loop.
-//! Who gets one of the few connection slots is `admission.rs` (fair: idle connections make
-//! room, so `/readyz` always answers); one connection's bounds (header count, size and
-//! deadline, lifetime, lingering close) are `conn.rs`; the Host and Origin rules `guard.rs`;
-//! routing, handlers and the body cap `routes.rs`; bearer-token checks `auth.rs`; the JSON
-//! views `views.rs`.
+//! can never slow the data plane. This file owns the listening socket and its accept loop,
+//! restarted should it ever end. Who gets one of the few connection slots is
+//! `admission.rs` (fair: idle connections make room, so `/readyz` always answers); accepting
+//! at the descriptor limit, from a reserve, is `fds.rs`; one connection's bounds (header
+//! count, size and deadline, lifetime, lingering close) are `conn.rs`; the Host and Origin
+//! rules `guard.rs`; routing, handlers and the body cap `routes.rs`; bearer-token checks
+//! `auth.rs`; the JSON views `views.rs`.
 //!
 //! It must not parse HTTP itself, touch sockets of the data plane, or block.
 
 mod admission;
 mod auth;
 mod conn;
+mod fds;
 mod guard;
 pub mod input;
 mod routes;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{error, info, warn};
 
 use crate::control::Handle;
 use crate::metrics::Metrics;
@@ -39,11 +41,27 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 static FULL_LOG: LogThrottle = LogThrottle::new();
 static DISPLACED_LOG: LogThrottle = LogThrottle::new();
 
-/// Binds the admin socket (before any worker starts, so a bad address fails the start).
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// The admin socket, bound before any worker starts (so a bad address fails the start), and
+/// the descriptors held in reserve for it.
+pub struct Socket {
+    listener: std::net::TcpListener,
+    reserve: Option<Arc<crate::sys::FdReserve>>,
+}
+
+impl Socket {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds the admin socket and takes its reserve of descriptors.
+pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
-    Ok(listener)
+    Ok(Socket {
+        listener,
+        reserve: fds::reserve(),
+    })
 }
 
 /// What every admin request can reach.
@@ -56,42 +74,66 @@ pub(crate) struct Ctx {
     pub changes: Semaphore,
 }
 
-/// Serves the admin API until the future is dropped.
-pub async fn serve(listener: std::net::TcpListener, control: Handle) {
-    let (listener, bind) = match TcpListener::from_std(listener).and_then(|l| {
-        let bind = l.local_addr()?;
-        Ok((l, bind))
-    }) {
-        Ok(bound) => bound,
+/// The running admin API: what its accept loop needs, kept across restarts of that loop.
+struct Server {
+    acceptor: fds::Acceptor,
+    admission: Arc<Admission>,
+    ctx: Arc<Ctx>,
+}
+
+/// Serves the admin API until the future is dropped. The accept loop runs in a task of its
+/// own; should it ever end (a bug), it is logged and started again in a second on the same
+/// socket, so one bad request cannot take the operator's view away for good. (Nothing is
+/// duplicated to restart: at the open-file limit a `dup` would fail.)
+pub async fn serve(socket: Socket, control: Handle) {
+    let listener = match TcpListener::from_std(socket.listener) {
+        Ok(l) => l,
         Err(e) => {
-            warn!(error = %e, "admin: cannot register the listening socket");
+            error!(error = %e, "admin: cannot register the listening socket; no admin API");
+            return;
+        }
+    };
+    let bind = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "admin: the listening socket has no address; no admin API");
             return;
         }
     };
     let metrics = match Metrics::new(control.clone()) {
         Ok(m) => m,
         Err(e) => {
-            warn!(error = %e, "admin: cannot set up metrics");
+            error!(error = %e, "admin: cannot set up metrics; no admin API");
             return;
         }
     };
-    let ctx = Arc::new(Ctx {
-        control,
-        metrics,
-        bind,
-        changes: Semaphore::new(MAX_CHANGES_IN_FLIGHT),
+    let server = Arc::new(Server {
+        acceptor: fds::Acceptor::new(listener, socket.reserve),
+        admission: Arc::new(Admission::default()),
+        ctx: Arc::new(Ctx {
+            control,
+            metrics,
+            bind,
+            changes: Semaphore::new(MAX_CHANGES_IN_FLIGHT),
+        }),
     });
-    let admission = Arc::new(Admission::default());
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                debug!(error = %e, "admin: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let why = match tokio::spawn(accept_loop(server.clone())).await {
+            Ok(()) => "it returned".to_owned(),
+            Err(e) => format!("it panicked: {e}"),
         };
-        let Some(admitted) = admission.admit(peer.ip(), Instant::now()) else {
+        error!(
+            why,
+            "the admin API stopped unexpectedly; restarting it in 1 s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn accept_loop(server: Arc<Server>) {
+    loop {
+        let (stream, peer) = server.acceptor.next().await;
+        let Some(admitted) = server.admission.admit(peer.ip(), Instant::now()) else {
             if let Some(suppressed) = FULL_LOG.allow() {
                 warn!(%peer, suppressed, "admin: every connection is busy; closing new connection");
             }
@@ -102,6 +144,6 @@ pub async fn serve(listener: std::net::TcpListener, control: Handle) {
         {
             info!(%peer, %displaced, suppressed, "admin: connection cap reached; closed the idlest connection of the address holding the most");
         }
-        tokio::spawn(conn::serve(stream, peer, ctx.clone(), admitted));
+        tokio::spawn(conn::serve(stream, peer, server.ctx.clone(), admitted));
     }
 }

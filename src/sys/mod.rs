@@ -1,8 +1,8 @@
 //! The only home of `unsafe` in tollgate: thin, documented wrappers over the Linux system
 //! calls that std, tokio and socket2 do not expose safely — `splice(2)` and pipes
-//! (`pipe.rs`), the open-file limit (`rlimit.rs`), and signal masks (`signals.rs`; with
-//! `early.rs`, which only the binary compiles). `unsafe_code` is denied everywhere else by
-//! the crate's lints.
+//! (`pipe.rs`), the open-file limit (`rlimit.rs`), descriptors held in reserve for when it is
+//! reached (`reserve.rs`), and signal masks (`signals.rs`; with `early.rs`, which only the
+//! binary compiles). `unsafe_code` is denied everywhere else by the crate's lints.
 //!
 //! Every function here takes and returns owned or borrowed file descriptors (`OwnedFd`,
 //! `BorrowedFd`), never raw integers, and every `unsafe` block carries a `SAFETY:` comment.
@@ -11,8 +11,10 @@
 #![allow(unsafe_code)]
 
 pub mod pipe;
+pub mod reserve;
 pub mod rlimit;
 pub mod signals;
 
 pub use pipe::{Pipe, PipePool, PooledPipe};
+pub use reserve::FdReserve;
 pub use rlimit::raise_nofile_limit;
