@@ -263,7 +263,7 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
 /// running on without health checks, DNS or reloads would be worse than a restart.
 fn spawn_control_plane(
     owner: Owner,
-    admin: Option<std::net::TcpListener>,
+    admin: Option<crate::admin::Socket>,
     control: Handle,
     stop: StopHandle,
 ) -> Result<JoinHandle<()>> {
@@ -275,13 +275,13 @@ fn spawn_control_plane(
         .name("tollgate-ctl".into())
         .spawn(move || {
             rt.block_on(async move {
-                if let Some(l) = admin {
-                    tokio::spawn(serve_admin(l, control.clone()));
+                if let Some(socket) = admin {
+                    tokio::spawn(crate::admin::serve(socket, control.clone()));
                 }
                 watch_owner(owner, &control, &stop).await;
             });
-            // A reload still reading a stuck file (a dead mount, a FIFO) must not keep the
-            // process from exiting.
+            // A reload still reading a stuck file (on a dead network mount) must not keep
+            // the process from exiting.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
         })
         .context("cannot start the control-plane thread")
@@ -318,25 +318,6 @@ async fn watch_owner(owner: Owner, control: &Handle, stop: &StopHandle) {
     control.set_draining();
     stop.drain();
     let _ = done.wait_for(|n| *n).await;
-}
-
-/// Serves the admin API, restarting it (on a duplicate of the same listening socket) if it
-/// ever ends, so a bug in one request cannot take the operator's view away for good.
-async fn serve_admin(listener: std::net::TcpListener, control: Handle) {
-    loop {
-        let why = match listener.try_clone() {
-            Ok(l) => match tokio::spawn(crate::admin::serve(l, control.clone())).await {
-                Ok(()) => "it returned".to_owned(),
-                Err(e) => format!("it panicked: {e}"),
-            },
-            Err(e) => format!("cannot duplicate its socket: {e}"),
-        };
-        error!(
-            why,
-            "the admin API stopped unexpectedly; restarting it in 1 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
 }
 
 fn run_worker(

@@ -183,6 +183,11 @@ fn changes(what: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => {
             for (k, nv) in n {
+                // A list a running instance predates (`admin.allowed_hosts`) is no change
+                // while the file leaves it empty.
+                if !o.contains_key(k) && nv.as_array().is_some_and(Vec::is_empty) {
+                    continue;
+                }
                 changes(
                     &format!("{what}.{k}"),
                     o.get(k).unwrap_or(&Value::Null),

@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod admission;
 pub mod app;
+pub mod authority;
 pub mod balance;
 pub mod cli;
 pub mod config;

@@ -3,9 +3,9 @@
 //! and a reload asked for meanwhile is done once it is up; then SIGHUP reloads, SIGUSR2 is
 //! refused, and SIGTERM or SIGINT drains (a second one closes what is left at once).
 //!
-//! No stuck file read (a token file on a dead mount, a FIFO) can keep the process from
-//! exiting: start-up and reload preparation run on blocking threads that the exit does not
-//! wait for beyond a moment.
+//! No stuck file read (a token file on a dead network mount; FIFOs and devices are refused
+//! before they are opened) can keep the process from exiting: start-up and reload
+//! preparation run on blocking threads that the exit does not wait for beyond a moment.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -193,7 +193,7 @@ fn requests_are_bounded() {
     // Too many headers: refused, not stored.
     let mut s = TcpStream::connect(admin).unwrap();
     let headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
-    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{headers}\r\n").as_bytes())
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n{headers}\r\n").as_bytes())
         .unwrap();
     let mut reply = String::new();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -201,7 +201,7 @@ fn requests_are_bounded() {
     assert!(!reply.contains("200 OK"), "{reply}");
     // A slow client that never finishes its headers is cut off after the header timeout.
     let mut slow = TcpStream::connect(admin).unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+    slow.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n").as_bytes())
         .unwrap();
     let started = Instant::now();
     assert!(
@@ -209,6 +209,87 @@ fn requests_are_bounded() {
         "a slow request is closed"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+    server.shutdown();
+}
+
+/// Sends `head` and `body_len` bytes of body, then reads the answer. `concurrent`: the body
+/// is written by another thread while this one reads, as curl does; otherwise the whole body
+/// is written first, as simple clients do, and it must all be taken (many clients give up
+/// on a write error, a reset, without reading the answer waiting for them).
+fn send_big(admin: SocketAddr, head: &str, body_len: usize, concurrent: bool) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let mut sender = move || -> std::io::Result<()> {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            writer.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        Ok(())
+    };
+    let sender = if concurrent {
+        Some(std::thread::spawn(sender))
+    } else {
+        let sent = sender();
+        assert!(sent.is_ok(), "the body is taken, not reset: {sent:?}");
+        None
+    };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    if let Some(sender) = sender {
+        let _ = sender.join();
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A body over the limit is answered 413 with a JSON reason, and the client, still
+/// sending, reads it before the connection closes (not a reset in the middle of its upload).
+#[test]
+fn an_oversized_body_is_answered_413_before_the_connection_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    let weight = format!("/api/v1/pools/back/backends/{}/weight", enc(echo));
+    let ten_mb = 10 * 1024 * 1024;
+    let heads = [
+        format!(
+            "PUT {weight} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {ten_mb}\r\n\r\n"
+        ),
+        format!(
+            "POST /api/v1/reload HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {ten_mb}\r\n\r\n"
+        ),
+        format!(
+            "PUT {weight} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            ten_mb
+        ),
+    ];
+    for (head, concurrent) in heads.iter().flat_map(|h| [(h, true), (h, false)]) {
+        let answer = send_big(admin, head, ten_mb, concurrent);
+        let first = head.lines().next().unwrap_or_default();
+        let first = format!("{first} (concurrent: {concurrent})");
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{first}: got {:?}",
+            &answer[..answer.len().min(200)]
+        );
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let error: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("65536"),
+            "{first}: {body}"
+        );
+    }
+    assert_eq!(get(admin, "/healthz").status, 200);
     server.shutdown();
 }
 

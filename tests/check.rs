@@ -308,3 +308,50 @@ fn hash_is_only_for_maglev() {
         "the summary names the algorithm"
     );
 }
+
+/// A YAML tag asks the loader for something tollgate never does (build an object, run a
+/// constructor): it is an error at its place, never silently dropped.
+#[test]
+fn unknown_yaml_tags_are_refused_with_their_place() {
+    rejected(
+        &GOOD.replace(
+            "pool: web\n",
+            "pool: !!python/object/apply:os.system [\"id\"]\n",
+        ),
+        "t.yaml:4:",
+        "listeners.web.pool: unsupported tag `!!python/object/apply:os.system`",
+    );
+    rejected(
+        &GOOD.replace("    backends:\n", "    backends: !custom\n"),
+        "t.yaml:",
+        "unsupported tag `!custom`",
+    );
+}
+
+#[test]
+fn admin_allowed_hosts_are_checked_and_summarised() {
+    let admin = "admin:\n  bind: \"127.0.0.1:9100\"\n  allowed_hosts: [\"tollgate.internal\", \"LB.example:8443\"]\n";
+    let (out, stderr, _) = check(&format!("{admin}{GOOD}"));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("allowed hosts: tollgate.internal, lb.example:8443"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    rejected(
+        &format!("{}{GOOD}", admin.replace("LB.example:8443", "*.example")),
+        "t.yaml:3:40: admin.allowed_hosts[1]:",
+        "wildcards are not supported",
+    );
+    rejected(
+        &format!("{}{GOOD}", admin.replace("LB.example:8443", "lb:0")),
+        "t.yaml:3:40: admin.allowed_hosts[1]:",
+        "port 0",
+    );
+    rejected(
+        &format!("{}{GOOD}", admin.replace("\"LB.example:8443\"", "\"a b\"")),
+        "t.yaml:3:40: admin.allowed_hosts[1]:",
+        "not a host or host:port",
+    );
+}

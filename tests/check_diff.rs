@@ -136,3 +136,35 @@ fn without_a_running_instance_it_only_validates() {
         "{out}"
     );
 }
+
+/// `admin.allowed_hosts` is compared like any value, and an instance from before the key
+/// existed is not reported as changed while the file leaves it empty.
+#[test]
+fn allowed_hosts_are_compared_and_an_older_instance_is_not_flagged() {
+    let echo = echo_backend();
+    let base = yaml("127.0.0.1:9100", &[(echo, 1)], "10m", false);
+    let cfg = tollgate::config::load_str(&base, "t.yaml").unwrap();
+    let status = serde_json::json!({"listeners": [], "pools": []});
+    let mut older = cfg.to_json();
+    older["admin"]
+        .as_object_mut()
+        .unwrap()
+        .remove("allowed_hosts");
+    let lines = tollgate::diff::describe(&older, &status, &cfg);
+    assert!(
+        !lines.iter().any(|l| l.contains("allowed_hosts")),
+        "{lines:?}"
+    );
+    let named = base.replace(
+        "  bind: \"127.0.0.1:9100\"\n",
+        "  bind: \"127.0.0.1:9100\"\n  allowed_hosts: [\"lb.internal\"]\n",
+    );
+    let next = tollgate::config::load_str(&named, "t.yaml").unwrap();
+    let lines = tollgate::diff::describe(&cfg.to_json(), &status, &next);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("admin.allowed_hosts") && l.contains("lb.internal")),
+        "{lines:?}"
+    );
+}

@@ -250,6 +250,7 @@ fn fuzz_corpus_replays_cleanly() {
 fn admin_input_corpus_replays_cleanly() {
     use tollgate::admin::input::{parse_weight, percent_decode};
     use tollgate::admission::Cidr;
+    use tollgate::authority::{Authority, parse_origin};
     let seeds = seeds_of("admin_input");
     assert!(seeds.len() >= 10, "only {} admin_input seeds", seeds.len());
     let mut accepted = 0;
@@ -261,6 +262,13 @@ fn admin_input_corpus_replays_cleanly() {
         let Ok(text) = std::str::from_utf8(&data) else {
             continue;
         };
+        if let Ok(a) = text.parse::<Authority>() {
+            assert_eq!(a.to_string().parse::<Authority>(), Ok(a), "{name}");
+            accepted += 1;
+        }
+        if let Some(origin) = parse_origin(text) {
+            assert!(origin.port.is_some(), "{name}");
+        }
         if let Some(decoded) = percent_decode(text)
             && let Ok(cidr) = decoded.parse::<Cidr>()
         {

@@ -1,158 +1,149 @@
 //! The admin HTTP API (DESIGN.md §3.4) on hyper, run by the control plane's own runtime so it
-//! can never slow the data plane. This file owns the listening socket and the bounds on
-//! every connection: a small connection cap, header count and size, a header deadline, a
-//! body cap and a whole-connection lifetime. Routing and handlers are in `routes.rs`,
-//! bearer-token checks in `auth.rs`, the JSON views in `views.rs`.
+//! can never slow the data plane. This file owns the listening socket and its accept loop,
+//! restarted should it ever end. Who gets one of the few connection slots is
+//! `admission.rs` (fair: idle connections make room, so `/readyz` always answers); accepting
+//! at the descriptor limit, from a reserve, is `fds.rs`; one connection's bounds (header
+//! count, size and deadline, lifetime, lingering close) are `conn.rs`; the Host and Origin
+//! rules `guard.rs`; routing, handlers and the body cap `routes.rs`; bearer-token checks
+//! `auth.rs`; the JSON views `views.rs`.
 //!
 //! It must not parse HTTP itself, touch sockets of the data plane, or block.
 
+mod admission;
 mod auth;
+mod conn;
+mod fds;
+mod guard;
 pub mod input;
 mod routes;
 
 pub use routes::ROUTES;
 mod views;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{error, info, warn};
 
 use crate::control::Handle;
 use crate::metrics::Metrics;
 use crate::proxy::throttle::LogThrottle;
+use admission::{Admission, MAX_CHANGES_IN_FLIGHT};
 
-/// Concurrent admin connections; more are closed at once.
-const MAX_CONNECTIONS: usize = 32;
-/// Concurrent admin connections from one address, so that one client cannot take every slot
-/// (and leave `/readyz` unanswered for the health checker that withdraws this instance).
-const MAX_PER_PEER: usize = 8;
-/// Time allowed for a request's headers to arrive.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest an admin connection may live, requests included.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-const MAX_HEADERS: usize = 64;
-/// Bytes of request line plus headers.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Request bodies are small JSON documents.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time allowed for a request body to arrive.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
-static OVER_CAP_LOG: LogThrottle = LogThrottle::new();
+static FULL_LOG: LogThrottle = LogThrottle::new();
+static DISPLACED_LOG: LogThrottle = LogThrottle::new();
 
-type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
-/// One of a peer's [`MAX_PER_PEER`] admin connections; released on drop.
-struct PeerSlot {
-    counts: PeerCounts,
-    ip: IpAddr,
+/// The admin socket, bound before any worker starts (so a bad address fails the start), and
+/// the descriptors held in reserve for it.
+pub struct Socket {
+    listener: std::net::TcpListener,
+    reserve: Option<Arc<crate::sys::FdReserve>>,
 }
 
-impl PeerSlot {
-    fn take(counts: &PeerCounts, ip: IpAddr) -> Option<PeerSlot> {
-        let mut map = counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(PeerSlot {
-            counts: counts.clone(),
-            ip,
-        })
+impl Socket {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
     }
 }
 
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Binds the admin socket (before any worker starts, so a bad address fails the start).
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds the admin socket and takes its reserve of descriptors.
+pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
-    Ok(listener)
+    Ok(Socket {
+        listener,
+        reserve: fds::reserve(),
+    })
 }
 
 /// What every admin request can reach.
 pub(crate) struct Ctx {
     pub control: Handle,
     pub metrics: Metrics,
+    /// The address the admin socket is bound to (its real port): what `Host` must name.
+    pub bind: SocketAddr,
+    /// Changes being handled (see `routes::may_change`).
+    pub changes: Semaphore,
 }
 
-/// Serves the admin API until the future is dropped.
-pub async fn serve(listener: std::net::TcpListener, control: Handle) {
-    let listener = match TcpListener::from_std(listener) {
+/// The running admin API: what its accept loop needs, kept across restarts of that loop.
+struct Server {
+    acceptor: fds::Acceptor,
+    admission: Arc<Admission>,
+    ctx: Arc<Ctx>,
+}
+
+/// Serves the admin API until the future is dropped. The accept loop runs in a task of its
+/// own; should it ever end (a bug), it is logged and started again in a second on the same
+/// socket, so one bad request cannot take the operator's view away for good. (Nothing is
+/// duplicated to restart: at the open-file limit a `dup` would fail.)
+pub async fn serve(socket: Socket, control: Handle) {
+    let listener = match TcpListener::from_std(socket.listener) {
         Ok(l) => l,
         Err(e) => {
-            warn!(error = %e, "admin: cannot register the listening socket");
+            error!(error = %e, "admin: cannot register the listening socket; no admin API");
+            return;
+        }
+    };
+    let bind = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "admin: the listening socket has no address; no admin API");
             return;
         }
     };
     let metrics = match Metrics::new(control.clone()) {
         Ok(m) => m,
         Err(e) => {
-            warn!(error = %e, "admin: cannot set up metrics");
+            error!(error = %e, "admin: cannot set up metrics; no admin API");
             return;
         }
     };
-    let ctx = Arc::new(Ctx { control, metrics });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_peer: PeerCounts = Arc::new(Mutex::new(HashMap::new()));
+    let server = Arc::new(Server {
+        acceptor: fds::Acceptor::new(listener, socket.reserve),
+        admission: Arc::new(Admission::default()),
+        ctx: Arc::new(Ctx {
+            control,
+            metrics,
+            bind,
+            changes: Semaphore::new(MAX_CHANGES_IN_FLIGHT),
+        }),
+    });
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                debug!(error = %e, "admin: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let why = match tokio::spawn(accept_loop(server.clone())).await {
+            Ok(()) => "it returned".to_owned(),
+            Err(e) => format!("it panicked: {e}"),
         };
-        let (Ok(permit), Some(peer_slot)) = (
-            slots.clone().try_acquire_owned(),
-            PeerSlot::take(&per_peer, peer.ip()),
-        ) else {
-            if let Some(suppressed) = OVER_CAP_LOG.allow() {
-                warn!(%peer, suppressed, "admin: connection cap reached; closing new connection");
+        error!(
+            why,
+            "the admin API stopped unexpectedly; restarting it in 1 s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn accept_loop(server: Arc<Server>) {
+    loop {
+        let (stream, peer) = server.acceptor.next().await;
+        let Some(admitted) = server.admission.admit(peer.ip(), Instant::now()) else {
+            if let Some(suppressed) = FULL_LOG.allow() {
+                warn!(%peer, suppressed, "admin: every connection is busy; closing new connection");
             }
             continue;
         };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| routes::handle(req, ctx.clone()));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_headers(MAX_HEADERS)
-                .max_buf_size(MAX_HEAD_BYTES.max(8192))
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, error = %e, "admin: connection ended with an error"),
-                Err(_) => debug!(%peer, "admin: connection lifetime reached; closed"),
-            }
-            drop((permit, peer_slot));
-        });
+        if let Some(displaced) = admitted.displaced
+            && let Some(suppressed) = DISPLACED_LOG.allow()
+        {
+            info!(%peer, %displaced, suppressed, "admin: connection cap reached; closed the idlest connection of the address holding the most");
+        }
+        tokio::spawn(conn::serve(stream, peer, server.ctx.clone(), admitted));
     }
 }

@@ -1,19 +1,21 @@
 //! Routing and handlers of the admin API. Every answer is JSON (`{"error": "..."}` on
-//! failure) except `/healthz`, `/metrics` and the OpenAPI document. Mutations are POST or PUT
-//! only and need the bearer token when one is configured.
+//! failure) except `/healthz`, `/metrics` and the OpenAPI document. Every request must name
+//! this API in its Host, and changes (POST, PUT, DELETE) must not come from another origin
+//! (`guard.rs`); they also need the bearer token when one is configured.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, input, views};
+use super::admission::MAX_CHANGES_IN_FLIGHT;
+use super::{BODY_TIMEOUT, Ctx, MAX_BODY_BYTES, auth, guard, input, views};
 use crate::control::{ActionError, BackendAction};
 
 pub(crate) const OPENAPI: &str = include_str!("openapi.yaml");
@@ -24,6 +26,13 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    if let Some(refused) = guarded(&req, &ctx) {
+        return Ok(refused);
+    }
+    // A declared length over the limit is refused before any route reads (or ignores) it.
+    if req.body().size_hint().lower() > MAX_BODY_BYTES as u64 {
+        return Ok(too_large());
+    }
     let reply = match (segments.as_slice(), &method) {
         (["healthz"], &Method::GET) => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         (["readyz"], &Method::GET) => ready(&ctx),
@@ -37,13 +46,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
         (["api", "v1", "openapi.yaml"], &Method::GET) => {
             text(StatusCode::OK, "application/yaml", OPENAPI)
         }
-        (["api", "v1", "reload"], &Method::POST) => {
-            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                reload(ctx.clone()).await
-            } else {
-                unauthorized()
-            }
-        }
+        (["api", "v1", "reload"], &Method::POST) => match may_change(&req, &ctx) {
+            Ok(_in_flight) => reload(ctx.clone()).await,
+            Err(refused) => *refused,
+        },
         (
             [
                 "api",
@@ -61,10 +67,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
                 "disable" => BackendAction::Disable,
                 _ => BackendAction::Enable,
             };
-            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                backend_action(&ctx, pool, backend, action).await
-            } else {
-                unauthorized()
+            match may_change(&req, &ctx) {
+                Ok(_in_flight) => backend_action(&ctx, pool, backend, action).await,
+                Err(refused) => *refused,
             }
         }
         (["api", "v1", "listeners", listener, "sources", ip], &Method::GET) => {
@@ -75,21 +80,20 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
             m @ (&Method::POST | &Method::DELETE),
         ) => {
             let add = *m == Method::POST;
-            if auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                deny(&ctx, listener, cidr, add).await
-            } else {
-                unauthorized()
+            match may_change(&req, &ctx) {
+                Ok(_in_flight) => deny(&ctx, listener, cidr, add).await,
+                Err(refused) => *refused,
             }
         }
         (["api", "v1", "pools", pool, "backends", backend, "weight"], &Method::PUT) => {
             let (pool, backend) = (pool.to_string(), backend.to_string());
-            if !auth::authorized(req.headers(), token(&ctx).as_deref()) {
-                unauthorized()
-            } else {
-                match read_weight(req).await {
+            match may_change(&req, &ctx) {
+                // The body is read within the change's slot, so slow bodies are bounded too.
+                Ok(_in_flight) => match read_weight(req).await {
                     Ok(w) => backend_action(&ctx, &pool, &backend, BackendAction::Weight(w)).await,
                     Err(reply) => reply,
-                }
+                },
+                Err(refused) => *refused,
             }
         }
         (segs, _) => match allowed_methods(segs) {
@@ -143,6 +147,49 @@ fn allowed_methods(segs: &[&str]) -> Option<String> {
         .map(|(m, _)| *m)
         .collect();
     (!methods.is_empty()).then(|| methods.join(", "))
+}
+
+/// The refusal of a request that does not name this API, or of a change a web page elsewhere
+/// could have sent (see `guard.rs`).
+fn guarded(req: &Request<Incoming>, ctx: &Ctx) -> Option<Reply> {
+    let view = ctx.control.view();
+    let rules = guard::Rules {
+        bind: ctx.bind,
+        allowed: view
+            .written
+            .admin
+            .as_ref()
+            .map_or(&[][..], |a| a.allowed_hosts.as_slice()),
+    };
+    let has_body = req.body().size_hint().exact() != Some(0);
+    let (method, version, uri, headers) = (req.method(), req.version(), req.uri(), req.headers());
+    guard::check(&rules, method, version, uri, headers, has_body)
+        .err()
+        .map(|refusal| error(refusal.status(), &refusal.message(&rules)))
+}
+
+/// A change may go ahead with the bearer token (when one is configured) and while fewer
+/// than [`MAX_CHANGES_IN_FLIGHT`] are being handled: the permit returned is held until the
+/// answer is ready. The bound keeps connections waiting on changes from ever filling the
+/// admin API's connection table (`admission.rs`).
+fn may_change<'a>(
+    req: &Request<Incoming>,
+    ctx: &'a Ctx,
+) -> Result<tokio::sync::SemaphorePermit<'a>, Box<Reply>> {
+    if !auth::authorized(req.headers(), token(ctx).as_deref()) {
+        return Err(Box::new(unauthorized()));
+    }
+    ctx.changes.try_acquire().map_err(|_| {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{MAX_CHANGES_IN_FLIGHT} changes are being made already; retry when they are done"
+            ),
+        );
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        Box::new(r)
+    })
 }
 
 fn token(ctx: &Ctx) -> Option<String> {
@@ -276,9 +323,10 @@ async fn read_weight(req: Request<Incoming>) -> Result<u32, Reply> {
                 "the request body did not arrive in time",
             ));
         }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
         Ok(Err(e)) => {
             return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::BAD_REQUEST,
                 &format!("cannot read the body: {e}"),
             ));
         }
@@ -290,10 +338,8 @@ async fn read_weight(req: Request<Incoming>) -> Result<u32, Reply> {
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -307,11 +353,21 @@ fn error(status: StatusCode, message: &str) -> Reply {
     json_reply(status, json!({ "error": message }))
 }
 
+/// 413, and the connection closes after it (lingering, see `conn.rs`): the rest of the body
+/// is never read as a request.
+fn too_large() -> Reply {
+    let mut r = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+    );
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 fn unauthorized() -> Reply {
     let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-    r.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        hyper::header::HeaderValue::from_static("Bearer"),
-    );
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
 }

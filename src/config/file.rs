@@ -64,6 +64,7 @@ impl<'de> Deserialize<'de> for Workers {
 pub struct AdminFile {
     pub bind: Option<S<String>>,
     pub token_file: Option<S<String>>,
+    pub allowed_hosts: Option<Vec<S<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,7 +73,11 @@ impl Config {
             Forwarding::Copy => "copy",
         };
         let admin = self.admin.as_ref().map(|a| {
-            json!({"bind": a.bind.to_string(), "token_file": a.token_file.as_ref().map(|p| p.display().to_string())})
+            json!({
+                "bind": a.bind.to_string(),
+                "token_file": a.token_file.as_ref().map(|p| p.display().to_string()),
+                "allowed_hosts": a.allowed_hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
         });
         let r = &self.resolver;
         let resolver = json!({

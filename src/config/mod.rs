@@ -9,6 +9,7 @@ mod error;
 pub mod file;
 mod json;
 mod parse;
+mod read;
 mod types;
 mod validate;
 mod validate_admin;
@@ -26,29 +27,16 @@ pub use validate::overlaps;
 pub use validate_pool::routable;
 pub use values::format_duration;
 
-/// Bounds on what the YAML loader will do for a file, whatever the file says: nesting depth,
-/// alias expansion and size. They make an alias bomb or a deeply nested document fail fast.
+/// The largest config file read. A real config is a few KiB; the YAML loader's own budgets
+/// (`parse.rs`) bound what a file within this size can cost.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Reads and validates the file at `path`.
+/// Reads and validates the file at `path`, which must be a regular file of at most 4 MiB
+/// (see `read.rs`: a device, a FIFO or a directory is refused at once, never read).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let label = path.display().to_string();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ConfigErrors::single(&label, 0, 0, "", format!("cannot read: {e}")))?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(ConfigErrors::single(
-            &label,
-            0,
-            0,
-            "",
-            format!(
-                "file is {} bytes; the limit is {MAX_CONFIG_BYTES}",
-                meta.len()
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::single(&label, 0, 0, "", format!("cannot read: {e}")))?;
+    let text = read::bounded_text(path, MAX_CONFIG_BYTES)
+        .map_err(|e| ConfigErrors::single(&label, 0, 0, "", e))?;
     load_str(&text, &label)
 }
 

@@ -20,7 +20,14 @@ pub fn parse_yaml(text: &str, label: &str) -> Result<FileConfig, ConfigErrors> {
         max_nodes: 100_000,
         max_total_scalar_bytes: 4 * 1024 * 1024,
     };
-    let opts = options! { budget: limits, with_snippet: false };
+    // A tag (`!!python/object:…`, `!custom`) means the author expects a loader to do something
+    // tollgate never does; ignoring it would accept a file that means something else.
+    let opts = options! {
+        budget: limits,
+        with_snippet: false,
+        reject_unsupported_tags: true,
+        reject_tagged_field_names: true,
+    };
     serde_saphyr::from_str_with_options::<FileConfig>(text, opts).map_err(|e| {
         let (line, column) = e
             .location()
@@ -97,6 +104,12 @@ fn block_key(raw: &str) -> Option<(usize, String)> {
         indent += 2;
         body = rest.trim_start();
     }
+    // A tag on the key (`!foo pool: web`) is an error reported at this line: name the key.
+    if body.starts_with('!') {
+        body = body
+            .split_once(' ')
+            .map_or("", |(_, rest)| rest.trim_start());
+    }
     if body.starts_with('#') || body.is_empty() {
         return None;
     }
@@ -143,6 +156,28 @@ mod tests {
             e.starts_with("t.yaml:4:24: listeners.web.limits.max_connections:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unknown_tags_are_errors_with_a_place() {
+        let e = err("listeners:\n  web:\n    pool: !!python/object:os.system web\n");
+        assert!(
+            e.starts_with("t.yaml:3:") && e.contains("listeners.web.pool: unsupported tag"),
+            "{e}"
+        );
+        let e = err("workers: !custom 2\n");
+        assert!(e.contains("workers: unsupported tag `!custom`"), "{e}");
+        let e = err("listeners:\n  web:\n    !x pool: web\n");
+        assert!(
+            e.contains("listeners.web.pool: unsupported tag `!x`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn core_tags_still_mean_what_yaml_says() {
+        let raw = parse_yaml("workers: !!int 2\n", "t.yaml").unwrap();
+        assert!(raw.workers.is_some());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Admin {
     pub token_file: Option<std::path::PathBuf>,
     /// The bearer token read from `token_file`; never printed or served.
     pub token: Option<Secret>,
+    /// Names (or `name:port`) a request's `Host` may carry besides the bind's own
+    /// addresses (DNS-rebinding protection; `admin/guard.rs`).
+    pub allowed_hosts: Vec<crate::authority::Authority>,
 }
 
 /// `resolver`: how `host:` and `srv:` backends are looked up and how long answers last.
@@ -300,6 +303,10 @@ impl Config {
                 "no token"
             };
             let _ = writeln!(out, "admin: {} ({auth})", a.bind);
+            if !a.allowed_hosts.is_empty() {
+                let hosts: Vec<String> = a.allowed_hosts.iter().map(ToString::to_string).collect();
+                let _ = writeln!(out, "  allowed hosts: {}", hosts.join(", "));
+            }
         }
         let _ = writeln!(out, "listeners ({}):", self.listeners.len());
         for l in &self.listeners {

@@ -1,6 +1,7 @@
-//! Checks the `admin` section: the bind address, and the bearer token file, which is read
-//! here so a missing or empty token is a config error with a place, not a runtime surprise.
-//! A bind that is not loopback requires a token (DESIGN.md §4, admin exposure).
+//! Checks the `admin` section: the bind address, the bearer token file, which is read here
+//! so a missing or empty token is a config error with a place, not a runtime surprise, and
+//! the extra host names requests may be addressed to (`allowed_hosts`). A bind that is not
+//! loopback requires a token (DESIGN.md §4, admin exposure).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use super::file::{AdminFile, S};
 use super::types::{Admin, Secret};
 use super::validate::Checker;
 use super::values;
+use crate::authority::Authority;
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:9100";
 
@@ -38,6 +40,7 @@ pub(super) fn admin(c: &mut Checker, raw: &S<AdminFile>) -> Option<Admin> {
             }
         },
     };
+    let allowed_hosts = allowed_hosts(c, f.allowed_hosts.as_deref().unwrap_or_default());
     if token.is_none() && !bind.ip().is_loopback() {
         let place = f.bind.as_ref().map_or(raw.referenced, |b| b.referenced);
         c.at_loc(
@@ -51,18 +54,39 @@ pub(super) fn admin(c: &mut Checker, raw: &S<AdminFile>) -> Option<Admin> {
         bind,
         token_file,
         token,
+        allowed_hosts,
     })
 }
 
-fn read_token(path: &str) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
-    if meta.len() > MAX_TOKEN_BYTES {
-        return Err(format!(
-            "`{path}` is {} bytes; a token is at most {MAX_TOKEN_BYTES}",
-            meta.len()
-        ));
+/// `admin.allowed_hosts`: each a DNS name or IP, optionally with `:port`.
+fn allowed_hosts(c: &mut Checker, raw: &[S<String>]) -> Vec<Authority> {
+    let mut hosts = Vec::new();
+    for (i, h) in raw.iter().enumerate() {
+        let key = format!("admin.allowed_hosts[{i}]");
+        match h.value.parse::<Authority>() {
+            Ok(a) if a.port == Some(0) => c.at(
+                h,
+                &key,
+                format!("`{}`: port 0 is no port a client can use", h.value),
+            ),
+            Ok(a) if hosts.contains(&a) => c.at(h, &key, format!("`{a}` is listed twice")),
+            Ok(a) => hosts.push(a),
+            Err(e) if h.value.contains('*') => {
+                c.at(
+                    h,
+                    &key,
+                    format!("{e}: wildcards are not supported, list each name"),
+                );
+            }
+            Err(e) => c.at(h, &key, e),
+        }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    hosts
+}
+
+fn read_token(path: &str) -> Result<String, String> {
+    let text = super::read::bounded_text(std::path::Path::new(path), MAX_TOKEN_BYTES)
+        .map_err(|e| format!("`{path}`: {e}"))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("`{path}` is empty"));

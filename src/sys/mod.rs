@@ -1,8 +1,9 @@
 //! The only home of `unsafe` in tollgate: thin, documented wrappers over the Linux system
 //! calls that std, tokio and socket2 do not expose safely — `splice(2)` and pipes
 //! (`pipe.rs`; `pipe_pool.rs` lends them out, safe code), what a socket's send queue holds
-//! (`socket.rs`), the open-file limit (`rlimit.rs`), and signal masks (`signals.rs`; with `early.rs`, which only the binary compiles).
-//! `unsafe_code` is denied everywhere else by the crate's lints.
+//! (`socket.rs`), the open-file limit (`rlimit.rs`), descriptors held in reserve for when it
+//! is reached (`reserve.rs`), and signal masks (`signals.rs`; with `early.rs`, which only the
+//! binary compiles). `unsafe_code` is denied everywhere else by the crate's lints.
 //!
 //! Every function here takes and returns owned or borrowed file descriptors (`OwnedFd`,
 //! `BorrowedFd`), never raw integers, and every `unsafe` block carries a `SAFETY:` comment.
@@ -12,10 +13,12 @@
 
 pub mod pipe;
 pub mod pipe_pool;
+pub mod reserve;
 pub mod rlimit;
 pub mod signals;
 pub mod socket;
 
 pub use pipe::{Pipe, PipeError};
 pub use pipe_pool::{PipePool, PipeStats, PooledPipe};
+pub use reserve::FdReserve;
 pub use rlimit::raise_nofile_limit;

@@ -26,7 +26,8 @@ impl Answer {
     }
 }
 
-/// Sends one request; `token` adds `Authorization: Bearer`.
+/// Sends one request, addressed as a browser or curl would (`Host: IP:PORT`), with
+/// `Content-Type: application/json`; `token` adds `Authorization: Bearer`.
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -34,13 +35,35 @@ pub fn request(
     token: Option<&str>,
     body: &str,
 ) -> Answer {
+    let host = addr.to_string();
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("Host", host.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    request_with(addr, method, path, &headers, body)
+}
+
+/// Sends one request with exactly `headers` (plus `Connection: close` and
+/// `Content-Length`), and reads the whole answer.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let fields: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\n{fields}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).unwrap();
