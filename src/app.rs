@@ -287,6 +287,15 @@ fn spawn_control_plane(
         .context("cannot start the control-plane thread")
 }
 
+/// Resolves once `rx` holds true. Unlike a bare `wait_for` in a `select!` branch, it holds
+/// no read guard on the value afterwards: a branch's `_` pattern keeps the returned `Ref`
+/// alive through the handler, and a handler that then awaits a task reading the same watch
+/// deadlocks as soon as a writer queues between them (a second stop signal did exactly
+/// that).
+async fn turned_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
 /// Runs the owner until the server stops. An owner that ends before that (a bug) is
 /// recorded as the failure, and the server drains: `/readyz` says 503 at once, and the
 /// admin API keeps answering through the drain.
@@ -295,7 +304,7 @@ async fn watch_owner(owner: Owner, control: &Handle, stop: &StopHandle) {
     let mut owner = tokio::spawn(owner.run(stop.now.subscribe()));
     let ended = tokio::select! {
         ended = &mut owner => ended,
-        _ = done.wait_for(|n| *n) => {
+        () = turned_true(&mut done) => {
             // Stopping: the owner sees `now` too, and stops its tasks.
             let _ = owner.await;
             return;

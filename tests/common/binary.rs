@@ -146,8 +146,17 @@ impl Running {
                 return status;
             }
             if Instant::now() > deadline {
+                if std::env::var_os("TOLLGATE_TEST_STACKS").is_some() {
+                    let _ = Command::new("gdb")
+                        .args(["-batch", "-ex", "thread apply all bt", "-p"])
+                        .arg(self.child.id().to_string())
+                        .status();
+                }
                 let _ = self.child.kill();
-                panic!("tollgate did not exit within {within:?}");
+                panic!(
+                    "tollgate did not exit within {within:?}; logs:\n{}",
+                    self.logs.lock().unwrap().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
