@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::child::{Ctx, Res};
+use super::streams;
 
 const BUF: usize = 64 * 1024;
 /// The sink's listen backlog: every stream connects at once.
@@ -59,21 +60,7 @@ impl Sink {
 
     /// Waits until `streams` connections each delivered exactly `per_stream` bytes.
     pub fn wait_for(&self, streams: usize, per_stream: u64, deadline: Instant) -> Res<()> {
-        let mut finished = 0;
-        while finished < streams {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.done.recv_timeout(wait) {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) if n == per_stream => finished += 1,
-                Ok(Ok(n)) => return Err(format!("sink got {n} bytes, expected {per_stream}")),
-                Ok(Err(e)) => return Err(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!("deadline: only {finished}/{streams} streams done"));
-                }
-                Err(RecvTimeoutError::Disconnected) => return Err("the sink stopped".into()),
-            }
-        }
-        Ok(())
+        streams::wait_for(&self.done, streams, per_stream, deadline)
     }
 }
 

@@ -34,6 +34,8 @@ mod load;
 #[path = "../common/procfs.rs"]
 mod procfs;
 mod report;
+#[path = "../common/streams.rs"]
+mod streams;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use super::child::{Ctx, Res};
+use super::streams::summary;
 
 /// What tollgate's pipe pool did in one run (`tollgate_pipe*` metrics).
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,17 +84,6 @@ pub fn scrape(port: u16) -> Res<Option<PipeFigures>> {
         ),
         open: value("tollgate_pipes_open").unwrap_or(0.0),
     }))
-}
-
-/// (median, min, max); `None` if there are no values.
-fn summary(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
-    values.sort_by(f64::total_cmp);
-    let (min, max, mid) = (*values.first()?, *values.last()?, values.len() / 2);
-    let median = match values.len() % 2 {
-        0 => (values[mid - 1] + values[mid]) / 2.0,
-        _ => values[mid],
-    };
-    Some((median, min, max))
 }
 
 fn cell(values: Vec<f64>, precision: usize) -> String {

@@ -28,7 +28,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::str::FromStr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 use std::{env, thread};
 
@@ -36,7 +36,10 @@ use std::{env, thread};
 mod child;
 #[path = "../common/procfs.rs"]
 mod procfs;
+#[path = "../common/streams.rs"]
+mod streams;
 use child::{Ctx, Res, Tollgate};
+use streams::summary;
 
 const BUF_SIZE: usize = 256 * 1024;
 const GIB: f64 = (1u64 << 30) as f64;
@@ -264,22 +267,7 @@ impl Sink {
 
     /// Waits until `streams` connections each delivered exactly `per_stream` bytes.
     fn wait_for(&self, streams: usize, per_stream: u64, deadline: Instant) -> Res<()> {
-        let mut finished = 0;
-        while finished < streams {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.done.recv_timeout(wait) {
-                // Connections without data (e.g. a backend health probe) are not ours.
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) if n == per_stream => finished += 1,
-                Ok(Ok(n)) => return Err(format!("sink got {n} bytes, expected {per_stream}")),
-                Ok(Err(e)) => return Err(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!("deadline: only {finished}/{streams} streams done"));
-                }
-                Err(RecvTimeoutError::Disconnected) => return Err("sink channel closed".into()),
-            }
-        }
-        Ok(())
+        streams::wait_for(&self.done, streams, per_stream, deadline)
     }
 }
 
@@ -304,17 +292,6 @@ fn discard(mut stream: TcpStream) -> Res<u64> {
             Err(e) => return Err(format!("sink read after {total} bytes: {e}")),
         }
     }
-}
-
-/// (median, min, max) of the values; `None` if there are none.
-fn summary(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
-    values.sort_by(f64::total_cmp);
-    let (min, max, mid) = (*values.first()?, *values.last()?, values.len() / 2);
-    let median = match values.len() % 2 {
-        0 => (values[mid - 1] + values[mid]) / 2.0,
-        _ => values[mid],
-    };
-    Some((median, min, max))
 }
 
 fn fmt_summary(v: Option<(f64, f64, f64)>, precision: usize) -> String {

@@ -108,11 +108,7 @@ impl<'p> Pump<'p> {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.held() > 0 {
-                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err(Op::Write, e))?;
-                self.deliver(dst)?;
-                continue;
-            }
+            ready!(self.poll_deliver_held(cx, dst))?;
             if self.eof {
                 self.done = true;
                 self.end_burst();
@@ -148,6 +144,20 @@ impl<'p> Pump<'p> {
         }
     }
 
+    /// Moves to `dst` everything this direction holds (in its pipe or buffer); `Pending`
+    /// while `dst` has no room.
+    fn poll_deliver_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &TcpStream,
+    ) -> Poll<Result<(), ForwardError>> {
+        while self.held() > 0 {
+            ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err(Op::Write, e))?;
+            self.deliver(dst)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// After the connection failed (see `abort.rs`): moves to `dst` what this direction
     /// holds and what `src` still has queued, without waiting for `src` to send more, and
     /// never passes the FIN on. A source that was reset gives its queued bytes first, then
@@ -163,11 +173,7 @@ impl<'p> Pump<'p> {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.held() > 0 {
-                ready!(dst.poll_write_ready(cx)).map_err(|e| self.dst_err(Op::Write, e))?;
-                self.deliver(dst)?;
-                continue;
-            }
+            ready!(self.poll_deliver_held(cx, dst))?;
             if self.eof {
                 self.done = true;
                 self.end_burst();
