@@ -1,5 +1,7 @@
-//! `balance: round_robin` with weights: over whole periods each backend gets exactly its share,
-//! across every worker, and a weight of 0 takes nothing.
+//! Every `balance:` algorithm against real backends: round_robin gives exact shares over whole
+//! periods across every worker (a weight of 0 takes nothing); least_connections and random_two
+//! follow open connections per unit of weight and keep the weights when loads are equal
+//! (idle included); maglev keeps each client on one backend.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -95,6 +97,65 @@ fn least_connections_follows_open_connections() {
     assert_eq!(next, vec![0, 0]);
     drop(held);
     server.shutdown();
+}
+
+/// One connection at a time through a 5:2 pool: each is closed, and seen closed by tollgate,
+/// before the next, so every pick sees both backends idle. Returns the picks per backend.
+fn sequential_split(balance: &str, connections: u32) -> [u32; 2] {
+    let backends = [(named_backend(0), 5), (named_backend(1), 2)];
+    let server = start(&config(&backends, "", balance, ""));
+    let front = front(&server);
+    let snapshot = server.snapshot();
+    let pool = snapshot.pool("back").unwrap();
+    let mut per = [0u32; 2];
+    for _ in 0..connections {
+        per[who_answers(front) as usize] += 1;
+        wait_for(
+            "both backends idle",
+            std::time::Duration::from_secs(5),
+            || {
+                pool.backends
+                    .iter()
+                    .all(|b| b.stats.active.load(std::sync::atomic::Ordering::Relaxed) == 0)
+            },
+        );
+    }
+    server.shutdown();
+    per
+}
+
+/// Weights hold when loads are equal: 280 connections one at a time over weights 5:2
+/// expect 200:80 (standard deviation 7.6). Uniform tie-breaking gave 140:140.
+#[test]
+fn weights_hold_at_equal_load_one_connection_at_a_time() {
+    for balance in ["balance: least_connections", "balance: random_two"] {
+        let per = sequential_split(balance, 280);
+        eprintln!("{balance}: 5:2 idle split {per:?}");
+        assert!((175..=225).contains(&per[0]), "{balance}: {per:?}");
+    }
+}
+
+/// Under load, 70 connections held open over weights 5:2: least connections keeps open
+/// connections per unit of weight equal, so exactly 50:20; random_two comes close.
+#[test]
+fn weights_hold_under_load() {
+    for balance in ["balance: least_connections", "balance: random_two"] {
+        let backends = [(holding_backend(0), 5), (holding_backend(1), 2)];
+        let server = start(&config(&backends, "", balance, ""));
+        let held: Vec<(TcpStream, u8)> = (0..70).map(|_| open_held(front(&server))).collect();
+        let mut per = [0u32; 2];
+        for (_, id) in &held {
+            per[*id as usize] += 1;
+        }
+        eprintln!("{balance}: 5:2 with 70 held open {per:?}");
+        if balance.ends_with("least_connections") {
+            assert_eq!(per, [50, 20], "{balance}");
+        } else {
+            assert!((44..=56).contains(&per[0]), "{balance}: {per:?}");
+        }
+        drop(held);
+        server.shutdown();
+    }
 }
 
 #[test]

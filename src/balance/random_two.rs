@@ -1,5 +1,6 @@
 //! Power of two choices: two backends drawn at random (in proportion to weight), and the
-//! less loaded of the two (per unit of weight) wins. Nearly as even as least connections,
+//! less loaded of the two (per unit of weight) wins; at equal load the first draw wins, so
+//! idle backends are chosen in proportion to weight. Nearly as even as least connections,
 //! without scanning every backend; pure, with the randomness passed in.
 
 use super::least_connections::less_loaded;
@@ -114,6 +115,25 @@ mod tests {
             max as f64 / min as f64 <= 1.05,
             "max/min {max}/{min}: {active:?}"
         );
+    }
+
+    /// Equal load per unit of weight (idle, or 10 and 4 open on 5:2): the first draw, made in
+    /// proportion to weight, wins the tie, so the split follows the weights.
+    #[test]
+    fn equally_loaded_backends_are_chosen_in_proportion_to_weight() {
+        let weights = [5u32, 2];
+        let rt = RandomTwo::new(&weights);
+        let mut out = Vec::new();
+        for active in [[0u64, 0], [10, 4]] {
+            let mut wins = [0u32; 2];
+            let mut r = 3u64;
+            for _ in 0..70_000 {
+                r = crate::balance::mix(r);
+                rt.candidates(&weights, |i| active[i], r, 1, &mut out);
+                wins[out[0]] += 1;
+            }
+            assert!((49_500..50_500).contains(&wins[0]), "{active:?}: {wins:?}");
+        }
     }
 
     #[test]
