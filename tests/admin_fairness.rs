@@ -94,6 +94,7 @@ fn yaml(admin_extra: &str) -> String {
     format!(
         "workers: 1\nadmin:\n  bind: \"127.0.0.1:0\"\n{admin_extra}shutdown: {{ drain_timeout: 1s }}\n\
          listeners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
+         \x20   limits: {{ max_connections: 1000 }}\n\
          pools:\n  back:\n    backends:\n      - address: \"{echo}\"\n"
     )
 }

@@ -16,8 +16,11 @@ fn exhausted_descriptors_pause_accepts_cheaply_and_recover() {
     let echo = echo_backend();
     let yaml = format!(
         "workers: 1\nshutdown: {{ drain_timeout: 1s }}\nlisteners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
+         \x20   limits: {{ max_connections: 1000 }}\n\
          pools:\n  back:\n    backends:\n      - address: \"{echo}\"\n"
     );
+    // The cap is written out: a cap left unset would be sized to fit 64 descriptors, and
+    // the listener would stop at it before running out.
     let mut lb = binary::spawn(&yaml, Some(64));
     let front = lb.addr();
     // Each client costs tollgate at least one descriptor (two once proxied): 64 cannot fit 80.
@@ -55,6 +58,7 @@ fn probes_that_hit_emfile_leave_health_alone() {
     let yaml = format!(
         "workers: 1\nadmin:\n  bind: \"127.0.0.1:0\"\nshutdown: {{ drain_timeout: 1s }}\n\
          listeners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
+         \x20   limits: {{ max_connections: 1000 }}\n\
          pools:\n  back:\n    health_check: {{ type: tcp, interval: 50ms, timeout: 40ms, rise: 1, fall: 2 }}\n\
          \x20   backends:\n      - address: \"{echo}\"\n"
     );
@@ -94,11 +98,46 @@ fn probes_that_hit_emfile_leave_health_alone() {
         .sum::<f64>();
     assert!(local_errors > 0.0, "local errors counted:\n{metrics}");
     assert_eq!(sample("tollgate_backend_up{"), 1.0);
-    let logs = lb.logs.lock().unwrap().join("\n");
+    let logs = lb.logs().join("\n");
     assert!(
         !logs.contains("backend is down"),
         "a local failure took the backend down:\n{logs}"
     );
+    lb.signal(libc::SIGTERM);
+    assert!(lb.wait_exit(Duration::from_secs(10)).success());
+}
+
+fn one_listener(limits: &str) -> String {
+    let echo = echo_backend();
+    format!(
+        "workers: 1\nshutdown: {{ drain_timeout: 1s }}\nlisteners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n{limits}\
+         pools:\n  back:\n    backends:\n      - address: \"{echo}\"\n"
+    )
+}
+
+/// A default must not warn: with 1024 descriptors and no `max_connections` in the file the
+/// cap is sized to fit ((1024 - 256 - 96) / 2 = 336) and said once at info; a cap written
+/// out that cannot fit is still warned about.
+#[test]
+fn an_unset_cap_is_sized_to_the_fd_limit_and_only_written_caps_warn() {
+    let mut lb = binary::spawn(&one_listener(""), Some(1024));
+    let _ = lb.addr();
+    let sized = lb.wait_log("max_connections not set", Duration::from_secs(10));
+    assert!(sized.contains("\"max_connections\":336"), "{sized}");
+    lb.signal(libc::SIGTERM);
+    assert!(lb.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        !lb.logs().iter().any(|l| l.contains("cannot fit")),
+        "a default warned:\n{}",
+        lb.logs().join("\n")
+    );
+
+    let mut lb = binary::spawn(
+        &one_listener("    limits: { max_connections: 100000 }\n"),
+        Some(1024),
+    );
+    let _ = lb.addr();
+    lb.wait_log("cannot fit", Duration::from_secs(10));
     lb.signal(libc::SIGTERM);
     assert!(lb.wait_exit(Duration::from_secs(10)).success());
 }

@@ -106,6 +106,8 @@ pub struct Listener {
     pub bind: Vec<SocketAddr>,
     pub pool: String,
     pub max_connections: usize,
+    /// The file set no `max_connections`: it was sized from the open-file limit.
+    pub max_connections_sized: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub proxy_header_timeout: Duration,
@@ -268,7 +270,15 @@ impl std::fmt::Display for Lookup {
 pub mod defaults {
     use std::time::Duration;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const MAX_CONNECTIONS: u64 = 100_000;
+    /// `limits.max_connections` when the file sets none: the most that fit the open-file
+    /// limit, and never more than 100 000. A default must not promise what the process
+    /// cannot hold: past the limit, accepts fail with EMFILE instead of waiting in the
+    /// kernel's queue at a cap. Each connection holds two sockets; a quarter of the limit is
+    /// left to pipes (their pool's bound) and 96 descriptors to everything else (listening
+    /// sockets, the admin API and its reserve, health checks, DNS).
+    pub fn max_connections(fd_limit: u64) -> u64 {
+        ((fd_limit - fd_limit / 4).saturating_sub(96) / 2).clamp(1, 100_000)
+    }
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);

@@ -290,10 +290,12 @@ fn listener(
         defaults::PROXY_HEADER_TIMEOUT,
         ms,
     );
+    let max_connections_set = f.limits.as_ref().and_then(|l| l.max_connections.clone());
+    let max_connections_sized = max_connections_set.is_none();
     let max_connections = c.number(
-        &f.limits.as_ref().and_then(|l| l.max_connections.clone()),
+        &max_connections_set,
         &format!("{key}.limits.max_connections"),
-        defaults::MAX_CONNECTIONS,
+        defaults::max_connections(crate::sys::rlimit::reachable_nofile()),
         1..=10_000_000,
     );
     if let Some(ps) = &per_source
@@ -316,6 +318,7 @@ fn listener(
         bind: bind?,
         pool: pool?,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        max_connections_sized,
         connect_timeout,
         idle_timeout,
         proxy_header_timeout,

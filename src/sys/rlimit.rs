@@ -24,19 +24,29 @@ fn get() -> io::Result<libc::rlimit> {
     Ok(lim)
 }
 
+/// The soft limit [`raise_nofile_limit`] reaches: the hard limit, or `fs.nr_open` when the
+/// hard limit is "unlimited" (Linux refuses a soft limit above `nr_open` even then).
+fn reachable(lim: &libc::rlimit) -> u64 {
+    if lim.rlim_max != libc::RLIM_INFINITY {
+        return lim.rlim_max;
+    }
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1_048_576)
+}
+
+/// The open-file limit this process runs with once [`raise_nofile_limit`] has run, known
+/// before it runs (so `check` and a reload size defaults as `run` does); 1024, the usual
+/// default, when the limit cannot be read.
+pub fn reachable_nofile() -> u64 {
+    get().map_or(1024, |lim| reachable(&lim))
+}
+
 /// Raises the soft open-file limit to the hard limit and returns both.
-///
-/// Linux refuses a soft limit above `fs.nr_open` even when the hard limit is "unlimited", so
-/// an `RLIM_INFINITY` hard limit is clamped to `nr_open` first.
 pub fn raise_nofile_limit() -> io::Result<FdLimit> {
     let mut lim = get()?;
-    let mut target = lim.rlim_max;
-    if target == libc::RLIM_INFINITY {
-        target = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1_048_576);
-    }
+    let target = reachable(&lim);
     if lim.rlim_cur < target {
         lim.rlim_cur = target;
         // SAFETY: `lim` is a valid, initialised `rlimit` that outlives the call.

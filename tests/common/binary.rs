@@ -89,6 +89,11 @@ impl Running {
         }
     }
 
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
     /// The address from the first "listener bound" line.
     pub fn addr(&self) -> SocketAddr {
         addr_field(&self.wait_log("listener bound", Duration::from_secs(20)))
