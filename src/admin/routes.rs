@@ -96,6 +96,14 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
                 Err(refused) => *refused,
             }
         }
+        (["api", "v1", "pools", pool, "backends", backend, "weight"], &Method::DELETE) => {
+            match may_change(&req, &ctx) {
+                Ok(_in_flight) => {
+                    backend_action(&ctx, pool, backend, BackendAction::ClearWeight).await
+                }
+                Err(refused) => *refused,
+            }
+        }
         (segs, _) => match allowed_methods(segs) {
             Some(allow) => {
                 let mut r = error(
@@ -127,6 +135,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/disable"),
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/enable"),
     ("PUT", "/api/v1/pools/{pool}/backends/{backend}/weight"),
+    ("DELETE", "/api/v1/pools/{pool}/backends/{backend}/weight"),
     ("GET", "/api/v1/listeners/{listener}/sources/{ip}"),
     ("POST", "/api/v1/listeners/{listener}/deny/{cidr}"),
     ("DELETE", "/api/v1/listeners/{listener}/deny/{cidr}"),

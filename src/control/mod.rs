@@ -42,8 +42,11 @@ use crate::reload::{Prepared, ReloadError};
 pub enum BackendAction {
     Drain,
     Disable,
+    /// Drops a drain or disable: the backend takes new connections again.
     Enable,
     Weight(u32),
+    /// Drops the weight override: the config's weight applies again.
+    ClearWeight,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
