@@ -242,7 +242,7 @@ fn metrics(ctx: &Ctx) -> Reply {
 async fn reload(ctx: Arc<Ctx>) -> Reply {
     use crate::reload::ReloadError;
     match ctx.control.reload().await {
-        Ok(generation) => json_reply(StatusCode::OK, json!({"generation": generation})),
+        Ok(reloaded) => json_reply(StatusCode::OK, views::reloaded(&reloaded)),
         Err(crate::reload::ReloadError::Config(errors)) => {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             json_reply(

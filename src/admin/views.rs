@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Lookup};
-use crate::control::{AdminState, BackendView, Handle, View};
+use crate::control::{AdminState, BackendView, Counts, Handle, MaskedBy, Reloaded, View};
 use crate::discovery::NameState;
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -200,6 +200,33 @@ pub(crate) fn backend(control: &Handle, pool: &str, address: SocketAddr) -> Valu
         .iter()
         .find(|b| b.backend.address == address)
         .map_or(Value::Null, backend_json)
+}
+
+/// A reload's answer: the new generation, what changed (counts of listeners, pools and
+/// backend entries), and the overrides that mask a changed value, with the call that drops
+/// each.
+pub(crate) fn reloaded(r: &Reloaded) -> Value {
+    let counts = |c: &Counts| json!({"added": c.added, "removed": c.removed, "changed": c.changed});
+    let masked: Vec<Value> = r
+        .masked
+        .iter()
+        .map(|m| {
+            let by = match m.by {
+                MaskedBy::Weight(w) => json!({"weight": w}),
+                MaskedBy::State(s) => json!({"state": s.label()}),
+            };
+            json!({
+                "pool": m.pool, "backend": m.backend.to_string(), "change": m.change,
+                "override": by, "drop_with": m.drop_with(),
+            })
+        })
+        .collect();
+    let c = &r.changes;
+    json!({
+        "generation": r.generation,
+        "changes": {"listeners": counts(&c.listeners), "pools": counts(&c.pools), "backends": counts(&c.backends)},
+        "masked_by_overrides": masked,
+    })
 }
 
 /// The effective config as JSON (see [`Config::to_json`]).
