@@ -2,7 +2,9 @@
 //! listeners, pools, backends, limits and timeouts — and how many open connections the
 //! change touches. It asks the running instance's admin API for its effective config and
 //! status (`GET /api/v1/config`, `/api/v1/status`) and compares them with the file's, both
-//! in the same JSON form (`Config::to_json`).
+//! in the same JSON form (`Config::to_json`). An operator override (a weight set through the
+//! API, a drain) that would keep a changed value from applying is named, with the call that
+//! drops it, in the words the reload's own log line uses (`control::Masked`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::control::{AdminState, Masked, MaskedBy};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -115,13 +118,11 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
     ) {
         let pool = old["name"].as_str().unwrap_or_default();
         let live = find(&status["pools"], "name", pool);
-        for key in ["balance", "hash", "connect_retries"] {
-            changes(
-                &format!("pool {pool}: {key}"),
-                &old[key],
-                &new[key],
-                &mut out,
-            );
+        for key in POOL_SETTINGS {
+            // An instance older than a setting does not serve it: that is no change.
+            if let Some(was) = old.get(key) {
+                changes(&format!("pool {pool}: {key}"), was, &new[key], &mut out);
+            }
         }
         named(
             &format!("pool {pool}: backend"),
@@ -130,22 +131,97 @@ pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<Strin
             &entries(&new["backends"]),
             &mut out,
             |entry| {
-                // A literal address, or every address a removed DNS entry resolved to.
-                let name = entry.split_whitespace().nth(1).unwrap_or(entry);
-                let active: u64 = live["backends"]
-                    .as_array()
-                    .map(|l| {
-                        l.iter()
-                            .filter(|b| b["address"] == entry || b["from_dns"] == name)
-                            .map(open_connections)
-                            .sum()
-                    })
-                    .unwrap_or(0);
+                let active: u64 = backends_of(live, entry).map(open_connections).sum();
                 format!("{active} open connection(s) drain")
             },
         );
+        for m in masked(
+            pool,
+            &entries(&old["backends"]),
+            &entries(&new["backends"]),
+            live,
+        ) {
+            out.push(format!("! {m}"));
+        }
     }
     out
+}
+
+/// A pool's own settings, compared one by one (its backends are compared entry by entry).
+const POOL_SETTINGS: [&str; 7] = [
+    "balance",
+    "hash",
+    "connect_retries",
+    "health_check",
+    "when_all_down",
+    "slow_start",
+    "passive",
+];
+
+/// The overrides in force on the backends of entries the file changes (`live`: the pool in
+/// the running instance's status) that would keep the change from applying after a reload.
+fn masked(pool: &str, old: &Value, new: &Value, live: &Value) -> Vec<Masked> {
+    let empty = Vec::new();
+    let (olds, news) = (
+        old.as_array().unwrap_or(&empty),
+        new.as_array().unwrap_or(&empty),
+    );
+    let mut out = Vec::new();
+    for n in news {
+        let Some(o) = olds.iter().find(|o| o["entry"] == n["entry"]) else {
+            continue;
+        };
+        let field =
+            |k: &str| (o[k] != n[k]).then(|| format!("{k} {} -> {}", show(&o[k]), show(&n[k])));
+        let weight = field("weight");
+        let change: Vec<String> = [weight.clone(), field("backup")]
+            .into_iter()
+            .flatten()
+            .collect();
+        if change.is_empty() {
+            continue;
+        }
+        for b in backends_of(live, n["entry"].as_str().unwrap_or_default()) {
+            let Some(backend) = b["address"].as_str().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let masked = |change: &str, by| Masked {
+                pool: pool.to_owned(),
+                backend,
+                change: change.to_owned(),
+                by,
+            };
+            // `weight_override` and `state` as an instance older than `overrides` serves them.
+            let over = &b["overrides"];
+            let w = over["weight"]
+                .as_u64()
+                .or_else(|| b["weight_override"].as_u64());
+            if let (Some(w), Some(change)) = (w.and_then(|w| u32::try_from(w).ok()), &weight) {
+                out.push(masked(change, MaskedBy::Weight(w)));
+            }
+            let state = over["state"].as_str().or_else(|| b["state"].as_str());
+            let state = match state {
+                Some("draining") => Some(AdminState::Draining),
+                Some("disabled") => Some(AdminState::Disabled),
+                _ => None,
+            };
+            if let Some(s) = state {
+                out.push(masked(&change.join(", "), MaskedBy::State(s)));
+            }
+        }
+    }
+    out
+}
+
+/// The backends in a pool's status (`live`) that a config entry serves: a literal address,
+/// or every address a `host:`/`srv:` entry resolved to.
+fn backends_of<'a>(live: &'a Value, entry: &'a str) -> impl Iterator<Item = &'a Value> {
+    let name = entry.split_whitespace().nth(1).unwrap_or(entry);
+    live["backends"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(move |b| b["address"] == entry || b["from_dns"] == name)
 }
 
 /// Backend entries keyed for comparison: `entry` is the address, `host NAME port P` or
@@ -219,7 +295,13 @@ fn named(
     for n in news {
         let id = n[key].as_str().unwrap_or_default();
         match olds.iter().find(|o| o[key] == n[key]) {
-            None => out.push(format!("+ {what} {id}: {}", show(n))),
+            None => {
+                let mut fields = n.clone();
+                if let Value::Object(f) = &mut fields {
+                    f.remove(key);
+                }
+                out.push(format!("+ {what} {id}: {}", show(&fields)));
+            }
             Some(o) if o != n => {
                 if let (Value::Object(oo), Value::Object(nn)) = (o, n) {
                     for (k, nv) in nn.iter().filter(|(k, _)| k.as_str() != key) {

@@ -135,8 +135,8 @@ fn backend_overrides_take_effect_and_show_in_status() {
         r#"{"weight": 7}"#,
     );
     assert_eq!(
-        (a.status, a.json()["weight_override"].clone()),
-        (200, 7.into())
+        (a.status, a.json()["overrides"].clone()),
+        (200, serde_json::json!({"weight": 7}))
     );
     assert_eq!(a.json()["configured_weight"], 1);
     let a = request(
@@ -155,6 +155,77 @@ fn backend_overrides_take_effect_and_show_in_status() {
         "not json",
     );
     assert_eq!(a.status, 400);
+    server.shutdown();
+}
+
+/// Every override can be dropped: `DELETE .../weight` gives the config's weight back and
+/// `enable` drops a drain or disable, each leaving the other override in force. Status lists
+/// exactly the overrides in force. Dropping needs what every change needs (token, origin).
+#[test]
+fn overrides_are_listed_in_status_and_each_can_be_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, echo) = admin_server(&dir);
+    let base = format!("/api/v1/pools/back/backends/{}", enc(echo));
+    let weight = format!("{base}/weight");
+    let backend = || get(admin, "/api/v1/status").json()["pools"][0]["backends"][0].clone();
+    assert_eq!(backend()["overrides"], serde_json::json!({}));
+    let a = request(admin, "PUT", &weight, Some(TOKEN), r#"{"weight": 5}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = request(admin, "POST", &format!("{base}/drain"), Some(TOKEN), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let b = backend();
+    assert_eq!(
+        b["overrides"],
+        serde_json::json!({"weight": 5, "state": "draining"}),
+        "{b}"
+    );
+    assert_eq!(
+        (b["configured_weight"].clone(), b["state"].clone()),
+        (1.into(), "draining".into())
+    );
+    // Dropping is a change like any other.
+    assert_eq!(request(admin, "DELETE", &weight, None, "").status, 401);
+    let foreign = common::http::request_with(
+        admin,
+        "DELETE",
+        &weight,
+        &[
+            ("Host", &admin.to_string()),
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Origin", "http://evil.example"),
+        ],
+        "",
+    );
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    assert_eq!(backend()["overrides"]["weight"], 5, "nothing changed");
+    // enable drops the drain; the weight override stays.
+    let a = request(admin, "POST", &format!("{base}/enable"), Some(TOKEN), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["overrides"], serde_json::json!({"weight": 5}));
+    assert_eq!(
+        (
+            a.json()["state"].clone(),
+            a.json()["effective_weight"].clone()
+        ),
+        ("up".into(), 5.0.into())
+    );
+    // DELETE drops the weight: the config's applies again.
+    let a = request(admin, "DELETE", &weight, Some(TOKEN), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["overrides"], serde_json::json!({}));
+    assert_eq!(a.json()["effective_weight"], 1.0);
+    assert_eq!(backend()["overrides"], serde_json::json!({}));
+    let pool = server.snapshot();
+    assert_eq!(
+        pool.pool("back").unwrap().backends[0].weight,
+        tollgate::policy::SCALE,
+        "the data plane serves the config's weight 1"
+    );
+    // Dropping what is not there is no error.
+    assert_eq!(
+        request(admin, "DELETE", &weight, Some(TOKEN), "").status,
+        200
+    );
     server.shutdown();
 }
 

@@ -1,4 +1,5 @@
-//! `tollgate check`: a good file passes with a summary; each kind of bad file exits 78 with
+//! `tollgate check`: a good file passes with a summary of what tollgate will do with it
+//! (limits, timeouts, health checks, DNS names); each kind of bad file exits 78 with
 //! `PATH:LINE:COLUMN: key.path: message` on stderr, quickly, whatever the file holds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,6 +57,45 @@ fn the_example_config_passes() {
     assert!(
         stdout.contains("listeners (1)") && stdout.contains("127.0.0.1:9002 weight 2"),
         "{stdout}"
+    );
+}
+
+/// The summary says what tollgate will do with the file, not only what it serves: each
+/// listener's limits and timeouts, each pool's health check and failure policy, and the DNS
+/// names it resolves, durations written as in the file.
+#[test]
+fn the_summary_covers_limits_health_checks_and_dns_names() {
+    let yaml = "listeners:\n  web:\n    bind: \"127.0.0.1:8080\"\n    pool: web\n    limits:\n      max_connections: 5000\n      per_source: { connection_rate: 10/s, burst: 5, max_connections: 64 }\n    timeouts: { connect: 500ms, idle: 2m }\n  plain:\n    bind: \"127.0.0.1:8081\"\n    pool: dns\npools:\n  web:\n    balance: least_connections\n    slow_start: 30s\n    when_all_down: use_all\n    passive: { consecutive_failures: 7 }\n    health_check:\n      type: http\n      interval: 5s\n      port: 9000\n      http: { path: /ready, host: app.internal, expect_status: \"200,204\" }\n    backends:\n      - address: \"127.0.0.1:9001\"\n  dns:\n    health_check: { type: send_expect, send: \"PING\\r\\n\", expect: \"PONG\" }\n    backends:\n      - { host: app.internal, port: 8080, weight: 3 }\n      - srv: _app._tcp.example.com\n";
+    let (out, stderr, _) = check(yaml);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "  web tcp 127.0.0.1:8080 -> pool web",
+        "    limits: at most 5000 connections open at once",
+        "    per source (/32 IPv4, /64 IPv6): 10/s burst 5, at most 64 open, 0 exempt block(s), 1000000 sources tracked at most",
+        "    timeouts: connect 500ms, idle 2m",
+        "    per source: no limits",
+        "    timeouts: connect 3s, idle 10m",
+        "  web least_connections, 1 backend(s), 2 connect retries",
+        "    health check: http GET /ready (Host: app.internal), status 200,204, on port 9000, every 5s (timeout 1s, rise 2, fall 3)",
+        "    when all down: use_all; slow start: 30s; passive: down after 7 connect failures in a row",
+        "    health check: send_expect \"PING\\r\\n\", reply starts \"PONG\", every 2s (timeout 1s, rise 2, fall 3)",
+        "    when all down: reject; slow start: off; passive: down after 5 connect failures in a row",
+        "    host app.internal port 8080 weight 3",
+        "    srv _app._tcp.example.com (weights and ports from DNS)",
+        "resolver (2 DNS name(s)): from /etc/resolv.conf; TTL clamped to 1s-5m; negative answers held 30s; query timeout 2s",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no line {line:?} in:\n{stdout}"
+        );
+    }
+    let without_check = GOOD;
+    let (out, _, _) = check(without_check);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("    health check: none (backends are up unless passive checks fail)"),
+        "a pool without a check says so"
     );
 }
 
@@ -190,7 +230,9 @@ fn dns_backends_and_the_resolver_are_checked_without_asking_dns() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("resolver: 192.0.2.53:53; TTL clamped to 1s-300s"),
+        stdout.contains(
+            "resolver (2 DNS name(s)): 192.0.2.53:53; TTL clamped to 1s-5m; negative answers held 30s"
+        ),
         "{stdout}"
     );
     rejected(

@@ -1,6 +1,7 @@
 //! Reload, through the API and SIGHUP, is all or nothing and drops nothing: unchanged
 //! listeners keep their sockets, new ones are bound, removed ones stop accepting while their
 //! connections finish, overrides and counters carry over, and a bad file changes nothing.
+//! Each reload answers (and logs) what it changed and the overrides that mask the file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -169,6 +170,76 @@ fn overrides_and_counters_survive_a_reload() {
         status["pools"][0]["backends"][1]["connections_total"], 2,
         "the disabled backend took nothing new"
     );
+    server.shutdown();
+}
+
+/// The reload's answer says what changed, in counts, and names the override that keeps the
+/// file's new weight from applying, with the call that drops it; once dropped, the file's
+/// weight is in force.
+#[test]
+fn a_reload_says_what_changed_and_which_override_masks_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let (a, b, c) = (echo_backend(), echo_backend(), echo_backend());
+    let server = start_file(&path, &yaml(&[a, b], true));
+    let admin = server.admin_addr().unwrap();
+    let weight = format!(
+        "/api/v1/pools/back/backends/{}/weight",
+        a.to_string().replace(':', "%3A")
+    );
+    assert_eq!(
+        request(admin, "PUT", &weight, None, r#"{"weight": 5}"#).status,
+        200
+    );
+    // `extra` goes, b goes, c comes, a's weight becomes 4.
+    let next = yaml(&[a, c], false).replace(
+        &format!("      - address: \"{a}\"\n"),
+        &format!("      - address: \"{a}\"\n        weight: 4\n"),
+    );
+    std::fs::write(&path, next).unwrap();
+    let r = request(admin, "POST", "/api/v1/reload", None, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["generation"], 2);
+    assert_eq!(
+        answer["changes"],
+        serde_json::json!({
+            "listeners": {"added": 0, "removed": 1, "changed": 0},
+            "pools": {"added": 0, "removed": 0, "changed": 0},
+            "backends": {"added": 1, "removed": 1, "changed": 1},
+        })
+    );
+    assert_eq!(
+        answer["masked_by_overrides"],
+        serde_json::json!([{
+            "pool": "back", "backend": a.to_string(), "change": "weight 1 -> 4",
+            "override": {"weight": 5}, "drop_with": format!("DELETE {weight}"),
+        }])
+    );
+    let backend = || get(admin, "/api/v1/status").json()["pools"][0]["backends"][0].clone();
+    let x = backend();
+    assert_eq!(
+        (
+            x["configured_weight"].clone(),
+            x["effective_weight"].clone()
+        ),
+        (4.into(), 5.0.into()),
+        "the override stays in force: {x}"
+    );
+    assert_eq!(request(admin, "DELETE", &weight, None, "").status, 200);
+    assert_eq!(
+        backend()["effective_weight"],
+        4.0,
+        "the file's weight applies"
+    );
+    // Nothing changed, nothing masked.
+    let r = request(admin, "POST", "/api/v1/reload", None, "");
+    let zero = serde_json::json!({"added": 0, "removed": 0, "changed": 0});
+    assert_eq!(
+        r.json()["changes"],
+        serde_json::json!({"listeners": zero, "pools": zero, "backends": zero})
+    );
+    assert_eq!(r.json()["masked_by_overrides"], serde_json::json!([]));
     server.shutdown();
 }
 

@@ -96,6 +96,14 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
                 Err(refused) => *refused,
             }
         }
+        (["api", "v1", "pools", pool, "backends", backend, "weight"], &Method::DELETE) => {
+            match may_change(&req, &ctx) {
+                Ok(_in_flight) => {
+                    backend_action(&ctx, pool, backend, BackendAction::ClearWeight).await
+                }
+                Err(refused) => *refused,
+            }
+        }
         (segs, _) => match allowed_methods(segs) {
             Some(allow) => {
                 let mut r = error(
@@ -127,6 +135,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/disable"),
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/enable"),
     ("PUT", "/api/v1/pools/{pool}/backends/{backend}/weight"),
+    ("DELETE", "/api/v1/pools/{pool}/backends/{backend}/weight"),
     ("GET", "/api/v1/listeners/{listener}/sources/{ip}"),
     ("POST", "/api/v1/listeners/{listener}/deny/{cidr}"),
     ("DELETE", "/api/v1/listeners/{listener}/deny/{cidr}"),
@@ -233,7 +242,7 @@ fn metrics(ctx: &Ctx) -> Reply {
 async fn reload(ctx: Arc<Ctx>) -> Reply {
     use crate::reload::ReloadError;
     match ctx.control.reload().await {
-        Ok(generation) => json_reply(StatusCode::OK, json!({"generation": generation})),
+        Ok(reloaded) => json_reply(StatusCode::OK, views::reloaded(&reloaded)),
         Err(crate::reload::ReloadError::Config(errors)) => {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             json_reply(

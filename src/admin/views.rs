@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Lookup};
-use crate::control::{BackendView, Handle, View};
+use crate::control::{AdminState, BackendView, Counts, Handle, MaskedBy, Reloaded, View};
 use crate::discovery::NameState;
 
 fn unix_ms(at: SystemTime) -> u64 {
@@ -133,7 +133,7 @@ fn backend_json(b: &BackendView<'_>) -> Value {
         "state": b.state,
         "health": b.health,
         "configured_weight": b.configured_weight,
-        "weight_override": b.weight_override,
+        "overrides": overrides(b),
         "effective_weight": f64::from(b.backend.weight) / f64::from(crate::policy::SCALE),
         "connections_active": stats.active.load(Relaxed),
         "connections_total": stats.connections.load(Relaxed),
@@ -144,6 +144,20 @@ fn backend_json(b: &BackendView<'_>) -> Value {
         "tier": b.tier,
         "from_dns": b.from_dns,
     })
+}
+
+/// Every operator override in force on a backend, by what it replaces: `weight` (PUT
+/// `.../weight`, dropped by DELETE) and `state` (`draining` or `disabled`, dropped by
+/// `.../enable`); empty when the config alone decides.
+fn overrides(b: &BackendView<'_>) -> Value {
+    let mut o = serde_json::Map::new();
+    if let Some(w) = b.weight_override {
+        o.insert("weight".to_owned(), json!(w));
+    }
+    if b.admin != AdminState::Active {
+        o.insert("state".to_owned(), json!(b.admin.label()));
+    }
+    Value::Object(o)
 }
 
 /// Why a source would be admitted or refused (`GET /api/v1/listeners/{l}/sources/{ip}`).
@@ -186,6 +200,33 @@ pub(crate) fn backend(control: &Handle, pool: &str, address: SocketAddr) -> Valu
         .iter()
         .find(|b| b.backend.address == address)
         .map_or(Value::Null, backend_json)
+}
+
+/// A reload's answer: the new generation, what changed (counts of listeners, pools and
+/// backend entries), and the overrides that mask a changed value, with the call that drops
+/// each.
+pub(crate) fn reloaded(r: &Reloaded) -> Value {
+    let counts = |c: &Counts| json!({"added": c.added, "removed": c.removed, "changed": c.changed});
+    let masked: Vec<Value> = r
+        .masked
+        .iter()
+        .map(|m| {
+            let by = match m.by {
+                MaskedBy::Weight(w) => json!({"weight": w}),
+                MaskedBy::State(s) => json!({"state": s.label()}),
+            };
+            json!({
+                "pool": m.pool, "backend": m.backend.to_string(), "change": m.change,
+                "override": by, "drop_with": m.drop_with(),
+            })
+        })
+        .collect();
+    let c = &r.changes;
+    json!({
+        "generation": r.generation,
+        "changes": {"listeners": counts(&c.listeners), "pools": counts(&c.pools), "backends": counts(&c.backends)},
+        "masked_by_overrides": masked,
+    })
 }
 
 /// The effective config as JSON (see [`Config::to_json`]).

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::types::{Balance, Config, Forwarding, Lookup, Workers};
+use super::types::{Balance, CheckKind, Config, Forwarding, HealthCheck, Lookup, Workers};
 use super::values::format_duration as d;
 
 impl Config {
@@ -61,6 +61,10 @@ impl Config {
                 json!({
                     "name": p.name, "balance": p.balance.label(), "hash": hash,
                     "connect_retries": p.connect_retries, "backends": backends,
+                    "health_check": p.health_check.as_ref().map(health_check),
+                    "when_all_down": if p.use_all_when_down { "use_all" } else { "reject" },
+                    "slow_start": d(p.slow_start),
+                    "passive": {"consecutive_failures": p.passive_failures},
                 })
             })
             .collect();
@@ -95,4 +99,31 @@ impl Config {
             "pools": pools,
         })
     }
+}
+
+/// A pool's `health_check` with every default filled in; probe bytes escaped as in a YAML
+/// double-quoted string.
+fn health_check(hc: &HealthCheck) -> Value {
+    let bytes = |b: &[u8]| b.escape_ascii().to_string();
+    let (kind, send, expect, http) = match &hc.kind {
+        CheckKind::Tcp => ("tcp", None, None, None),
+        CheckKind::SendExpect { send, expect } => {
+            ("send_expect", Some(bytes(send)), Some(bytes(expect)), None)
+        }
+        CheckKind::Udp { send, expect } => ("udp", Some(bytes(send)), Some(bytes(expect)), None),
+        CheckKind::Http {
+            path,
+            host,
+            expect_status,
+        } => {
+            let status = super::summary::status_list(expect_status);
+            let http = json!({"path": path, "host": host, "expect_status": status});
+            ("http", None, None, Some(http))
+        }
+    };
+    json!({
+        "type": kind, "interval": d(hc.interval), "timeout": d(hc.timeout),
+        "rise": hc.rise, "fall": hc.fall, "port": hc.port,
+        "send": send, "expect": expect, "http": http,
+    })
 }

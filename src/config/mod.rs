@@ -10,6 +10,7 @@ pub mod file;
 mod json;
 mod parse;
 mod read;
+mod summary;
 mod types;
 mod validate;
 mod validate_admin;

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::{ActionError, BackendAction, Command, View};
+use super::{ActionError, BackendAction, Command, Reloaded, View};
 use crate::admission::Cidr;
 use crate::health::HealthState;
 use crate::proxy::DataPlane;
@@ -97,14 +97,14 @@ impl Handle {
     /// /api/v1/reload`): read, validated and bound on a blocking thread, then applied by the
     /// owner. Logs the outcome once and counts it. The reload runs in a task of its own, so
     /// a caller that goes away (an admin connection cut) cannot leave it half counted.
-    pub async fn reload(&self) -> Result<u64, ReloadError> {
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let this = self.clone();
         tokio::spawn(async move { this.reload_now().await })
             .await
             .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())))
     }
 
-    async fn reload_now(&self) -> Result<u64, ReloadError> {
+    async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
         let _one = self.0.reload_lock.lock().await;
         let this = self.clone();
         let prepared = tokio::task::spawn_blocking(move || this.prepare())
@@ -118,7 +118,8 @@ impl Handle {
         result
     }
 
-    /// [`Handle::reload`] for a caller outside any async runtime (tests, tools).
+    /// [`Handle::reload`] for a caller outside any async runtime (tests, tools): the new
+    /// generation.
     pub fn reload_blocking(&self) -> Result<u64, ReloadError> {
         let _one = self.0.reload_lock.blocking_lock();
         let result = self.prepare().and_then(|p| {
@@ -126,7 +127,7 @@ impl Handle {
             self.ask_blocking(cmd, rx, ReloadError::Stopped)
         });
         self.count(&result);
-        result
+        result.map(|r| r.generation)
     }
 
     fn prepare(&self) -> Result<Prepared, ReloadError> {
@@ -143,16 +144,30 @@ impl Handle {
         reload::prepare(path, &running)
     }
 
-    async fn apply(&self, prepared: Prepared) -> Result<u64, ReloadError> {
+    async fn apply(&self, prepared: Prepared) -> Result<Reloaded, ReloadError> {
         let (cmd, rx) = reload_command(prepared);
         self.ask(cmd, rx, ReloadError::Stopped).await
     }
 
-    fn count(&self, result: &Result<u64, ReloadError>) {
+    /// Counts a reload and logs its one line: what changed, and (as a warning) the
+    /// overrides that keep a changed value from applying.
+    fn count(&self, result: &Result<Reloaded, ReloadError>) {
         match result {
-            Ok(generation) => {
+            Ok(r) => {
                 self.0.reloads_succeeded.fetch_add(1, Ordering::Relaxed);
-                info!(generation, "config reloaded");
+                let (generation, changes) = (r.generation, r.changes);
+                if r.masked.is_empty() {
+                    info!(generation, changes = changes.to_string(), "config reloaded");
+                } else {
+                    let masked: Vec<String> = r.masked.iter().map(ToString::to_string).collect();
+                    let masked = masked.join("; ");
+                    warn!(
+                        generation,
+                        changes = changes.to_string(),
+                        masked_by_overrides = masked,
+                        "config reloaded"
+                    );
+                }
             }
             Err(e) => {
                 self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +267,7 @@ fn backend_command(
     (cmd, rx)
 }
 
-fn reload_command(prepared: Prepared) -> (Command, Answer<u64, ReloadError>) {
+fn reload_command(prepared: Prepared) -> (Command, Answer<Reloaded, ReloadError>) {
     let (reply, rx) = oneshot::channel();
     let cmd = Command::Reload {
         prepared: Box::new(prepared),

@@ -15,12 +15,13 @@
 //! `served.rs` is what the data plane is served (the effective config, health, overrides),
 //! kept by identity in `registry.rs` and built into snapshots by `build.rs` (reusing
 //! unchanged pools); `tasks.rs` runs the probing and resolving tasks; `view.rs` is what
-//! readers see, `handle.rs` is how they ask.
+//! readers see, `handle.rs` is how they ask; `reloaded.rs` reports what a reload changed.
 
 mod build;
 mod handle;
 mod owner;
 pub mod registry;
+mod reloaded;
 mod served;
 mod tasks;
 #[cfg(test)]
@@ -32,6 +33,7 @@ use std::net::SocketAddr;
 pub use handle::{Handle, Verdict};
 pub use owner::{Channels, Owner};
 pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};
+pub use reloaded::{Changes, Counts, Masked, MaskedBy, Reloaded};
 pub use view::{BackendView, View};
 
 use crate::admission::Cidr;
@@ -42,8 +44,11 @@ use crate::reload::{Prepared, ReloadError};
 pub enum BackendAction {
     Drain,
     Disable,
+    /// Drops a drain or disable: the backend takes new connections again.
     Enable,
     Weight(u32),
+    /// Drops the weight override: the config's weight applies again.
+    ClearWeight,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,7 +86,7 @@ pub enum Command {
     },
     Reload {
         prepared: Box<Prepared>,
-        reply: Reply<Result<u64, ReloadError>>,
+        reply: Reply<Result<Reloaded, ReloadError>>,
     },
 }
 

@@ -16,6 +16,7 @@ use super::Command;
 use super::build::Reshape;
 use super::handle::{Handle, Shared};
 use super::registry::BackendKey;
+use super::reloaded::{self, Changes, Reloaded};
 use super::served::{ReportEffect, Served};
 use super::tasks::{Kind, Tasks};
 use super::view::{DnsView, View};
@@ -75,7 +76,7 @@ pub struct Owner {
     moved: (mpsc::Sender<Moved>, mpsc::Receiver<Moved>),
     /// Limiter moves running, and the reloads that answer once none is.
     moving: usize,
-    waiting: Vec<(super::Reply<Result<u64, ReloadError>>, u64)>,
+    waiting: Vec<(super::Reply<Result<Reloaded, ReloadError>>, Reloaded)>,
     resolver_retry: Option<Instant>,
     dirty: Dirty,
     view_health: Arc<std::collections::HashMap<BackendKey, crate::health::HealthState>>,
@@ -213,15 +214,15 @@ impl Owner {
                 // A reload answers once all it changed is in force: a limiter it reshaped
                 // too (the owner goes on serving other events meanwhile).
                 match result {
-                    Ok(generation) if self.moving > 0 => self.waiting.push((reply, generation)),
+                    Ok(reloaded) if self.moving > 0 => self.waiting.push((reply, reloaded)),
                     result => drop(reply.send(result)),
                 }
             }
         }
     }
 
-    /// Makes a prepared config the running one, in one step.
-    fn apply_reload(&mut self, prepared: Prepared) -> Result<u64, ReloadError> {
+    /// Makes a prepared config the running one, in one step, and reports what changed.
+    fn apply_reload(&mut self, prepared: Prepared) -> Result<Reloaded, ReloadError> {
         if self
             .shared
             .draining
@@ -236,10 +237,20 @@ impl Owner {
             config::Forwarding::Copy => ForwardMode::Copy,
         });
         let before = std::mem::replace(&mut self.written, Arc::new(config));
+        let effective_before = self.served.effective().clone();
         self.names.adopt(&self.written);
         self.names.retain(&self.written);
         self.served
             .install(self.names.expand(&self.written), generation);
+        let reloaded = Reloaded {
+            generation,
+            changes: Changes::between(&before, &self.written),
+            masked: reloaded::masked(
+                self.served.registry().overrides(),
+                &effective_before,
+                self.served.effective(),
+            ),
+        };
         self.sync_dns();
         self.sync_checks();
         // Published before the new sockets reach the workers: their accept loops look their
@@ -268,7 +279,7 @@ impl Owner {
                 info!(listener = %l.name, "listener removed; its open connections drain");
             }
         }
-        Ok(generation)
+        Ok(reloaded)
     }
 
     /// Moves a limiter table into its new shape on a blocking thread; the owner installs
@@ -326,8 +337,8 @@ impl Owner {
         // Publish (and start any move the new table still needs) before answering.
         self.after_event();
         if self.moving == 0 {
-            for (reply, generation) in self.waiting.drain(..) {
-                let _ = reply.send(Ok(generation));
+            for (reply, reloaded) in self.waiting.drain(..) {
+                let _ = reply.send(Ok(reloaded));
             }
         }
     }

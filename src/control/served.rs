@@ -183,6 +183,7 @@ impl Served {
             BackendAction::Disable => o.state = AdminState::Disabled,
             BackendAction::Enable => o.state = AdminState::Active,
             BackendAction::Weight(w) => o.weight = Some(w),
+            BackendAction::ClearWeight => o.weight = None,
         });
         info!(pool, backend = %address, ?action, "backend override applied");
         self.rebuild();

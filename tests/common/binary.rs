@@ -31,16 +31,37 @@ pub fn spawn(yaml: &str, nofile: Option<u64>) -> Running {
         }
         None => Command::new(bin()),
     };
-    launch(cmd, &path, dir)
+    launch(cmd, &path, dir, "json")
 }
 
 /// Starts `tollgate run` on the config file at `path` (which the test may rewrite and reload).
 pub fn spawn_file(path: &std::path::Path) -> Running {
-    launch(Command::new(bin()), path, tempfile::tempdir().unwrap())
+    launch(
+        Command::new(bin()),
+        path,
+        tempfile::tempdir().unwrap(),
+        "json",
+    )
 }
 
-fn launch(mut cmd: Command, path: &std::path::Path, dir: tempfile::TempDir) -> Running {
-    cmd.args(["run", "--log-format", "json", "-c"]).arg(path);
+/// [`spawn_file`] with the log lines an operator reads on a terminal (`--log-format text`).
+pub fn spawn_file_text(path: &std::path::Path) -> Running {
+    launch(
+        Command::new(bin()),
+        path,
+        tempfile::tempdir().unwrap(),
+        "text",
+    )
+}
+
+fn launch(
+    mut cmd: Command,
+    path: &std::path::Path,
+    dir: tempfile::TempDir,
+    log_format: &str,
+) -> Running {
+    cmd.args(["run", "--log-format", log_format, "-c"])
+        .arg(path);
     cmd.env("TOLLGATE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
