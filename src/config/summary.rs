@@ -77,9 +77,14 @@ fn listener(out: &mut String, l: &Listener) {
         binds.join(", "),
         l.pool
     );
+    let sized = if l.max_connections_sized {
+        " (not set: as many as fit the open-file limit)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "    limits: at most {} connections open at once",
+        "    limits: at most {} connections open at once{sized}",
         l.max_connections
     );
     match &l.per_source {
