@@ -81,6 +81,18 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::GAUGE,
     ),
     (
+        "tollgate_listener_connections_limit",
+        "The listener's cap on open connections (limits.max_connections).",
+        &["listener"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_listener_full_seconds_total",
+        "Seconds the listener spent at its cap: every slot taken and an accepted client waiting for one, so nothing more was accepted and new clients queued in the kernel. Grows while it lasts.",
+        &["listener"],
+        MetricType::COUNTER,
+    ),
+    (
         "tollgate_listener_accept_errors_total",
         "Failed accept() calls (EMFILE and the like).",
         &["listener"],
@@ -316,9 +328,14 @@ impl TollgateCollector {
 
 fn listeners(view: &View, out: &mut Samples) {
     let snapshot = &view.snapshot;
+    let now = std::time::Instant::now();
     for (name, spec) in &snapshot.listeners {
         let live = &spec.live;
         let l = [("listener", name.as_ref())];
+        let limit = live.max_connections() as f64;
+        push(out, "tollgate_listener_connections_limit", &l, limit);
+        let full = live.at_cap.full_for(now).as_secs_f64();
+        push(out, "tollgate_listener_full_seconds_total", &l, full);
         for (metric, n) in [
             (
                 "tollgate_listener_connections_accepted_total",

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod at_cap;
 mod pool;
 
+pub use at_cap::{AtCap, Transition};
 pub use pool::{Algorithm, Backend, BackendStats, ConnectFailure, Pool};
 
 use arc_swap::ArcSwap;
@@ -134,6 +136,8 @@ pub struct ListenerLive {
     pub rejected_source_table_full: AtomicU64,
     /// Permits for `limits.max_connections`: each accepted connection holds one.
     pub slots: Arc<Semaphore>,
+    /// Time spent with every slot taken and a client waiting for one.
+    pub at_cap: AtCap,
     max: AtomicUsize,
     /// Permits still to retire after the cap was lowered while they were in use.
     debt: AtomicUsize,
@@ -153,6 +157,7 @@ impl ListenerLive {
             rejected_source_limit: AtomicU64::new(0),
             rejected_source_table_full: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(max)),
+            at_cap: AtCap::default(),
             max: AtomicUsize::new(max),
             debt: AtomicUsize::new(0),
         }
