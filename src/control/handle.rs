@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
@@ -28,8 +28,6 @@ pub(super) struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Where reloads read from; `None` for a config built in memory (tests, the demo).
     pub config_path: Option<PathBuf>,
-    pub reloads_succeeded: AtomicU64,
-    pub reloads_failed: AtomicU64,
     pub plane: Arc<DataPlane>,
 }
 
@@ -85,18 +83,11 @@ impl Handle {
         self.0.draining.store(true, Ordering::Release);
     }
 
-    /// Reloads that succeeded and failed so far.
-    pub fn reloads(&self) -> (u64, u64) {
-        (
-            self.0.reloads_succeeded.load(Ordering::Relaxed),
-            self.0.reloads_failed.load(Ordering::Relaxed),
-        )
-    }
-
     /// Reloads the config file this instance was started with (SIGHUP, `POST
     /// /api/v1/reload`): read, validated and bound on a blocking thread, then applied by the
-    /// owner. Logs the outcome once and counts it. The reload runs in a task of its own, so
-    /// a caller that goes away (an admin connection cut) cannot leave it half counted.
+    /// owner, which counts the outcome (a refused file too); logs it once. The reload runs in
+    /// a task of its own, so a caller that goes away (an admin connection cut) cannot leave it
+    /// half counted.
     pub async fn reload(&self) -> Result<u64, ReloadError> {
         let this = self.clone();
         tokio::spawn(async move { this.reload_now().await })
@@ -110,22 +101,18 @@ impl Handle {
         let prepared = tokio::task::spawn_blocking(move || this.prepare())
             .await
             .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())));
-        let result = match prepared {
-            Ok(p) => self.apply(p).await,
-            Err(e) => Err(e),
-        };
-        self.count(&result);
+        let (cmd, rx) = reload_command(prepared);
+        let result = self.ask(cmd, rx, ReloadError::Stopped).await;
+        self.log_outcome(&result);
         result
     }
 
     /// [`Handle::reload`] for a caller outside any async runtime (tests, tools).
     pub fn reload_blocking(&self) -> Result<u64, ReloadError> {
         let _one = self.0.reload_lock.blocking_lock();
-        let result = self.prepare().and_then(|p| {
-            let (cmd, rx) = reload_command(p);
-            self.ask_blocking(cmd, rx, ReloadError::Stopped)
-        });
-        self.count(&result);
+        let (cmd, rx) = reload_command(self.prepare());
+        let result = self.ask_blocking(cmd, rx, ReloadError::Stopped);
+        self.log_outcome(&result);
         result
     }
 
@@ -143,19 +130,12 @@ impl Handle {
         reload::prepare(path, &running)
     }
 
-    async fn apply(&self, prepared: Prepared) -> Result<u64, ReloadError> {
-        let (cmd, rx) = reload_command(prepared);
-        self.ask(cmd, rx, ReloadError::Stopped).await
-    }
-
-    fn count(&self, result: &Result<u64, ReloadError>) {
+    fn log_outcome(&self, result: &Result<u64, ReloadError>) {
         match result {
             Ok(generation) => {
-                self.0.reloads_succeeded.fetch_add(1, Ordering::Relaxed);
                 info!(generation, "config reloaded");
             }
             Err(e) => {
-                self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "reload refused; the running config stays");
             }
         }
@@ -252,10 +232,10 @@ fn backend_command(
     (cmd, rx)
 }
 
-fn reload_command(prepared: Prepared) -> (Command, Answer<u64, ReloadError>) {
+fn reload_command(prepared: Result<Prepared, ReloadError>) -> (Command, Answer<u64, ReloadError>) {
     let (reply, rx) = oneshot::channel();
     let cmd = Command::Reload {
-        prepared: Box::new(prepared),
+        prepared: prepared.map(Box::new),
         reply,
     };
     (cmd, rx)
