@@ -4,26 +4,29 @@
 //! so nothing on the data path takes a lock or sends a message per connection. Labels are
 //! bounded: listener, pool, backend (`IP:PORT` from the config), side (client or backend),
 //! reason, result — never a client address. A backend or listener that leaves the config leaves the output with it.
+//! The `process_*` families come from `process.rs`, the connect-duration histogram's
+//! buckets from `histogram.rs`.
+
+mod histogram;
+mod process;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::control::{Handle, View};
-use crate::state::{CONNECT_BUCKETS, ConnectFailure, Failure, Side};
+use crate::state::{ConnectFailure, Failure, Side};
 use crate::sys::pipe_pool::{Fallback, Refusal};
 
 /// (name, help, labels, type) of every tollgate metric.
 const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
     (
         "tollgate_build_info",
-        "Build information; always 1.",
-        &["version"],
+        "Build information; always 1. rustc: the compiler's version; commit: the git commit built from (unknown outside a git checkout).",
+        &["version", "rustc", "commit"],
         MetricType::GAUGE,
     ),
     (
@@ -37,6 +40,18 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         "Config reloads by result (success, failure).",
         &["result"],
         MetricType::COUNTER,
+    ),
+    (
+        "tollgate_config_last_reload_successful",
+        "1 when the last reload was applied (or, before any reload, start-up loaded the config); 0 when it was refused and an older config stays in force.",
+        &[],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_config_last_reload_success_timestamp_seconds",
+        "Unix time the config in force was loaded: start-up, or the last successful reload.",
+        &[],
+        MetricType::GAUGE,
     ),
     (
         "tollgate_listener_connections_accepted_total",
@@ -79,6 +94,18 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         "Connections open now.",
         &["listener"],
         MetricType::GAUGE,
+    ),
+    (
+        "tollgate_listener_connections_limit",
+        "The listener's cap on open connections (limits.max_connections).",
+        &["listener"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_listener_full_seconds_total",
+        "Seconds the listener spent at its cap: every slot taken and an accepted client waiting for one, so nothing more was accepted and new clients queued in the kernel. Grows while it lasts.",
+        &["listener"],
+        MetricType::COUNTER,
     ),
     (
         "tollgate_listener_accept_errors_total",
@@ -136,7 +163,7 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
     ),
     (
         "tollgate_backend_connect_duration_seconds",
-        "Time to establish a backend connection.",
+        "Time to establish a backend connection. Buckets reach the largest timeouts.connect of the running config.",
         &["pool"],
         MetricType::HISTOGRAM,
     ),
@@ -173,9 +200,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(control: Handle) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(process::ProcessCollector::for_self()))?;
         let descs = FAMILIES
             .iter()
             .map(|(name, help, labels, _)| {
@@ -269,20 +294,20 @@ impl Collector for TollgateCollector {
 
 impl TollgateCollector {
     fn process(&self, view: &View, out: &mut Samples) {
-        push(
-            out,
-            "tollgate_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1.0,
-        );
+        let build = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("rustc", env!("TOLLGATE_BUILD_RUSTC")),
+            ("commit", env!("TOLLGATE_BUILD_COMMIT")),
+        ];
+        push(out, "tollgate_build_info", &build, 1.0);
         push(
             out,
             "tollgate_config_generation",
             &[],
             view.generation as f64,
         );
-        let (ok, failed) = self.control.reloads();
-        for (result, n) in [("success", ok), ("failure", failed)] {
+        let reloads = view.reloads;
+        for (result, n) in [("success", reloads.succeeded), ("failure", reloads.failed)] {
             push(
                 out,
                 "tollgate_config_reloads_total",
@@ -290,6 +315,18 @@ impl TollgateCollector {
                 n as f64,
             );
         }
+        let ok = if reloads.last_successful { 1.0 } else { 0.0 };
+        push(out, "tollgate_config_last_reload_successful", &[], ok);
+        let at = reloads
+            .last_success_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        push(
+            out,
+            "tollgate_config_last_reload_success_timestamp_seconds",
+            &[],
+            at,
+        );
     }
 }
 
@@ -316,9 +353,14 @@ impl TollgateCollector {
 
 fn listeners(view: &View, out: &mut Samples) {
     let snapshot = &view.snapshot;
+    let now = std::time::Instant::now();
     for (name, spec) in &snapshot.listeners {
         let live = &spec.live;
         let l = [("listener", name.as_ref())];
+        let limit = live.max_connections() as f64;
+        push(out, "tollgate_listener_connections_limit", &l, limit);
+        let full = live.at_cap.full_for(now).as_secs_f64();
+        push(out, "tollgate_listener_full_seconds_total", &l, full);
         for (metric, n) in [
             (
                 "tollgate_listener_connections_accepted_total",
@@ -387,6 +429,7 @@ fn dns(view: &View, out: &mut Samples) {
 }
 
 fn pools(view: &View, out: &mut Samples) {
+    let shown = histogram::connect_buckets_shown(&view.written);
     for (pool_name, pool) in &view.snapshot.pools {
         let pool_label = pool_name.as_ref();
         for bv in view.backends(pool_label) {
@@ -437,29 +480,6 @@ fn pools(view: &View, out: &mut Samples) {
         }
         out.entry("tollgate_backend_connect_duration_seconds")
             .or_default()
-            .push(histogram(pool_label, pool));
+            .push(histogram::connect_duration(pool_label, pool, shown));
     }
-}
-
-fn histogram(pool_label: &str, pool: &crate::state::Pool) -> Metric {
-    let (cumulative, count, sum) = pool.live.connect_duration.read();
-    let mut h = Histogram::default();
-    h.set_sample_count(count);
-    h.set_sample_sum(sum);
-    h.set_bucket(
-        CONNECT_BUCKETS
-            .iter()
-            .zip(cumulative)
-            .map(|(bound, n)| {
-                let mut b = Bucket::default();
-                b.set_upper_bound(*bound);
-                b.set_cumulative_count(n);
-                b
-            })
-            .collect(),
-    );
-    let mut m = Metric::default();
-    m.set_label(labels(&[("pool", pool_label)]));
-    m.set_histogram(h);
-    m
 }

@@ -478,6 +478,44 @@ fn the_status_answer_has_exactly_the_fields_the_openapi_document_describes() {
     server.shutdown();
 }
 
+/// Each counter appears once in the status answer: no object carries both a nested count
+/// (`rejected.acl`) and a flat copy of it (`rejected_acl`).
+#[test]
+fn the_status_answer_carries_each_counter_once() {
+    fn flat_copies(value: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (key, inner) in fields {
+                    if let serde_json::Value::Object(nested) = inner {
+                        found.extend(
+                            nested
+                                .keys()
+                                .map(|sub| format!("{key}_{sub}"))
+                                .filter(|flat| fields.contains_key(flat))
+                                .map(|flat| format!("{path}.{flat}")),
+                        );
+                    }
+                    flat_copies(inner, &format!("{path}.{key}"), found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    flat_copies(item, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin, _) = admin_server(&dir);
+    let status = get(admin, "/api/v1/status").json();
+    assert!(status["listeners"][0]["rejected"]["acl"].is_u64());
+    let mut found = Vec::new();
+    flat_copies(&status, "status", &mut found);
+    assert!(found.is_empty(), "counters served twice: {found:?}");
+    server.shutdown();
+}
+
 fn tollgate_openapi() -> &'static str {
     include_str!("../src/admin/openapi.yaml")
 }

@@ -173,14 +173,7 @@ fn nxdomain_removes_after_the_hold_and_open_connections_finish_byte_exact() {
     assert_unready(admin, "DNS answered no address (nxdomain)");
 
     // The connection opened before the removal drains: 8 MiB through it, byte-exact.
-    let len = 8 << 20;
-    let mut writer = open.try_clone().unwrap();
-    let sender = std::thread::spawn(move || send_pattern(&mut writer, 42, len).unwrap());
-    open.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let (got, digest) = read_digest(&mut open).unwrap();
-    sender.join().unwrap();
-    assert_eq!((got, digest), (len, digest_of(42, len)));
+    echo_exact(&mut open, 42, 8 << 20);
 
     // The name coming back brings the address back.
     dns.set_a("gone.test", 1, &[lo(91)]);

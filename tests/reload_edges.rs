@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -34,20 +34,6 @@ fn served(addr: SocketAddr, byte: u8) -> TcpStream {
     s.write_all(&[byte]).unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).unwrap();
-    s
-}
-
-fn not_served(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"?").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut b = [0u8; 1];
-    let err = s.read_exact(&mut b).unwrap_err();
-    assert!(
-        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        "{err}"
-    );
     s
 }
 

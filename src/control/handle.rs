@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
@@ -28,8 +28,6 @@ pub(super) struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Where reloads read from; `None` for a config built in memory (tests, the demo).
     pub config_path: Option<PathBuf>,
-    pub reloads_succeeded: AtomicU64,
-    pub reloads_failed: AtomicU64,
     pub plane: Arc<DataPlane>,
 }
 
@@ -85,18 +83,11 @@ impl Handle {
         self.0.draining.store(true, Ordering::Release);
     }
 
-    /// Reloads that succeeded and failed so far.
-    pub fn reloads(&self) -> (u64, u64) {
-        (
-            self.0.reloads_succeeded.load(Ordering::Relaxed),
-            self.0.reloads_failed.load(Ordering::Relaxed),
-        )
-    }
-
     /// Reloads the config file this instance was started with (SIGHUP, `POST
     /// /api/v1/reload`): read, validated and bound on a blocking thread, then applied by the
-    /// owner. Logs the outcome once and counts it. The reload runs in a task of its own, so
-    /// a caller that goes away (an admin connection cut) cannot leave it half counted.
+    /// owner, which counts the outcome (a refused file too); logs it once. The reload runs in
+    /// a task of its own, so a caller that goes away (an admin connection cut) cannot leave it
+    /// half counted.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let this = self.clone();
         tokio::spawn(async move { this.reload_now().await })
@@ -110,11 +101,9 @@ impl Handle {
         let prepared = tokio::task::spawn_blocking(move || this.prepare())
             .await
             .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())));
-        let result = match prepared {
-            Ok(p) => self.apply(p).await,
-            Err(e) => Err(e),
-        };
-        self.count(&result);
+        let (cmd, rx) = reload_command(prepared);
+        let result = self.ask(cmd, rx, ReloadError::Stopped).await;
+        log_outcome(&result);
         result
     }
 
@@ -122,11 +111,9 @@ impl Handle {
     /// generation.
     pub fn reload_blocking(&self) -> Result<u64, ReloadError> {
         let _one = self.0.reload_lock.blocking_lock();
-        let result = self.prepare().and_then(|p| {
-            let (cmd, rx) = reload_command(p);
-            self.ask_blocking(cmd, rx, ReloadError::Stopped)
-        });
-        self.count(&result);
+        let (cmd, rx) = reload_command(self.prepare());
+        let result = self.ask_blocking(cmd, rx, ReloadError::Stopped);
+        log_outcome(&result);
         result.map(|r| r.generation)
     }
 
@@ -142,38 +129,6 @@ impl Handle {
             bound: &view.bound,
         };
         reload::prepare(path, &running)
-    }
-
-    async fn apply(&self, prepared: Prepared) -> Result<Reloaded, ReloadError> {
-        let (cmd, rx) = reload_command(prepared);
-        self.ask(cmd, rx, ReloadError::Stopped).await
-    }
-
-    /// Counts a reload and logs its one line: what changed, and (as a warning) the
-    /// overrides that keep a changed value from applying.
-    fn count(&self, result: &Result<Reloaded, ReloadError>) {
-        match result {
-            Ok(r) => {
-                self.0.reloads_succeeded.fetch_add(1, Ordering::Relaxed);
-                let (generation, changes) = (r.generation, r.changes);
-                if r.masked.is_empty() {
-                    info!(generation, changes = changes.to_string(), "config reloaded");
-                } else {
-                    let masked: Vec<String> = r.masked.iter().map(ToString::to_string).collect();
-                    let masked = masked.join("; ");
-                    warn!(
-                        generation,
-                        changes = changes.to_string(),
-                        masked_by_overrides = masked,
-                        "config reloaded"
-                    );
-                }
-            }
-            Err(e) => {
-                self.0.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "reload refused; the running config stays");
-            }
-        }
     }
 
     /// Drains, disables, enables or re-weights one backend. The override lasts while the
@@ -267,11 +222,38 @@ fn backend_command(
     (cmd, rx)
 }
 
-fn reload_command(prepared: Prepared) -> (Command, Answer<Reloaded, ReloadError>) {
+fn reload_command(
+    prepared: Result<Prepared, ReloadError>,
+) -> (Command, Answer<Reloaded, ReloadError>) {
     let (reply, rx) = oneshot::channel();
     let cmd = Command::Reload {
-        prepared: Box::new(prepared),
+        prepared: prepared.map(Box::new),
         reply,
     };
     (cmd, rx)
+}
+
+/// Logs a reload's one line: what changed, and (as a warning) the overrides that keep a
+/// changed value from applying; or why the file was refused.
+fn log_outcome(result: &Result<Reloaded, ReloadError>) {
+    match result {
+        Ok(r) => {
+            let (generation, changes) = (r.generation, r.changes);
+            if r.masked.is_empty() {
+                info!(generation, changes = changes.to_string(), "config reloaded");
+            } else {
+                let masked: Vec<String> = r.masked.iter().map(ToString::to_string).collect();
+                let masked = masked.join("; ");
+                warn!(
+                    generation,
+                    changes = changes.to_string(),
+                    masked_by_overrides = masked,
+                    "config reloaded"
+                );
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "reload refused; the running config stays");
+        }
+    }
 }

@@ -34,7 +34,7 @@ pub use handle::{Handle, Verdict};
 pub use owner::{Channels, Owner};
 pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};
 pub use reloaded::{Changes, Counts, Masked, MaskedBy, Reloaded};
-pub use view::{BackendView, View};
+pub use view::{BackendView, Reloads, View};
 
 use crate::admission::Cidr;
 use crate::reload::{Prepared, ReloadError};
@@ -84,8 +84,10 @@ pub enum Command {
         add: bool,
         reply: Reply<Result<bool, ActionError>>,
     },
+    /// A reload prepared off the owner, or why it could not be: the owner applies the one
+    /// and records the other, so every outcome shows in the view.
     Reload {
-        prepared: Box<Prepared>,
+        prepared: Result<Box<Prepared>, ReloadError>,
         reply: Reply<Result<Reloaded, ReloadError>>,
     },
 }

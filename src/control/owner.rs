@@ -19,7 +19,7 @@ use super::registry::BackendKey;
 use super::reloaded::{self, Changes, Reloaded};
 use super::served::{ReportEffect, Served};
 use super::tasks::{Kind, Tasks};
-use super::view::{DnsView, View};
+use super::view::{DnsView, Reloads, View};
 use crate::admission::{Carried, Shape, SourceTable};
 use crate::config::{self, Config};
 use crate::discovery::{self, Answer, Client, Names};
@@ -81,6 +81,7 @@ pub struct Owner {
     dirty: Dirty,
     view_health: Arc<std::collections::HashMap<BackendKey, crate::health::HealthState>>,
     view_dns: Arc<DnsView>,
+    reloads: Reloads,
     started_at: SystemTime,
 }
 
@@ -111,6 +112,7 @@ impl Owner {
             dns: Arc::default(),
             bound: bound.clone(),
             workers: channels.workers.len(),
+            reloads: Reloads::started(started_at),
             pid: std::process::id(),
             started_at,
         };
@@ -120,8 +122,6 @@ impl Owner {
             commands: commands_tx,
             reload_lock: tokio::sync::Mutex::new(()),
             config_path: path,
-            reloads_succeeded: 0.into(),
-            reloads_failed: 0.into(),
             plane: served.plane().clone(),
         });
         let owner = Owner {
@@ -143,6 +143,7 @@ impl Owner {
             dirty: Dirty::default(),
             view_health: Arc::default(),
             view_dns: Arc::default(),
+            reloads: Reloads::started(started_at),
             started_at,
         };
         (owner, Handle(shared))
@@ -209,7 +210,8 @@ impl Owner {
                 let _ = reply.send(result);
             }
             Command::Reload { prepared, reply } => {
-                let result = self.apply_reload(*prepared);
+                let result = prepared.and_then(|p| self.apply_reload(*p));
+                self.reloads.record(result.is_ok(), SystemTime::now());
                 self.after_event();
                 // A reload answers once all it changed is in force: a limiter it reshaped
                 // too (the owner goes on serving other events meanwhile).
@@ -466,6 +468,7 @@ impl Owner {
             dns: self.view_dns.clone(),
             bound: self.bound.clone(),
             workers: self.workers.len(),
+            reloads: self.reloads,
             pid: std::process::id(),
             started_at: self.started_at,
         };

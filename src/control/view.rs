@@ -28,6 +28,40 @@ pub struct DnsView {
     pub rounds: Vec<((String, &'static str), u64)>,
 }
 
+/// Config loads so far: start-up counts as the first successful one. Kept by the owner,
+/// which applies every reload and hears of every refused one, so these change in the same
+/// view as the generation they produce.
+#[derive(Debug, Clone, Copy)]
+pub struct Reloads {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Whether the last reload (or, before any, start-up) was applied.
+    pub last_successful: bool,
+    /// When the config in force was loaded: start-up or the last successful reload.
+    pub last_success_at: SystemTime,
+}
+
+impl Reloads {
+    pub(super) fn started(at: SystemTime) -> Reloads {
+        Reloads {
+            succeeded: 0,
+            failed: 0,
+            last_successful: true,
+            last_success_at: at,
+        }
+    }
+
+    pub(super) fn record(&mut self, applied: bool, at: SystemTime) {
+        self.last_successful = applied;
+        if applied {
+            self.succeeded += 1;
+            self.last_success_at = at;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
 /// The control state of one instant.
 #[derive(Debug)]
 pub struct View {
@@ -46,6 +80,7 @@ pub struct View {
     /// (listener, configured address) → the address bound.
     pub bound: Arc<BoundMap>,
     pub workers: usize,
+    pub reloads: Reloads,
     pub pid: u32,
     pub started_at: SystemTime,
 }

@@ -2,9 +2,9 @@
 //!
 //! Every worker owns its own `SO_REUSEPORT` socket per bind address, so the kernel spreads
 //! connections across workers and no lock is shared on accept. Each accepted connection takes
-//! a `max_connections` slot (at the cap the loop stops accepting and the kernel queues new
-//! clients), and the loop survives resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) by pausing
-//! with back-off, counts every error and logs at most once a second.
+//! a `max_connections` slot (`slot.rs`; at the cap the loop stops accepting and the kernel
+//! queues new clients), and the loop survives resource exhaustion (EMFILE, ENFILE, ENOBUFS,
+//! ENOMEM) by pausing with back-off, counts every error and logs at most once a second.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,11 +20,11 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{LOG_EVERY_SECS, Reason, Refusal};
 
+use super::slot::{Slot, WaitingAtCap};
 use super::tcp::{self, Admitted};
 use super::throttle::{LogThrottle, SourceLogFilter};
 use super::{DataPlane, Tracker};
-use crate::state::{ListenerLive, ListenerSpec, Snapshot};
-use tokio::sync::OwnedSemaphorePermit;
+use crate::state::{ListenerSpec, Snapshot};
 
 /// Listen backlog; the kernel clamps it to `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -283,6 +283,7 @@ async fn wait_for_slot(
     // A receiver of our own, so that what this wait sees does not hide a change from the
     // accept loop, which refreshes its spec on it.
     let mut versions = versions.clone();
+    let _at_cap = WaitingAtCap::begin(spec);
     loop {
         if let Some(slot) = Slot::try_take(&spec.live) {
             return Some(slot);
@@ -298,41 +299,6 @@ async fn wait_for_slot(
             _ = snapshot_changed(&mut versions) => {
                 current_spec(plane, key)?;
             }
-        }
-    }
-}
-
-/// A `max_connections` slot held by one connection. Dropping it returns the permit — or, when
-/// a reload lowered the cap while it was held, retires it — on every path: a normal end, a
-/// refusal, a cancelled task.
-pub struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    live: Arc<ListenerLive>,
-}
-
-impl Slot {
-    fn new(permit: OwnedSemaphorePermit, live: Arc<ListenerLive>) -> Slot {
-        Slot {
-            permit: Some(permit),
-            live,
-        }
-    }
-
-    fn try_take(live: &Arc<ListenerLive>) -> Option<Slot> {
-        live.slots
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .map(|p| Slot::new(p, live.clone()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take()
-            && self.live.retire()
-        {
-            permit.forget();
         }
     }
 }

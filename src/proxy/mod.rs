@@ -1,4 +1,5 @@
-//! The data plane: listening sockets and accept loops (`listener.rs`), the life of one TCP
+//! The data plane: listening sockets and accept loops (`listener.rs`) and the
+//! `max_connections` slots they hand out (`slot.rs`), the life of one TCP
 //! connection (`tcp.rs`) and moving its bytes (`copy.rs`, one direction at a time in
 //! `pump.rs`, with buffers from `buffers.rs`; a failed leg passed on as a reset in
 //! `abort.rs`), and the failure streaks behind passive health
@@ -13,6 +14,7 @@ pub mod copy;
 pub mod listener;
 mod passive;
 mod pump;
+pub mod slot;
 pub mod tcp;
 pub mod throttle;
 

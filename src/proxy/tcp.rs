@@ -35,7 +35,7 @@ pub struct Admitted {
     pub peer: SocketAddr,
     /// Held until the backend answers, then dropped (see [`Connected`]).
     pub spec: Arc<ListenerSpec>,
-    pub slot: super::listener::Slot,
+    pub slot: super::slot::Slot,
     /// Its place among its source's open connections, when limited per source.
     pub ticket: Option<crate::admission::Ticket>,
     pub guard: TrackerGuard,

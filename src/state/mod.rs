@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod at_cap;
 mod pool;
 
+pub use at_cap::{AtCap, Transition};
 pub use pool::{Algorithm, Backend, BackendStats, ConnectFailure, Pool};
 
 use arc_swap::ArcSwap;
@@ -25,9 +27,15 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::admission::{Policy, Reason};
 
-/// Upper bounds (seconds) of the connect-duration histogram buckets.
-pub const CONNECT_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+/// Upper bounds (seconds) of the connect-duration histogram buckets: steps of 1, 2.5, 5 from
+/// 0.5 ms to 100 000 s, past any connect Linux can make (a SYN is retried at most
+/// `tcp_syn_retries` ≤ 127 times, each wait capped at 120 s: under 4.3 hours). Every
+/// connect is counted against all of them; the exposition shows the bounds up to the
+/// largest configured connect timeout (cumulative counts make any prefix exact), so the
+/// largest bucket shown is never below the timeout.
+pub const CONNECT_BUCKETS: [f64; 26] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
+    50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0,
 ];
 
 /// A fixed-bucket histogram of atomics: observing is a few relaxed adds, no lock.
@@ -42,10 +50,8 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let slot = CONNECT_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(CONNECT_BUCKETS.len());
+        // The first bound at or above `secs`; past the last, the +Inf slot.
+        let slot = CONNECT_BUCKETS.partition_point(|b| *b < secs);
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -134,6 +140,8 @@ pub struct ListenerLive {
     pub rejected_source_table_full: AtomicU64,
     /// Permits for `limits.max_connections`: each accepted connection holds one.
     pub slots: Arc<Semaphore>,
+    /// Time spent with every slot taken and a client waiting for one.
+    pub at_cap: AtCap,
     max: AtomicUsize,
     /// Permits still to retire after the cap was lowered while they were in use.
     debt: AtomicUsize,
@@ -153,6 +161,7 @@ impl ListenerLive {
             rejected_source_limit: AtomicU64::new(0),
             rejected_source_table_full: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(max)),
+            at_cap: AtCap::default(),
             max: AtomicUsize::new(max),
             debt: AtomicUsize::new(0),
         }
@@ -326,12 +335,15 @@ mod tests {
         let h = Histogram::default();
         h.observe(Duration::from_micros(300));
         h.observe(Duration::from_millis(20));
-        h.observe(Duration::from_secs(10));
+        h.observe(Duration::from_secs(3));
+        h.observe(Duration::from_secs(200_000));
         let (buckets, count, sum) = h.read();
-        assert_eq!(count, 3);
+        assert_eq!(count, 4);
         assert_eq!(buckets[0], 1);
         assert_eq!(buckets[5], 2); // ≤ 25 ms
-        assert_eq!(*buckets.last().unwrap(), 2, "10 s is only in +Inf");
-        assert!((sum - 10.0203).abs() < 1e-6);
+        assert_eq!(buckets[11], 2, "3 s is above 2.5 s");
+        assert_eq!(buckets[12], 3, "and within 5 s");
+        assert_eq!(*buckets.last().unwrap(), 3, "200 000 s is only in +Inf");
+        assert!((sum - 200_003.020_3).abs() < 1e-6);
     }
 }

@@ -2,8 +2,9 @@
 //! calls that std, tokio and socket2 do not expose safely — `splice(2)` and pipes
 //! (`pipe.rs`; `pipe_pool.rs` lends them out, safe code), what a socket's send queue holds
 //! (`socket.rs`), the open-file limit (`rlimit.rs`), descriptors held in reserve for when it
-//! is reached (`reserve.rs`), and signal masks (`signals.rs`; with `early.rs`, which only the
-//! binary compiles). `unsafe_code` is denied everywhere else by the crate's lints.
+//! is reached (`reserve.rs`), the process's CPU time (`usage.rs`), and signal masks
+//! (`signals.rs`; with `early.rs`, which only the binary compiles). `unsafe_code` is denied
+//! everywhere else by the crate's lints.
 //!
 //! Every function here takes and returns owned or borrowed file descriptors (`OwnedFd`,
 //! `BorrowedFd`), never raw integers, and every `unsafe` block carries a `SAFETY:` comment.
@@ -17,6 +18,7 @@ pub mod reserve;
 pub mod rlimit;
 pub mod signals;
 pub mod socket;
+pub mod usage;
 
 pub use pipe::{Pipe, PipeError};
 pub use pipe_pool::{PipePool, PipeStats, PooledPipe};

@@ -208,6 +208,40 @@ pub fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Sends `len` pattern bytes of `seed` on `s` (to an echo backend) from a second thread while
+/// reading them back; panics unless every byte returns, in order.
+pub fn echo_exact(s: &mut TcpStream, seed: u64, len: u64) {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sending = std::thread::spawn(move || send_pattern(&mut writer, seed, len));
+    let (got, digest) = read_digest(s).unwrap();
+    sending.join().unwrap().unwrap();
+    assert_eq!(
+        (got, digest),
+        (len, digest_of(seed, len)),
+        "echoed byte-exact"
+    );
+}
+
+/// Connects to `addr` and sends one byte `?` that is not answered within 300 ms: the proxy
+/// holds the client without serving it (at a cap, say). Returns the connection.
+pub fn not_served(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"?").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let err = s.read_exact(&mut b).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+        "the client is not served: {err}"
+    );
+    s
+}
+
 /// Connects to `addr`, sends `msg` and reads back exactly as many bytes.
 pub fn round_trip(addr: SocketAddr, msg: &[u8]) -> io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
