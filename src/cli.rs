@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_CONFIG: &str = "/etc/tollgate/tollgate.yaml";
+pub const DEFAULT_CONFIG: &str = crate::config::DEFAULT_PATH;
 
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "A layer-4 (TCP) load balancer")]
