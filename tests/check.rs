@@ -281,6 +281,48 @@ fn an_unknown_pool_names_the_pools_that_exist() {
     );
 }
 
+/// `--log-level` takes what `TOLLGATE_LOG` takes — levels and `target=level` directives —
+/// and anything else is bad usage (64) with the list, not a filter that hides every line.
+#[test]
+fn log_level_accepts_only_levels_and_directives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let run = |level: &str, env: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["--log-level", level, "check", "-c"]).arg(&path);
+        match env {
+            Some(v) => cmd.env("TOLLGATE_LOG", v),
+            None => cmd.env_remove("TOLLGATE_LOG"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for good in ["error", "off", "TRACE", "tollgate=debug,warn"] {
+        let (code, stderr) = run(good, None);
+        assert_eq!(code, Some(0), "--log-level {good}: {stderr}");
+    }
+    for bad in ["verbose", "tollgate=loud", ""] {
+        let (code, stderr) = run(bad, None);
+        assert_eq!(code, Some(64), "--log-level {bad:?}: {stderr}");
+        assert!(
+            stderr.contains("--log-level")
+                && stderr.contains("error, warn, info, debug, trace, off"),
+            "--log-level {bad:?}: {stderr}"
+        );
+    }
+    let (code, stderr) = run("info", Some("verbose"));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.starts_with("tollgate: TOLLGATE_LOG `verbose`: `verbose` is not a level")
+            && stderr.contains("error, warn, info, debug, trace, off"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_usage_exits_64() {
     let out = Command::new(bin()).arg("frobnicate").output().unwrap();

@@ -60,6 +60,40 @@ fn a_bind_that_fails_fails_the_start_with_the_address() {
     );
 }
 
+/// The error that ends the process is printed whatever the log filter lets through: with
+/// logging off, or a filter that names only another target.
+#[test]
+fn a_fatal_error_is_printed_whatever_the_log_level() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let yaml = format!(
+        "listeners:\n  busy:\n    bind: \"{addr}\"\n    pool: back\npools:\n  back:\n    backends:\n      - address: \"127.0.0.1:9\"\n"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    for (flag, env) in [
+        ("off", None),
+        ("error", None),
+        ("info", Some("hyper=debug")),
+    ] {
+        let mut cmd = std::process::Command::new(binary::bin());
+        cmd.args(["--log-level", flag, "run", "-c"]).arg(&path);
+        match env {
+            Some(v) => cmd.env("TOLLGATE_LOG", v),
+            None => cmd.env_remove("TOLLGATE_LOG"),
+        };
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("listener busy: cannot bind {addr}"))
+                && stderr.contains("is another process using it?"),
+            "{flag} {env:?}: nothing said why:\n{stderr}"
+        );
+    }
+}
+
 /// The error of a start that must fail (for example, a port that is already taken).
 fn start_error(yaml: &str) -> String {
     let config = tollgate::config::load_str(yaml, "t.yaml").unwrap();
