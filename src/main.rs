@@ -48,6 +48,10 @@ fn main() -> ExitCode {
             Ok(cfg) => {
                 println!("{}: ok", config.display());
                 print!("{}", cfg.summary());
+                // Not an error: `check` may run as another user than the service will.
+                for warning in tollgate::privileged_ports::check_warnings(&cfg) {
+                    eprintln!("{}: {warning}", config.display());
+                }
                 if diff {
                     print_diff(&cfg, admin);
                 }

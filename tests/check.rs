@@ -323,6 +323,37 @@ fn log_level_accepts_only_levels_and_directives() {
     );
 }
 
+/// `check` may run as another user than the service; a port below 1024 that this user could
+/// not bind is a warning (exit 0), naming the capability and the systemd setting.
+#[test]
+fn check_warns_when_this_user_could_not_bind_a_privileged_port() {
+    let (_dir, path) =
+        common::netns::config_for_nobody(&GOOD.replace("127.0.0.1:8080", "127.0.0.1:81"));
+    let path_str = path.to_str().unwrap();
+    let out = common::netns::run_as_nobody(&["check", "-c", path_str]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{path_str}: listeners.web.bind: warning: 127.0.0.1:81 is below port 1024, and this process (uid 65534) lacks CAP_NET_BIND_SERVICE")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"),
+        "{stderr}"
+    );
+    // Root (these tests' user) has the capability: no warning.
+    let out = Command::new(bin())
+        .args(["check", "-c", path_str])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn bad_usage_exits_64() {
     let out = Command::new(bin()).arg("frobnicate").output().unwrap();
