@@ -1,6 +1,7 @@
-//! Configuration: the YAML file (`file.rs`, a serde mirror) turned into a typed, validated
+//! Configuration: the YAML file read into a tree of positioned nodes (`parse.rs`, `node.rs`),
+//! walked into its mirror (`walk.rs`, `file.rs`) and turned into a typed, validated
 //! [`Config`] (`validate.rs`, `types.rs`), with every problem reported at once as
-//! `PATH:LINE:COLUMN: key.path: message`.
+//! `PATH:LINE:COLUMN: key.path: message` (`PATH: message` when it has no place).
 //!
 //! This module owns parsing and validation only. It never binds a socket or touches the data
 //! plane; `app.rs` turns a `Config` into the runtime state the workers read.

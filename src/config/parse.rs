@@ -45,7 +45,10 @@ pub fn parse_yaml(text: &str, label: &str) -> Result<Located, ConfigErrors> {
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
         let mut message = clean_message(&e.without_snippet().to_string());
-        let (line, column) = if message.contains("tab") {
+        let about_a_tab = message
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .any(|word| word == "tab" || word == "tabs");
+        let (line, column) = if about_a_tab {
             message.push_str("; YAML indents with spaces, never tabs");
             indenting_tab(text, line).unwrap_or((line, column))
         } else {

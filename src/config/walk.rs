@@ -159,13 +159,14 @@ impl<'t> Walk<'t> {
             key: key.to_owned(),
             entries: Vec::new(),
         };
+        let mut meant = Vec::new();
         for (k, v) in entries {
             let Some(name) = self.key_name(k, key) else {
                 continue;
             };
             let path = join(key, &name);
             if !known.contains(&name.as_str()) {
-                self.unknown_key(k, &path, &name, known, key);
+                meant.extend(self.unknown_key(k, &path, &name, known));
             } else if let Some((_, first, _)) = found.entries.iter().find(|(n, _, _)| *n == name) {
                 let message = duplicate(&name, first);
                 self.error(k, &path, message);
@@ -173,19 +174,33 @@ impl<'t> Walk<'t> {
                 found.entries.push((name, k, v));
             }
         }
+        // A misspelt key leaves the one meant missing, unless the mapping has it too.
+        for m in meant {
+            if !found.entries.iter().any(|(n, _, _)| n == m) {
+                self.masks.push(Mask::Meant(join(key, m)));
+            }
+        }
         Some(found)
     }
 
-    fn unknown_key(&mut self, k: &Located, path: &str, name: &str, known: &[&str], at: &str) {
+    /// Reports an unknown key; returns the known key it was probably meant to be.
+    fn unknown_key<'k>(
+        &mut self,
+        k: &Located,
+        path: &str,
+        name: &str,
+        known: &[&'k str],
+    ) -> Option<&'k str> {
         let valid = suggest::list(known);
-        let message = match suggest::closest(name, known) {
+        let meant = suggest::closest(name, known);
+        let message = match meant {
             Some(meant) => {
-                self.masks.push(Mask::Meant(join(at, meant)));
                 format!("unknown field `{name}`; did you mean `{meant}`? (valid keys: {valid})")
             }
             None => format!("unknown field `{name}` (valid keys: {valid})"),
         };
         self.error(k, path, message);
+        meant
     }
 
     fn refused(&mut self, key: &str, named: bool, entry: bool) {

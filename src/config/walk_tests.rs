@@ -139,3 +139,21 @@ fn a_refused_top_level_setting_masks_only_itself() {
     assert!(w.masks("anything"));
     assert!(w.masks("listeners.web.pool"));
 }
+
+#[test]
+fn a_misspelt_key_hides_only_what_its_absence_causes() {
+    // `pol` for `pool`: "a pool is required" would be no news.
+    let e = errors(&format!(
+        "listeners:\n  web:\n    bind: 127.0.0.1:80\n    pol: web\n{POOL}"
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    // With `pool` there as well, its own error still counts.
+    let e = errors(&format!(
+        "listeners:\n  web:\n    bind: 127.0.0.1:80\n    pol: web\n    pool: nope\n{POOL}"
+    ));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[1].starts_with("t.yaml:5:11: listeners.web.pool: no pool named `nope`"),
+        "{e:#?}"
+    );
+}
