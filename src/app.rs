@@ -109,10 +109,10 @@ impl Server {
         warn_if_caps_exceed(config, fd_limit.soft);
         let (bound, sockets) = bind_all(config, workers)?;
         let admin = match &config.admin {
-            Some(a) => Some(
-                crate::admin::bind(a.bind)
-                    .with_context(|| format!("admin: cannot bind {}", a.bind))?,
-            ),
+            Some(a) => Some(crate::admin::bind(a.bind).map_err(|e| {
+                let why = crate::privileged_ports::bind_failure(a.bind, &e);
+                anyhow::anyhow!("admin: {why}")
+            })?),
             None => None,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -239,11 +239,9 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
     let mut sockets: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         for want in &l.bind {
-            let (actual, group) = bind_group(*want, workers, true).with_context(|| {
-                format!(
-                    "listener {}: cannot bind {want} (is another process using it?)",
-                    l.name
-                )
+            let (actual, group) = bind_group(*want, workers, true).map_err(|e| {
+                let why = crate::privileged_ports::bind_failure(*want, &e);
+                anyhow::anyhow!("listener {}: {why}", l.name)
             })?;
             let key = BindKey::new(&l.name, *want);
             for (worker, socket) in sockets.iter_mut().zip(group) {

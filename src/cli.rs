@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_CONFIG: &str = "/etc/tollgate/tollgate.yaml";
+pub const DEFAULT_CONFIG: &str = crate::config::DEFAULT_PATH;
 
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "A layer-4 (TCP) load balancer")]
@@ -12,9 +12,9 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Log level (error, warn, info, debug, trace); TOLLGATE_LOG, an EnvFilter directive,
-    /// takes precedence when set.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log level (error, warn, info, debug, trace, off) or TARGET=LEVEL directives such as
+    /// `tollgate=debug,warn`; TOLLGATE_LOG, the same, takes precedence when set.
+    #[arg(long, global = true, default_value = "info", value_parser = crate::logging::level_arg)]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,

@@ -16,8 +16,9 @@
 //! - `app` supervises both (start, signals, drain, a control plane that dies ends the process).
 //!
 //! `config` parses and validates YAML and never touches sockets; the data plane never
-//! imports `config`, `control` or `app`. `demo` is used only by `tollgate demo`. The only
-//! `unsafe` code is in `sys`.
+//! imports `config`, `control` or `app`. `demo` is used only by `tollgate demo`;
+//! `privileged_ports` words bind failures and `check`'s warnings about ports below 1024. The
+//! only `unsafe` code is in `sys`.
 
 pub mod admin;
 pub mod admission;
@@ -34,6 +35,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod privileged_ports;
 pub mod proxy;
 pub mod reload;
 pub mod run;

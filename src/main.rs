@@ -48,6 +48,10 @@ fn main() -> ExitCode {
             Ok(cfg) => {
                 println!("{}: ok", config.display());
                 print!("{}", cfg.summary());
+                // Not an error: `check` may run as another user than the service will.
+                for warning in tollgate::privileged_ports::check_warnings(&cfg) {
+                    eprintln!("{}: {warning}", config.display());
+                }
                 if diff {
                     print_diff(&cfg, admin);
                 }
@@ -65,7 +69,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
             Err(run::RunError::Failed(e)) => {
-                tracing::error!("{e:#}");
+                fatal(&e);
                 ExitCode::FAILURE
             }
         },
@@ -106,8 +110,18 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            fatal(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error that ends the process reaches the operator whatever the log filter: as a log
+/// line when the filter lets it through (in the chosen format), else straight on stderr.
+fn fatal(e: &anyhow::Error) {
+    if tracing::event_enabled!(tracing::Level::ERROR) {
+        tracing::error!("{e:#}");
+    } else {
+        eprintln!("tollgate: error: {e:#}");
     }
 }

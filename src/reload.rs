@@ -41,7 +41,7 @@ pub enum ReloadError {
     Stopped,
     #[error("the reload failed unexpectedly: {0}")]
     Failed(String),
-    #[error("listener {listener}: cannot bind {addr}: {source}")]
+    #[error("listener {listener}: {}", crate::privileged_ports::bind_failure(*.addr, .source))]
     Bind {
         listener: String,
         addr: SocketAddr,

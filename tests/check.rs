@@ -127,7 +127,7 @@ fn duplicate_key() {
 fn wrong_type() {
     rejected(
         &format!("{GOOD}workers: [1, 2]\n"),
-        "t.yaml:9:1: workers:",
+        "t.yaml:9:10: workers:",
         "invalid type",
     );
 }
@@ -252,14 +252,148 @@ fn dns_backends_and_the_resolver_are_checked_without_asking_dns() {
     );
 }
 
+/// A file that cannot be read has no line or column to point at (no made-up `:0:0:`), and
+/// the usual cause is the path: the message says where it comes from.
 #[test]
-fn a_missing_file_is_a_config_error() {
+fn a_missing_file_is_a_config_error_that_names_the_path_and_where_it_comes_from() {
     let out = Command::new(bin())
         .args(["check", "-c", "/nonexistent/tollgate.yaml"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "/nonexistent/tollgate.yaml: cannot read: No such file or directory (os error 2); \
+         the config file is named with -c PATH (default /etc/tollgate/tollgate.yaml)"
+    );
+}
+
+/// Unknown keys, wrong types and bad values of one file, all in one run, each on its own
+/// line with its place and key path: four typos are four lines, not four runs.
+#[test]
+fn every_error_of_a_file_is_reported_in_one_run() {
+    let yaml = "workers: [2]\nlisteners:\n  web:\n    bindd: \"127.0.0.1:8080\"\n    pool: web\n    timout: { idle: 5m }\n    limits: { max_connections: lots }\npools:\n  web:\n    balanse: least_connections\n    backends:\n      - address: \"127.0.0.1:9001\"\n        wieght: 2\n      - address: \"127.0.0.1:99999\"\n";
+    let (out, stderr, _) = check(yaml);
+    assert_eq!(out.status.code(), Some(78));
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        "t.yaml:1:10: workers: invalid type: a sequence, expected `auto` or a number of worker threads",
+        "t.yaml:4:5: listeners.web.bindd: unknown field `bindd`; did you mean `bind`? (valid keys: `protocol`, `bind`, `pool`, `sni`, `proxy_protocol`, `access`, `limits`, `timeouts`, `udp`)",
+        "t.yaml:6:5: listeners.web.timout: unknown field `timout`; did you mean `timeouts`?",
+        "t.yaml:7:32: listeners.web.limits.max_connections: invalid type: the string \"lots\", expected a whole number",
+        "t.yaml:10:5: pools.web.balanse: unknown field `balanse`; did you mean `balance`?",
+        "t.yaml:13:9: pools.web.backends[0].wieght: unknown field `wieght`; did you mean `weight`?",
+        "t.yaml:14:18: pools.web.backends[1].address: `127.0.0.1:99999`: port 99999 is out of range",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert!(line.starts_with(want), "expected {want:?}, got:\n{stderr}");
+    }
+}
+
+/// A tab in the indentation is a YAML error; it is reported at the tab, under the key the
+/// author meant (what an editor shows), and says what to do.
+#[test]
+fn a_tab_is_reported_at_its_place_and_key() {
+    rejected(
+        &GOOD.replace("    bind:", "\tbind:"),
+        "t.yaml:3:1: listeners.web.bind: ",
+        "YAML indents with spaces, never tabs",
+    );
+    rejected(
+        &GOOD.replace("    pool: web\n", "\tpool: web\n"),
+        "t.yaml:4:1: listeners.web.pool: ",
+        "tab",
+    );
+}
+
+#[test]
+fn an_unknown_pool_names_the_pools_that_exist() {
+    let two = format!("{GOOD}  api:\n    backends:\n      - address: \"127.0.0.1:9002\"\n");
+    rejected(
+        &two.replace("pool: web", "pool: wbe"),
+        "t.yaml:4:11: listeners.web.pool: no pool named `wbe` is defined; did you mean `web`? (the pools: `api`, `web`)",
+        "wbe",
+    );
+    rejected(
+        &two.replace("pool: web", "pool: images"),
+        "t.yaml:4:11: listeners.web.pool: no pool named `images` is defined (the pools: `api`, `web`)",
+        "images",
+    );
+}
+
+/// `--log-level` takes what `TOLLGATE_LOG` takes — levels and `target=level` directives —
+/// and anything else is bad usage (64) with the list, not a filter that hides every line.
+#[test]
+fn log_level_accepts_only_levels_and_directives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let run = |level: &str, env: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["--log-level", level, "check", "-c"]).arg(&path);
+        match env {
+            Some(v) => cmd.env("TOLLGATE_LOG", v),
+            None => cmd.env_remove("TOLLGATE_LOG"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for good in ["error", "off", "TRACE", "tollgate=debug,warn"] {
+        let (code, stderr) = run(good, None);
+        assert_eq!(code, Some(0), "--log-level {good}: {stderr}");
+    }
+    for bad in ["verbose", "tollgate=loud", ""] {
+        let (code, stderr) = run(bad, None);
+        assert_eq!(code, Some(64), "--log-level {bad:?}: {stderr}");
+        assert!(
+            stderr.contains("--log-level")
+                && stderr.contains("error, warn, info, debug, trace, off"),
+            "--log-level {bad:?}: {stderr}"
+        );
+    }
+    let (code, stderr) = run("info", Some("verbose"));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.starts_with("tollgate: TOLLGATE_LOG `verbose`: `verbose` is not a level")
+            && stderr.contains("error, warn, info, debug, trace, off"),
+        "{stderr}"
+    );
+}
+
+/// `check` may run as another user than the service; a port below 1024 that this user could
+/// not bind is a warning (exit 0), naming the capability and the systemd setting.
+#[test]
+fn check_warns_when_this_user_could_not_bind_a_privileged_port() {
+    let (_dir, path) =
+        common::netns::config_for_nobody(&GOOD.replace("127.0.0.1:8080", "127.0.0.1:81"));
+    let path_str = path.to_str().unwrap();
+    let out = common::netns::run_as_nobody(&["check", "-c", path_str]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{path_str}: listeners.web.bind: warning: 127.0.0.1:81 is below port 1024, and this process (uid 65534) lacks CAP_NET_BIND_SERVICE")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"),
+        "{stderr}"
+    );
+    // Root (these tests' user) has the capability: no warning.
+    let out = Command::new(bin())
+        .args(["check", "-c", path_str])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -396,4 +530,35 @@ fn admin_allowed_hosts_are_checked_and_summarised() {
         "t.yaml:3:40: admin.allowed_hosts[1]:",
         "not a host or host:port",
     );
+}
+
+/// The README's example of a bad file and what `check` prints for it are the real thing.
+#[test]
+fn the_readme_error_example_is_what_check_prints() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block_after = |opening: &str| {
+        let start = readme
+            .find(opening)
+            .unwrap_or_else(|| panic!("no {opening:?}"))
+            + opening.len();
+        let end = start + readme[start..].find("```").unwrap();
+        readme[start..end].to_owned()
+    };
+    let yaml = block_after("```yaml\n# bad.yaml\n");
+    let shown = block_after("```text\n$ tollgate check -c bad.yaml\n");
+    let expected: String = shown
+        .lines()
+        .take_while(|l| !l.starts_with("$ "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "-c", "bad.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), expected);
 }

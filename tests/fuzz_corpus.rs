@@ -4,7 +4,7 @@
 //!
 //! For every file: no panic, an answer within [`TIME_LIMIT`] (an alias bomb or a quadratic
 //! blow-up shows up as a timeout), and, for an `Err`, a non-empty message whose every line
-//! reads `LABEL:LINE:COLUMN: ...`. Files that are not UTF-8 go in through
+//! reads `LABEL:LINE:COLUMN: ...` (or `LABEL: ...` for a problem of the whole file). Files that are not UTF-8 go in through
 //! `String::from_utf8_lossy`.
 //!
 //! The file name also says what the loader must answer, so the corpus doubles as a spec check:
@@ -129,16 +129,21 @@ fn load(text: String, label: String) -> Result<Answer, String> {
     }
 }
 
-/// `LABEL:LINE:COLUMN: message` with numeric LINE and COLUMN and a non-empty message.
+/// `LABEL:LINE:COLUMN: message` with LINE and COLUMN counted from 1 and a non-empty message,
+/// or `LABEL: message` for a problem of the whole file (never a made-up `LABEL:0:0:`).
 fn well_formed_line(line: &str, label: &str) -> bool {
     let Some(rest) = line.strip_prefix(label).and_then(|r| r.strip_prefix(':')) else {
         return false;
     };
+    if let Some(message) = rest.strip_prefix(' ') {
+        return !message.trim().is_empty();
+    }
     let mut parts = rest.splitn(3, ':');
     let (Some(l), Some(c), Some(message)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let number =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse() != Ok(0u64);
     number(l) && number(c) && message.starts_with(' ') && !message.trim().is_empty()
 }
 
@@ -172,7 +177,11 @@ fn check(name: &str, answer: &Answer) -> Vec<String> {
         problems.push(format!("an Err with an empty message: {shown:?}"));
     }
     for (line, column, text) in each {
-        if !text.starts_with(&format!("{name}:{line}:{column}: ")) {
+        let place = match line {
+            0 => format!("{name}: "),
+            _ => format!("{name}:{line}:{column}: "),
+        };
+        if !text.starts_with(&place) {
             problems.push(format!("an error without its place: {text:?}"));
         }
     }
@@ -289,7 +298,12 @@ fn line_format_check_rejects_malformed_lines() {
         "a.yaml:3:5: listeners.web: oops",
         "a.yaml"
     ));
-    assert!(well_formed_line("a.yaml:0:0: cannot read", "a.yaml"));
+    assert!(well_formed_line(
+        "a.yaml: listeners: at least one",
+        "a.yaml"
+    ));
+    assert!(!well_formed_line("a.yaml:0:0: cannot read", "a.yaml"));
+    assert!(!well_formed_line("a.yaml: ", "a.yaml"));
     assert!(!well_formed_line("a.yaml:3:5:", "a.yaml"));
     assert!(!well_formed_line("a.yaml:3: oops", "a.yaml"));
     assert!(!well_formed_line("a.yaml:x:5: oops", "a.yaml"));

@@ -55,9 +55,62 @@ fn a_bind_that_fails_fails_the_start_with_the_address() {
     );
     let err = start_error(&yaml);
     assert!(
-        err.contains(&addr.to_string()) && err.contains("busy"),
+        err.contains(&addr.to_string())
+            && err.contains("busy")
+            && err.ends_with("is another process using it?"),
         "{err}"
     );
+}
+
+/// A port below 1024 refused to a user without `CAP_NET_BIND_SERVICE` says so, and how to
+/// grant it under systemd: "is another process using it?" would send the operator astray.
+#[test]
+fn a_privileged_port_refused_for_want_of_the_capability_says_so() {
+    let yaml = "listeners:\n  web:\n    bind: \"127.0.0.1:81\"\n    pool: back\npools:\n  back:\n    backends:\n      - address: \"127.0.0.1:9\"\n";
+    let (_dir, path) = netns::config_for_nobody(yaml);
+    let out = netns::run_as_nobody(&["run", "-c", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("listener web: cannot bind 127.0.0.1:81: Permission denied (os error 13): ports below 1024 need the CAP_NET_BIND_SERVICE capability")
+            && stderr.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE")
+            && !stderr.contains("another process"),
+        "{stderr}"
+    );
+}
+
+/// The error that ends the process is printed whatever the log filter lets through: with
+/// logging off, or a filter that names only another target.
+#[test]
+fn a_fatal_error_is_printed_whatever_the_log_level() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let yaml = format!(
+        "listeners:\n  busy:\n    bind: \"{addr}\"\n    pool: back\npools:\n  back:\n    backends:\n      - address: \"127.0.0.1:9\"\n"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    for (flag, env) in [
+        ("off", None),
+        ("error", None),
+        ("info", Some("hyper=debug")),
+    ] {
+        let mut cmd = std::process::Command::new(binary::bin());
+        cmd.args(["--log-level", flag, "run", "-c"]).arg(&path);
+        match env {
+            Some(v) => cmd.env("TOLLGATE_LOG", v),
+            None => cmd.env_remove("TOLLGATE_LOG"),
+        };
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("listener busy: cannot bind {addr}"))
+                && stderr.contains("is another process using it?"),
+            "{flag} {env:?}: nothing said why:\n{stderr}"
+        );
+    }
 }
 
 /// The error of a start that must fail (for example, a port that is already taken).

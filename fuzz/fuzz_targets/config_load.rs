@@ -1,7 +1,8 @@
 //! Fuzzes the config loader, `tollgate::config::load_str`: YAML parsing with serde-saphyr
 //! under its budgets (alias bombs, deep nesting, node floods), then validation of every
 //! section of the schema. For any input it must return, quickly and without panicking, either
-//! a `Config` or `ConfigErrors` whose every entry reads `LABEL:LINE:COLUMN: ...`.
+//! a `Config` or `ConfigErrors` whose every entry reads `LABEL:LINE:COLUMN: ...` (or
+//! `LABEL: ...` for a problem of the whole file).
 //!
 //! Run from the repository root (cargo-fuzz needs nightly features; `RUSTC_BOOTSTRAP=1` lets
 //! the stable toolchain provide them):
@@ -39,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
         let shown = errors.to_string();
         assert!(!shown.is_empty(), "an Err with no message");
         for e in errors.iter() {
-            let prefix = format!("{LABEL}:{}:{}: ", e.line, e.column);
+            // A problem of the whole file has no place: `LABEL: message`.
+            let prefix = match e.line {
+                0 => format!("{LABEL}: "),
+                line => format!("{LABEL}:{line}:{}: ", e.column),
+            };
             assert!(
                 e.to_string().starts_with(&prefix),
                 "an error without its place: {e}"

@@ -1,20 +1,49 @@
-//! The serde mirror of the YAML file: every key of DESIGN.md §3.3, nothing interpreted.
+//! The mirror of the YAML file: every key of DESIGN.md §3.3, nothing interpreted.
 //!
-//! Each struct denies unknown fields and the loader rejects duplicate keys, so a typo is an
-//! error with a line and column, never a silently ignored setting. Values that `validate.rs`
-//! must check are kept as `Spanned<...>` so its errors can point at them. Nothing here
-//! decides what a value means.
+//! Each struct lists its keys (`record!`), and `walk.rs` reports every other key, every
+//! repeated one and every value of the wrong type, so a typo is an error with a line and
+//! column, never a silently ignored setting. Values that `validate.rs` must check are kept
+//! as `Spanned<...>` so its errors can point at them. Nothing here decides what a value
+//! means.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
+
+use super::node::{Located, Node};
+use super::walk::{FromNode, Walk};
 
 pub type S<T> = Spanned<T>;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The tree's top mapping as a [`FileConfig`]; an empty file is an empty mapping.
+pub(super) fn file_config(root: &Located, w: &mut Walk) -> FileConfig {
+    if matches!(root.value, Node::Null) {
+        return FileConfig::default();
+    }
+    FileConfig::from_node(root, w, "").unwrap_or_default()
+}
+
+/// `FromNode` for a struct of optional settings: the YAML key of each field is its name,
+/// or the string given after `=` (`kind = "type"`).
+macro_rules! record {
+    ($ty:ident { $($field:ident $(= $name:literal)?),* $(,)? }) => {
+        impl FromNode for $ty {
+            const EXPECTED: &'static str = "a mapping";
+            fn from_node(node: &Located, w: &mut Walk, key: &str) -> Option<Self> {
+                const KEYS: &[&str] = &[$(record!(@key $field $($name)?)),*];
+                let found = w.settings(node, key, KEYS)?;
+                Some($ty { $($field: found.get(w, record!(@key $field $($name)?))),* })
+            }
+            fn placeholder(_node: &Located) -> Option<Self> {
+                Some($ty::default())
+            }
+        }
+    };
+    (@key $field:ident $name:literal) => { $name };
+    (@key $field:ident) => { stringify!($field) };
+}
+
+#[derive(Debug, Default)]
 pub struct FileConfig {
     pub workers: Option<S<Workers>>,
     pub forwarding: Option<S<String>>,
@@ -32,43 +61,22 @@ pub enum Workers {
     Count(u64),
 }
 
-impl<'de> Deserialize<'de> for Workers {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Workers;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("`auto` or a number of worker threads")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Workers, E> {
-                Ok(Workers::Count(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Workers, E> {
-                u64::try_from(v)
-                    .map(Workers::Count)
-                    .map_err(|_| E::custom("workers must be `auto` or a positive number"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
-                match v {
-                    "auto" => Ok(Workers::Auto),
-                    _ => Err(E::custom("workers must be `auto` or a positive number")),
-                }
-            }
-        }
-        d.deserialize_any(V)
+impl FromNode for Workers {
+    const EXPECTED: &'static str = "`auto` or a number of worker threads";
+    fn from_node(node: &Located, w: &mut Walk, key: &str) -> Option<Self> {
+        let n = w.number_or(node, key, "auto", Self::EXPECTED)?;
+        Some(n.map_or(Workers::Auto, Workers::Count))
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct AdminFile {
     pub bind: Option<S<String>>,
     pub token_file: Option<S<String>>,
     pub allowed_hosts: Option<Vec<S<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct ResolverFile {
     pub nameservers: Option<Vec<S<String>>>,
     pub min_ttl: Option<S<String>>,
@@ -77,14 +85,12 @@ pub struct ResolverFile {
     pub timeout: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct ShutdownFile {
     pub drain_timeout: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct ListenerFile {
     pub protocol: Option<S<String>>,
     pub bind: Option<S<Bind>>,
@@ -104,68 +110,52 @@ pub enum Bind {
     Many(Vec<S<String>>),
 }
 
-impl<'de> Deserialize<'de> for Bind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Bind;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an address like \"0.0.0.0:80\" or a list of them")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Bind, E> {
-                Ok(Bind::One(v.to_owned()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bind, A::Error> {
-                let mut all = Vec::new();
-                while let Some(item) = seq.next_element::<S<String>>()? {
-                    all.push(item);
-                }
-                Ok(Bind::Many(all))
-            }
+impl FromNode for Bind {
+    const EXPECTED: &'static str = "an address like \"0.0.0.0:80\" or a list of them";
+    fn from_node(node: &Located, w: &mut Walk, key: &str) -> Option<Self> {
+        if matches!(node.value, Node::Seq(_)) {
+            return Vec::from_node(node, w, key).map(Bind::Many);
         }
-        d.deserialize_any(V)
+        if let Some(one) = w.scalar_text(node) {
+            return Some(Bind::One(one));
+        }
+        w.wrong_type(node, key, Self::EXPECTED);
+        None
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct SniFile {
     pub routes: Option<Vec<SniRouteFile>>,
     pub default_pool: Option<S<String>>,
     pub peek_timeout: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct SniRouteFile {
-    #[serde(rename = "match")]
-    pub matches: Vec<S<String>>,
-    pub pool: S<String>,
+    pub matches: Option<Vec<S<String>>>,
+    pub pool: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct ProxyProtocolFile {
     pub send: Option<S<String>>,
     pub accept_from: Option<S<Vec<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct AccessFile {
     pub allow: Option<S<Vec<String>>>,
     pub deny: Option<S<Vec<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct LimitsFile {
     pub max_connections: Option<S<u64>>,
     pub per_source: Option<S<PerSourceFile>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct PerSourceFile {
     pub connection_rate: Option<S<String>>,
     pub burst: Option<S<u64>>,
@@ -183,50 +173,28 @@ pub enum NoneOr<T> {
     Some(T),
 }
 
-impl<'de> Deserialize<'de> for NoneOr<u64> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = NoneOr<u64>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a non-negative number or `none`")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(NoneOr::Some(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(NoneOr::Some)
-                    .map_err(|_| E::custom("must be a non-negative number or `none`"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                match v {
-                    "none" => Ok(NoneOr::None),
-                    _ => Err(E::custom("must be a non-negative number or `none`")),
-                }
-            }
-        }
-        d.deserialize_any(V)
+impl FromNode for NoneOr<u64> {
+    const EXPECTED: &'static str = "a non-negative number or `none`";
+    fn from_node(node: &Located, w: &mut Walk, key: &str) -> Option<Self> {
+        let n = w.number_or(node, key, "none", Self::EXPECTED)?;
+        Some(n.map_or(NoneOr::None, NoneOr::Some))
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct TimeoutsFile {
     pub connect: Option<S<String>>,
     pub idle: Option<S<String>>,
     pub proxy_header: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct UdpFile {
     pub session_idle: Option<S<String>>,
     pub max_sessions: Option<S<u64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct PoolFile {
     pub balance: Option<S<String>>,
     pub hash: Option<S<String>>,
@@ -238,8 +206,7 @@ pub struct PoolFile {
     pub passive: Option<S<PassiveFile>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct BackendFile {
     pub address: Option<S<String>>,
     pub host: Option<S<String>>,
@@ -249,10 +216,8 @@ pub struct BackendFile {
     pub backup: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct HealthCheckFile {
-    #[serde(rename = "type")]
     pub kind: Option<S<String>>,
     pub interval: Option<S<String>>,
     pub timeout: Option<S<String>>,
@@ -264,16 +229,105 @@ pub struct HealthCheckFile {
     pub http: Option<HttpCheckFile>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct HttpCheckFile {
     pub path: Option<S<String>>,
     pub host: Option<S<String>>,
     pub expect_status: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct PassiveFile {
     pub consecutive_failures: Option<S<u64>>,
 }
+
+record!(FileConfig {
+    workers,
+    forwarding,
+    admin,
+    resolver,
+    shutdown,
+    listeners,
+    pools
+});
+record!(AdminFile {
+    bind,
+    token_file,
+    allowed_hosts
+});
+record!(ResolverFile {
+    nameservers,
+    min_ttl,
+    max_ttl,
+    negative_hold,
+    timeout
+});
+record!(ShutdownFile { drain_timeout });
+record!(ListenerFile {
+    protocol,
+    bind,
+    pool,
+    sni,
+    proxy_protocol,
+    access,
+    limits,
+    timeouts,
+    udp
+});
+record!(SniFile {
+    routes,
+    default_pool,
+    peek_timeout
+});
+record!(SniRouteFile { matches = "match", pool });
+record!(ProxyProtocolFile { send, accept_from });
+record!(AccessFile { allow, deny });
+record!(LimitsFile {
+    max_connections,
+    per_source
+});
+record!(PerSourceFile {
+    connection_rate,
+    burst,
+    max_connections,
+    ipv4_prefix,
+    ipv6_prefix,
+    exempt,
+    max_tracked_sources,
+});
+record!(TimeoutsFile {
+    connect,
+    idle,
+    proxy_header
+});
+record!(UdpFile {
+    session_idle,
+    max_sessions
+});
+record!(PoolFile {
+    balance,
+    hash,
+    when_all_down,
+    connect_retries,
+    slow_start,
+    backends,
+    health_check,
+    passive
+});
+record!(BackendFile {
+    address,
+    host,
+    port,
+    srv,
+    weight,
+    backup
+});
+record!(HealthCheckFile { kind = "type", interval, timeout, rise, fall, port, send, expect, http });
+record!(HttpCheckFile {
+    path,
+    host,
+    expect_status
+});
+record!(PassiveFile {
+    consecutive_failures
+});

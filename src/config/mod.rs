@@ -1,6 +1,7 @@
-//! Configuration: the YAML file (`file.rs`, a serde mirror) turned into a typed, validated
+//! Configuration: the YAML file read into a tree of positioned nodes (`parse.rs`, `node.rs`),
+//! walked into its mirror (`walk.rs`, `file.rs`) and turned into a typed, validated
 //! [`Config`] (`validate.rs`, `types.rs`), with every problem reported at once as
-//! `PATH:LINE:COLUMN: key.path: message`.
+//! `PATH:LINE:COLUMN: key.path: message` (`PATH: message` when it has no place).
 //!
 //! This module owns parsing and validation only. It never binds a socket or touches the data
 //! plane; `app.rs` turns a `Config` into the runtime state the workers read.
@@ -8,8 +9,10 @@
 mod error;
 pub mod file;
 mod json;
+mod node;
 mod parse;
 mod read;
+mod suggest;
 mod summary;
 mod types;
 mod validate;
@@ -19,6 +22,7 @@ mod validate_health;
 mod validate_limits;
 mod validate_pool;
 mod values;
+mod walk;
 
 use std::path::Path;
 
@@ -28,6 +32,9 @@ pub use validate::overlaps;
 pub use validate_pool::routable;
 pub use values::format_duration;
 
+/// Where `run` and `check` look when `-c` is not given.
+pub const DEFAULT_PATH: &str = "/etc/tollgate/tollgate.yaml";
+
 /// The largest config file read. A real config is a few KiB; the YAML loader's own budgets
 /// (`parse.rs`) bound what a file within this size can cost.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
@@ -36,8 +43,12 @@ const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 /// (see `read.rs`: a device, a FIFO or a directory is refused at once, never read).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let label = path.display().to_string();
-    let text = read::bounded_text(path, MAX_CONFIG_BYTES)
-        .map_err(|e| ConfigErrors::single(&label, 0, 0, "", e))?;
+    let text = read::bounded_text(path, MAX_CONFIG_BYTES).map_err(|e| {
+        // Most often the wrong path: say where the path came from.
+        let message =
+            format!("{e}; the config file is named with -c PATH (default {DEFAULT_PATH})");
+        ConfigErrors::single(&label, 0, 0, "", message)
+    })?;
     load_str(&text, &label)
 }
 
@@ -55,6 +66,19 @@ pub fn load_str(text: &str, label: &str) -> Result<Config, ConfigErrors> {
             ),
         ));
     }
-    let raw = parse::parse_yaml(text, label)?;
-    validate::validate(raw, label)
+    let tree = parse::parse_yaml(text, label)?;
+    let mut walk = walk::Walk::new(text, label);
+    let raw = file::file_config(&tree, &mut walk);
+    let checked = validate::validate(raw, label);
+    if walk.errors.is_empty() {
+        return checked;
+    }
+    // Every structural error, and the validation errors that are not mere consequences of
+    // a value the walk refused; in file order (a stable sort: at one place, the walk's first).
+    let mut all = std::mem::take(&mut walk.errors);
+    if let Err(found) = checked {
+        all.extend(found.0.into_iter().filter(|e| !walk.masks(&e.key)));
+    }
+    all.sort_by_key(|e| (e.line, e.column));
+    Err(ConfigErrors(all))
 }

@@ -1,14 +1,21 @@
-//! YAML text → [`FileConfig`] with serde-saphyr, under hard resource limits, and its errors
-//! turned into [`ConfigErrors`] with a line, a column and the key path at that place.
+//! YAML text → the positioned tree of `node.rs`, with serde-saphyr under hard resource
+//! limits. A syntax error (or a budget breach, or a YAML tag) stops the parse: it is turned
+//! into one [`ConfigErrors`] entry with its line, column and the key path at that place.
+//! Everything after the syntax — unknown keys, wrong types, bad values — is `walk.rs`'s and
+//! `validate.rs`'s, which report all of them.
 
-use serde_saphyr::{budget, options};
+use serde_saphyr::{DuplicateKeyPolicy, NonFiniteFloatPolicy, budget, options};
 
 use super::error::ConfigErrors;
-use super::file::FileConfig;
+use super::node::Located;
+
+/// Columns a tab stands for when the key path of a line is worked out: what an editor shows.
+/// YAML forbids tabs in indentation, so this only names the key the author meant.
+const TAB_WIDTH: usize = 8;
 
 /// Parses `text`. Budgets stop an alias bomb, a node flood or deep nesting long before they
 /// cost memory or time; a real config is a few hundred nodes.
-pub fn parse_yaml(text: &str, label: &str) -> Result<FileConfig, ConfigErrors> {
+pub fn parse_yaml(text: &str, label: &str) -> Result<Located, ConfigErrors> {
     let limits = budget! {
         max_events: 200_000,
         max_aliases: 1_000,
@@ -22,20 +29,44 @@ pub fn parse_yaml(text: &str, label: &str) -> Result<FileConfig, ConfigErrors> {
     };
     // A tag (`!!python/object:…`, `!custom`) means the author expects a loader to do something
     // tollgate never does; ignoring it would accept a file that means something else.
+    // Duplicate keys and out-of-range floats (`1e400`) pass through to the walk, which reports
+    // every one at its place instead of stopping the whole file there.
     let opts = options! {
         budget: limits,
         with_snippet: false,
         reject_unsupported_tags: true,
         reject_tagged_field_names: true,
+        duplicate_keys: DuplicateKeyPolicy::PassThrough,
+        non_finite_float_policy: NonFiniteFloatPolicy::PassThrough,
     };
-    serde_saphyr::from_str_with_options::<FileConfig>(text, opts).map_err(|e| {
+    serde_saphyr::from_str_with_options::<Located>(text, opts).map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
-        let message = clean_message(&e.without_snippet().to_string());
+        let mut message = clean_message(&e.without_snippet().to_string());
+        let about_a_tab = message
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .any(|word| word == "tab" || word == "tabs");
+        let (line, column) = if about_a_tab {
+            message.push_str("; YAML indents with spaces, never tabs");
+            indenting_tab(text, line).unwrap_or((line, column))
+        } else {
+            (line, column)
+        };
         let key = key_path_at(text, line);
         ConfigErrors::single(label, line, column, &key, message)
+    })
+}
+
+/// The first tab used for indentation at or after `line`: the parser may notice it on the
+/// line before (a plain scalar it was still reading), or one column past it.
+fn indenting_tab(text: &str, line: u64) -> Option<(u64, u64)> {
+    let first = usize::try_from(line).ok()?.checked_sub(1)?;
+    text.lines().enumerate().skip(first).find_map(|(i, raw)| {
+        let indent = raw.len() - raw.trim_start_matches([' ', '\t']).len();
+        let tab = raw[..indent].find('\t')?;
+        Some((i as u64 + 1, raw[..tab].chars().count() as u64 + 1))
     })
 }
 
@@ -68,7 +99,8 @@ fn is_location_suffix(rest: &str) -> bool {
 }
 
 /// The dotted key path of the block-style key on `line` (1-based), found by walking up to
-/// each less-indented key. Good enough to name the place in a hand-written config; for flow
+/// each less-indented key that opens a block (a key with a value on its line has no
+/// children, whatever the indentation of a tab suggests). Good enough to name the place in a hand-written config; for flow
 /// style or an unknown line it returns what it can (possibly nothing).
 pub(super) fn key_path_at(text: &str, line: u64) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -80,9 +112,10 @@ pub(super) fn key_path_at(text: &str, line: u64) -> String {
     }
     let mut path = Vec::new();
     let mut limit = usize::MAX;
-    for raw in lines[..=start].iter().rev() {
-        if let Some((indent, key)) = block_key(raw)
+    for (i, raw) in lines[..=start].iter().enumerate().rev() {
+        if let Some((indent, key, opens)) = block_key(raw)
             && indent < limit
+            && (opens || i == start)
         {
             path.push(key);
             limit = indent;
@@ -95,10 +128,16 @@ pub(super) fn key_path_at(text: &str, line: u64) -> String {
     path.join(".")
 }
 
-/// `(indentation, key)` for a line like `    name: value` or `  - name: value`.
-fn block_key(raw: &str) -> Option<(usize, String)> {
+/// `(indentation, key, opens a block)` for a line like `    name: value` or `  - name:`.
+fn block_key(raw: &str) -> Option<(usize, String, bool)> {
     let trimmed = raw.trim_start();
-    let mut indent = raw.len() - trimmed.len();
+    let mut indent = raw[..raw.len() - trimmed.len()].chars().fold(0, |col, c| {
+        if c == '\t' {
+            (col / TAB_WIDTH + 1) * TAB_WIDTH
+        } else {
+            col + 1
+        }
+    });
     let mut body = trimmed;
     while let Some(rest) = body.strip_prefix("- ") {
         indent += 2;
@@ -119,43 +158,32 @@ fn block_key(raw: &str) -> Option<(usize, String)> {
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    valid.then(|| (indent, key.to_owned()))
+    // Nothing after the colon but a comment, an anchor or a tag: the value is the block below.
+    let rest = body[colon + 1..].trim_start();
+    let opens = rest.is_empty() || rest.starts_with(['#', '&', '!']);
+    valid.then(|| (indent, key.to_owned(), opens))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::node::Node;
 
     fn err(text: &str) -> String {
         parse_yaml(text, "t.yaml").unwrap_err().to_string()
     }
 
     #[test]
-    fn unknown_key_names_its_place_and_path() {
-        let e = err("listeners:\n  web:\n    bindd: x\n");
+    fn a_tab_is_reported_where_it_is_under_the_key_it_indents() {
+        let e = err("listeners:\n  web:\n\tbind: x\n");
         assert!(
-            e.starts_with("t.yaml:3:5: listeners.web.bindd: unknown field `bindd`"),
+            e.starts_with("t.yaml:3:1: listeners.web.bind: tabs disallowed"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn duplicate_key_is_an_error() {
-        let e = err("workers: 1\nworkers: 2\n");
-        assert!(
-            e.starts_with("t.yaml:2:1: workers: duplicate mapping key"),
-            "{e}"
-        );
-        assert!(!e.contains("DuplicateKeyPolicy"), "{e}");
-    }
-
-    #[test]
-    fn wrong_type_is_an_error() {
-        let e = err("listeners:\n  web:\n    limits:\n      max_connections: abc\n");
-        assert!(
-            e.starts_with("t.yaml:4:24: listeners.web.limits.max_connections:"),
-            "{e}"
-        );
+        assert!(e.ends_with("YAML indents with spaces, never tabs"), "{e}");
+        // Noticed while reading the value of the line before: still the tab's own place.
+        let e = err("listeners:\n  web:\n    bind: x\n\tpool: y\n");
+        assert!(e.starts_with("t.yaml:4:1: listeners.web.pool: "), "{e}");
     }
 
     #[test]
@@ -176,8 +204,11 @@ mod tests {
 
     #[test]
     fn core_tags_still_mean_what_yaml_says() {
-        let raw = parse_yaml("workers: !!int 2\n", "t.yaml").unwrap();
-        assert!(raw.workers.is_some());
+        let tree = parse_yaml("workers: !!int 2\n", "t.yaml").unwrap();
+        let Node::Map(entries) = &tree.value else {
+            panic!("{tree:?}")
+        };
+        assert!(matches!(entries[0].1.value, Node::Int(2)), "{tree:?}");
     }
 
     #[test]

@@ -223,11 +223,7 @@ fn listener(
     let pool = match &f.pool {
         Some(p) if pools.contains(&p.value.as_str()) => Some(p.value.clone()),
         Some(p) => {
-            c.at(
-                p,
-                &format!("{key}.pool"),
-                format!("no pool named `{}` is defined", p.value),
-            );
+            c.at(p, &format!("{key}.pool"), unknown_pool(&p.value, pools));
             None
         }
         None => {
@@ -325,6 +321,19 @@ fn listener(
         access,
         per_source,
     })
+}
+
+/// "no pool named …", with the pool that was probably meant and the ones that exist.
+fn unknown_pool(name: &str, pools: &[&str]) -> String {
+    let missing = format!("no pool named `{name}` is defined");
+    match super::suggest::closest(name, pools) {
+        _ if pools.is_empty() => format!("{missing}, and the file defines no pools"),
+        Some(meant) => format!(
+            "{missing}; did you mean `{meant}`? (the pools: {})",
+            super::suggest::list(pools)
+        ),
+        None => format!("{missing} (the pools: {})", super::suggest::list(pools)),
+    }
 }
 
 /// Two binds collide when they share a port and family and one address covers the other

@@ -86,3 +86,46 @@ pub fn ip(args: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `yaml` in a file that `nobody` can read (a temporary directory is private to its owner),
+/// and the directory that holds it.
+pub fn config_for_nobody(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    for p in [dir.path(), path.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (dir, path)
+}
+
+/// Runs the `tollgate` binary with `args` as `nobody` (uid and gid 65534, no groups, through
+/// util-linux `setpriv`) in a network namespace of its own, with loopback up and
+/// `net.ipv4.ip_unprivileged_port_start` at 1024: there a bind below 1024 is refused for want
+/// of `CAP_NET_BIND_SERVICE`, whatever the host's setting. Needs root (to create the
+/// namespace and change user); the files named in `args` must be readable by `nobody`. The
+/// process is stopped after 20 s, so a bind that wrongly succeeds fails the test, not hangs it.
+pub fn run_as_nobody(args: &[&str]) -> std::process::Output {
+    let setpriv = Command::new("setpriv").arg("--version").output();
+    assert!(
+        setpriv.is_ok_and(|o| o.status.success()),
+        "this test needs `setpriv` (util-linux) to run tollgate as nobody"
+    );
+    let script = format!(
+        "echo 1024 > /proc/sys/net/ipv4/ip_unprivileged_port_start && {IP} link set lo up && \
+         exec timeout -k 5 20 setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\""
+    );
+    let out = Command::new(UNSHARE)
+        .args(["-n", "sh", "-c", &script, "sh", super::binary::bin()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {UNSHARE} (util-linux): {e}"));
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "tollgate {args:?} ran past 20 s"
+    );
+    out
+}
