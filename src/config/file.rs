@@ -192,6 +192,7 @@ pub struct TimeoutsFile {
 pub struct UdpFile {
     pub session_idle: Option<S<String>>,
     pub max_sessions: Option<S<u64>>,
+    pub responses: Option<S<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -302,7 +303,8 @@ record!(TimeoutsFile {
 });
 record!(UdpFile {
     session_idle,
-    max_sessions
+    max_sessions,
+    responses
 });
 record!(PoolFile {
     balance,

@@ -4,7 +4,9 @@
 
 use serde_json::{Value, json};
 
-use super::types::{Balance, CheckKind, Config, Forwarding, HealthCheck, Lookup, Workers};
+use super::types::{
+    Balance, CheckKind, Config, Forwarding, HealthCheck, Lookup, Protocol, Workers,
+};
 use super::values::format_duration as d;
 
 impl Config {
@@ -30,13 +32,28 @@ impl Config {
                         "max_tracked_sources": ps.max_tracked_sources,
                     })
                 });
-                json!({
-                    "name": l.name, "protocol": "tcp", "pool": l.pool,
+                let mut out = json!({
+                    "name": l.name, "protocol": l.protocol.name(), "pool": l.pool,
                     "bind": l.bind.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "access": {"allow": list(&l.access.allow), "deny": list(&l.access.deny)},
-                    "limits": {"max_connections": l.max_connections, "per_source": per_source},
-                    "timeouts": {"connect": d(l.connect_timeout), "idle": d(l.idle_timeout), "proxy_header": d(l.proxy_header_timeout)},
-                })
+                });
+                // Each protocol shows the settings it uses: what a UDP listener refuses
+                // (connection caps and timeouts) would only mislead here.
+                match l.protocol {
+                    Protocol::Tcp => {
+                        out["limits"] = json!({"max_connections": l.max_connections, "per_source": per_source});
+                        out["timeouts"] = json!({"connect": d(l.connect_timeout), "idle": d(l.idle_timeout), "proxy_header": d(l.proxy_header_timeout)});
+                    }
+                    Protocol::Udp(u) => {
+                        out["limits"] = json!({"per_source": per_source});
+                        out["udp"] = json!({
+                            "session_idle": d(u.session_idle),
+                            "max_sessions": u.max_sessions,
+                            "responses": u.responses,
+                        });
+                    }
+                }
+                out
             })
             .collect();
         let pools: Vec<Value> = self

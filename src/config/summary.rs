@@ -6,7 +6,9 @@
 
 use std::fmt::Write;
 
-use super::types::{CheckKind, Config, Forwarding, HealthCheck, Listener, Lookup, Pool, Workers};
+use super::types::{
+    CheckKind, Config, Forwarding, HealthCheck, Listener, Lookup, Pool, Protocol, Workers,
+};
 use super::values::format_duration as d;
 
 impl Config {
@@ -72,21 +74,35 @@ fn listener(out: &mut String, l: &Listener) {
     let binds: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
     let _ = writeln!(
         out,
-        "  {} tcp {} -> pool {}",
+        "  {} {} {} -> pool {}",
         l.name,
+        l.protocol.name(),
         binds.join(", "),
         l.pool
     );
-    let sized = if l.max_connections_sized {
-        " (not set: as many as fit the open-file limit)"
-    } else {
-        ""
-    };
-    let _ = writeln!(
-        out,
-        "    limits: at most {} connections open at once{sized}",
-        l.max_connections
-    );
+    let sized = " (not set: as many as fit the open-file limit)";
+    match l.protocol {
+        Protocol::Tcp => {
+            let sized = if l.max_connections_sized { sized } else { "" };
+            let _ = writeln!(
+                out,
+                "    limits: at most {} connections open at once{sized}",
+                l.max_connections
+            );
+        }
+        Protocol::Udp(u) => {
+            let sized = if u.max_sessions_sized { sized } else { "" };
+            let ends = u.responses.map_or_else(String::new, |n| {
+                format!(", or after {n} repl{}", if n == 1 { "y" } else { "ies" })
+            });
+            let _ = writeln!(
+                out,
+                "    sessions: at most {} at once{sized}; each ends after {} without a datagram{ends}",
+                u.max_sessions,
+                d(u.session_idle)
+            );
+        }
+    }
     match &l.per_source {
         None => {
             let _ = writeln!(out, "    per source: no limits");
@@ -112,12 +128,14 @@ fn listener(out: &mut String, l: &Listener) {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "    timeouts: connect {}, idle {}",
-        d(l.connect_timeout),
-        d(l.idle_timeout)
-    );
+    if !l.protocol.is_udp() {
+        let _ = writeln!(
+            out,
+            "    timeouts: connect {}, idle {}",
+            d(l.connect_timeout),
+            d(l.idle_timeout)
+        );
+    }
     if !l.access.allow.is_empty() || !l.access.deny.is_empty() {
         let _ = writeln!(
             out,

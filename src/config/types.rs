@@ -97,6 +97,36 @@ pub enum Forwarding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
+    /// Datagrams, balanced as sessions (flows) keyed by client and local address.
+    Udp(UdpSettings),
+}
+
+impl Protocol {
+    pub fn is_udp(self) -> bool {
+        matches!(self, Protocol::Udp(_))
+    }
+
+    /// As written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp(_) => "udp",
+        }
+    }
+}
+
+/// `listeners.*.udp`: how a UDP listener's sessions live and end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// A session with no datagram either way for this long ends.
+    pub session_idle: Duration,
+    /// Sessions open at once on this listener (each holds one upstream socket); a new
+    /// client beyond it is dropped, counted as `max_sessions`.
+    pub max_sessions: usize,
+    /// The file set no `max_sessions`: it was sized from the open-file limit.
+    pub max_sessions_sized: bool,
+    /// Replies after which a session ends (1 for DNS); `None`: only idleness ends it.
+    pub responses: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,6 +308,14 @@ pub mod defaults {
     /// sockets, the admin API and its reserve, health checks, DNS).
     pub fn max_connections(fd_limit: u64) -> u64 {
         ((fd_limit - fd_limit / 4).saturating_sub(96) / 2).clamp(1, 100_000)
+    }
+    pub const SESSION_IDLE: Duration = Duration::from_secs(30);
+    /// `udp.max_sessions` when the file sets none: as [`max_connections`], but a session
+    /// holds one descriptor (its connected upstream socket), and never more than 65 536.
+    pub fn max_sessions(fd_limit: u64) -> u64 {
+        (fd_limit - fd_limit / 4)
+            .saturating_sub(96)
+            .clamp(1, 65_536)
     }
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -180,7 +180,8 @@ fn listeners(c: &mut Checker, raw: Option<&S<Map<ListenerFile>>>, pools: &[&str]
         c.at_loc(loc, "listeners", "at least one listener is required");
         return Vec::new();
     };
-    let mut seen_binds: Vec<(SocketAddr, String)> = Vec::new();
+    // TCP and UDP ports are separate: a tcp and a udp listener may share an address.
+    let mut seen_binds: Vec<(SocketAddr, bool, String)> = Vec::new();
     let mut out = Vec::new();
     for (name, l) in &raw.value {
         let key = format!("listeners.{name}");
@@ -188,13 +189,16 @@ fn listeners(c: &mut Checker, raw: Option<&S<Map<ListenerFile>>>, pools: &[&str]
             c.at(l, &key, e);
         }
         if let Some(listener) = listener(c, &key, name, l, pools) {
+            let udp = listener.protocol.is_udp();
             for addr in &listener.bind {
-                if let Some((theirs, other)) = seen_binds.iter().find(|(b, _)| overlaps(*b, *addr))
+                if let Some((theirs, _, other)) = seen_binds
+                    .iter()
+                    .find(|(b, u, _)| *u == udp && overlaps(*b, *addr))
                 {
                     let msg = format!("{addr} overlaps {theirs} of listener `{other}`");
                     c.at(l, &format!("{key}.bind"), msg);
                 }
-                seen_binds.push((*addr, name.clone()));
+                seen_binds.push((*addr, udp, name.clone()));
             }
             out.push(listener);
         }
@@ -210,15 +214,21 @@ fn listener(
     pools: &[&str],
 ) -> Option<Listener> {
     let f = &l.value;
-    match f.protocol.as_ref().map(|p| (p, p.value.as_str())) {
-        None | Some((_, "tcp")) => {}
-        Some((p, "udp")) => c.unsupported(p, &format!("{key}.protocol"), "UDP listeners"),
-        Some((p, other)) => c.at(
-            p,
-            &format!("{key}.protocol"),
-            format!("`{other}` is not one of: tcp, udp"),
-        ),
-    }
+    let udp = match f.protocol.as_ref().map(|p| (p, p.value.as_str())) {
+        None | Some((_, "tcp")) => None,
+        Some((_, "udp")) => {
+            super::validate_udp::refuse_tcp_settings(c, key, f);
+            Some(super::validate_udp::settings(c, key, f))
+        }
+        Some((p, other)) => {
+            c.at(
+                p,
+                &format!("{key}.protocol"),
+                format!("`{other}` is not one of: tcp, udp"),
+            );
+            None
+        }
+    };
     let bind = binds(c, key, l);
     let pool = match &f.pool {
         Some(p) if pools.contains(&p.value.as_str()) => Some(p.value.clone()),
@@ -231,12 +241,16 @@ fn listener(
             None
         }
     };
-    if let Some(sni) = &f.sni {
+    if let Some(sni) = &f.sni
+        && udp.is_none()
+    {
         c.unsupported(sni, &format!("{key}.sni"), "routing by TLS server name");
     }
-    if let Some(udp) = &f.udp {
+    if let Some(section) = &f.udp
+        && udp.is_none()
+    {
         c.at(
-            udp,
+            section,
             &format!("{key}.udp"),
             "udp settings apply only to `protocol: udp` listeners",
         );
@@ -294,8 +308,13 @@ fn listener(
         defaults::max_connections(crate::sys::rlimit::reachable_nofile()),
         1..=10_000_000,
     );
+    // What a source can hold open: connections, or a UDP listener's sessions.
+    let (held, held_key) = match &udp {
+        Some(u) => (u.max_sessions as u64, "udp.max_sessions"),
+        None => (max_connections, "limits.max_connections"),
+    };
     if let Some(ps) = &per_source
-        && (ps.max_tracked_sources as u64) < max_connections.saturating_mul(2)
+        && (ps.max_tracked_sources as u64) < held.saturating_mul(2)
         && let Some(l) = &f.limits
         && let Some(p) = &l.per_source
     {
@@ -303,14 +322,14 @@ fn listener(
             p,
             &format!("{key}.limits.per_source.max_tracked_sources"),
             format!(
-                "{} is below twice limits.max_connections ({max_connections}): a source with open connections is never forgotten, so held connections could fill the table (its shards unevenly) and lock new sources out; raise it or lower max_connections",
+                "{} is below twice {held_key} ({held}): a source with open connections is never forgotten, so held connections could fill the table (its shards unevenly) and lock new sources out; raise it or lower {held_key}",
                 ps.max_tracked_sources
             ),
         );
     }
     Some(Listener {
         name: name.to_owned(),
-        protocol: Protocol::Tcp,
+        protocol: udp.map_or(Protocol::Tcp, Protocol::Udp),
         bind: bind?,
         pool: pool?,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
