@@ -16,7 +16,7 @@ use tracing::{error, info};
 
 use crate::config::{Config, Forwarding};
 use crate::control::{Channels, Handle, Owner};
-use crate::proxy::listener::{self, BindKey, BoundSocket};
+use crate::proxy::listener::{self, BindKey, BoundSocket, Listening};
 use crate::proxy::{DataPlane, ForwardMode, Tracker};
 use crate::reload::{BoundMap, bind_group};
 use crate::state::{Published, Snapshot};
@@ -155,7 +155,7 @@ impl Server {
         )?);
         for l in &config.listeners {
             for want in &l.bind {
-                if let Some(addr) = bound.get(&BindKey::new(&l.name, *want)) {
+                if let Some(addr) = bound.get(&BindKey::new(&l.name, l.protocol.transport(), *want)) {
                     info!(listener = %l.name, %addr, workers, "listener bound");
                 }
             }
@@ -239,11 +239,11 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
     let mut sockets: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         for want in &l.bind {
-            let (actual, group) = bind_group(*want, workers, true).map_err(|e| {
+            let (actual, group) = bind_group(l.protocol.transport(), *want, workers, true).map_err(|e| {
                 let why = crate::privileged_ports::bind_failure(*want, &e);
                 anyhow::anyhow!("listener {}: {why}", l.name)
             })?;
-            let key = BindKey::new(&l.name, *want);
+            let key = BindKey::new(&l.name, l.protocol.transport(), *want);
             for (worker, socket) in sockets.iter_mut().zip(group) {
                 worker.push(BoundSocket {
                     key: key.clone(),
@@ -348,13 +348,21 @@ fn run_worker(
     let (shutdown, mut now) = (stop.drain.subscribe(), stop.now.subscribe());
     rt.block_on(async move {
         let tracker = Tracker::default();
-        let spawn = |b: BoundSocket| tokio::spawn(listener::accept_loop(b, plane.clone(), shutdown.clone(), tracker.clone()));
-        let mut loops: Vec<_> = sockets.into_iter().map(spawn).collect();
+        // TCP accept loops return at shutdown and are awaited before the drain; a UDP socket
+        // serves its open sessions through the drain, and each session holds the tracker.
+        let spawn = |b: BoundSocket| match b.socket {
+            Listening::Tcp(_) => Some(tokio::spawn(listener::accept_loop(b, plane.clone(), shutdown.clone(), tracker.clone()))),
+            Listening::Udp(bound) => {
+                drop(tokio::spawn(crate::proxy::udp::serve(b.key, bound, plane.clone(), shutdown.clone(), tracker.clone())));
+                None
+            }
+        };
+        let mut loops: Vec<_> = sockets.into_iter().filter_map(spawn).collect();
         let mut stop_rx = shutdown.clone();
         loop {
             tokio::select! {
                 _ = stop_rx.wait_for(|s| *s) => break,
-                Some(b) = added.recv() => loops.push(spawn(b)),
+                Some(b) = added.recv() => loops.extend(spawn(b)),
             }
         }
         // Accept loops return on shutdown and drop their sockets: new connects are refused.

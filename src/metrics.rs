@@ -9,6 +9,7 @@
 
 mod histogram;
 mod process;
+mod udp;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -94,6 +95,42 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         "Connections open now.",
         &["listener"],
         MetricType::GAUGE,
+    ),
+    (
+        "tollgate_udp_sessions_active",
+        "UDP sessions (flows) open now on the listener, across workers; udp.max_sessions bounds it.",
+        &["listener"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_udp_sessions_total",
+        "UDP sessions made on the listener since start.",
+        &["listener"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_udp_sessions_rejected_total",
+        "Client datagrams that would have started a UDP session and were dropped instead, by reason (acl, rate_limit, source_limit, source_table_full, max_sessions, no_backend, local_error).",
+        &["listener", "reason"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_udp_datagrams_total",
+        "UDP datagrams forwarded, by direction (to_backend: from clients; to_client: replies).",
+        &["listener", "direction"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_udp_bytes_total",
+        "UDP payload bytes forwarded, by direction (to_backend, to_client).",
+        &["listener", "direction"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_udp_datagrams_dropped_total",
+        "UDP datagrams of open sessions dropped because a socket would not take them (a full send buffer, or the backend's port answered unreachable), by direction.",
+        &["listener", "direction"],
+        MetricType::COUNTER,
     ),
     (
         "tollgate_listener_connections_limit",
@@ -357,6 +394,10 @@ fn listeners(view: &View, out: &mut Samples) {
     for (name, spec) in &snapshot.listeners {
         let live = &spec.live;
         let l = [("listener", name.as_ref())];
+        if spec.udp.is_some() {
+            udp::listener(name, spec, out);
+            continue;
+        }
         let limit = live.max_connections() as f64;
         push(out, "tollgate_listener_connections_limit", &l, limit);
         let full = live.at_cap.full_for(now).as_secs_f64();

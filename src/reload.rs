@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::proxy::listener::{self, BindKey};
+use crate::proxy::listener::{self, BindKey, Listening, Transport};
 
 /// Each listening socket group (by [`BindKey`]: a fixed address, or a listener's port-0
 /// address) → the address actually bound.
@@ -54,17 +54,18 @@ pub enum ReloadError {
 /// joined by the others, so all share the port the kernel chose. `probe` first refuses an
 /// address another process holds.
 pub(crate) fn bind_group(
+    transport: Transport,
     addr: SocketAddr,
     workers: usize,
     probe: bool,
-) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+) -> std::io::Result<(SocketAddr, Vec<Listening>)> {
     if probe {
-        listener::ensure_unclaimed(addr)?;
+        listener::ensure_unclaimed(transport, addr)?;
     }
     let mut actual = addr;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let sock = listener::bind(actual)?;
+        let sock = listener::bind_any(transport, actual)?;
         actual = sock.local_addr()?;
         sockets.push(sock);
     }
@@ -78,7 +79,7 @@ pub struct FreshGroup {
     pub key: BindKey,
     pub listener: String,
     pub actual: SocketAddr,
-    pub sockets: Vec<std::net::TcpListener>,
+    pub sockets: Vec<Listening>,
 }
 
 /// A validated config and the sockets it adds, ready for the owner to apply.
@@ -132,18 +133,19 @@ fn bind_new(next: &Config, running: &Running<'_>) -> Result<Vec<FreshGroup>, Rel
     let mut fresh = Vec::new();
     for l in &next.listeners {
         for addr in &l.bind {
-            let key = BindKey::new(&l.name, *addr);
+            let key = BindKey::new(&l.name, l.protocol.transport(), *addr);
             if bound.contains_key(&key) {
                 continue;
             }
             // An address that overlaps one we already hold (the same port narrowed or
             // widened) would collide with our own probe.
+            let transport = l.protocol.transport();
             let ours = bound.keys().any(|k| {
                 let a = k.configured();
-                a == *addr || crate::config::overlaps(a, *addr)
+                k.transport() == transport && (a == *addr || crate::config::overlaps(a, *addr))
             });
             let (actual, sockets) =
-                bind_group(*addr, running.workers, !ours).map_err(|source| ReloadError::Bind {
+                bind_group(transport, *addr, running.workers, !ours).map_err(|source| ReloadError::Bind {
                     listener: l.name.clone(),
                     addr: *addr,
                     source,

@@ -28,6 +28,9 @@ pub(crate) fn status(control: &Handle) -> Value {
         .filter_map(|l| {
             let spec = snapshot.listener(&l.name)?;
             let live = &spec.live;
+            if let Some(udp) = spec.udp {
+                return Some(udp_listener_json(view, l, spec, udp));
+            }
             let rejected: serde_json::Map<String, Value> = [("no_backend", &live.rejected_no_backend)]
                 .into_iter()
                 .chain(crate::admission::Reason::ALL.iter().map(|r| (r.label(), live.rejected(*r))))
@@ -45,6 +48,7 @@ pub(crate) fn status(control: &Handle) -> Value {
                 .collect();
             Some(json!({
                 "name": l.name,
+                "protocol": "tcp",
                 "pool": l.pool,
                 "bind": view.addrs(&l.name).iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "connections_active": live.active.load(Relaxed),
@@ -232,4 +236,40 @@ pub(crate) fn reloaded(r: &Reloaded) -> Value {
 /// The effective config as JSON (see [`Config::to_json`]).
 pub(crate) fn config(config: &Config) -> Value {
     config.to_json()
+}
+
+/// A UDP listener in status: sessions instead of connections.
+fn udp_listener_json(
+    view: &View,
+    l: &crate::config::Listener,
+    spec: &crate::state::ListenerSpec,
+    settings: crate::state::UdpSpec,
+) -> Value {
+    use crate::state::{Direction, UdpRefusal};
+    let udp = &spec.live.udp;
+    let rejected: serde_json::Map<String, Value> = UdpRefusal::ALL
+        .iter()
+        .map(|r| (r.label().to_owned(), json!(udp.rejected(*r).load(Relaxed))))
+        .collect();
+    let way = |d: Direction| {
+        json!({
+            "datagrams": udp.datagrams(d).load(Relaxed),
+            "bytes": udp.bytes(d).load(Relaxed),
+            "dropped": udp.dropped[d as usize].load(Relaxed),
+        })
+    };
+    json!({
+        "name": l.name,
+        "protocol": "udp",
+        "pool": l.pool,
+        "bind": view.addrs(&l.name).iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "sessions_active": udp.sessions_active.load(Relaxed),
+        "sessions_total": udp.sessions_total.load(Relaxed),
+        "max_sessions": settings.max_sessions,
+        "rejected": rejected,
+        "to_backend": way(Direction::ToBackend),
+        "to_client": way(Direction::ToClient),
+        "deny": spec.admission.runtime_deny.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "tracked_sources": spec.admission.per_source.as_ref().map(|ps| ps.table.tracked()),
+    })
 }

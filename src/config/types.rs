@@ -102,6 +102,13 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub fn transport(self) -> crate::state::Transport {
+        match self {
+            Protocol::Tcp => crate::state::Transport::Tcp,
+            Protocol::Udp(_) => crate::state::Transport::Udp,
+        }
+    }
+
     pub fn is_udp(self) -> bool {
         matches!(self, Protocol::Udp(_))
     }

@@ -18,7 +18,7 @@ use super::registry::Registry;
 use crate::admission::{PerSource, Policy, PrefixSet, Rate, Shape, SourceTable};
 use crate::config::{self, Balance, Config};
 use crate::policy::{Candidate, effective_weights};
-use crate::state::{Algorithm, Backend, ListenerSpec, Pool, Snapshot};
+use crate::state::{Algorithm, Backend, ListenerSpec, Pool, Snapshot, UdpSpec};
 
 /// A limiter table to move into a new shape, off the owner's loop.
 #[derive(Debug)]
@@ -240,6 +240,14 @@ impl Builder {
                 deny: PrefixSet::new(l.access.deny.iter().copied()),
                 allow: PrefixSet::new(l.access.allow.iter().copied()),
                 per_source,
+            },
+            udp: match l.protocol {
+                config::Protocol::Tcp => None,
+                config::Protocol::Udp(u) => Some(UdpSpec {
+                    session_idle: u.session_idle,
+                    max_sessions: u.max_sessions,
+                    responses: u.responses,
+                }),
             },
         });
         let built = BuiltListener {

@@ -167,7 +167,7 @@ impl View {
             .flat_map(|l| {
                 l.bind
                     .iter()
-                    .filter_map(|b| self.bound.get(&BindKey::new(&l.name, *b)).copied())
+                    .filter_map(|b| self.bound.get(&BindKey::new(&l.name, l.protocol.transport(), *b)).copied())
             })
             .collect()
     }
@@ -183,7 +183,7 @@ impl View {
         }
         for l in &self.written.listeners {
             for addr in &l.bind {
-                if !self.bound.contains_key(&BindKey::new(&l.name, *addr)) {
+                if !self.bound.contains_key(&BindKey::new(&l.name, l.protocol.transport(), *addr)) {
                     reasons.push(format!("listener {}: {addr} is not bound", l.name));
                 }
             }

@@ -56,12 +56,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// Fails when another socket already holds `addr`. `SO_REUSEPORT` would otherwise let a
 /// second tollgate (or any process of the same user that set it) join the port and silently
-/// take a share of the connections; a probe bound without it is refused in that case.
-pub fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
+/// take a share of the connections (or datagrams); a probe bound without it is refused in
+/// that case.
+pub fn ensure_unclaimed(transport: Transport, addr: SocketAddr) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let (ty, proto) = match transport {
+        Transport::Tcp => (Type::STREAM, Protocol::TCP),
+        Transport::Udp => (Type::DGRAM, Protocol::UDP),
+    };
+    let probe = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     // SO_REUSEADDR so that sockets in TIME_WAIT from an earlier run do not count as holders.
     probe.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -70,6 +75,8 @@ pub fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
     probe.bind(&addr.into())
 }
 
+pub use crate::state::Transport;
+
 /// Which listening socket this is, as a reload recognises it. A fixed address is one
 /// socket whatever listener serves it, so renaming a listener (or moving an address to
 /// another listener) keeps its sockets and the clients queued on them. A port-0 address asks
@@ -77,32 +84,69 @@ pub fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
 /// `127.0.0.1:0`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BindKey {
-    Fixed(SocketAddr),
-    Fresh(Arc<str>, SocketAddr),
+    Fixed(Transport, SocketAddr),
+    Fresh(Transport, Arc<str>, SocketAddr),
 }
 
 impl BindKey {
     /// The key of `configured` (the address as written) in listener `listener`.
-    pub fn new(listener: &str, configured: SocketAddr) -> BindKey {
+    pub fn new(listener: &str, transport: Transport, configured: SocketAddr) -> BindKey {
         if configured.port() == 0 {
-            BindKey::Fresh(listener.into(), configured)
+            BindKey::Fresh(transport, listener.into(), configured)
         } else {
-            BindKey::Fixed(configured)
+            BindKey::Fixed(transport, configured)
         }
     }
 
     /// The address as configured (port 0 as written).
     pub fn configured(&self) -> SocketAddr {
         match self {
-            BindKey::Fixed(a) | BindKey::Fresh(_, a) => *a,
+            BindKey::Fixed(_, a) | BindKey::Fresh(_, _, a) => *a,
+        }
+    }
+
+    pub fn transport(&self) -> Transport {
+        match self {
+            BindKey::Fixed(t, _) | BindKey::Fresh(t, _, _) => *t,
         }
     }
 
     /// The listener of `snapshot` that this socket serves now, if any.
     pub fn spec<'s>(&self, snapshot: &'s Snapshot) -> Option<&'s Arc<ListenerSpec>> {
+        let serves = |l: &ListenerSpec, addr: &SocketAddr| {
+            l.bind.contains(addr) && l.transport() == self.transport()
+        };
         match self {
-            BindKey::Fixed(addr) => snapshot.listeners.values().find(|l| l.bind.contains(addr)),
-            BindKey::Fresh(name, addr) => snapshot.listener(name).filter(|l| l.bind.contains(addr)),
+            BindKey::Fixed(_, addr) => snapshot.listeners.values().find(|l| serves(l, addr)),
+            BindKey::Fresh(_, name, addr) => snapshot.listener(name).filter(|l| serves(l, addr)),
+        }
+    }
+}
+
+/// A bound listening socket of either transport.
+#[derive(Debug)]
+pub enum Listening {
+    Tcp(std::net::TcpListener),
+    Udp(crate::sys::udp::Bound),
+}
+
+impl Listening {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listening::Tcp(s) => s.local_addr(),
+            Listening::Udp(s) => Ok(s.local),
+        }
+    }
+}
+
+/// Binds one worker's socket for `addr`: a listening TCP socket, or a UDP socket that reports
+/// each datagram's local address (for replies from the address the client sent to).
+pub fn bind_any(transport: Transport, addr: SocketAddr) -> io::Result<Listening> {
+    match transport {
+        Transport::Tcp => bind(addr).map(Listening::Tcp),
+        Transport::Udp => {
+            crate::sys::udp::bind_listener(addr, crate::sys::udp::Offloads::default())
+                .map(Listening::Udp)
         }
     }
 }
@@ -110,7 +154,7 @@ impl BindKey {
 /// One listening socket of one worker, and the key a reload recognises it by.
 pub struct BoundSocket {
     pub key: BindKey,
-    pub socket: std::net::TcpListener,
+    pub socket: Listening,
 }
 
 /// The listener spec the socket of `key` serves in the current snapshot, if any.
@@ -129,6 +173,10 @@ pub async fn accept_loop(
     tracker: Tracker,
 ) {
     let BoundSocket { key, socket } = bound;
+    let Listening::Tcp(socket) = socket else {
+        warn!(addr = %key.configured(), "a UDP socket was handed to the TCP accept loop");
+        return;
+    };
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(e) => {

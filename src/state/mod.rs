@@ -18,9 +18,11 @@ use std::time::Duration;
 
 mod at_cap;
 mod pool;
+mod udp_live;
 
 pub use at_cap::{AtCap, Transition};
 pub use pool::{Algorithm, Backend, BackendStats, ConnectFailure, Pool};
+pub use udp_live::{Direction, UdpLive, UdpRefusal};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, watch};
@@ -143,6 +145,8 @@ pub struct ListenerLive {
     /// Time spent with every slot taken and a client waiting for one.
     pub at_cap: AtCap,
     max: AtomicUsize,
+    /// A UDP listener's sessions and datagrams (all zero on a TCP listener).
+    pub udp: UdpLive,
     /// Permits still to retire after the cap was lowered while they were in use.
     debt: AtomicUsize,
 }
@@ -163,6 +167,7 @@ impl ListenerLive {
             slots: Arc::new(Semaphore::new(max)),
             at_cap: AtCap::default(),
             max: AtomicUsize::new(max),
+            udp: UdpLive::default(),
             debt: AtomicUsize::new(0),
         }
     }
@@ -234,6 +239,35 @@ pub struct ListenerSpec {
     pub live: Arc<ListenerLive>,
     /// Who may connect: ACLs, the runtime deny list, per-source limits.
     pub admission: Policy,
+    /// A UDP listener's sessions; `None` for TCP.
+    pub udp: Option<UdpSpec>,
+}
+
+impl ListenerSpec {
+    pub fn transport(&self) -> Transport {
+        match self.udp {
+            None => Transport::Tcp,
+            Some(_) => Transport::Udp,
+        }
+    }
+}
+
+/// TCP or UDP: their ports are separate, so a listener of each may bind the same address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// How a UDP listener's sessions (flows) live and end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSpec {
+    /// No datagram either way for this long ends a session.
+    pub session_idle: Duration,
+    /// Sessions at once on this listener, across workers.
+    pub max_sessions: usize,
+    /// Replies after which a session ends; `None`: only idleness ends it.
+    pub responses: Option<u32>,
 }
 
 /// One published state of the running configuration and runtime overrides.

@@ -246,6 +246,17 @@ impl Pool {
             .map_or(0, |b| b.stats.active.load(Ordering::Relaxed))
     }
 
+    /// Whether `backend` (as an earlier snapshot named it) may still take traffic here: the
+    /// pool still has it (the same live stats) and its weight is not 0 (not down, drained,
+    /// disabled or standing by). A UDP session whose backend fails this moves on its next
+    /// datagram.
+    pub fn takes(&self, backend: &Backend) -> bool {
+        self.backends
+            .iter()
+            .zip(&self.weights)
+            .any(|(b, w)| *w > 0 && Arc::ptr_eq(&b.stats, &backend.stats))
+    }
+
     /// Whether any backend can take a new connection.
     pub fn has_selectable(&self) -> bool {
         self.weights.iter().any(|w| *w > 0)

@@ -1,0 +1,241 @@
+//! One worker's loop for one UDP listening socket. Datagrams from clients are read in
+//! batches (`recvmmsg`), matched to their session in the worker's flow table, and sent on
+//! the session's connected upstream socket. A client's first datagram makes the session:
+//! admission (ACLs, the deny list, per-source limits counted in sessions), the listener's
+//! `udp.max_sessions`, a backend from the pool's algorithm, and a socket connected to it. A
+//! session whose backend may no longer be used moves to another on its next datagram. Idle
+//! sessions end on the table's clock; replies are the sessions' own tasks (`session.rs`).
+//!
+//! Refusals are silent drops, counted by reason. On shutdown the socket takes no new
+//! session; the ones open carry on until they go idle or the drain deadline ends them.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::flows::{FlowKey, FlowTable, Limits, Lookup};
+use super::session::{Handle, Shared, Slot};
+use crate::proxy::listener::BindKey;
+use crate::proxy::{DataPlane, Tracker};
+use crate::state::{ListenerSpec, UdpRefusal, UdpSpec};
+use crate::sys::udp::{self, Bound, MAX_BATCH, RecvBatch};
+
+/// Serves `bound` (one worker's socket of the listening address `key`) until the listener
+/// is removed by a reload, or shutdown has come and its last session has ended.
+pub async fn serve(
+    key: BindKey,
+    bound: Bound,
+    plane: Arc<DataPlane>,
+    mut shutdown: watch::Receiver<bool>,
+    tracker: Tracker,
+) {
+    let Some(mut spec) = key.spec(&plane.snapshot.load()).cloned() else {
+        return;
+    };
+    let Some(mut settings) = spec.udp else {
+        warn!(addr = %key.configured(), "a TCP listener was given a UDP socket");
+        return;
+    };
+    let socket = match UdpSocket::from_std(bound.socket) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(addr = %key.configured(), error = %e, "cannot register UDP socket");
+            return;
+        }
+    };
+    let local = bound.local;
+    let shared = Arc::new(Shared::new(
+        FlowTable::new(limits(&settings)),
+        socket,
+        bound.offload,
+        bound.pktinfo,
+    ));
+    let mut versions = plane.snapshot.subscribe();
+    let mut batch = RecvBatch::new(MAX_BATCH);
+    let mut draining = *shutdown.borrow();
+    loop {
+        if draining && shared.table().is_empty() {
+            return;
+        }
+        let next = shared.table().next_deadline();
+        let wake = next.map(|at| at.saturating_sub(shared.now()));
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop), if !draining => draining = true,
+            r = versions.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                match key.spec(&plane.snapshot.load()).cloned() {
+                    Some(now) => {
+                        if let Some(s) = now.udp {
+                            settings = s;
+                            shared.table().set_limits(limits(&settings));
+                        }
+                        spec = now;
+                    }
+                    // A reload removed this address: its sessions end with the socket.
+                    None => return,
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(3_600_000))), if wake.is_some() => {
+                expire(&shared);
+            }
+            r = shared.socket.readable() => {
+                if r.is_err() {
+                    return;
+                }
+                let got = shared.socket.try_io(Interest::READABLE, || {
+                    udp::recv_batch(shared.socket.as_fd(), &mut batch)
+                });
+                match got {
+                    Ok(_) => {
+                        let ctx = Ctx { spec: &spec, settings: &settings, shared: &shared, tracker: &tracker, draining };
+                        for d in batch.iter() {
+                            let Some(client) = d.source else { continue };
+                            let key = FlowKey { client, local: d.local_or(local) };
+                            for segment in d.segments() {
+                                ctx.datagram(key, segment);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => debug!(listener = %spec.name, error = %e, "UDP receive failed"),
+                }
+            }
+        }
+    }
+}
+
+fn limits(s: &UdpSpec) -> Limits {
+    Limits {
+        idle: u64::try_from(s.session_idle.as_millis()).unwrap_or(u64::MAX),
+        // The listener-wide cap is kept across workers (`UdpLive::take_session`); the
+        // table's own bound only keeps one worker's memory within it.
+        max_sessions: s.max_sessions,
+    }
+}
+
+/// Ends every session whose idle time has run out.
+fn expire(shared: &Shared) {
+    let now = shared.now();
+    let mut ended = Vec::new();
+    {
+        let mut table = shared.table();
+        while let Some((_, session)) = table.pop_expired(now) {
+            ended.push(session);
+        }
+    }
+    // Dropped outside the lock: each stops its task and releases its counts.
+    drop(ended);
+}
+
+/// What handling one client datagram needs.
+struct Ctx<'a> {
+    spec: &'a Arc<ListenerSpec>,
+    settings: &'a UdpSpec,
+    shared: &'a Arc<Shared>,
+    tracker: &'a Tracker,
+    draining: bool,
+}
+
+impl Ctx<'_> {
+    fn datagram(&self, key: FlowKey, payload: &[u8]) {
+        let live = &self.spec.live;
+        let now = self.shared.now();
+        let pool = &self.spec.pool;
+        let mut table = self.shared.table();
+        match table.lookup(&key, now, |b| pool.takes(b)) {
+            Lookup::Live(_, session) => session.handle.forward(payload, live),
+            Lookup::Moved(id) => {
+                let slot = table.get_mut(id).and_then(|s| s.handle.slot.take());
+                let Some(slot) = slot else { return };
+                match self.connect(key.client, slot) {
+                    Ok((backend, mut handle)) => {
+                        handle.start(id, self.shared);
+                        handle.forward(payload, live);
+                        // The old handle (and its socket and task) closes as it drops.
+                        let _ = table.repick(id, backend, handle);
+                    }
+                    Err(why) => {
+                        // No backend left for it: the session ends, the datagram drops.
+                        live.udp.rejected(why).fetch_add(1, Ordering::Relaxed);
+                        let _ = table.remove(id);
+                    }
+                }
+            }
+            Lookup::New if self.draining => {}
+            Lookup::New => {
+                let ticket = match self.spec.admission.admit(key.client.ip()) {
+                    Ok(ticket) => ticket,
+                    Err(refused) => {
+                        live.udp.rejected(refused.reason.into()).fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                if !live.udp.take_session(self.settings.max_sessions) {
+                    live.udp.rejected(UdpRefusal::MaxSessions).fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let slot = Slot::new(live.clone(), ticket, self.tracker.enter());
+                match self.connect(key.client, slot) {
+                    Ok((backend, handle)) => {
+                        let responses = self.settings.responses.and_then(NonZeroU32::new);
+                        match table.insert(key, backend, handle, responses, now) {
+                            Ok(id) => {
+                                if let Some(s) = table.get_mut(id) {
+                                    s.handle.start(id, self.shared);
+                                    s.handle.forward(payload, live);
+                                }
+                            }
+                            Err(rejected) => {
+                                if let super::flows::InsertError::Refused(_) = rejected.why {
+                                    live.udp.rejected(UdpRefusal::MaxSessions).fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        live.udp.rejected(why).fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Lookup::Refused(_) => {
+                live.udp.rejected(UdpRefusal::MaxSessions).fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A backend for `client` and a socket connected to it, trying the pool's candidates in
+    /// order when a socket cannot be made.
+    fn connect(
+        &self,
+        client: SocketAddr,
+        slot: Slot,
+    ) -> Result<(Arc<crate::state::Backend>, Handle), UdpRefusal> {
+        let mut slot = Some(slot);
+        let mut why = UdpRefusal::NoBackend;
+        for backend in self.spec.pool.candidates(client) {
+            let Some(s) = slot.take() else { break };
+            // A socket that cannot be made is a local shortage (descriptors, ephemeral
+            // ports): another backend would fare no better, so the attempt ends here.
+            match Handle::connect(backend, s) {
+                Ok(handle) => return Ok((backend.clone(), handle)),
+                Err(e) => {
+                    debug!(listener = %self.spec.name, backend = %backend.address, error = %e, "cannot open a UDP upstream socket");
+                    why = UdpRefusal::LocalError;
+                    break;
+                }
+            }
+        }
+        Err(why)
+    }
+}

@@ -1,0 +1,165 @@
+//! `protocol: udp` through the real server on loopback: sessions keyed by client and local
+//! address, replies from the address the client sent to, byte-exact datagrams of every size
+//! up to 65 507 bytes, `responses`, the session cap, idle expiry, a session moving when its
+//! backend may no longer be used, sessions kept across a reload, and the counters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+
+/// A UDP backend on 127.0.0.1:0 that answers every datagram with `prefix` and the datagram.
+fn udp_echo(prefix: &'static [u8]) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        let mut out = Vec::with_capacity(65_600);
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            out.clear();
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&out, from);
+        }
+    });
+    addr
+}
+
+fn udp_config(backends: &[SocketAddr], udp: &str, pool_extra: &str) -> String {
+    let mut yaml = format!(
+        "workers: 2\nadmin:\n  bind: \"127.0.0.1:0\"\nlisteners:\n  front:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: back\n    udp: {{ {udp} }}\npools:\n  back:\n{pool_extra}    backends:\n"
+    );
+    for b in backends {
+        yaml.push_str(&format!("      - address: \"{b}\"\n"));
+    }
+    yaml
+}
+
+fn client(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Sends `payload` to `to` and returns the reply and where it came from.
+fn exchange(s: &UdpSocket, to: SocketAddr, payload: &[u8]) -> (Vec<u8>, SocketAddr) {
+    s.send_to(payload, to).unwrap();
+    let mut buf = vec![0u8; 65_600];
+    let (n, from) = s.recv_from(&mut buf).unwrap();
+    buf.truncate(n);
+    (buf, from)
+}
+
+fn udp_live(server: &tollgate::app::Server) -> std::sync::Arc<tollgate::state::ListenerSpec> {
+    server.snapshot().listener("front").unwrap().clone()
+}
+
+/// 1 000 tagged datagrams from 50 source addresses, every size class: each reply reaches
+/// its own source, byte-exact, from the listener's address.
+#[test]
+fn datagrams_of_every_size_come_back_to_their_own_source_byte_exact() {
+    let server = start(&udp_config(&[udp_echo(b"")], "", ""));
+    let front = front(&server);
+    let sizes = [0usize, 1, 1472, 8192, 65_507];
+    let clients: Vec<UdpSocket> = (0..50).map(|i| client(&format!("127.0.1.{}", i + 1))).collect();
+    let mut sent = 0;
+    for round in 0..20 {
+        for (i, c) in clients.iter().enumerate() {
+            let size = sizes[(round + i) % sizes.len()];
+            let mut payload: Vec<u8> = (0..size).map(|k| (k * 31 + i * 7 + round) as u8).collect();
+            if size >= 4 {
+                payload[..2].copy_from_slice(&(i as u16).to_be_bytes());
+                payload[2..4].copy_from_slice(&(round as u16).to_be_bytes());
+            }
+            let (reply, from) = exchange(c, front, &payload);
+            assert_eq!(from, front, "the reply comes from the listener's address");
+            assert_eq!(reply.len(), size, "client {i} round {round}: size");
+            assert!(reply == payload, "client {i} round {round}: bytes differ");
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 1000);
+    let spec = udp_live(&server);
+    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 50, "one session per source");
+    assert_eq!(spec.live.udp.sessions_active.load(Relaxed), 50);
+    server.shutdown();
+}
+
+/// `responses: 1` (DNS): the session ends with its answer.
+#[test]
+fn with_responses_1_the_session_ends_with_its_answer() {
+    let server = start(&udp_config(&[udp_echo(b"")], "responses: 1", ""));
+    let front = front(&server);
+    let spec = udp_live(&server);
+    let c = client("127.0.0.1");
+    for n in 0..5u8 {
+        assert_eq!(exchange(&c, front, &[n]).0, vec![n]);
+        wait_for("the session is gone", Duration::from_secs(2), || {
+            spec.live.udp.sessions_active.load(Relaxed) == 0
+        });
+    }
+    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 5, "a new session per query");
+    server.shutdown();
+}
+
+/// At `max_sessions`, a new client's datagram is dropped and counted; old ones still pass.
+#[test]
+fn the_session_cap_drops_new_clients_and_counts_them() {
+    let server = start(&udp_config(&[udp_echo(b"")], "max_sessions: 2", ""));
+    let front = front(&server);
+    let spec = udp_live(&server);
+    let (a, b, c) = (client("127.0.2.1"), client("127.0.2.2"), client("127.0.2.3"));
+    assert_eq!(exchange(&a, front, b"a").0, b"a");
+    assert_eq!(exchange(&b, front, b"b").0, b"b");
+    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.send_to(b"c", front).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(c.recv_from(&mut buf).is_err(), "the third client got no answer");
+    let refused = spec.live.udp.rejected(tollgate::state::UdpRefusal::MaxSessions);
+    wait_for("counted", Duration::from_secs(2), || refused.load(Relaxed) == 1);
+    assert_eq!(exchange(&a, front, b"a2").0, b"a2", "open sessions go on");
+    server.shutdown();
+}
+
+/// A session with nothing either way for `session_idle` ends: the gauge returns to 0.
+#[test]
+fn idle_sessions_end_and_the_gauge_returns_to_zero() {
+    let server = start(&udp_config(&[udp_echo(b"")], "session_idle: 200ms", ""));
+    let front = front(&server);
+    let spec = udp_live(&server);
+    let clients: Vec<UdpSocket> = (1..=10).map(|i| client(&format!("127.0.3.{i}"))).collect();
+    for c in &clients {
+        assert_eq!(exchange(c, front, b"x").0, b"x");
+    }
+    assert_eq!(spec.live.udp.sessions_active.load(Relaxed), 10);
+    wait_for("every session expired", Duration::from_secs(3), || {
+        spec.live.udp.sessions_active.load(Relaxed) == 0
+    });
+    server.shutdown();
+}
+
+/// A session whose backend is disabled moves to the other on its next datagram, keeping
+/// its key: the same client is answered by the other backend.
+#[test]
+fn a_session_moves_when_its_backend_may_no_longer_be_used() {
+    let (one, two) = (udp_echo(b"1"), udp_echo(b"2"));
+    let server = start(&udp_config(&[one, two], "", ""));
+    let front = front(&server);
+    let c = client("127.0.4.1");
+    let first = exchange(&c, front, b"q").0[0];
+    let serving = if first == b'1' { one } else { two };
+    server
+        .control()
+        .backend_action_blocking("back", serving, tollgate::control::BackendAction::Disable)
+        .unwrap();
+    let second = exchange(&c, front, b"q").0[0];
+    assert_ne!(first, second, "moved to the other backend");
+    let spec = udp_live(&server);
+    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 1, "still one session");
+    assert_eq!(spec.live.udp.sessions_active.load(Relaxed), 1);
+    server.shutdown();
+}
