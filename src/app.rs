@@ -155,7 +155,8 @@ impl Server {
         )?);
         for l in &config.listeners {
             for want in &l.bind {
-                if let Some(addr) = bound.get(&BindKey::new(&l.name, l.protocol.transport(), *want)) {
+                if let Some(addr) = bound.get(&BindKey::new(&l.name, l.protocol.transport(), *want))
+                {
                     info!(listener = %l.name, %addr, workers, "listener bound");
                 }
             }
@@ -239,10 +240,11 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
     let mut sockets: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         for want in &l.bind {
-            let (actual, group) = bind_group(l.protocol.transport(), *want, workers, true).map_err(|e| {
-                let why = crate::privileged_ports::bind_failure(*want, &e);
-                anyhow::anyhow!("listener {}: {why}", l.name)
-            })?;
+            let (actual, group) = bind_group(l.protocol.transport(), *want, workers, true)
+                .map_err(|e| {
+                    let why = crate::privileged_ports::bind_failure(*want, &e);
+                    anyhow::anyhow!("listener {}: {why}", l.name)
+                })?;
             let key = BindKey::new(&l.name, l.protocol.transport(), *want);
             for (worker, socket) in sockets.iter_mut().zip(group) {
                 worker.push(BoundSocket {
@@ -389,9 +391,11 @@ fn run_worker(
 /// unset were sized to fit it (`defaults::max_connections`), so they never warn; one info
 /// line says what they were sized to.
 fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
+    // UDP listeners hold sessions (one descriptor each, sized apart), not connections.
     let (sized, written): (Vec<_>, Vec<_>) = config
         .listeners
         .iter()
+        .filter(|l| !l.protocol.is_udp())
         .partition(|l| l.max_connections_sized);
     if let Some(first) = sized.first() {
         let names: Vec<&str> = sized.iter().map(|l| l.name.as_str()).collect();

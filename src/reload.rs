@@ -145,10 +145,12 @@ fn bind_new(next: &Config, running: &Running<'_>) -> Result<Vec<FreshGroup>, Rel
                 k.transport() == transport && (a == *addr || crate::config::overlaps(a, *addr))
             });
             let (actual, sockets) =
-                bind_group(transport, *addr, running.workers, !ours).map_err(|source| ReloadError::Bind {
-                    listener: l.name.clone(),
-                    addr: *addr,
-                    source,
+                bind_group(transport, *addr, running.workers, !ours).map_err(|source| {
+                    ReloadError::Bind {
+                        listener: l.name.clone(),
+                        addr: *addr,
+                        source,
+                    }
                 })?;
             fresh.push(FreshGroup {
                 key,

@@ -14,6 +14,10 @@
 //! - `unsupported_*`: an `Err` that says "not supported yet" (schema features not built yet;
 //!   rename the seed when its feature lands);
 //! - anything else (`edge_*`, or inputs the fuzzer adds): either answer, the checks above only.
+//!
+//! The other targets' seeds go through the same checks as their fuzz targets:
+//! `admin_input` through the admin API's parsers, `udp_flows` through the UDP session table
+//! and its reference model side by side (`tollgate::proxy::udp::model::check`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -289,6 +293,51 @@ fn admin_input_corpus_replays_cleanly() {
     assert!(
         accepted >= 3,
         "the corpus holds inputs that parse, not only rejects"
+    );
+}
+
+/// The udp_flows seeds drive the session table and its model side by side, as the fuzz
+/// target does; each named seed reaches what its name says.
+#[test]
+fn udp_flows_corpus_replays_cleanly() {
+    use tollgate::proxy::udp::model::{Summary, check};
+    let seeds = seeds_of("udp_flows");
+    assert!(seeds.len() >= 10, "only {} udp_flows seeds", seeds.len());
+    type Reached = fn(&Summary) -> bool;
+    let reaches: &[(&str, Reached)] = &[
+        ("dns_responses_one", |s| {
+            s.last_replies >= 2 && s.inserted >= 3
+        }),
+        ("refresh_before_idle", |s| s.live >= 1 && s.expired == 1),
+        ("backend_down_moves", |s| s.moved >= 1 && s.no_backend >= 2),
+        ("cap_refusals", |s| s.refused >= 3 && s.exists == 1),
+        ("end_of_time", |s| s.inserted >= 3),
+        ("reload_retain", |s| s.retained_out >= 2),
+        ("stale_ids", |s| s.stale_ids >= 2 && s.removed == 1),
+        ("shorter_idle", |s| s.expired >= 1),
+        ("admission_refused", |s| s.inserted == 1),
+    ];
+    let mut total = Summary::default();
+    for (name, data) in &seeds {
+        let summary = std::panic::catch_unwind(|| check(data))
+            .unwrap_or_else(|_| panic!("{name}: the table and its model disagree"));
+        if let Some((_, reached)) = reaches.iter().find(|(n, _)| n == name) {
+            assert!(
+                reached(&summary),
+                "{name} no longer reaches its case: {summary:?}"
+            );
+        }
+        total += summary;
+    }
+    for (name, _) in reaches {
+        assert!(
+            seeds.iter().any(|(n, _)| n == name),
+            "seed {name} is missing"
+        );
+    }
+    assert!(
+        total.expired > 0 && total.moved > 0 && total.refused > 0 && total.forwarded > 0,
+        "{total:?}"
     );
 }
 

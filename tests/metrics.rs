@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::http::get;
@@ -128,7 +128,7 @@ fn exposition_parses_and_counters_move() {
             }
         }
     }
-    promtool_check(&text);
+    common::promtool::check(&text);
     server.shutdown();
 }
 
@@ -153,32 +153,6 @@ fn a_rejected_connection_is_counted_with_its_reason() {
         ) == Some(1.0)
     });
     server.shutdown();
-}
-
-/// `promtool check metrics` (installed by .ci/run) lints the exposition; skipped where absent.
-fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed; skipping its lint");
-        return;
-    };
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{report}"
-    );
 }
 
 #[test]
@@ -251,7 +225,7 @@ fn spliced_bulk_data_shows_in_the_pipe_metrics() {
         );
         assert_eq!(fell_back, Some(0.0), "fallback: {reason}");
     }
-    promtool_check(&text);
+    common::promtool::check(&text);
     server.shutdown();
 }
 
@@ -301,7 +275,7 @@ fn build_info_names_the_compiler_and_the_commit() {
     );
     let head = built_from();
     assert_eq!(info.labels.get("commit"), Some(head.as_str()));
-    promtool_check(&text);
+    common::promtool::check(&text);
     server.shutdown();
 }
 
@@ -327,7 +301,7 @@ fn the_last_reload_shows_whether_it_worked_and_when_the_config_in_force_was_load
     let admin = server.admin_addr().unwrap();
     let gauges = || {
         let (text, s) = scrape(admin);
-        promtool_check(&text);
+        common::promtool::check(&text);
         let ok = value(&s, "tollgate_config_last_reload_successful", &[]).unwrap();
         let at = value(
             &s,
@@ -403,14 +377,14 @@ fn connect_buckets_reach_the_longest_connect_timeout() {
         assert_eq!(round_trip(front(&server), &[i]).unwrap(), vec![i]);
     }
     let (text, s) = scrape(admin);
-    promtool_check(&text);
+    common::promtool::check(&text);
     let buckets = connect_buckets(&s);
     assert_eq!(buckets.last(), Some(&(5.0, 3.0)), "{buckets:?}");
     let longer = config(&[(echo, 1)], "timeouts: { connect: 45s }", "", top);
     std::fs::write(&path, longer).unwrap();
     assert_eq!(server.control().reload_blocking().unwrap(), 2);
     let (text, s) = scrape(admin);
-    promtool_check(&text);
+    common::promtool::check(&text);
     let buckets = connect_buckets(&s);
     assert_eq!(buckets.last(), Some(&(50.0, 3.0)), "{buckets:?}");
     assert!(buckets.contains(&(25.0, 3.0)), "{buckets:?}");
@@ -438,7 +412,7 @@ fn process_cpu_seconds_follow_the_cpu_used_by_every_thread() {
             below <= cpu && cpu <= above,
             "process_cpu_seconds_total {cpu} outside /proc/PID/stat's [{below}, {above}]"
         );
-        promtool_check(&text);
+        common::promtool::check(&text);
         cpu
     };
     let before = bracketed();

@@ -31,7 +31,7 @@ fn udp_echo(prefix: &'static [u8]) -> SocketAddr {
 
 fn udp_config(backends: &[SocketAddr], udp: &str, pool_extra: &str) -> String {
     let mut yaml = format!(
-        "workers: 2\nadmin:\n  bind: \"127.0.0.1:0\"\nlisteners:\n  front:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: back\n    udp: {{ {udp} }}\npools:\n  back:\n{pool_extra}    backends:\n"
+        "workers: 2\nshutdown: {{ drain_timeout: 500ms }}\nadmin:\n  bind: \"127.0.0.1:0\"\nlisteners:\n  front:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: back\n    udp: {{ {udp} }}\npools:\n  back:\n{pool_extra}    backends:\n"
     );
     for b in backends {
         yaml.push_str(&format!("      - address: \"{b}\"\n"));
@@ -65,7 +65,9 @@ fn datagrams_of_every_size_come_back_to_their_own_source_byte_exact() {
     let server = start(&udp_config(&[udp_echo(b"")], "", ""));
     let front = front(&server);
     let sizes = [0usize, 1, 1472, 8192, 65_507];
-    let clients: Vec<UdpSocket> = (0..50).map(|i| client(&format!("127.0.1.{}", i + 1))).collect();
+    let clients: Vec<UdpSocket> = (0..50)
+        .map(|i| client(&format!("127.0.1.{}", i + 1)))
+        .collect();
     let mut sent = 0;
     for round in 0..20 {
         for (i, c) in clients.iter().enumerate() {
@@ -84,7 +86,11 @@ fn datagrams_of_every_size_come_back_to_their_own_source_byte_exact() {
     }
     assert_eq!(sent, 1000);
     let spec = udp_live(&server);
-    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 50, "one session per source");
+    assert_eq!(
+        spec.live.udp.sessions_total.load(Relaxed),
+        50,
+        "one session per source"
+    );
     assert_eq!(spec.live.udp.sessions_active.load(Relaxed), 50);
     server.shutdown();
 }
@@ -102,7 +108,11 @@ fn with_responses_1_the_session_ends_with_its_answer() {
             spec.live.udp.sessions_active.load(Relaxed) == 0
         });
     }
-    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 5, "a new session per query");
+    assert_eq!(
+        spec.live.udp.sessions_total.load(Relaxed),
+        5,
+        "a new session per query"
+    );
     server.shutdown();
 }
 
@@ -112,15 +122,28 @@ fn the_session_cap_drops_new_clients_and_counts_them() {
     let server = start(&udp_config(&[udp_echo(b"")], "max_sessions: 2", ""));
     let front = front(&server);
     let spec = udp_live(&server);
-    let (a, b, c) = (client("127.0.2.1"), client("127.0.2.2"), client("127.0.2.3"));
+    let (a, b, c) = (
+        client("127.0.2.1"),
+        client("127.0.2.2"),
+        client("127.0.2.3"),
+    );
     assert_eq!(exchange(&a, front, b"a").0, b"a");
     assert_eq!(exchange(&b, front, b"b").0, b"b");
-    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     c.send_to(b"c", front).unwrap();
     let mut buf = [0u8; 16];
-    assert!(c.recv_from(&mut buf).is_err(), "the third client got no answer");
-    let refused = spec.live.udp.rejected(tollgate::state::UdpRefusal::MaxSessions);
-    wait_for("counted", Duration::from_secs(2), || refused.load(Relaxed) == 1);
+    assert!(
+        c.recv_from(&mut buf).is_err(),
+        "the third client got no answer"
+    );
+    let refused = spec
+        .live
+        .udp
+        .rejected(tollgate::state::UdpRefusal::MaxSessions);
+    wait_for("counted", Duration::from_secs(2), || {
+        refused.load(Relaxed) == 1
+    });
     assert_eq!(exchange(&a, front, b"a2").0, b"a2", "open sessions go on");
     server.shutdown();
 }
@@ -159,7 +182,123 @@ fn a_session_moves_when_its_backend_may_no_longer_be_used() {
     let second = exchange(&c, front, b"q").0[0];
     assert_ne!(first, second, "moved to the other backend");
     let spec = udp_live(&server);
-    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 1, "still one session");
+    assert_eq!(
+        spec.live.udp.sessions_total.load(Relaxed),
+        1,
+        "still one session"
+    );
     assert_eq!(spec.live.udp.sessions_active.load(Relaxed), 1);
+    server.shutdown();
+}
+
+/// A reload that keeps the listener and the session's backend keeps the session: the same
+/// client goes on with the same backend, and no new session is made.
+#[test]
+fn a_reload_keeps_sessions_whose_backend_remains() {
+    let (one, two, three) = (udp_echo(b"1"), udp_echo(b"2"), udp_echo(b"3"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let server = start_file(&path, &udp_config(&[one, two], "", ""));
+    let front = front(&server);
+    let c = client("127.0.5.1");
+    let first = exchange(&c, front, b"q").0[0];
+    std::fs::write(
+        &path,
+        udp_config(&[one, two, three], "session_idle: 20s", ""),
+    )
+    .unwrap();
+    server.control().reload_blocking().unwrap();
+    for _ in 0..10 {
+        assert_eq!(exchange(&c, front, b"q").0[0], first, "the same backend");
+    }
+    let spec = udp_live(&server);
+    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 1);
+    server.shutdown();
+}
+
+/// A wildcard listener answers each client from the address that client wrote to: with
+/// 127.0.0.2 and 127.0.0.3 both local, each reply names the one it was sent to.
+#[test]
+fn a_wildcard_listener_answers_from_the_address_the_client_used() {
+    let yaml = udp_config(&[udp_echo(b"")], "", "").replace(
+        "    bind: \"127.0.0.1:0\"\n    pool",
+        "    bind: \"0.0.0.0:0\"\n    pool",
+    );
+    let server = start(&yaml);
+    let port = front(&server).port();
+    let c = client("127.0.0.1");
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.2"] {
+        let to: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let (reply, from) = exchange(&c, to, ip.as_bytes());
+        assert_eq!(reply, ip.as_bytes());
+        assert_eq!(from, to, "answered from the address written to");
+    }
+    let spec = udp_live(&server);
+    assert_eq!(
+        spec.live.udp.sessions_total.load(Relaxed),
+        2,
+        "one session per local address"
+    );
+    server.shutdown();
+}
+
+/// The UDP families in `/metrics` (promtool-clean) and the listener in status.
+#[test]
+fn metrics_and_status_show_sessions_and_datagrams() {
+    let server = start(&udp_config(&[udp_echo(b"")], "max_sessions: 1", ""));
+    let front = front(&server);
+    let admin = server.admin_addr().unwrap();
+    let a = client("127.0.6.1");
+    for _ in 0..3 {
+        exchange(&a, front, b"12345");
+    }
+    client("127.0.6.2").send_to(b"x", front).unwrap();
+    let refused = udp_live(&server);
+    wait_for("the refusal is counted", Duration::from_secs(2), || {
+        refused
+            .live
+            .udp
+            .rejected(tollgate::state::UdpRefusal::MaxSessions)
+            .load(Relaxed)
+            == 1
+    });
+    let text = common::http::get(admin, "/metrics").body;
+    common::promtool::check(&text);
+    for line in [
+        "tollgate_udp_sessions_active{listener=\"front\"} 1",
+        "tollgate_udp_sessions_total{listener=\"front\"} 1",
+        "tollgate_udp_sessions_rejected_total{listener=\"front\",reason=\"max_sessions\"} 1",
+        "tollgate_udp_datagrams_total{listener=\"front\",direction=\"to_backend\"} 3",
+        "tollgate_udp_datagrams_total{listener=\"front\",direction=\"to_client\"} 3",
+        "tollgate_udp_bytes_total{listener=\"front\",direction=\"to_client\"} 15",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+    }
+    assert!(
+        !text.contains("tollgate_listener_connections_active{listener=\"front\"}"),
+        "a UDP listener has no connections"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&common::http::get(admin, "/api/v1/status").body).unwrap();
+    let l = &status["listeners"][0];
+    assert_eq!(l["protocol"], "udp");
+    assert_eq!(l["sessions_active"], 1);
+    assert_eq!(l["max_sessions"], 1);
+    assert_eq!(l["rejected"]["max_sessions"], 1);
+    assert_eq!(l["to_client"]["datagrams"], 3);
+    // Exactly the fields the OpenAPI document describes for a UDP listener.
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(include_str!("../src/admin/openapi.yaml")).unwrap();
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let schema = &doc["components"]["schemas"]["UdpListenerStatus"];
+    assert_eq!(keys(l), keys(&schema["properties"]));
+    assert_eq!(
+        keys(&l["rejected"]),
+        keys(&schema["properties"]["rejected"]["properties"])
+    );
     server.shutdown();
 }

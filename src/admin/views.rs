@@ -29,7 +29,7 @@ pub(crate) fn status(control: &Handle) -> Value {
             let spec = snapshot.listener(&l.name)?;
             let live = &spec.live;
             if let Some(udp) = spec.udp {
-                return Some(udp_listener_json(view, l, spec, udp));
+                return Some(udp_listener_json(&view, l, spec, udp));
             }
             let rejected: serde_json::Map<String, Value> = [("no_backend", &live.rejected_no_backend)]
                 .into_iter()

@@ -488,6 +488,10 @@ fn serves<'c>(config: &'c Config, key: &BindKey) -> Option<&'c str> {
     config
         .listeners
         .iter()
-        .find(|l| l.bind.iter().any(|b| BindKey::new(&l.name, l.protocol.transport(), *b) == *key))
+        .find(|l| {
+            l.bind
+                .iter()
+                .any(|b| BindKey::new(&l.name, l.protocol.transport(), *b) == *key)
+        })
         .map(|l| l.name.as_str())
 }

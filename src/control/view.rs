@@ -165,9 +165,11 @@ impl View {
             .iter()
             .filter(|l| l.name == listener)
             .flat_map(|l| {
-                l.bind
-                    .iter()
-                    .filter_map(|b| self.bound.get(&BindKey::new(&l.name, l.protocol.transport(), *b)).copied())
+                l.bind.iter().filter_map(|b| {
+                    self.bound
+                        .get(&BindKey::new(&l.name, l.protocol.transport(), *b))
+                        .copied()
+                })
             })
             .collect()
     }
@@ -183,7 +185,10 @@ impl View {
         }
         for l in &self.written.listeners {
             for addr in &l.bind {
-                if !self.bound.contains_key(&BindKey::new(&l.name, l.protocol.transport(), *addr)) {
+                if !self
+                    .bound
+                    .contains_key(&BindKey::new(&l.name, l.protocol.transport(), *addr))
+                {
                     reasons.push(format!("listener {}: {addr} is not bound", l.name));
                 }
             }

@@ -3,7 +3,7 @@
 //! connection (`tcp.rs`) and moving its bytes (`copy.rs`, one direction at a time in
 //! `pump.rs`, with buffers from `buffers.rs`; a failed leg passed on as a reset in
 //! `abort.rs`), and the failure streaks behind passive health
-//! checks (`passive.rs`).
+//! checks (`passive.rs`). `udp/` serves UDP listeners: sessions, their upstream sockets and replies.
 //!
 //! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
 //! it never imports `config`, `app` or admin code.
@@ -17,6 +17,7 @@ mod pump;
 pub mod slot;
 pub mod tcp;
 pub mod throttle;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The only home of `unsafe` in tollgate: thin, documented wrappers over the Linux system
 //! calls that std, tokio and socket2 do not expose safely — `splice(2)` and pipes
 //! (`pipe.rs`; `pipe_pool.rs` lends them out, safe code), what a socket's send queue holds
-//! (`socket.rs`), the open-file limit (`rlimit.rs`), descriptors held in reserve for when it
+//! (`socket.rs`), UDP sockets with batched `recvmmsg` / `sendmmsg`, `PKTINFO` addresses and
+//! GRO / GSO (`udp.rs`), the open-file limit (`rlimit.rs`), descriptors held in reserve for when it
 //! is reached (`reserve.rs`), the process's CPU time (`usage.rs`), and signal masks
 //! (`signals.rs`; with `early.rs`, which only the binary compiles). `unsafe_code` is denied
 //! everywhere else by the crate's lints.
@@ -18,6 +19,7 @@ pub mod reserve;
 pub mod rlimit;
 pub mod signals;
 pub mod socket;
+pub mod udp;
 pub mod usage;
 
 pub use pipe::{Pipe, PipeError};

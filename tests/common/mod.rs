@@ -15,6 +15,7 @@ pub mod binary;
 pub mod dns;
 pub mod http;
 pub mod netns;
+pub mod promtool;
 pub mod sources;
 
 /// Starts tollgate in-process from YAML.

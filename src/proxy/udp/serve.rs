@@ -21,8 +21,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::flows::{FlowKey, FlowTable, Limits, Lookup};
-use super::session::{Handle, Shared, Slot};
+use super::flows::{FlowTable, Limits, Lookup};
+use super::session::FlowKey;
+use super::upstream::{Handle, Shared, Slot};
 use crate::proxy::listener::BindKey;
 use crate::proxy::{DataPlane, Tracker};
 use crate::state::{ListenerSpec, UdpRefusal, UdpSpec};
@@ -177,12 +178,16 @@ impl Ctx<'_> {
                 let ticket = match self.spec.admission.admit(key.client.ip()) {
                     Ok(ticket) => ticket,
                     Err(refused) => {
-                        live.udp.rejected(refused.reason.into()).fetch_add(1, Ordering::Relaxed);
+                        live.udp
+                            .rejected(refused.reason.into())
+                            .fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 };
                 if !live.udp.take_session(self.settings.max_sessions) {
-                    live.udp.rejected(UdpRefusal::MaxSessions).fetch_add(1, Ordering::Relaxed);
+                    live.udp
+                        .rejected(UdpRefusal::MaxSessions)
+                        .fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 let slot = Slot::new(live.clone(), ticket, self.tracker.enter());
@@ -198,7 +203,9 @@ impl Ctx<'_> {
                             }
                             Err(rejected) => {
                                 if let super::flows::InsertError::Refused(_) = rejected.why {
-                                    live.udp.rejected(UdpRefusal::MaxSessions).fetch_add(1, Ordering::Relaxed);
+                                    live.udp
+                                        .rejected(UdpRefusal::MaxSessions)
+                                        .fetch_add(1, Ordering::Relaxed);
                                 }
                             }
                         }
@@ -209,33 +216,33 @@ impl Ctx<'_> {
                 }
             }
             Lookup::Refused(_) => {
-                live.udp.rejected(UdpRefusal::MaxSessions).fetch_add(1, Ordering::Relaxed);
+                live.udp
+                    .rejected(UdpRefusal::MaxSessions)
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// A backend for `client` and a socket connected to it, trying the pool's candidates in
-    /// order when a socket cannot be made.
+    /// The pool's pick for `client` and a socket connected to it. A socket that cannot be
+    /// made is a local shortage (descriptors, ephemeral ports): another backend would fare
+    /// no better, so there is no second try.
     fn connect(
         &self,
         client: SocketAddr,
         slot: Slot,
     ) -> Result<(Arc<crate::state::Backend>, Handle), UdpRefusal> {
-        let mut slot = Some(slot);
-        let mut why = UdpRefusal::NoBackend;
-        for backend in self.spec.pool.candidates(client) {
-            let Some(s) = slot.take() else { break };
-            // A socket that cannot be made is a local shortage (descriptors, ephemeral
-            // ports): another backend would fare no better, so the attempt ends here.
-            match Handle::connect(backend, s) {
-                Ok(handle) => return Ok((backend.clone(), handle)),
-                Err(e) => {
-                    debug!(listener = %self.spec.name, backend = %backend.address, error = %e, "cannot open a UDP upstream socket");
-                    why = UdpRefusal::LocalError;
-                    break;
-                }
+        let backend = self
+            .spec
+            .pool
+            .candidates(client)
+            .next()
+            .ok_or(UdpRefusal::NoBackend)?;
+        match Handle::connect(backend, slot) {
+            Ok(handle) => Ok((backend.clone(), handle)),
+            Err(e) => {
+                debug!(listener = %self.spec.name, backend = %backend.address, error = %e, "cannot open a UDP upstream socket");
+                Err(UdpRefusal::LocalError)
             }
         }
-        Err(why)
     }
 }
