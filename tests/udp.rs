@@ -302,3 +302,156 @@ fn metrics_and_status_show_sessions_and_datagrams() {
     );
     server.shutdown();
 }
+
+/// A real DNS exchange: hickory's resolver asks tollgate (UDP only), tollgate asks an
+/// authoritative hickory server, and with `responses: 1` each query's session ends with its
+/// answer.
+#[test]
+fn dns_through_tollgate_answers_and_each_session_ends_with_its_answer() {
+    use hickory_resolver::config::{
+        ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+    };
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    use hickory_resolver::proto::rr::RecordType;
+
+    let dns = common::dns::DnsServer::start();
+    dns.set_a("app.example.com", 60, &["192.0.2.7".parse().unwrap()]);
+    let server = start(&udp_config(&[dns.addr()], "responses: 1", ""));
+    let front = front(&server);
+    let spec = udp_live(&server);
+    let mut udp_only = ConnectionConfig::udp();
+    udp_only.port = front.port();
+    let mut config = ResolverConfig::default();
+    config
+        .name_servers
+        .push(NameServerConfig::new(front.ip(), true, vec![udp_only]));
+    let mut opts = ResolverOpts::default();
+    opts.cache_size = 0;
+    opts.attempts = 0;
+    opts.timeout = Duration::from_secs(2);
+    let resolver = hickory_resolver::TokioResolver::builder_with_config(
+        config,
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let answer = rt
+            .block_on(resolver.lookup("app.example.com.", RecordType::A))
+            .expect("answered through tollgate");
+        let ips: Vec<String> = answer
+            .answers()
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect();
+        assert_eq!(ips, vec!["192.0.2.7".to_owned()]);
+    }
+    wait_for(
+        "every session ended with its answer",
+        Duration::from_secs(2),
+        || spec.live.udp.sessions_active.load(Relaxed) == 0,
+    );
+    assert!(spec.live.udp.sessions_total.load(Relaxed) >= 3);
+    assert_eq!(
+        dns.queries("app.example.com"),
+        3,
+        "each query reached the server once"
+    );
+    server.shutdown();
+}
+
+/// Per-source limits count sessions: a source may hold `max_connections` sessions at once
+/// (ports of one address are one source), the next is dropped as `source_limit`, and the
+/// explain endpoint answers for the UDP listener.
+#[test]
+fn per_source_limits_count_sessions() {
+    let yaml = udp_config(&[udp_echo(b"")], "", "").replace(
+        "    udp: {  }\n",
+        "    udp: {  }\n    limits: { per_source: { max_connections: 2 } }\n",
+    );
+    let server = start(&yaml);
+    let front = front(&server);
+    let spec = udp_live(&server);
+    let (a, b, c) = (
+        client("127.0.7.1"),
+        client("127.0.7.1"),
+        client("127.0.7.1"),
+    );
+    assert_eq!(exchange(&a, front, b"a").0, b"a");
+    assert_eq!(exchange(&b, front, b"b").0, b"b");
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    c.send_to(b"c", front).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        c.recv_from(&mut buf).is_err(),
+        "the third session of the source is dropped"
+    );
+    let limited = spec
+        .live
+        .udp
+        .rejected(tollgate::state::UdpRefusal::SourceLimit);
+    wait_for("counted as source_limit", Duration::from_secs(2), || {
+        limited.load(Relaxed) == 1
+    });
+    assert_eq!(
+        exchange(&client("127.0.7.2"), front, b"d").0,
+        b"d",
+        "another source is fine"
+    );
+    let admin = server.admin_addr().unwrap();
+    let why = common::http::get(admin, "/api/v1/listeners/front/sources/127.0.7.1").body;
+    // Open sessions count where a TCP listener counts open connections.
+    assert!(why.contains("\"open_connections\":2"), "{why}");
+    server.shutdown();
+}
+
+/// A UDP port nothing listens on.
+fn dead_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The `udp` health check on a UDP pool: a backend whose port answers nothing is down and
+/// takes no session; with every backend down, `when_all_down: reject` drops new clients as
+/// `no_backend`.
+#[test]
+fn udp_health_checks_keep_sessions_off_dead_backends() {
+    let check = "    health_check: { type: udp, interval: 100ms, timeout: 80ms, rise: 1, fall: 1, send: \"ping\", expect: \"ping\" }\n";
+    let (alive, dead) = (udp_echo(b""), dead_udp_port());
+    let server = start(&udp_config(&[alive, dead], "", check));
+    let front = front(&server);
+    let pool = || server.snapshot().pool("back").unwrap().clone();
+    wait_for("the dead backend is down", Duration::from_secs(5), || {
+        let p = pool();
+        p.backends
+            .iter()
+            .all(|b| (b.address == dead) == (b.weight == 0))
+    });
+    for i in 1..=20 {
+        let c = client(&format!("127.0.8.{i}"));
+        assert_eq!(exchange(&c, front, b"hi").0, b"hi", "client {i} answered");
+    }
+    server.shutdown();
+
+    let server = start(&udp_config(&[dead_udp_port()], "", check));
+    let front = common::front(&server);
+    let spec = udp_live(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    client("127.0.8.100").send_to(b"x", front).unwrap();
+    let refused = spec
+        .live
+        .udp
+        .rejected(tollgate::state::UdpRefusal::NoBackend);
+    wait_for("dropped as no_backend", Duration::from_secs(2), || {
+        refused.load(Relaxed) >= 1
+    });
+    server.shutdown();
+}
