@@ -204,9 +204,27 @@ fn every_error_is_reported_at_once_in_file_order() {
 #[test]
 fn unsupported_features_are_refused_not_ignored() {
     rejected(
-        &GOOD.replace("    pool: web\n", "    pool: web\n    protocol: udp\n"),
-        "t.yaml:5:15: listeners.web.protocol: not supported yet",
-        "UDP",
+        &GOOD.replace(
+            "    pool: web\n",
+            "    pool: web\n    proxy_protocol: { send: v2 }\n",
+        ),
+        "t.yaml:5:29: listeners.web.proxy_protocol.send: not supported yet",
+        "PROXY",
+    );
+}
+
+/// `protocol: udp` is served: the summary shows the listener's sessions.
+#[test]
+fn a_udp_listener_passes_and_its_sessions_are_summarised() {
+    let (out, stderr, _) = check(&GOOD.replace(
+        "    pool: web\n",
+        "    pool: web\n    protocol: udp\n    udp: { max_sessions: 100, responses: 1 }\n",
+    ));
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("  web udp 127.0.0.1:8080 -> pool web\n    sessions: at most 100 at once; each ends after 30s without a datagram, or after 1 reply"),
+        "{stdout}"
     );
 }
 

@@ -85,7 +85,7 @@ fn at_the_drain_timeout_remaining_connections_are_closed_and_the_exit_is_clean()
     let started = Instant::now();
     lb.signal(libc::SIGINT);
     let status = lb.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "logs:\n{}", lb.logs().join("\n"));
     assert!(
         started.elapsed() >= Duration::from_millis(500),
         "exited before the drain timeout"
