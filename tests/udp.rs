@@ -455,3 +455,48 @@ fn udp_health_checks_keep_sessions_off_dead_backends() {
     });
     server.shutdown();
 }
+
+/// `GET /api/v1/config` shows a UDP listener's own settings, `check --diff` compares them,
+/// and backend counters count sessions.
+#[test]
+fn config_diff_and_backend_counters_cover_udp_listeners() {
+    let backend = udp_echo(b"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.yaml");
+    let server = start_file(&path, &udp_config(&[backend], "session_idle: 5s", ""));
+    let admin = server.admin_addr().unwrap();
+    let front = front(&server);
+    exchange(&client("127.0.9.1"), front, b"x");
+    exchange(&client("127.0.9.2"), front, b"y");
+    let config: serde_json::Value =
+        serde_json::from_str(&common::http::get(admin, "/api/v1/config").body).unwrap();
+    let l = &config["listeners"][0];
+    assert_eq!(l["protocol"], "udp");
+    assert_eq!(l["udp"]["session_idle"], "5s");
+    assert!(l.get("timeouts").is_none(), "no TCP settings: {l}");
+    let status: serde_json::Value =
+        serde_json::from_str(&common::http::get(admin, "/api/v1/status").body).unwrap();
+    assert_eq!(
+        status["pools"][0]["backends"][0]["connections_total"], 2,
+        "two sessions"
+    );
+    std::fs::write(
+        &path,
+        udp_config(&[backend], "session_idle: 9s, responses: 1", ""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::binary::bin())
+        .args(["check", "--diff", "-c"])
+        .arg(&path)
+        .arg("--admin")
+        .arg(admin.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("session_idle") && stdout.contains("5s -> 9s"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("responses"), "{stdout}");
+    server.shutdown();
+}
