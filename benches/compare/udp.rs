@@ -67,12 +67,15 @@ pub fn nginx_conf(
 /// Sends `request` to `addr` from a fresh socket until a datagram that `accept` takes comes
 /// back, re-sending every 100 ms, for at most `timeout`. Proves the whole path answers (the
 /// front's socket is bound before it serves, and a backend may still be loading).
+///
+/// Returns the socket: its session stays in the balancer after the probe, and while the
+/// caller keeps the socket no later client can be given its port and land in that session.
 pub fn probe(
     addr: SocketAddr,
     request: &[u8],
     accept: impl Fn(&[u8]) -> bool,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<UdpSocket> {
     let socket = UdpSocket::bind("127.0.0.1:0").context("probe: binding a UDP socket")?;
     socket
         .connect(addr)
@@ -94,7 +97,7 @@ pub fn probe(
         let answer_by = Instant::now() + PROBE_RESEND;
         while Instant::now() < answer_by {
             match socket.recv(&mut buf) {
-                Ok(n) if accept(&buf[..n]) => return Ok(()),
+                Ok(n) if accept(&buf[..n]) => return Ok(socket),
                 Ok(_) => {}
                 Err(e) => {
                     last_error = Some(e);

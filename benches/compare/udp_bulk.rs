@@ -94,8 +94,10 @@ pub fn bulk(ctx: &Ctx, c: Contender, rep: &str, res: &mut Results) -> Result<()>
     let echo = dgram::echo(ctx)?;
     let running = contenders::start_front(ctx, c, Front::Udp { responses: None }, echo.port)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
-    udp::probe(addr, PROBE, |r| r == PROBE, READY_TIMEOUT)
-        .with_context(|| format!("{c}: no echo through it"))?;
+    drop(
+        udp::probe(addr, PROBE, |r| r == PROBE, READY_TIMEOUT)
+            .with_context(|| format!("{c}: no echo through it"))?,
+    );
     let (sockets, window, size) = BULK;
     let load = Load {
         sockets,
@@ -138,7 +140,8 @@ pub fn memory(ctx: &Ctx, c: Contender, rep: &str, res: &mut Results) -> Result<(
     let running = contenders::start_front(ctx, c, Front::Udp { responses: None }, echo.port)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], running.port));
     // The probe is also the warm-up session: lazy start-up work is not counted per session.
-    udp::probe(addr, PROBE, |r| r == PROBE, READY_TIMEOUT)
+    // Its socket stays open, so that no client below reuses its port and joins its session.
+    let warm_up = udp::probe(addr, PROBE, |r| r == PROBE, READY_TIMEOUT)
         .with_context(|| format!("{c}: no echo through it"))?;
     thread::sleep(Duration::from_millis(100));
     let balancer = running.balancer()?;
@@ -168,7 +171,7 @@ pub fn memory(ctx: &Ctx, c: Contender, rep: &str, res: &mut Results) -> Result<(
         "{rep} {c:<15} {n} sessions: {bytes:6.0} B/session  RSS {:.1} -> {mib:.1} MiB  fds {fds_before} -> {fds_with}{gauge}",
         rss_before as f64 / 1024.0
     );
-    drop(clients);
+    drop((clients, warm_up));
     running.stop()?;
     echo.stop()
 }
