@@ -1,11 +1,12 @@
 //! The contenders: `direct` (no proxy), `tollgate`, `haproxy`, `haproxy-splice` and `nginx`.
 //!
 //! Owns each one's generated configuration (written into a fresh directory of the run's temp
-//! dir), starting it in front of a backend port and waiting until it listens, retrying with
-//! fresh ports when a port picked as free was taken meanwhile, checking up front that every
-//! tool the chosen workloads and contenders need is installed (nginx's stream module too),
-//! and tollgate's admin API (reload, status). HAProxy's stats socket is in the config for
-//! the bulk workload's splice check.
+//! dir), starting it in front of a backend port and waiting until it listens (TCP) or has
+//! its socket bound (UDP, whose configurations are `udp.rs`'s), retrying with fresh ports
+//! when a port picked as free was taken meanwhile, checking up front that every tool the
+//! chosen workloads and contenders need is installed (nginx's stream module too), and
+//! tollgate's admin API (reload, status, metrics). HAProxy's stats socket is in the config
+//! for the bulk workload's splice check; HAProxy has no UDP front.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,8 +17,8 @@ use std::{fmt, fs};
 
 use anyhow::{Context, Result, bail};
 
-use crate::procs::{Proc, free_port};
-use crate::{Ctx, Settings, Workload};
+use crate::procs::{Proc, free_port, free_udp_port};
+use crate::{Ctx, Settings, Workload, udp};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const ATTEMPTS: usize = 3;
@@ -61,6 +62,16 @@ impl fmt::Display for Contender {
     }
 }
 
+/// What the balancer listens for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Front {
+    Tcp,
+    /// A UDP listener; a session ends after `responses` replies (`None`: only when idle).
+    Udp {
+        responses: Option<u32>,
+    },
+}
+
 /// A started contender: clients connect to 127.0.0.1:`port`.
 pub struct Running {
     pub contender: Contender,
@@ -98,11 +109,20 @@ impl Running {
     }
 }
 
-/// Writes the config and spawns the contender in front of 127.0.0.1:`backend`, without
-/// waiting for it. `direct` starts nothing and points at the backend itself.
+/// Writes the config and spawns the contender's TCP front in front of 127.0.0.1:`backend`,
+/// without waiting for it. `direct` starts nothing and points at the backend itself.
 pub fn spawn(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
+    spawn_front(ctx, c, Front::Tcp, backend)
+}
+
+/// [`spawn`] for either kind of front.
+pub fn spawn_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Result<Running> {
     let dir = ctx.run_dir(c.name())?;
-    let (port, max_conns) = (free_port()?, ctx.max_conns());
+    let port = match front {
+        Front::Tcp => free_port()?,
+        Front::Udp { .. } => free_udp_port()?,
+    };
+    let max_conns = ctx.max_conns();
     let mut running = Running {
         contender: c,
         port,
@@ -122,10 +142,19 @@ pub fn spawn(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
         Contender::Tollgate => {
             let admin = free_port()?;
             running.admin = Some(admin);
-            running.set_tollgate_weight(1)?;
+            match front {
+                Front::Tcp => running.set_tollgate_weight(1)?,
+                Front::Udp { responses } => {
+                    let text = udp::tollgate_yaml(port, admin, backend, responses);
+                    write(&dir, "tollgate.yaml", text)?;
+                }
+            }
             let mut cmd = Command::new(&ctx.tollgate);
             cmd.arg("run").arg("-c").arg(dir.join("tollgate.yaml"));
             cmd
+        }
+        Contender::Haproxy | Contender::HaproxySplice if front != Front::Tcp => {
+            bail!("{c}: HAProxy community has no UDP proxy")
         }
         Contender::Haproxy | Contender::HaproxySplice => {
             let splice = c == Contender::HaproxySplice;
@@ -144,7 +173,12 @@ pub fn spawn(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
                 Some(StreamModule::Builtin) => String::new(),
                 None => bail!("nginx: the stream module was not looked for"),
             };
-            let text = nginx_stream_conf(&load, &dir, port, backend, ctx.fd_limit);
+            let text = match front {
+                Front::Tcp => nginx_stream_conf(&load, &dir, port, backend, ctx.fd_limit),
+                Front::Udp { responses } => {
+                    udp::nginx_conf(&load, &dir, port, backend, responses, ctx.fd_limit)
+                }
+            };
             let conf = write(&dir, "nginx.conf", text)?;
             let mut cmd = Command::new("nginx");
             cmd.arg("-p")
@@ -163,19 +197,23 @@ pub fn spawn(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
 /// Spawns the contender and waits until it listens (and, for tollgate, its admin API too).
 /// A port taken between picking and binding is retried with fresh ports.
 pub fn start(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
+    start_front(ctx, c, Front::Tcp, backend)
+}
+
+/// [`start`] for either kind of front: a UDP front is ready once its socket is bound (the
+/// workloads then send a probe through it before measuring).
+pub fn start_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Result<Running> {
     for attempt in 1..=ATTEMPTS {
-        let mut running = spawn(ctx, c, backend)?;
-        let ports: Vec<u16> = [Some(running.port), running.admin]
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut running = spawn_front(ctx, c, front, backend)?;
+        let (port, admin) = (running.port, running.admin);
         let Some(proc) = running.proc.as_mut() else {
             return Ok(running);
         };
-        match ports
-            .iter()
-            .try_for_each(|&p| proc.wait_listening(p, READY_TIMEOUT))
-        {
+        let ready = match front {
+            Front::Tcp => proc.wait_listening(port, READY_TIMEOUT),
+            Front::Udp { .. } => proc.wait_udp_bound(port, READY_TIMEOUT),
+        };
+        match ready.and_then(|()| admin.map_or(Ok(()), |a| proc.wait_listening(a, READY_TIMEOUT))) {
             Ok(()) => return Ok(running),
             Err(_) if attempt < ATTEMPTS && port_clash(proc) => continue,
             Err(e) => return Err(e),
@@ -255,6 +293,10 @@ pub fn check_tools(s: &Settings) -> Result<Option<StreamModule>> {
     if uses(Workload::Conns) || uses(Workload::ReqResp) {
         need.push(("wrk", "--version", "wrk"));
         need.push(("nginx", "-v", "nginx-light (the HTTP backend)"));
+    }
+    if uses(Workload::UdpDns) {
+        need.push(("dnsperf", "-h", "dnsperf"));
+        need.push(("nsd", "-v", "nsd (the DNS backend; the bench runs its own)"));
     }
     if s.wants(Contender::Haproxy) || s.wants(Contender::HaproxySplice) {
         need.push(("haproxy", "-v", "haproxy"));

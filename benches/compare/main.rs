@@ -1,21 +1,28 @@
 //! `cargo bench --bench compare`: tollgate side by side with HAProxy 2.6 and nginx 1.22
 //! (stream), and a direct connection as the baseline, on loopback.
 //!
-//! This file owns the settings (environment knobs below), the rounds (each workload runs
-//! REPS times; each round visits every contender, the order rotated by one per round, every
-//! contender started fresh), the failures, and the exit status. The workloads live in
-//! `bulk` (iperf3), `http` (wrk) and `held` (memory, startup, reload); processes in `procs`,
-//! contenders in `contenders`, backends in `backends`, the summary and JSON in `report`.
-//! Configs and logs go to a temp dir, kept (and named) when something failed.
+//! This file owns the rounds (each workload runs REPS times; each round visits every
+//! contender, the order rotated by one per round, every contender started fresh), the
+//! failures, and the exit status; the settings (environment knobs below) and the workloads'
+//! names are `settings`'s. The TCP workloads live in `bulk` (iperf3), `http` (wrk) and
+//! `held` (memory, startup, reload); the UDP ones in `dns` (dnsperf, over `nsd`) and `udp_bulk`
+//! (udp-bulk, udp-memory, over `dgram`'s echo backend and load generator), with the UDP
+//! fronts in `udp`; processes in `procs`, contenders in `contenders`, backends in
+//! `backends`, the summary and JSON in `report`. Configs and logs go to a temp dir, kept
+//! (and named) when something failed.
 //!
 //! Environment:
-//! * `TOLLGATE_COMPARE_SMOKE=1`: one repetition, 1 s per run, 300 held connections (CI);
-//! * `TOLLGATE_COMPARE_REPS`: repetitions of every workload (default 5 for bulk, conns and
-//!   reqresp, 3 for memory, startup and reload);
-//! * `TOLLGATE_COMPARE_SECS`: seconds per iperf3/wrk run (default 5);
+//! * `TOLLGATE_COMPARE_SMOKE=1`: one repetition, 1 s per run, 300 held connections and 300
+//!   UDP sessions (CI);
+//! * `TOLLGATE_COMPARE_REPS`: repetitions of every workload (default 5 for bulk, conns,
+//!   reqresp, udp-dns and udp-bulk, 3 for memory, startup, reload and udp-memory);
+//! * `TOLLGATE_COMPARE_SECS`: seconds per iperf3/wrk/dnsperf/UDP load run (default 5);
 //! * `TOLLGATE_COMPARE_HELD`: idle connections held for memory and reload (default 9000);
-//! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,memory,startup,reload`: a subset;
-//! * `TOLLGATE_COMPARE_CONTENDERS=direct,tollgate,haproxy,haproxy-splice,nginx`: a subset.
+//! * `TOLLGATE_COMPARE_UDP_SESSIONS`: idle UDP sessions opened by udp-memory (default 10000);
+//! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,memory,startup,reload,udp-dns,udp-bulk,udp-memory`:
+//!   a subset;
+//! * `TOLLGATE_COMPARE_CONTENDERS=direct,tollgate,haproxy,haproxy-splice,nginx`: a subset
+//!   (HAProxy community has no UDP: its UDP cells say so).
 //!
 //! Any failed run, missing tool or workload without a result exits non-zero, after the
 //! summary of whatever did complete. Results: stdout (Markdown) and
@@ -24,12 +31,18 @@
 mod backends;
 mod bulk;
 mod contenders;
+mod dgram;
+mod dns;
 mod held;
 mod http;
+mod nsd;
 #[path = "../common/procfs.rs"]
 mod procfs;
 mod procs;
 mod report;
+mod settings;
+mod udp;
+mod udp_bulk;
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -43,156 +56,7 @@ use tempfile::TempDir;
 
 use contenders::{Contender, StreamModule};
 use report::{Machine, Results};
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Workload {
-    Bulk,
-    Conns,
-    ReqResp,
-    Memory,
-    Startup,
-    Reload,
-}
-
-impl Workload {
-    const ALL: [Workload; 6] = [
-        Workload::Bulk,
-        Workload::Conns,
-        Workload::ReqResp,
-        Workload::Memory,
-        Workload::Startup,
-        Workload::Reload,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Workload::Bulk => "bulk",
-            Workload::Conns => "conns",
-            Workload::ReqResp => "reqresp",
-            Workload::Memory => "memory",
-            Workload::Startup => "startup",
-            Workload::Reload => "reload",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Workload> {
-        let name = match name {
-            "conns/s" => "conns",
-            "req/resp" => "reqresp",
-            other => other,
-        };
-        Workload::ALL.into_iter().find(|w| w.name() == name)
-    }
-
-    /// Which contenders the workload measures (the others show n/a).
-    fn measures(self, c: Contender) -> bool {
-        match self {
-            Workload::Bulk | Workload::Conns | Workload::ReqResp => true,
-            Workload::Memory | Workload::Startup => c != Contender::Direct,
-            Workload::Reload => c == Contender::Tollgate,
-        }
-    }
-
-    /// The workload names its results are recorded under.
-    fn recorded_as(self) -> &'static [&'static str] {
-        match self {
-            Workload::Bulk => &["bulk -P1", "bulk -P8"],
-            Workload::Conns => &[http::CONNS.workload],
-            Workload::ReqResp => &[http::REQRESP.workload],
-            Workload::Memory => &["memory"],
-            Workload::Startup => &["startup"],
-            Workload::Reload => &["reload"],
-        }
-    }
-}
-
-pub struct Settings {
-    smoke: bool,
-    /// Repetitions of bulk, conns and reqresp; and of memory, startup and reload.
-    reps: (usize, usize),
-    secs: u64,
-    held: usize,
-    workloads: Vec<Workload>,
-    contenders: Vec<Contender>,
-}
-
-impl Settings {
-    fn from_env() -> Result<Settings> {
-        let smoke = env::var("TOLLGATE_COMPARE_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
-        let number = |name: &str, default: u64| -> Result<u64> {
-            match env::var(name) {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .with_context(|| format!("{name}={v:?}: want a whole number > 0")),
-                Err(_) => Ok(default),
-            }
-        };
-        let reps = match number("TOLLGATE_COMPARE_REPS", 0)? as usize {
-            0 if smoke => (1, 1),
-            0 => (5, 3),
-            n => (n, n),
-        };
-        let workloads = list(
-            "TOLLGATE_COMPARE_ONLY",
-            &Workload::ALL,
-            Workload::parse,
-            Workload::name,
-        )?;
-        let contenders = list(
-            "TOLLGATE_COMPARE_CONTENDERS",
-            &Contender::ALL,
-            Contender::parse,
-            Contender::name,
-        )?;
-        Ok(Settings {
-            smoke,
-            reps,
-            secs: number("TOLLGATE_COMPARE_SECS", if smoke { 1 } else { 5 })?,
-            held: number("TOLLGATE_COMPARE_HELD", if smoke { 300 } else { 9000 })? as usize,
-            workloads,
-            contenders,
-        })
-    }
-
-    fn reps(&self, w: Workload) -> usize {
-        match w {
-            Workload::Bulk | Workload::Conns | Workload::ReqResp => self.reps.0,
-            _ => self.reps.1,
-        }
-    }
-
-    fn wants(&self, c: Contender) -> bool {
-        self.workloads.iter().any(|w| w.measures(c)) && self.contenders.contains(&c)
-    }
-}
-
-/// A comma-separated subset of `all` from the environment (all of them when unset), kept in
-/// `all`'s order.
-fn list<T: Copy + PartialEq>(
-    var: &str,
-    all: &[T],
-    parse: fn(&str) -> Option<T>,
-    name: fn(T) -> &'static str,
-) -> Result<Vec<T>> {
-    let Ok(text) = env::var(var) else {
-        return Ok(all.to_vec());
-    };
-    let mut chosen = Vec::new();
-    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        let valid: Vec<&str> = all.iter().map(|&t| name(t)).collect();
-        chosen.push(parse(word).with_context(|| {
-            format!("{var}: unknown `{word}`; choose from {}", valid.join(","))
-        })?);
-    }
-    let chosen: Vec<T> = all.iter().copied().filter(|t| chosen.contains(t)).collect();
-    if chosen.is_empty() {
-        bail!("{var} selects nothing");
-    }
-    Ok(chosen)
-}
+pub use settings::{Settings, Workload};
 
 /// What every run needs.
 pub struct Ctx {
@@ -229,6 +93,9 @@ fn main() -> ExitCode {
     if let Ok(port) = env::var(backends::ECHO_ENV) {
         return backends::echo_main(&port);
     }
+    if let Ok(port) = env::var(dgram::UDP_ECHO_ENV) {
+        return dgram::echo_main(&port);
+    }
     let started = Instant::now();
     match run() {
         Ok(true) => {
@@ -257,6 +124,7 @@ fn run() -> Result<bool> {
     let limit = tollgate::sys::raise_nofile_limit().context("raising the open-file limit")?;
     let nginx_stream = contenders::check_tools(&settings)?;
     http::self_test()?;
+    dns::self_test()?;
     let tollgate = PathBuf::from(env!("CARGO_BIN_EXE_tollgate"));
     if !tollgate.is_file() {
         bail!("the tollgate binary {} is missing", tollgate.display());
@@ -283,6 +151,15 @@ fn run() -> Result<bool> {
             "holding {held} connections needs an open-file limit of about {} (this one is {}); \
              set TOLLGATE_COMPARE_HELD lower",
             2 * held + 800,
+            ctx.fd_limit
+        );
+    }
+    let sessions = ctx.settings.udp_sessions as u64;
+    if ctx.settings.uses(Workload::UdpMemory) && sessions + 300 > ctx.fd_limit {
+        bail!(
+            "opening {sessions} UDP sessions needs an open-file limit of about {} (this one is {}); \
+             set TOLLGATE_COMPARE_UDP_SESSIONS lower",
+            sessions + 300,
             ctx.fd_limit
         );
     }
@@ -318,6 +195,9 @@ fn run() -> Result<bool> {
         "nproc": machine.nproc, "cpu": machine.cpu, "kernel": machine.kernel,
         "versions": machine.versions.iter().map(|(t, v)| json!({"tool": t, "version": v})).collect::<Vec<_>>(),
         "smoke": s.smoke, "reps": [s.reps.0, s.reps.1], "secs_per_run": s.secs, "held_connections": s.held,
+        "udp_sessions": s.udp_sessions,
+        "udp_dns": {"dnsperf_clients": dns::CLIENTS, "dnsperf_outstanding": dns::OUTSTANDING},
+        "udp_bulk": {"sockets": udp_bulk::BULK.0, "window": udp_bulk::BULK.1, "datagram_bytes": udp_bulk::BULK.2},
         "workloads": s.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
         "contenders": s.contenders.iter().map(|c| c.name()).collect::<Vec<_>>(),
     });
@@ -332,6 +212,13 @@ fn run() -> Result<bool> {
 /// Every repetition of one workload, the contender order rotated by one each round. A failed
 /// run is reported at once and recorded; the others go on.
 fn rounds(ctx: &Ctx, w: Workload, res: &mut Results) {
+    for &c in &ctx.settings.contenders {
+        if let Some(why) = w.unsupported(c) {
+            w.recorded_as()
+                .iter()
+                .for_each(|name| res.unsupported(name, c, why));
+        }
+    }
     let cs: Vec<Contender> = ctx
         .settings
         .contenders
@@ -355,7 +242,7 @@ fn rounds(ctx: &Ctx, w: Workload, res: &mut Results) {
                 return;
             }
             let c = cs[(i + rep) % cs.len()];
-            let tag = format!("  {:<7} {}/{reps}", w.name(), rep + 1);
+            let tag = format!("  {:<10} {}/{reps}", w.name(), rep + 1);
             let done = match w {
                 Workload::Bulk => bulk::run(ctx, c, &tag, res),
                 Workload::Conns => http::run(ctx, http::CONNS, c, &tag, res),
@@ -363,6 +250,9 @@ fn rounds(ctx: &Ctx, w: Workload, res: &mut Results) {
                 Workload::Memory => held::memory(ctx, c, &tag, res),
                 Workload::Startup => held::startup(ctx, c, &tag, res),
                 Workload::Reload => held::reload(ctx, c, &tag, res),
+                Workload::UdpDns => dns::run(ctx, c, &tag, res),
+                Workload::UdpBulk => udp_bulk::bulk(ctx, c, &tag, res),
+                Workload::UdpMemory => udp_bulk::memory(ctx, c, &tag, res),
             };
             if let Err(e) = done {
                 let failure = format!("{} / {c}, rep {}: {e:#}", w.name(), rep + 1);

@@ -3,14 +3,15 @@
 //! Owns starting a contender, backend or tool with its output in a log file in the run's
 //! temp directory, stopping it (SIGTERM, then SIGKILL to its whole process tree), killing it
 //! on drop so that nothing outlives the harness, running a tool to completion within a
-//! deadline, and the `/proc` readings the workloads need: CPU ticks, PSS and open
-//! descriptors summed over a process tree (nginx's master and workers), listening ports.
+//! deadline, and the `/proc` readings the workloads need: CPU ticks, PSS, RSS and open
+//! descriptors summed over a process tree (nginx's master and workers), listening TCP ports
+//! and bound UDP ports.
 //! Every signal goes to a process this harness started or to one of its descendants.
 
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::fs::{self, File};
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -177,6 +178,11 @@ impl Proc {
         self.sum_tree(pss_kib)
     }
 
+    /// Resident set size in KiB (`VmRSS`), summed over the process tree.
+    pub fn rss_kib(&self) -> Result<u64> {
+        self.sum_tree(rss_kib)
+    }
+
     /// Open file descriptors, summed over the process tree.
     pub fn open_fds(&self) -> Result<u64> {
         self.sum_tree(|pid| {
@@ -202,17 +208,32 @@ impl Proc {
 
     /// Waits until something listens on 127.0.0.1:`port`, while the process still runs.
     pub fn wait_listening(&mut self, port: u16, timeout: Duration) -> Result<()> {
+        let what = format!("nothing listens on port {port}");
+        self.wait_for(&what, timeout, || is_listening(port))
+    }
+
+    /// Waits until a UDP socket is bound to `port`, while the process still runs.
+    pub fn wait_udp_bound(&mut self, port: u16, timeout: Duration) -> Result<()> {
+        let what = format!("no UDP socket bound to port {port}");
+        self.wait_for(&what, timeout, || is_udp_bound(port))
+    }
+
+    /// Polls `ready` until it holds, while the process still runs; `what` names the failure.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
         let give_up = Instant::now() + timeout;
         loop {
             self.check_running()?;
             check_interrupt()?;
-            if is_listening(port)? {
+            if ready()? {
                 return Ok(());
             }
             if Instant::now() >= give_up {
-                return Err(
-                    self.failure(format!("nothing listens on port {port} after {timeout:?}"))
-                );
+                return Err(self.failure(format!("{what} after {timeout:?}")));
             }
             thread::sleep(POLL);
         }
@@ -334,19 +355,38 @@ fn pss_kib(pid: i32) -> Result<u64> {
     kib.with_context(|| format!("no Pss line in {path}"))
 }
 
+fn rss_kib(pid: i32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let line = text.lines().find_map(|l| l.strip_prefix("VmRSS:"));
+    let kib = line.and_then(|l| l.split_whitespace().next()?.parse().ok());
+    kib.with_context(|| format!("no VmRSS line in {path}"))
+}
+
 /// Whether a socket listens on `port` (any local address) per /proc/net/tcp and tcp6.
 pub fn is_listening(port: u16) -> Result<bool> {
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    socket_in(&["/proc/net/tcp", "/proc/net/tcp6"], port, "0A")
+}
+
+/// Whether an unconnected UDP socket (state 07) is bound to `port` per /proc/net/udp and
+/// udp6: a listener, not a connected upstream socket that happens to use the port.
+pub fn is_udp_bound(port: u16) -> Result<bool> {
+    socket_in(&["/proc/net/udp", "/proc/net/udp6"], port, "07")
+}
+
+/// Whether one of the `/proc/net` tables lists a socket on local `port` in `state`.
+fn socket_in(tables: &[&str], port: u16, state: &str) -> Result<bool> {
+    for table in tables {
         let text = fs::read_to_string(table).with_context(|| format!("reading {table}"))?;
         for line in text.lines().skip(1) {
             let mut fields = line.split_whitespace();
-            let (Some(local), Some(state)) = (fields.nth(1), fields.nth(1)) else {
+            let (Some(local), Some(st)) = (fields.nth(1), fields.nth(1)) else {
                 continue;
             };
             let local_port = local
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if state == "0A" && local_port == Some(port) {
+            if st == state && local_port == Some(port) {
                 return Ok(true);
             }
         }
@@ -359,4 +399,17 @@ pub fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
     Ok(listener.local_addr().context("local_addr")?.port())
+}
+
+/// A port on 127.0.0.1 that was free for UDP and for TCP a moment ago (nsd binds both).
+pub fn free_udp_port() -> Result<u16> {
+    for _ in 0..20 {
+        let socket =
+            UdpSocket::bind("127.0.0.1:0").context("binding UDP 127.0.0.1:0 to find a port")?;
+        let port = socket.local_addr().context("local_addr")?.port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for both UDP and TCP on 127.0.0.1 in 20 tries")
 }

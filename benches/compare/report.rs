@@ -12,8 +12,8 @@ use std::{fs, thread};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::Settings;
 use crate::contenders::Contender;
+use crate::{Settings, dns, udp_bulk};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Better {
@@ -40,19 +40,42 @@ pub struct Results {
     order: Vec<Metric>,
     notes: Vec<String>,
     pub failures: Vec<String>,
+    /// (workload, contender, why): a contender that cannot run a workload at all.
+    unsupported: Vec<(&'static str, Contender, &'static str)>,
 }
 
 impl Results {
     pub fn add(&mut self, metric: Metric, c: Contender, value: f64) {
-        if !self.order.contains(&metric) {
-            self.order.push(metric);
-        }
+        self.declare(metric);
         self.samples.push((metric, c, value));
     }
 
     pub fn note(&mut self, note: String) {
         if !self.notes.contains(&note) {
             self.notes.push(note);
+        }
+    }
+
+    /// Records that `c` cannot run `workload`: its cells say `why` instead of n/a.
+    pub fn unsupported(&mut self, workload: &'static str, c: Contender, why: &'static str) {
+        if !self.unsupported.contains(&(workload, c, why)) {
+            self.unsupported.push((workload, c, why));
+        }
+    }
+
+    fn why_not(&self, workload: &str, c: Contender) -> Option<&'static str> {
+        let found = self
+            .unsupported
+            .iter()
+            .find(|u| u.0 == workload && u.1 == c);
+        found.map(|u| u.2)
+    }
+
+    /// Puts `metric`'s row in the table now, before any sample, so that rows keep the
+    /// workload's order when the first contender measured (`direct`) lacks some of them.
+    pub fn declare(&mut self, metric: Metric) {
+        if !self.order.contains(&metric) {
+            self.order.push(metric);
         }
     }
 
@@ -123,6 +146,8 @@ impl Machine {
             ("nginx", &["-v"][..], "nginx version"),
             ("iperf3", &["--version"][..], "iperf"),
             ("wrk", &["--version"][..], "wrk"),
+            ("dnsperf", &["-h"][..], "Version"),
+            ("nsd", &["-v"][..], "NSD version"),
         ];
         Machine {
             nproc: thread::available_parallelism().map_or(0, |n| n.get()),
@@ -211,7 +236,10 @@ pub fn markdown(res: &Results, contenders: &[Contender], header: &str) -> String
         };
         let mut row: Vec<String> = contenders
             .iter()
-            .map(|&c| cell(res.summary(m, c), m.digits))
+            .map(|&c| match (res.summary(m, c), res.why_not(m.workload, c)) {
+                (None, Some(why)) => why.to_owned(),
+                (s, _) => cell(s, m.digits),
+            })
             .collect();
         let t = res.summary(m, Contender::Tollgate);
         let na = || "n/a".to_owned();
@@ -273,7 +301,15 @@ pub fn write_json(path: &Path, res: &Results, contenders: &[Contender], meta: Va
             }));
         }
     }
-    let doc = json!({"meta": meta, "results": rows, "notes": res.notes, "failures": res.failures});
+    let unsupported: Vec<Value> = res
+        .unsupported
+        .iter()
+        .map(|(w, c, why)| json!({"workload": w, "contender": c.name(), "reason": why}))
+        .collect();
+    let doc = json!({
+        "meta": meta, "results": rows, "unsupported": unsupported,
+        "notes": res.notes, "failures": res.failures,
+    });
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -288,20 +324,42 @@ pub fn header(s: &Settings, machine: &Machine) -> String {
     } else {
         ""
     };
-    format!(
+    let mut out = format!(
         "## tollgate vs HAProxy vs nginx{mode}\n\n{}\n\
-         - runs: {} rep(s) of bulk, conns/s and req/resp, {} of memory, startup and reload; \
-         {} s per iperf3/wrk run; {} held connections; contenders alternate, order rotated each round\n\
-         - contenders: tollgate `workers: auto`, `forwarding: splice`; haproxy `mode tcp`, nbthread 2 \
-         (haproxy-splice adds `option splice-request`/`splice-response`); nginx `stream` proxy_pass, 2 workers; \
-         all on 127.0.0.1 with client, backend and balancer sharing the cores\n\
-         - workloads: bulk = iperf3 -P1/-P8; conns/s = wrk -t2 -c32 `Connection: close`; \
-         req/resp = wrk -t2 -c64 keep-alive; HTTP backend nginx `return 200`, 1 worker; \
-         memory/startup/reload over an echo server",
+         - runs: {} rep(s) of bulk, conns/s, req/resp, udp-dns and udp-bulk, {} of memory, startup, \
+         reload and udp-memory; {} s per iperf3/wrk/dnsperf/UDP load run; contenders alternate, \
+         order rotated each round; client, backend and balancer share the cores, all on 127.0.0.1",
         machine.describe(),
         s.reps.0,
         s.reps.1,
         s.secs,
-        s.held,
-    )
+    );
+    if s.uses_tcp() {
+        out += &format!(
+            "\n- TCP contenders: tollgate `workers: auto`, `forwarding: splice`; haproxy `mode tcp`, \
+             nbthread 2 (haproxy-splice adds `option splice-request`/`splice-response`); nginx \
+             `stream` proxy_pass, 2 workers\n\
+             - TCP workloads: bulk = iperf3 -P1/-P8; conns/s = wrk -t2 -c32 `Connection: close`; \
+             req/resp = wrk -t2 -c64 keep-alive; HTTP backend nginx `return 200`, 1 worker; \
+             memory/startup/reload over an echo server, {} held connections",
+            s.held
+        );
+    }
+    if s.uses_udp() {
+        let (sockets, window, size) = udp_bulk::BULK;
+        out += &format!(
+            "\n- UDP contenders: tollgate `protocol: udp`, `workers: 2`; nginx `stream` \
+             `listen ... udp reuseport`, 2 workers; both `session_idle`/`proxy_timeout` 60 s, \
+             udp-dns with `responses: 1` / `proxy_responses 1`; HAProxy community has no UDP\n\
+             - UDP workloads: udp-dns = dnsperf -c {} -q {} -t 1 against nsd (1 server process, a \
+             tiny zone), as fast as it goes and again at -Q {} (`udp-dns @20k/s`); udp-bulk = {sockets} client sockets, {window} datagrams of {size} bytes in \
+             flight each, echoed by a 2-thread recvmmsg/sendmmsg echo server; udp-memory = {} idle \
+             sessions (one datagram and its echo each), RSS delta",
+            dns::CLIENTS,
+            dns::OUTSTANDING,
+            dns::FIXED_QPS,
+            s.udp_sessions
+        );
+    }
+    out
 }

@@ -1,0 +1,208 @@
+//! What a run measures: the workloads (their names for `TOLLGATE_COMPARE_ONLY`, which
+//! contenders each measures and why the others show n/a, the names its results are recorded
+//! under) and the settings read from the environment (see `main.rs` for the list).
+
+use std::env;
+
+use anyhow::{Context, Result, bail};
+
+use crate::contenders::Contender;
+use crate::{dns, http, udp_bulk};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Workload {
+    Bulk,
+    Conns,
+    ReqResp,
+    Memory,
+    Startup,
+    Reload,
+    UdpDns,
+    UdpBulk,
+    UdpMemory,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 9] = [
+        Workload::Bulk,
+        Workload::Conns,
+        Workload::ReqResp,
+        Workload::Memory,
+        Workload::Startup,
+        Workload::Reload,
+        Workload::UdpDns,
+        Workload::UdpBulk,
+        Workload::UdpMemory,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Bulk => "bulk",
+            Workload::Conns => "conns",
+            Workload::ReqResp => "reqresp",
+            Workload::Memory => "memory",
+            Workload::Startup => "startup",
+            Workload::Reload => "reload",
+            Workload::UdpDns => "udp-dns",
+            Workload::UdpBulk => "udp-bulk",
+            Workload::UdpMemory => "udp-memory",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Workload> {
+        let name = match name {
+            "conns/s" => "conns",
+            "req/resp" => "reqresp",
+            other => other,
+        };
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    fn is_udp(self) -> bool {
+        matches!(
+            self,
+            Workload::UdpDns | Workload::UdpBulk | Workload::UdpMemory
+        )
+    }
+
+    /// Which contenders the workload measures (the others show n/a).
+    pub fn measures(self, c: Contender) -> bool {
+        match self {
+            Workload::Bulk | Workload::Conns | Workload::ReqResp => true,
+            Workload::Memory | Workload::Startup => c != Contender::Direct,
+            Workload::Reload => c == Contender::Tollgate,
+            Workload::UdpDns | Workload::UdpBulk => self.unsupported(c).is_none(),
+            Workload::UdpMemory => c != Contender::Direct && self.unsupported(c).is_none(),
+        }
+    }
+
+    /// Why a contender cannot take part at all, shown in its cells instead of a bare n/a.
+    pub fn unsupported(self, c: Contender) -> Option<&'static str> {
+        let haproxy = matches!(c, Contender::Haproxy | Contender::HaproxySplice);
+        (self.is_udp() && haproxy).then_some("n/a (no UDP in HAProxy community)")
+    }
+
+    /// The workload names its results are recorded under.
+    pub fn recorded_as(self) -> &'static [&'static str] {
+        match self {
+            Workload::Bulk => &["bulk -P1", "bulk -P8"],
+            Workload::Conns => &[http::CONNS.workload],
+            Workload::ReqResp => &[http::REQRESP.workload],
+            Workload::Memory => &["memory"],
+            Workload::Startup => &["startup"],
+            Workload::Reload => &["reload"],
+            Workload::UdpDns => &[dns::WORKLOAD, dns::FIXED_WORKLOAD],
+            Workload::UdpBulk => &[udp_bulk::BULK_WORKLOAD],
+            Workload::UdpMemory => &[udp_bulk::MEMORY_WORKLOAD],
+        }
+    }
+}
+
+pub struct Settings {
+    pub smoke: bool,
+    /// Repetitions of bulk, conns, reqresp, udp-dns and udp-bulk; and of memory, startup,
+    /// reload and udp-memory.
+    pub reps: (usize, usize),
+    pub secs: u64,
+    pub held: usize,
+    /// UDP sessions opened by udp-memory.
+    pub udp_sessions: usize,
+    pub workloads: Vec<Workload>,
+    pub contenders: Vec<Contender>,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings> {
+        let smoke = env::var("TOLLGATE_COMPARE_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
+        let number = |name: &str, default: u64| -> Result<u64> {
+            match env::var(name) {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{name}={v:?}: want a whole number > 0")),
+                Err(_) => Ok(default),
+            }
+        };
+        let reps = match number("TOLLGATE_COMPARE_REPS", 0)? as usize {
+            0 if smoke => (1, 1),
+            0 => (5, 3),
+            n => (n, n),
+        };
+        let workloads = list(
+            "TOLLGATE_COMPARE_ONLY",
+            &Workload::ALL,
+            Workload::parse,
+            Workload::name,
+        )?;
+        let contenders = list(
+            "TOLLGATE_COMPARE_CONTENDERS",
+            &Contender::ALL,
+            Contender::parse,
+            Contender::name,
+        )?;
+        let sessions_default = if smoke { 300 } else { 10_000 };
+        Ok(Settings {
+            smoke,
+            reps,
+            secs: number("TOLLGATE_COMPARE_SECS", if smoke { 1 } else { 5 })?,
+            held: number("TOLLGATE_COMPARE_HELD", if smoke { 300 } else { 9000 })? as usize,
+            udp_sessions: number("TOLLGATE_COMPARE_UDP_SESSIONS", sessions_default)? as usize,
+            workloads,
+            contenders,
+        })
+    }
+
+    pub fn reps(&self, w: Workload) -> usize {
+        match w {
+            Workload::Bulk
+            | Workload::Conns
+            | Workload::ReqResp
+            | Workload::UdpDns
+            | Workload::UdpBulk => self.reps.0,
+            _ => self.reps.1,
+        }
+    }
+
+    pub fn wants(&self, c: Contender) -> bool {
+        self.workloads.iter().any(|w| w.measures(c)) && self.contenders.contains(&c)
+    }
+
+    pub fn uses(&self, w: Workload) -> bool {
+        self.workloads.contains(&w)
+    }
+
+    pub fn uses_udp(&self) -> bool {
+        self.workloads.iter().any(|w| w.is_udp())
+    }
+
+    pub fn uses_tcp(&self) -> bool {
+        self.workloads.iter().any(|w| !w.is_udp())
+    }
+}
+
+/// A comma-separated subset of `all` from the environment (all of them when unset), kept in
+/// `all`'s order.
+fn list<T: Copy + PartialEq>(
+    var: &str,
+    all: &[T],
+    parse: fn(&str) -> Option<T>,
+    name: fn(T) -> &'static str,
+) -> Result<Vec<T>> {
+    let Ok(text) = env::var(var) else {
+        return Ok(all.to_vec());
+    };
+    let mut chosen = Vec::new();
+    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let valid: Vec<&str> = all.iter().map(|&t| name(t)).collect();
+        chosen.push(parse(word).with_context(|| {
+            format!("{var}: unknown `{word}`; choose from {}", valid.join(","))
+        })?);
+    }
+    let chosen: Vec<T> = all.iter().copied().filter(|t| chosen.contains(t)).collect();
+    if chosen.is_empty() {
+        bail!("{var} selects nothing");
+    }
+    Ok(chosen)
+}
