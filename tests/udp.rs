@@ -500,3 +500,46 @@ fn config_diff_and_backend_counters_cover_udp_listeners() {
     assert!(stdout.contains("responses"), "{stdout}");
     server.shutdown();
 }
+
+/// With `responses: 1`, two queries in flight from one port (a resolver asking A and AAAA
+/// at once) both get their answer; the session ends after the second.
+#[test]
+fn responses_count_per_datagram_so_two_queries_in_flight_both_get_answers() {
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    // Answers only once both queries are in, so both are in flight together.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let Ok((n, from)) = backend.recv_from(&mut buf) else {
+                return;
+            };
+            got.push((buf[..n].to_vec(), from));
+        }
+        for (q, from) in got {
+            let _ = backend.send_to(&q, from);
+        }
+    });
+    let server = start(&udp_config(&[backend_addr], "responses: 1", ""));
+    let front = front(&server);
+    let spec = udp_live(&server);
+    let c = client("127.0.10.1");
+    c.send_to(b"A?", front).unwrap();
+    c.send_to(b"AAAA?", front).unwrap();
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        let (n, _) = c.recv_from(&mut buf).expect("both queries are answered");
+        answers.push(buf[..n].to_vec());
+    }
+    answers.sort();
+    assert_eq!(answers, vec![b"A?".to_vec(), b"AAAA?".to_vec()]);
+    wait_for(
+        "the session ended with its last answer",
+        Duration::from_secs(2),
+        || spec.live.udp.sessions_active.load(Relaxed) == 0,
+    );
+    assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 1);
+    server.shutdown();
+}

@@ -26,7 +26,7 @@ mod send;
 mod tests;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -181,20 +181,20 @@ pub fn bind_listener(addr: SocketAddr, want: Offloads) -> io::Result<Bound> {
 pub fn connect_upstream(backend: SocketAddr, want: Offloads) -> io::Result<Bound> {
     let socket = new_socket(backend)?;
     let offload = offloads(socket.as_fd(), want);
-    let any = match backend {
-        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-    };
-    socket.bind(&any.into())?;
+    // No explicit bind: connect gives an unbound UDP socket an ephemeral port of the right
+    // family. A session opens one of these per client, so every system call counts.
     socket.connect(&backend.into())?;
     finish(socket, offload, false)
 }
 
-/// A non-blocking, close-on-exec (socket2 sets `SOCK_CLOEXEC`) UDP socket of `addr`'s family.
+/// A non-blocking, close-on-exec (socket2 sets `SOCK_CLOEXEC`) UDP socket of `addr`'s family,
+/// non-blocking from `socket(2)` itself (`SOCK_NONBLOCK`) rather than by two `fcntl` calls.
 fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
+    Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )
 }
 
 fn finish(socket: Socket, offload: OffloadState, pktinfo: bool) -> io::Result<Bound> {

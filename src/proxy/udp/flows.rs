@@ -16,7 +16,8 @@
 //!   [`Lookup::New`] (run admission, pick, open, [`FlowTable::insert`]) or
 //!   [`Lookup::Refused`] (`max_sessions` reached: drop and count);
 //! - every reply from upstream: [`FlowTable::reply`] counts it and says whether the
-//!   session lives on or that was its last one (`responses` reached);
+//!   session lives on or that was its last one (every client datagram had its `responses`
+//!   replies);
 //! - [`FlowTable::pop_expired`] before handling the events of each `now`, and when
 //!   [`FlowTable::next_deadline`] comes: a session ends there, and only there, once `idle`
 //!   has passed since its last datagram either way, and is never ended by a deadline it
@@ -180,6 +181,7 @@ impl<B, H> FlowTable<B, H> {
             serial: s.serial,
         };
         s.session.touch(now);
+        s.session.requests = s.session.requests.saturating_add(1);
         if usable(&s.session.backend) {
             Lookup::Live(id, &mut s.session)
         } else {
@@ -254,7 +256,7 @@ impl<B, H> FlowTable<B, H> {
         };
         s.touch(now);
         s.replies = s.replies.saturating_add(1);
-        let last = s.responses.is_some_and(|limit| s.replies >= limit.get());
+        let last = s.answered();
         if last {
             return self.remove(id).map_or(Reply::Gone, Reply::Last);
         }

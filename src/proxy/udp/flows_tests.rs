@@ -90,6 +90,22 @@ fn responses_one_ends_the_session_at_its_first_reply() {
     assert!(matches!(t.reply(two, 2), Reply::Last(_)));
 }
 
+/// `responses` counts per client datagram: two queries in flight from one port (a resolver
+/// asking A and AAAA at once) both get their answer before the session ends.
+#[test]
+fn responses_count_per_client_datagram() {
+    let mut t = table(8);
+    let k = key("10.0.0.1:1000");
+    let id = t.insert(k, 0, "dns", NonZeroU32::new(1), 0).unwrap();
+    assert!(matches!(t.lookup(&k, 1, |_| true), Lookup::Live(same, _) if same == id));
+    assert!(
+        matches!(t.reply(id, 2), Reply::Forward(s) if (s.requests(), s.replies()) == (2, 1)),
+        "the first answer of two leaves the session open"
+    );
+    assert!(matches!(t.reply(id, 3), Reply::Last(s) if s.replies() == 2));
+    assert!(t.is_empty());
+}
+
 #[test]
 fn a_down_backends_session_is_repicked_and_keeps_its_key() {
     let mut t = table(8);

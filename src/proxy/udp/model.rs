@@ -100,6 +100,7 @@ struct Expected {
     created: u64,
     last: u64,
     replies: u32,
+    requests: u32,
     responses: Option<NonZeroU32>,
 }
 
@@ -232,6 +233,7 @@ impl Driver {
             );
             assert_eq!(got, (e.backend, e.handle, e.created, e.last, e.replies));
             assert_eq!(s.responses(), e.responses);
+            assert_eq!(s.requests(), e.requests, "{:?}: requests", s.key());
             assert_eq!(self.ids.get(&s.key()), Some(&id));
             assert_eq!(self.table.find(&s.key()), Some(id));
         }

@@ -34,6 +34,8 @@ pub struct Session<B, H> {
     pub(super) created: u64,
     pub(super) last_active: u64,
     pub(super) replies: u32,
+    /// Datagrams from the client so far, the first included.
+    pub(super) requests: u32,
     pub(super) responses: Option<NonZeroU32>,
 }
 
@@ -53,6 +55,7 @@ impl<B, H> Session<B, H> {
             created: now,
             last_active: now,
             replies: 0,
+            requests: 1,
             responses,
         }
     }
@@ -76,9 +79,24 @@ impl<B, H> Session<B, H> {
         self.replies
     }
 
-    /// Replies after which it ends, if any.
+    /// Datagrams from the client so far, the first included.
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
+    /// Replies expected per client datagram, if any: the session ends once every datagram
+    /// of its client has had them (nginx's `proxy_responses`). Counted per datagram, not in
+    /// total, so a client with two queries in flight from one port (a resolver asking A and
+    /// AAAA at once) gets both answers.
     pub fn responses(&self) -> Option<NonZeroU32> {
         self.responses
+    }
+
+    /// Whether every client datagram has had its `responses` replies.
+    pub(super) fn answered(&self) -> bool {
+        self.responses.is_some_and(|per| {
+            u64::from(self.replies) >= u64::from(per.get()) * u64::from(self.requests)
+        })
     }
 
     /// When it ends unless a datagram comes first.

@@ -109,7 +109,10 @@ pub struct Handle {
 impl Handle {
     /// A socket connected to `backend`; [`Handle::start`] it once the session has its id.
     pub fn connect(backend: &Backend, slot: Slot) -> std::io::Result<Handle> {
-        let bound = udp::connect_upstream(backend.address, udp::Offloads::default())?;
+        // No offloads: replies are forwarded one datagram at a time per session, and turning
+        // GRO on costs a `setsockopt` per session (and flips a kernel static key) while
+        // probing GSO costs a `getsockopt`, for runs a session's replies rarely form.
+        let bound = udp::connect_upstream(backend.address, udp::Offloads::NONE)?;
         let upstream = Arc::new(UdpSocket::from_std(bound.socket)?);
         backend.stats.active.fetch_add(1, Ordering::Relaxed);
         backend.stats.connections.fetch_add(1, Ordering::Relaxed);

@@ -20,6 +20,7 @@ impl Driver {
                     panic!("{key:?}: live in the table, absent from the model");
                 };
                 e.last = e.last.max(at);
+                e.requests += 1;
                 assert!(
                     up[usize::from(e.backend)],
                     "{key:?}: live on a down backend"
@@ -63,6 +64,7 @@ impl Driver {
             created: at,
             last: at,
             replies: 0,
+            requests: 1,
             responses,
         };
         self.sessions.insert(key, e);
@@ -89,6 +91,7 @@ impl Driver {
                     backend,
                     handle,
                     last,
+                    requests: e.requests + 1,
                     ..e
                 };
                 self.sessions.insert(key, moved);
@@ -138,7 +141,9 @@ impl Driver {
         };
         e.last = e.last.max(now);
         e.replies += 1;
-        let last = e.responses.is_some_and(|r| e.replies >= r.get());
+        let last = e
+            .responses
+            .is_some_and(|r| u64::from(e.replies) >= u64::from(r.get()) * u64::from(e.requests));
         let want = (e.backend, e.handle, e.replies);
         match self.table.reply(id, now) {
             Reply::Forward(s) => {
@@ -245,6 +250,7 @@ impl Driver {
                     created: self.now,
                     last: self.now,
                     replies: 0,
+                    requests: 1,
                     responses: None,
                 };
                 self.sessions.insert(key, e);
