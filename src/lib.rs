@@ -3,9 +3,10 @@
 //! Two planes that never block each other:
 //!
 //! - the **data plane** — `proxy` (listeners, accept loops, one task per connection, byte
-//!   forwarding), `balance` (pure backend selection) and `sys` (the only `unsafe`: splice,
-//!   pipes, rlimits) — runs on `workers` threads, each a current-thread tokio runtime with its
-//!   own `SO_REUSEPORT` sockets;
+//!   forwarding; `proxy::udp` for UDP sessions), `balance` (pure backend selection) and `sys`
+//!   (the only `unsafe`: splice, pipes, rlimits, batched UDP system calls) — runs on
+//!   `workers` threads, each a current-thread tokio runtime with its own `SO_REUSEPORT`
+//!   sockets;
 //! - the **control plane** runs on its own thread: `control` is its one owner, which applies
 //!   every change as an event in order (probe results from `health`, DNS answers from
 //!   `discovery`, passive-failure notices from the data plane, admin commands from `admin`,
