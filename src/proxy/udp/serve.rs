@@ -94,11 +94,16 @@ pub async fn serve(
                 if r.is_err() {
                     return;
                 }
-                let got = shared.socket.try_io(Interest::READABLE, || {
-                    udp::recv_batch(shared.socket.as_fd(), &mut batch)
+                // A short batch proves the queue was empty: saying `WouldBlock` then clears
+                // the readiness now (tokio keeps it if an event came meanwhile), instead of
+                // one more `recvmmsg` on the next turn to learn it.
+                let mut got = 0;
+                let read = shared.socket.try_io(Interest::READABLE, || {
+                    got = udp::recv_batch(shared.socket.as_fd(), &mut batch)?;
+                    drained(got, batch.capacity())
                 });
-                match got {
-                    Ok(_) => {
+                match read {
+                    _ if got > 0 => {
                         let ctx = Ctx { spec: &spec, settings: &settings, shared: &shared, tracker: &tracker, draining };
                         for d in batch.iter() {
                             let Some(client) = d.source else { continue };
@@ -108,11 +113,22 @@ pub async fn serve(
                             }
                         }
                     }
+                    Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => debug!(listener = %spec.name, error = %e, "UDP receive failed"),
                 }
             }
         }
+    }
+}
+
+/// `Ok` after a full batch (more may be queued); `WouldBlock` after a short one, which
+/// `recvmmsg` returns only when the queue ran empty.
+pub(super) fn drained(got: usize, capacity: usize) -> std::io::Result<()> {
+    if got < capacity {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    } else {
+        Ok(())
     }
 }
 

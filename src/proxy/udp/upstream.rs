@@ -164,7 +164,8 @@ async fn replies(id: SessionId, upstream: Arc<UdpSocket>, shared: Arc<Shared>) {
         if upstream.readable().await.is_err() {
             return;
         }
-        let done = upstream.try_io(Interest::READABLE, || {
+        let mut ended = false;
+        let _ = upstream.try_io(Interest::READABLE, || {
             REPLIES.with(|cell| {
                 let mut cell = cell.borrow_mut();
                 let (recv, send) = cell.get_or_insert_with(|| {
@@ -173,14 +174,16 @@ async fn replies(id: SessionId, upstream: Arc<UdpSocket>, shared: Arc<Shared>) {
                         SendBatch::new(MAX_BATCH, MAX_BATCH * udp::MAX_UDP_PAYLOAD),
                     )
                 });
-                udp::recv_batch(upstream.as_fd(), recv)?;
-                Ok(forward(id, recv, send, &shared))
+                let got = udp::recv_batch(upstream.as_fd(), recv)?;
+                ended = forward(id, recv, send, &shared);
+                // A short batch clears the readiness at once (see `serve::drained`).
+                super::serve::drained(got, recv.capacity())
             })
         });
         // Otherwise nothing was queued after all, or the backend answered ICMP unreachable
         // (nothing listens there), or another socket error: the session stays, and its
         // idle time ends it if nothing more comes.
-        if let Ok(true) = done {
+        if ended {
             return;
         }
     }
