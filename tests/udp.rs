@@ -543,3 +543,58 @@ fn responses_count_per_datagram_so_two_queries_in_flight_both_get_answers() {
     assert_eq!(spec.live.udp.sessions_total.load(Relaxed), 1);
     server.shutdown();
 }
+
+/// Maglev keeps a client address on one backend across sessions: every port of an address
+/// (a new session each) lands on the same backend, and addresses spread over all three.
+#[test]
+fn maglev_keeps_a_client_on_one_backend_across_sessions() {
+    let backends = [udp_echo(b"1"), udp_echo(b"2"), udp_echo(b"3")];
+    let server = start(&udp_config(&backends, "", "    balance: maglev\n"));
+    let front = front(&server);
+    let mut seen = std::collections::BTreeSet::new();
+    for host in 1..=30 {
+        let ip = format!("127.0.11.{host}");
+        let answers: Vec<u8> = (0..3)
+            .map(|_| exchange(&client(&ip), front, b"q").0[0])
+            .collect();
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{ip} moved: {answers:?}"
+        );
+        seen.insert(answers[0]);
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "addresses spread over every backend: {seen:?}"
+    );
+    server.shutdown();
+}
+
+/// An IPv6 listener and backend: datagrams pass byte-exact and replies come from [::1].
+#[test]
+fn ipv6_listener_and_backend() {
+    let socket = UdpSocket::bind("[::1]:0").unwrap();
+    let backend = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    let yaml = udp_config(&[backend], "", "").replace(
+        "bind: \"127.0.0.1:0\"\n    pool",
+        "bind: \"[::1]:0\"\n    pool",
+    );
+    let server = start(&yaml);
+    let front = front(&server);
+    assert!(front.is_ipv6(), "{front}");
+    let c = client("[::1]");
+    for size in [0usize, 1, 1232, 65_000] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 13) as u8).collect();
+        let (reply, from) = exchange(&c, front, &payload);
+        assert_eq!(from, front);
+        assert!(reply == payload, "size {size}");
+    }
+    server.shutdown();
+}
