@@ -226,6 +226,11 @@ fn a_udp_listener_passes_and_its_sessions_are_summarised() {
         stdout.contains("  web udp 127.0.0.1:8080 -> pool web\n    sessions: at most 100 at once; each ends after 30s without a datagram, or after 1 reply"),
         "{stdout}"
     );
+    // Connect retries and passive checks are TCP notions: a UDP-only pool shows neither.
+    assert!(
+        stdout.contains("  web round_robin, 1 backend(s)\n    health check: none (backends are up)\n    when all down: reject; slow start: off\n"),
+        "{stdout}"
+    );
 }
 
 #[test]

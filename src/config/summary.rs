@@ -43,7 +43,13 @@ impl Config {
         }
         let _ = writeln!(out, "pools ({}):", self.pools.len());
         for p in &self.pools {
-            pool(&mut out, p);
+            // Connect retries and passive checks are about TCP connects: a pool only UDP
+            // listeners use has neither.
+            let tcp = self
+                .listeners
+                .iter()
+                .any(|l| l.pool == p.name && !l.protocol.is_udp());
+            pool(&mut out, p, tcp);
         }
         let names: usize = self.pools.iter().map(|p| p.named.len()).sum();
         if names > 0 {
@@ -146,34 +152,50 @@ fn listener(out: &mut String, l: &Listener) {
     }
 }
 
-fn pool(out: &mut String, p: &Pool) {
+fn pool(out: &mut String, p: &Pool, tcp: bool) {
+    let retries = if tcp {
+        format!(", {} connect retries", p.connect_retries)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "  {} {}, {} backend(s), {} connect retries",
+        "  {} {}, {} backend(s){retries}",
         p.name,
         p.balance.label(),
         p.backends.len() + p.named.len(),
-        p.connect_retries
     );
-    let check = p.health_check.as_ref().map_or_else(
-        || "none (backends are up unless passive checks fail)".to_owned(),
-        health_check,
-    );
+    let unchecked = if tcp {
+        "none (backends are up unless passive checks fail)"
+    } else {
+        "none (backends are up)"
+    };
+    let check = p
+        .health_check
+        .as_ref()
+        .map_or_else(|| unchecked.to_owned(), health_check);
     let _ = writeln!(out, "    health check: {check}");
     let slow_start = if p.slow_start.is_zero() {
         "off".to_owned()
     } else {
         d(p.slow_start)
     };
+    let passive = if tcp {
+        format!(
+            "; passive: down after {} connect failures in a row",
+            p.passive_failures
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "    when all down: {}; slow start: {slow_start}; passive: down after {} connect failures in a row",
+        "    when all down: {}; slow start: {slow_start}{passive}",
         if p.use_all_when_down {
             "use_all"
         } else {
             "reject"
         },
-        p.passive_failures
     );
     for b in &p.backends {
         let backup = if b.tier > 0 { ", backup" } else { "" };
