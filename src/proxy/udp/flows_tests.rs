@@ -1,5 +1,6 @@
 //! The flow table: focused cases for each promise, then a deterministic simulation of
 //! thousands of seeded event sequences checked step by step against the model (`model.rs`).
+#![cfg(test)] // test code only: unwraps here fail a test, never a running tollgate
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

@@ -5,6 +5,7 @@
 //! Receiving sockets are switched to blocking with a read timeout, so a test waits for a
 //! datagram with a deadline instead of sleeping; 127.0.0.0/8 is all on `lo`, so 127.0.0.2
 //! and 127.0.0.3 are local addresses without any set-up.
+#![cfg(test)] // test code only: unwraps here fail a test, never a running tollgate
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
