@@ -373,7 +373,7 @@ fn run_worker(
         }
         let open = tracker.open();
         if open > 0 {
-            info!(worker = id, open, timeout = ?drain, "draining connections");
+            info!(worker = id, open, timeout = ?drain, "draining connections and UDP sessions");
             tokio::select! {
                 r = tokio::time::timeout(drain, tracker.wait_idle()) => if r.is_err() {
                     info!(worker = id, open = tracker.open(), "drain timeout reached; closing the rest");

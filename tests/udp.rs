@@ -406,8 +406,11 @@ fn per_source_limits_count_sessions() {
     );
     let admin = server.admin_addr().unwrap();
     let why = common::http::get(admin, "/api/v1/listeners/front/sources/127.0.7.1").body;
-    // Open sessions count where a TCP listener counts open connections.
-    assert!(why.contains("\"open_connections\":2"), "{why}");
+    // A UDP listener's explanation counts sessions, named as such.
+    let why: serde_json::Value = serde_json::from_str(&why).unwrap();
+    assert_eq!(why["per_source"]["open_sessions"], 2, "{why}");
+    assert!(why["per_source"].get("open_connections").is_none(), "{why}");
+    assert_eq!(why["listener_sessions"]["active"], 3, "{why}");
     server.shutdown();
 }
 

@@ -179,7 +179,8 @@ pub(crate) fn verdict(
             "burst": s.rate.map(|r| r.burst),
             "tokens": s.tokens.map(|t| (t * 1000.0).floor() / 1000.0),
             "next_token_in_ms": s.next_token_in.map(|d| d.as_secs_f64() * 1000.0),
-            "open_connections": s.open,
+            // What a source holds open: connections, or a UDP listener's sessions.
+            (if v.udp { "open_sessions" } else { "open_connections" }): s.open,
             "max_connections": s.max_connections,
             "tracked_sources": s.tracked_sources,
             "max_tracked_sources": s.max_tracked_sources,
@@ -193,7 +194,7 @@ pub(crate) fn verdict(
         "rule": {"kind": e.rule.kind(), "cidr": e.rule.cidr().map(|c| c.to_string())},
         "allowed_by": e.allowed_by.map(|c| c.to_string()),
         "per_source": per_source,
-        "listener_connections": {"active": v.listener_active, "max": v.listener_max},
+        (if v.udp { "listener_sessions" } else { "listener_connections" }): {"active": v.listener_active, "max": v.listener_max},
     })
 }
 

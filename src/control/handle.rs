@@ -39,9 +39,11 @@ pub struct Handle(pub(super) Arc<Shared>);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub explanation: crate::admission::Explanation,
-    /// Connections open on the listener now, and its cap.
+    /// Connections open on the listener now, and its cap; for a UDP listener, sessions and
+    /// `udp.max_sessions`.
     pub listener_active: u64,
     pub listener_max: usize,
+    pub udp: bool,
 }
 
 impl Handle {
@@ -191,8 +193,14 @@ impl Handle {
             .ok_or_else(|| ActionError::NoListener(listener.to_owned()))?;
         Ok(Verdict {
             explanation: spec.admission.explain(source, std::time::Instant::now()),
-            listener_active: spec.live.active.load(Ordering::Relaxed),
-            listener_max: spec.live.max_connections(),
+            listener_active: match spec.udp {
+                Some(_) => spec.live.udp.sessions_active.load(Ordering::Relaxed),
+                None => spec.live.active.load(Ordering::Relaxed),
+            },
+            listener_max: spec
+                .udp
+                .map_or_else(|| spec.live.max_connections(), |u| u.max_sessions),
+            udp: spec.udp.is_some(),
         })
     }
 
