@@ -97,9 +97,47 @@ impl SendBatch {
         }
     }
 
-    /// Queues one datagram; false when the batch has no room for it (send first).
+    /// Queues one datagram; false when the batch has no room for it (send first). A datagram
+    /// to the same place as the one before it, and no longer, joins it in one run (one
+    /// `UDP_SEGMENT` message where the socket may use it): a session's replies read in one
+    /// batch are usually that, and a run costs the kernel one trip down the stack instead of
+    /// one per datagram.
     pub fn push(&mut self, payload: &[u8], route: Route) -> bool {
-        self.push_segments(payload, 0, route)
+        self.extend_run(payload, route) || self.push_segments(payload, 0, route)
+    }
+
+    /// Appends `payload` to the last entry as one more segment, when that keeps it a valid
+    /// run: same route, every segment so far full, this one no longer, within the limits of
+    /// one message, and nothing of the entry sent yet.
+    fn extend_run(&mut self, payload: &[u8], route: Route) -> bool {
+        let index = self.entries.len().wrapping_sub(1);
+        let fresh = index > self.next || (index == self.next && self.offset == 0);
+        let Some(last) = self.entries.last_mut() else {
+            return false;
+        };
+        let segment = if last.segment == 0 {
+            last.len
+        } else {
+            last.segment
+        };
+        let fits = fresh
+            && !payload.is_empty()
+            && segment > 0
+            && last.route == route
+            && !last.split
+            && payload.len() <= segment
+            && last.len % segment == 0
+            && last.len / segment < MAX_GSO_SEGMENTS
+            && last.len + payload.len() <= MAX_UDP_PAYLOAD
+            && last.start + last.len == self.buf.len()
+            && self.buf.len() + payload.len() <= self.max_bytes;
+        if !fits {
+            return false;
+        }
+        last.len += payload.len();
+        last.segment = segment;
+        self.buf.extend_from_slice(payload);
+        true
     }
 
     /// Queues `payload` as datagrams of `segment` bytes, the last one shorter (a run GRO
@@ -136,6 +174,21 @@ impl SendBatch {
     /// Entries (datagrams or runs) not wholly sent yet.
     pub fn pending(&self) -> usize {
         self.entries.len() - self.next
+    }
+
+    /// Datagrams not sent yet, each segment of a run counting as one.
+    pub fn pending_datagrams(&self) -> usize {
+        let mut offset = self.offset;
+        let mut n = 0;
+        for e in self.entries.iter().skip(self.next) {
+            let left = e.len - offset.min(e.len);
+            n += match e.segment {
+                0 => 1,
+                s => left.div_ceil(s).max(1),
+            };
+            offset = 0;
+        }
+        n
     }
 
     pub fn is_empty(&self) -> bool {

@@ -241,7 +241,8 @@ fn a_batch_moves_many_datagrams_per_call() {
     for i in 0..MAX_BATCH {
         assert!(out.push(&pattern(100 + i, i), Route::default()));
     }
-    assert!(!out.push(b"one too many", Route::default()));
+    // Longer than the last one, so it cannot join its run.
+    assert!(!out.push(&pattern(200, 0), Route::default()));
     let sent = flush(&up.socket, &mut out, &up.offload);
     assert_eq!(sent.datagrams, MAX_BATCH);
     let (got, calls) = receive(&l.socket, MAX_BATCH);
@@ -251,6 +252,48 @@ fn a_batch_moves_many_datagrams_per_call() {
     );
     for (i, (payload, _)) in got.iter().enumerate() {
         assert_eq!(*payload, pattern(100 + i, i));
+    }
+}
+
+/// Consecutive datagrams to one place, none longer than the first, join one run (one
+/// `UDP_SEGMENT` message where the socket may segment); a longer one, a new destination or
+/// a run's short last datagram starts the next entry. The receiver sees every datagram,
+/// in order and byte-exact, whether the socket segments or not.
+#[test]
+fn datagrams_to_one_place_join_one_run() {
+    for want in [Offloads::ALL, Offloads::NONE] {
+        let a = listener("127.0.0.1:0", Offloads::NONE);
+        let b = listener("127.0.0.1:0", Offloads::NONE);
+        let sender = bind_listener("127.0.0.1:0".parse().unwrap(), want).unwrap();
+        let to = |l: &Bound| Route {
+            dst: Some(l.local),
+            src: None,
+        };
+        let mut out = SendBatch::new(MAX_BATCH, 0);
+        let to_a: Vec<Vec<u8>> = [120, 120, 120, 120, 50, 120, 0, 0]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pattern(n, i))
+            .collect();
+        for payload in &to_a[..6] {
+            assert!(out.push(payload, to(&a)));
+        }
+        // 4 × 120 and the short 50 are one run; the 120 after it starts another.
+        assert_eq!(out.pending(), 2);
+        assert!(out.push(&pattern(120, 9), to(&b)));
+        assert_eq!(out.pending(), 3);
+        // Empty datagrams never join a run: each is its own message.
+        assert!(out.push(&to_a[6], to(&a)));
+        assert!(out.push(&to_a[7], to(&a)));
+        assert_eq!(out.pending(), 5);
+        let sent = flush(&sender.socket, &mut out, &sender.offload);
+        assert_eq!(sent.datagrams, 9);
+        assert_eq!(sent.bytes, 5 * 120 + 50 + 120);
+        let (got, _) = receive(&a.socket, 8);
+        let got: Vec<Vec<u8>> = got.into_iter().map(|(p, _)| p).collect();
+        assert_eq!(got, to_a);
+        let (got, _) = receive(&b.socket, 1);
+        assert_eq!(got[0].0, pattern(120, 9));
     }
 }
 
