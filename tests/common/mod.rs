@@ -17,6 +17,7 @@ pub mod http;
 pub mod netns;
 pub mod promtool;
 pub mod sources;
+pub mod udp;
 
 /// Starts tollgate in-process from YAML.
 pub fn start(yaml: &str) -> Server {
