@@ -133,6 +133,24 @@ const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::COUNTER,
     ),
     (
+        "tollgate_udp_upstream_sockets_opened_total",
+        "Sockets opened to backends for UDP sessions. With udp.responses set, a socket whose session had every reply it was owed serves the next session to that backend, so this stays below tollgate_udp_sessions_total.",
+        &["listener"],
+        MetricType::COUNTER,
+    ),
+    (
+        "tollgate_udp_upstream_sockets_idle",
+        "Upstream sockets kept open between UDP sessions for reuse (udp.responses), across workers; one descriptor each, closed after 1 to 2 s unused.",
+        &["listener"],
+        MetricType::GAUGE,
+    ),
+    (
+        "tollgate_udp_replies_unclaimed_total",
+        "Datagrams from backends that no open UDP session was waiting for (more than udp.responses per client datagram, or after the session ended), dropped.",
+        &["listener"],
+        MetricType::COUNTER,
+    ),
+    (
         "tollgate_listener_connections_limit",
         "The listener's cap on open connections (limits.max_connections).",
         &["listener"],

@@ -1,5 +1,6 @@
 //! Live facts of a UDP listener, kept with its [`super::ListenerLive`] across snapshots:
-//! sessions open and made, sessions refused by reason, and datagrams and bytes each way.
+//! sessions open and made, sessions refused by reason, datagrams and bytes each way, and
+//! its upstream sockets (opened, kept for reuse, and their unclaimed replies).
 //! The workers' session loops write them; metrics and status read them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +94,14 @@ pub struct UdpLive {
     /// Datagrams of a session dropped because a socket's send buffer was full or the send
     /// failed (UDP gives no back-pressure; counting is all that can be done).
     pub dropped: [AtomicU64; 2],
+    /// Upstream sockets opened since start. Below `sessions_total` by the sessions that a
+    /// kept socket served (`udp.responses`).
+    pub upstream_opened: AtomicU64,
+    /// Upstream sockets kept open between sessions now, across workers.
+    pub upstream_idle: AtomicU64,
+    /// Datagrams from backends that no open session was waiting for (after every reply a
+    /// session was owed, or after it ended), dropped.
+    pub unclaimed: AtomicU64,
 }
 
 impl UdpLive {

@@ -97,6 +97,15 @@ impl OffloadState {
         }
     }
 
+    /// No GRO, and GSO as `gso` says: for a socket only sent on, whose kernel is known to
+    /// take `UDP_SEGMENT` from another socket's probe (saving the `getsockopt` per socket).
+    pub const fn sending(gso: bool) -> OffloadState {
+        OffloadState {
+            gro: false,
+            gso: AtomicBool::new(gso),
+        }
+    }
+
     /// Whether receives may return coalesced runs (`Datagram::segment` set).
     pub fn gro(&self) -> bool {
         self.gro

@@ -1,6 +1,8 @@
 //! The UDP data plane: one worker's loop per listening socket (`serve.rs`: batched receive,
-//! admission, backend pick, expiry), each session's upstream socket and reply task
-//! (`upstream.rs`), and under them the per-listener session table (`flows.rs`, pure; what a
+//! admission, backend pick, expiry; each session's datagrams of a receive sent in one call in
+//! `outbound.rs`), each session's upstream side (`upstream.rs`), the
+//! upstream sockets and their reply tasks (`link.rs`), the sockets kept between sessions for
+//! reuse (`reuse.rs`, pure), and under them the per-listener session table (`flows.rs`, pure; what a
 //! session is in `session.rs`, its idle deadlines in `deadlines.rs`), with a reference model
 //! of it (`model.rs`) that the deterministic simulation and the fuzz target drive side by
 //! side with the real table. The batched socket calls live in [`crate::sys::udp`].
@@ -11,8 +13,11 @@ mod deadlines;
 pub mod flows;
 #[cfg(test)]
 mod flows_tests;
+mod link;
 #[doc(hidden)]
 pub mod model;
+mod outbound;
+mod reuse;
 mod serve;
 pub mod session;
 mod upstream;

@@ -4,7 +4,8 @@
 //! admission (ACLs, the deny list, per-source limits counted in sessions), the listener's
 //! `udp.max_sessions`, a backend from the pool's algorithm, and a socket connected to it. A
 //! session whose backend may no longer be used moves to another on its next datagram. Idle
-//! sessions end on the table's clock; replies are the sessions' own tasks (`session.rs`).
+//! sessions end on the table's clock, and so do unused kept upstream sockets; replies are
+//! read by each upstream socket's own task (`link.rs`).
 //!
 //! Refusals are silent drops, counted by reason. On shutdown the socket takes no new
 //! session; the ones open carry on until they go idle or the drain deadline ends them.
@@ -22,11 +23,13 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::flows::{FlowTable, Limits, Lookup};
-use super::session::FlowKey;
+use super::outbound::Outbound;
+use super::reuse::KEEP_MS;
+use super::session::{FlowKey, SessionId};
 use super::upstream::{Handle, Shared, Slot};
 use crate::proxy::listener::BindKey;
 use crate::proxy::{DataPlane, Tracker};
-use crate::state::{ListenerSpec, UdpRefusal, UdpSpec};
+use crate::state::{Backend, ListenerSpec, UdpRefusal, UdpSpec};
 use crate::sys::udp::{self, Bound, MAX_BATCH, RecvBatch};
 
 /// Serves `bound` (one worker's socket of the listening address `key`) until the listener
@@ -61,13 +64,23 @@ pub async fn serve(
     ));
     let mut versions = plane.snapshot.subscribe();
     let mut batch = RecvBatch::new(MAX_BATCH);
+    let mut outbound = Outbound::new();
     let mut draining = *shutdown.borrow();
     loop {
         if draining && shared.table().is_empty() {
             return;
         }
         let next = shared.table().next_deadline();
-        let wake = next.map(|at| at.saturating_sub(shared.now()));
+        let next = match (next, shared.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut wake = next.map(|at| at.saturating_sub(shared.now()));
+        if settings.responses.is_some() {
+            // A reply task may keep a socket while this loop sleeps with no deadline: look
+            // at least this often, so an unused one closes within two periods.
+            wake = Some(wake.map_or(KEEP_MS, |w| w.min(KEEP_MS)));
+        }
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop), if !draining => draining = true,
@@ -105,13 +118,7 @@ pub async fn serve(
                 match read {
                     _ if got > 0 => {
                         let ctx = Ctx { spec: &spec, settings: &settings, shared: &shared, tracker: &tracker, draining };
-                        for d in batch.iter() {
-                            let Some(client) = d.source else { continue };
-                            let key = FlowKey { client, local: d.local_or(local) };
-                            for segment in d.segments() {
-                                ctx.datagram(key, segment);
-                            }
-                        }
+                        ctx.received(&batch, local, &mut outbound);
                     }
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -141,9 +148,11 @@ fn limits(s: &UdpSpec) -> Limits {
     }
 }
 
-/// Ends every session whose idle time has run out.
+/// Ends every session whose idle time has run out, and closes the kept upstream sockets
+/// left unused.
 fn expire(shared: &Shared) {
     let now = shared.now();
+    shared.expire_idle(now);
     let mut ended = Vec::new();
     {
         let mut table = shared.table();
@@ -165,31 +174,56 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn datagram(&self, key: FlowKey, payload: &[u8]) {
-        let live = &self.spec.live;
+    /// Handles one receive: every datagram's session first, then each session's datagrams
+    /// sent in one go (`outbound.rs`). The table stays locked throughout: the reply tasks
+    /// share this worker's thread, so nobody waits for it.
+    fn received(&self, batch: &RecvBatch, local: SocketAddr, outbound: &mut Outbound) {
         let now = self.shared.now();
-        let pool = &self.spec.pool;
         let mut table = self.shared.table();
+        for (message, d) in (0..batch.len()).filter_map(|i| Some((i, batch.get(i)?))) {
+            let Some(client) = d.source else { continue };
+            let key = FlowKey {
+                client,
+                local: d.local_or(local),
+            };
+            for segment in 0..d.segments().count() {
+                if let Some(id) = self.session(&mut table, key, now) {
+                    outbound.push(id, message, segment);
+                }
+            }
+        }
+        outbound.send(&table, batch, &self.spec.live);
+    }
+
+    /// The session a datagram of `key` goes to, made or moved as needed; `None` drops it.
+    fn session(
+        &self,
+        table: &mut FlowTable<Arc<Backend>, Handle>,
+        key: FlowKey,
+        now: u64,
+    ) -> Option<SessionId> {
+        let live = &self.spec.live;
+        let pool = &self.spec.pool;
         match table.lookup(&key, now, |b| pool.takes(b)) {
-            Lookup::Live(_, session) => session.handle.forward(payload, live),
+            Lookup::Live(id, _) => Some(id),
             Lookup::Moved(id) => {
-                let slot = table.get_mut(id).and_then(|s| s.handle.slot.take());
-                let Some(slot) = slot else { return };
+                let slot = table.get_mut(id).and_then(|s| s.handle.slot.take())?;
                 match self.connect(key.client, slot) {
-                    Ok((backend, mut handle)) => {
-                        handle.start(id, self.shared);
-                        handle.forward(payload, live);
+                    Ok((backend, handle)) => {
+                        handle.start(id);
                         // The old handle (and its socket and task) closes as it drops.
                         let _ = table.repick(id, backend, handle);
+                        Some(id)
                     }
                     Err(why) => {
                         // No backend left for it: the session ends, the datagram drops.
                         live.udp.rejected(why).fetch_add(1, Ordering::Relaxed);
                         let _ = table.remove(id);
+                        None
                     }
                 }
             }
-            Lookup::New if self.draining => {}
+            Lookup::New if self.draining => None,
             Lookup::New => {
                 let ticket = match self.spec.admission.admit(key.client.ip()) {
                     Ok(ticket) => ticket,
@@ -197,14 +231,14 @@ impl Ctx<'_> {
                         live.udp
                             .rejected(refused.reason.into())
                             .fetch_add(1, Ordering::Relaxed);
-                        return;
+                        return None;
                     }
                 };
                 if !live.udp.take_session(self.settings.max_sessions) {
                     live.udp
                         .rejected(UdpRefusal::MaxSessions)
                         .fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return None;
                 }
                 let slot = Slot::new(live.clone(), ticket, self.tracker.enter());
                 match self.connect(key.client, slot) {
@@ -212,10 +246,10 @@ impl Ctx<'_> {
                         let responses = self.settings.responses.and_then(NonZeroU32::new);
                         match table.insert(key, backend, handle, responses, now) {
                             Ok(id) => {
-                                if let Some(s) = table.get_mut(id) {
-                                    s.handle.start(id, self.shared);
-                                    s.handle.forward(payload, live);
+                                if let Some(s) = table.get(id) {
+                                    s.handle.start(id);
                                 }
+                                Some(id)
                             }
                             Err(rejected) => {
                                 if let super::flows::InsertError::Refused(_) = rejected.why {
@@ -223,11 +257,13 @@ impl Ctx<'_> {
                                         .rejected(UdpRefusal::MaxSessions)
                                         .fetch_add(1, Ordering::Relaxed);
                                 }
+                                None
                             }
                         }
                     }
                     Err(why) => {
                         live.udp.rejected(why).fetch_add(1, Ordering::Relaxed);
+                        None
                     }
                 }
             }
@@ -235,12 +271,13 @@ impl Ctx<'_> {
                 live.udp
                     .rejected(UdpRefusal::MaxSessions)
                     .fetch_add(1, Ordering::Relaxed);
+                None
             }
         }
     }
 
-    /// The pool's pick for `client` and a socket connected to it. A socket that cannot be
-    /// made is a local shortage (descriptors, ephemeral ports): another backend would fare
+    /// The pool's pick for `client` and a socket connected to it (a kept one when there is
+    /// one). A socket that cannot be made is a local shortage (descriptors, ephemeral ports): another backend would fare
     /// no better, so there is no second try.
     fn connect(
         &self,
@@ -253,7 +290,7 @@ impl Ctx<'_> {
             .candidates(client)
             .next()
             .ok_or(UdpRefusal::NoBackend)?;
-        match Handle::connect(backend, slot) {
+        match Handle::open(backend, slot, self.shared) {
             Ok(handle) => Ok((backend.clone(), handle)),
             Err(e) => {
                 debug!(listener = %self.spec.name, backend = %backend.address, error = %e, "cannot open a UDP upstream socket");

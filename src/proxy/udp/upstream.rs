@@ -1,36 +1,30 @@
-//! One UDP session's share of the shell: what the flow table keeps for it ([`Handle`]: its
-//! connected upstream socket, the task that reads the backend's replies, and the counts it
-//! holds) and that task ([`replies`]), which forwards each reply to the client from the
-//! address the client sent to and ends the session after its `responses`.
-//!
-//! The worker's receive and send batches are thread-local and used only between awaits, so
-//! ten thousand sessions cost ten thousand sockets and small tasks, not ten thousand buffers.
+//! What a worker's sessions of one listening socket share ([`Shared`]: the flow table, the
+//! listening socket replies leave from, and the upstream sockets kept for reuse), and what
+//! the flow table keeps for one session ([`Handle`]: its upstream link to one backend and
+//! the counts it holds). The link and its reply task are `link.rs`.
 
-use std::cell::RefCell;
-use std::os::fd::AsFd;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::task::AbortHandle;
 
-use super::flows::{FlowTable, Reply};
+use super::flows::FlowTable;
+use super::link::Link;
+use super::reuse::{IdleLinks, MAX_KEPT};
 use super::session::SessionId;
 use crate::admission::Ticket;
 use crate::proxy::TrackerGuard;
 use crate::state::{Backend, BackendStats, Direction, ListenerLive};
-use crate::sys::udp::{self, MAX_BATCH, OffloadState, RecvBatch, Route, SendBatch};
-
-thread_local! {
-    /// This worker's batches for replies from upstream sockets.
-    static REPLIES: RefCell<Option<(RecvBatch, SendBatch)>> = const { RefCell::new(None) };
-}
+use crate::sys::udp::{OffloadState, Route, SendBatch, Sent};
 
 /// A worker's sessions of one listening socket, and what their tasks share.
 pub struct Shared {
-    pub table: Mutex<FlowTable<Arc<Backend>, Handle>>,
+    table: Mutex<FlowTable<Arc<Backend>, Handle>>,
+    /// Upstream sockets whose sessions had every reply they were owed (`udp.responses`),
+    /// kept for the next session to the same backend. Locked after the table, never before.
+    idle: Mutex<IdleLinks<Kept>>,
     /// The listening socket: replies to clients leave from it.
     pub socket: UdpSocket,
     pub offload: OffloadState,
@@ -49,6 +43,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             table: Mutex::new(table),
+            idle: Mutex::new(IdleLinks::new(MAX_KEPT)),
             socket,
             offload,
             pktinfo,
@@ -63,10 +58,83 @@ impl Shared {
 
     /// The table, even if a task panicked while holding it (its state stays consistent:
     /// every change is one call).
-    pub fn table(&self) -> std::sync::MutexGuard<'_, FlowTable<Arc<Backend>, Handle>> {
-        self.table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub fn table(&self) -> MutexGuard<'_, FlowTable<Arc<Backend>, Handle>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn idle(&self) -> MutexGuard<'_, IdleLinks<Kept>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the link of a session that had every reply it was owed, for the next session
+    /// to its backend; closes it when enough are kept.
+    pub fn keep(&self, mut handle: Handle, now: u64) {
+        let Some(link) = handle.link.take() else {
+            return;
+        };
+        link.claim(None);
+        let backend = link.backend();
+        let kept = Kept::new(link);
+        // A full pool gives it back, and it closes here.
+        let _ = self.idle().put(backend, kept, now);
+    }
+
+    /// When a kept socket is next due to close, if any is kept.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.idle().next_expiry()
+    }
+
+    /// Closes the kept sockets unused for a while.
+    pub fn expire_idle(&self, now: u64) {
+        let closed = self.idle().expire(now);
+        drop(closed);
+    }
+
+    /// A link to `backend` for a new session: a kept one if there is one, else a new socket.
+    fn link(
+        self: &Arc<Self>,
+        backend: SocketAddr,
+        live: &Arc<ListenerLive>,
+    ) -> std::io::Result<Link> {
+        if let Some(link) = self.idle().take(backend).and_then(Kept::into_link) {
+            return Ok(link);
+        }
+        let link = Link::connect(backend, live, self)?;
+        live.udp.upstream_opened.fetch_add(1, Ordering::Relaxed);
+        Ok(link)
+    }
+}
+
+/// A kept link, counted in `tollgate_udp_upstream_sockets_idle` for as long as it is kept.
+pub struct Kept(Option<Link>);
+
+impl Kept {
+    fn new(link: Link) -> Kept {
+        link.live()
+            .udp
+            .upstream_idle
+            .fetch_add(1, Ordering::Relaxed);
+        Kept(Some(link))
+    }
+
+    fn into_link(mut self) -> Option<Link> {
+        let link = self.0.take()?;
+        link.live()
+            .udp
+            .upstream_idle
+            .fetch_sub(1, Ordering::Relaxed);
+        Some(link)
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(link) = &self.0 {
+            link.live()
+                .udp
+                .upstream_idle
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -96,186 +164,103 @@ impl Drop for Slot {
     }
 }
 
-/// A session's upstream side: its socket to one backend and the task reading it. Dropping it
-/// stops the task and closes the socket; the [`Slot`] moves to the next handle when the
+/// A session's upstream side: its link to one backend. Dropping it closes the link (a
+/// session that ended any other way than fully answered may still have replies coming,
+/// which must not reach the next session); the [`Slot`] moves to the next handle when the
 /// session changes backend.
 pub struct Handle {
-    pub upstream: Arc<UdpSocket>,
-    task: Option<AbortHandle>,
+    link: Option<Link>,
     stats: Arc<BackendStats>,
     pub slot: Option<Slot>,
 }
 
 impl Handle {
-    /// A socket connected to `backend`; [`Handle::start`] it once the session has its id.
-    pub fn connect(backend: &Backend, slot: Slot) -> std::io::Result<Handle> {
-        // No offloads: replies are forwarded one datagram at a time per session, and turning
-        // GRO on costs a `setsockopt` per session (and flips a kernel static key) while
-        // probing GSO costs a `getsockopt`, for runs a session's replies rarely form.
-        let bound = udp::connect_upstream(backend.address, udp::Offloads::NONE)?;
-        let upstream = Arc::new(UdpSocket::from_std(bound.socket)?);
+    /// A link to `backend` holding `slot`, kept or new; [`Handle::start`] it once the
+    /// session has its id.
+    pub fn open(backend: &Backend, slot: Slot, shared: &Arc<Shared>) -> std::io::Result<Handle> {
+        let link = shared.link(backend.address, &slot.live)?;
         backend.stats.active.fetch_add(1, Ordering::Relaxed);
         backend.stats.connections.fetch_add(1, Ordering::Relaxed);
         Ok(Handle {
-            upstream,
-            task: None,
+            link: Some(link),
             stats: backend.stats.clone(),
             slot: Some(slot),
         })
     }
 
-    /// Starts reading the backend's replies for session `id`.
-    pub fn start(&mut self, id: SessionId, shared: &Arc<Shared>) {
-        let task = tokio::spawn(replies(id, self.upstream.clone(), shared.clone()));
-        self.task = Some(task.abort_handle());
+    /// The backend's replies go to session `id` from now on. Call with the table locked.
+    pub fn start(&self, id: SessionId) {
+        if let Some(link) = &self.link {
+            link.claim(Some(id));
+        }
     }
 
-    /// Sends a client's datagram to the backend; a full socket buffer or an error (the
-    /// backend's port answered ICMP unreachable) drops it, counted.
-    pub fn forward(&self, payload: &[u8], live: &ListenerLive) {
-        // Straight to the socket, not through tokio's `try_send`: that waits for a
-        // writability event, which a socket just made has not had yet. A full buffer is
-        // `WouldBlock` either way, and UDP drops it.
-        match socket2::SockRef::from(self.upstream.as_ref()).send(payload) {
-            Ok(n) => {
-                live.udp.moved(Direction::ToBackend, 1, n);
-                self.stats.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    pub fn stats(&self) -> &Arc<BackendStats> {
+        &self.stats
+    }
+
+    pub fn live(&self) -> Option<&Arc<ListenerLive>> {
+        self.slot.as_ref().map(|slot| &slot.live)
+    }
+
+    /// Sends a session's datagrams from one receive to the backend, in order: one `send`
+    /// for one datagram, else one batch (runs of equal-sized datagrams as one message). A
+    /// full socket buffer or an error (the backend's port answered ICMP unreachable) drops
+    /// them, counted.
+    pub fn forward<'a>(
+        &self,
+        payloads: impl Iterator<Item = &'a [u8]>,
+        batch: &mut SendBatch,
+        live: &ListenerLive,
+    ) {
+        let mut payloads = payloads.peekable();
+        let (mut sent, mut dropped) = (Sent::default(), 0);
+        match (&self.link, payloads.next()) {
+            (_, None) => return,
+            (None, Some(_)) => dropped = 1 + payloads.count(),
+            (Some(link), Some(first)) if payloads.peek().is_none() => match link.send(first) {
+                Ok(n) => {
+                    sent.datagrams = 1;
+                    sent.bytes = n;
+                }
+                Err(_) => dropped = 1,
+            },
+            (Some(link), Some(first)) => {
+                batch.clear();
+                for payload in std::iter::once(first).chain(payloads) {
+                    if batch.push(payload, Route::default()) {
+                        continue;
+                    }
+                    let (went, lost) = link.send_batch(batch);
+                    (sent.datagrams, sent.bytes) =
+                        (sent.datagrams + went.datagrams, sent.bytes + went.bytes);
+                    dropped += lost;
+                    if !batch.push(payload, Route::default()) {
+                        dropped += 1;
+                    }
+                }
+                let (went, lost) = link.send_batch(batch);
+                (sent.datagrams, sent.bytes) =
+                    (sent.datagrams + went.datagrams, sent.bytes + went.bytes);
+                dropped += lost;
             }
-            Err(_) => {
-                live.udp.dropped[Direction::ToBackend as usize].fetch_add(1, Ordering::Relaxed);
-            }
+        }
+        if sent.datagrams > 0 {
+            live.udp
+                .moved(Direction::ToBackend, sent.datagrams, sent.bytes);
+            self.stats
+                .sent_bytes
+                .fetch_add(sent.bytes as u64, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            live.udp.dropped[Direction::ToBackend as usize]
+                .fetch_add(dropped as u64, Ordering::Relaxed);
         }
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Reads session `id`'s replies from `upstream` until the session ends (its handle aborts
-/// this task) and forwards each one to the client, from the address the client sent to.
-async fn replies(id: SessionId, upstream: Arc<UdpSocket>, shared: Arc<Shared>) {
-    loop {
-        if upstream.readable().await.is_err() {
-            return;
-        }
-        let mut ended = false;
-        let _ = upstream.try_io(Interest::READABLE, || {
-            REPLIES.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                let (recv, send) = cell.get_or_insert_with(|| {
-                    (
-                        RecvBatch::new(MAX_BATCH),
-                        SendBatch::new(MAX_BATCH, MAX_BATCH * udp::MAX_UDP_PAYLOAD),
-                    )
-                });
-                let got = udp::recv_batch(upstream.as_fd(), recv)?;
-                ended = forward(id, recv, send, &shared);
-                // A short batch clears the readiness at once (see `serve::drained`).
-                super::serve::drained(got, recv.capacity())
-            })
-        });
-        // Otherwise nothing was queued after all, or the backend answered ICMP unreachable
-        // (nothing listens there), or another socket error: the session stays, and its
-        // idle time ends it if nothing more comes.
-        if ended {
-            return;
-        }
-    }
-}
-
-/// What one receive's replies came to.
-#[derive(Default)]
-struct Outcome {
-    live: Option<Arc<ListenerLive>>,
-    stats: Option<Arc<BackendStats>>,
-    datagrams: usize,
-    bytes: usize,
-    dropped: usize,
-}
-
-/// Forwards what `recv` holds for session `id`; true when the session has ended.
-fn forward(id: SessionId, recv: &RecvBatch, send: &mut SendBatch, shared: &Shared) -> bool {
-    let now = shared.now();
-    let mut out = Outcome::default();
-    let mut ended = None;
-    let mut gone = false;
-    {
-        let mut table = shared.table();
-        'all: for d in recv.iter() {
-            for segment in d.segments() {
-                let (key, last) = match table.reply(id, now) {
-                    Reply::Forward(s) => {
-                        note(&mut out, &s.handle);
-                        (s.key(), None)
-                    }
-                    Reply::Last(s) => {
-                        note(&mut out, &s.handle);
-                        (s.key(), Some(s))
-                    }
-                    Reply::Gone => {
-                        gone = true;
-                        break 'all;
-                    }
-                };
-                let route = Route {
-                    dst: Some(key.client),
-                    src: shared.pktinfo.then(|| key.local.ip()),
-                };
-                if !send.push(segment, route) {
-                    flush(send, shared, &mut out);
-                    if !send.push(segment, route) {
-                        out.dropped += 1;
-                    }
-                }
-                if last.is_some() {
-                    ended = last;
-                    break 'all;
-                }
-            }
-        }
-    }
-    flush(send, shared, &mut out);
-    if let Some(live) = &out.live {
-        live.udp
-            .moved(Direction::ToClient, out.datagrams, out.bytes);
-        live.udp.dropped[Direction::ToClient as usize]
-            .fetch_add(out.dropped as u64, Ordering::Relaxed);
-    }
-    if let Some(stats) = &out.stats {
-        stats
-            .received_bytes
-            .fetch_add(out.bytes as u64, Ordering::Relaxed);
-    }
-    // Dropping the ended session aborts this very task at its next await; it returns
-    // before that.
-    let done = ended.is_some() || gone;
-    drop(ended);
-    done
-}
-
-fn note(out: &mut Outcome, handle: &Handle) {
-    if out.stats.is_none() {
-        out.stats = Some(handle.stats.clone());
-        out.live = handle.slot.as_ref().map(|slot| slot.live.clone());
-    }
-}
-
-/// Sends what `send` holds from the listening socket. UDP has no back-pressure: what the
-/// socket will not take now is dropped, and counted.
-fn flush(send: &mut SendBatch, shared: &Shared, out: &mut Outcome) {
-    if send.is_empty() {
-        return;
-    }
-    // Straight to the socket (see `Handle::forward`): what it will not take now is lost.
-    let sent = udp::send_batch(shared.socket.as_fd(), send, &shared.offload).unwrap_or_default();
-    out.datagrams += sent.datagrams;
-    out.bytes += sent.bytes;
-    out.dropped += send.pending();
-    send.clear();
 }
