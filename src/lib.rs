@@ -16,6 +16,8 @@
 //!   import `control`: their tasks send results on channels.
 //! - `app` supervises both (start, signals, drain, a control plane that dies ends the process).
 //!
+//! `proxy_protocol` (PROXY v1/v2 headers) and `sni` (the server name of a TLS ClientHello,
+//! and routes by it) are pure codecs of untrusted bytes, each with a fuzz target.
 //! `config` parses and validates YAML and never touches sockets; the data plane never
 //! imports `config`, `control` or `app`. `demo` is used only by `tollgate demo`;
 //! `privileged_ports` words bind failures and `check`'s warnings about ports below 1024. The
@@ -38,8 +40,10 @@ pub mod metrics;
 pub mod policy;
 pub mod privileged_ports;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod run;
 pub mod signals;
+pub mod sni;
 pub mod state;
 pub mod sys;

@@ -21,10 +21,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use common::corpus::{corpus_dir, seeds_of};
 
 /// Generous: a seed takes about a millisecond; a budget breach well under a second.
 const TIME_LIMIT: Duration = Duration::from_secs(5);
@@ -37,30 +40,6 @@ const MIN_SEEDS: usize = 20;
 /// every error keeps to one `LABEL:LINE:COLUMN: ...` line. Kept as a list for the day an
 /// exception is truly needed; the test flags an entry that no longer needs to be here.
 const KNOWN_MULTILINE: &[&str] = &[];
-
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
-}
-
-/// Every regular file of a target's corpus as (file name, contents), sorted by name.
-fn seeds_of(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read the fuzz corpus {}: {e}", dir.display()));
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.unwrap();
-        if !entry.file_type().unwrap().is_file() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
-        out.push((name, std::fs::read(entry.path()).unwrap()));
-    }
-    out.sort();
-    out
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tollgate::app::Server;
 
 pub mod binary;
+pub mod corpus;
 pub mod dns;
 pub mod http;
 pub mod netns;

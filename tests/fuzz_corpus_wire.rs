@@ -1,0 +1,124 @@
+//! Replays the seeds of the wire decoders' fuzz targets, `fuzz/corpus/proxy_header/` and
+//! `fuzz/corpus/sni_hello/`, through the same checks as the targets
+//! (`tollgate::proxy_protocol::check`, `tollgate::sni::check`), so they run on every
+//! `cargo test` even where nobody runs the fuzzer. Each named seed must also answer what its
+//! name says; seeds the fuzzer adds only have to pass the checks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::corpus::seeds_of;
+use tollgate::proxy_protocol::{Decoded, Invalid};
+use tollgate::sni::{self, Peeked};
+
+type ProxyAnswer = Result<Decoded, Invalid>;
+
+#[test]
+fn proxy_header_corpus_replays_cleanly() {
+    let proxied = |a: &ProxyAnswer| matches!(a, Ok(Decoded::Done { header, .. }) if header.addresses.is_some());
+    let own = |a: &ProxyAnswer| matches!(a, Ok(Decoded::Done { header, .. }) if header.addresses.is_none());
+    let waits = |a: &ProxyAnswer| *a == Ok(Decoded::Incomplete);
+    type Want = fn(&ProxyAnswer) -> bool;
+    let wants: &[(&str, Want)] = &[
+        ("v1_tcp4", proxied),
+        ("v1_tcp6", proxied),
+        ("v2_tcp4_tlv", proxied),
+        ("v2_tcp6", proxied),
+        ("v2_udp4", proxied),
+        ("v1_unknown", own),
+        ("v1_unknown_with_addresses", own),
+        ("v2_local_no_addresses", own),
+        ("v2_local_with_addresses", own),
+        ("v2_local_forged_short_block", own),
+        ("v2_unix", own),
+        ("v2_unspec_proxy", own),
+        ("v1_truncated", waits),
+        ("v2_length_past_data", waits),
+        ("empty", waits),
+        ("v1_no_crlf", |a| *a == Err(Invalid::V1Unterminated)),
+        ("v1_bare_lf", |a| *a == Err(Invalid::V1Unterminated)),
+        ("v1_leading_zero_port", |a| {
+            matches!(a, Err(Invalid::V1Malformed(_)))
+        }),
+        ("v2_length_over_limit", |a| *a == Err(Invalid::V2TooLong)),
+        ("v2_short_address_block", |a| {
+            *a == Err(Invalid::V2ShortAddresses)
+        }),
+        ("v2_bad_version", |a| *a == Err(Invalid::V2Version)),
+        ("v2_bad_command", |a| *a == Err(Invalid::V2Command)),
+        ("v2_bad_family", |a| *a == Err(Invalid::V2Family)),
+        ("not_proxy_http", |a| *a == Err(Invalid::NoSignature)),
+        ("not_proxy_tls", |a| *a == Err(Invalid::NoSignature)),
+    ];
+    replay("proxy_header", wants, |data| {
+        tollgate::proxy_protocol::check(data)
+    });
+}
+
+type SniAnswer = Result<Peeked, sni::Invalid>;
+
+fn named(a: &SniAnswer, name: &str) -> bool {
+    *a == Ok(Peeked::Done(Some(name.to_string())))
+}
+
+#[test]
+fn sni_hello_corpus_replays_cleanly() {
+    type Answer = SniAnswer;
+    type Want = fn(&Answer) -> bool;
+    let wants: &[(&str, Want)] = &[
+        ("openssl_tls13_api.example.com", |a| {
+            named(a, "api.example.com")
+        }),
+        ("openssl_tls12_www.example.org", |a| {
+            named(a, "www.example.org")
+        }),
+        ("openssl_no_sni", |a| *a == Ok(Peeked::Done(None))),
+        ("built_a.example", |a| named(a, "a.example")),
+        ("built_split_9_byte_records", |a| named(a, "a.example")),
+        ("built_no_extensions", |a| *a == Ok(Peeked::Done(None))),
+        ("built_two_sni_extensions", |a| {
+            matches!(a, Err(sni::Invalid::Malformed(_)))
+        }),
+        ("built_two_host_names", |a| {
+            matches!(a, Err(sni::Invalid::Malformed(_)))
+        }),
+        ("built_empty_name_list", |a| {
+            matches!(a, Err(sni::Invalid::Malformed(_)))
+        }),
+        ("built_trailing_dot", |a| *a == Err(sni::Invalid::BadName)),
+        ("not_tls_http", |a| *a == Err(sni::Invalid::NotTls)),
+        ("sslv2_hello", |a| *a == Err(sni::Invalid::NotTls)),
+        ("alert", |a| *a == Err(sni::Invalid::NotTls)),
+        ("record_too_long", |a| *a == Err(sni::Invalid::NotTls)),
+        ("truncated", |a| *a == Ok(Peeked::Incomplete)),
+        ("empty", |a| *a == Ok(Peeked::Incomplete)),
+    ];
+    replay("sni_hello", wants, sni::check);
+}
+
+/// A seed's name and what it must answer.
+type Named<'a, A> = (&'a str, fn(&A) -> bool);
+
+/// Runs every seed of `target` through `check` (a panic is a failed check) and each named
+/// one against its expectation; every expectation must have its seed.
+fn replay<A: std::fmt::Debug>(
+    target: &str,
+    wants: &[Named<A>],
+    check: impl Fn(&[u8]) -> A + std::panic::RefUnwindSafe,
+) {
+    let seeds = seeds_of(target);
+    for (name, _) in wants {
+        assert!(
+            seeds.iter().any(|(n, _)| n == name),
+            "{target}: the seed {name} is missing"
+        );
+    }
+    for (name, data) in &seeds {
+        let answer = std::panic::catch_unwind(|| check(data))
+            .unwrap_or_else(|_| panic!("{target}/{name}: a check failed"));
+        if let Some((_, want)) = wants.iter().find(|(n, _)| n == name) {
+            assert!(want(&answer), "{target}/{name}: answered {answer:?}");
+        }
+    }
+}
