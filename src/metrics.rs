@@ -452,10 +452,11 @@ fn listeners(view: &View, out: &mut Samples) {
         let admission = crate::admission::Reason::ALL
             .iter()
             .map(|r| (r.label(), live.rejected(*r)));
-        for (reason, n) in [("no_backend", &live.rejected_no_backend)]
-            .into_iter()
-            .chain(admission)
-        {
+        let ours = [
+            ("no_backend", &live.rejected_no_backend),
+            ("proxy_protocol", &live.rejected_proxy_protocol),
+        ];
+        for (reason, n) in ours.into_iter().chain(admission) {
             let l = [("listener", name.as_ref()), ("reason", reason)];
             push(
                 out,

@@ -206,10 +206,27 @@ fn unsupported_features_are_refused_not_ignored() {
     rejected(
         &GOOD.replace(
             "    pool: web\n",
-            "    pool: web\n    proxy_protocol: { send: v2 }\n",
+            "    pool: web\n    sni: { default_pool: web }\n",
         ),
-        "t.yaml:5:29: listeners.web.proxy_protocol.send: not supported yet",
-        "PROXY",
+        "t.yaml:5:10: listeners.web.sni: not supported yet",
+        "server name",
+    );
+}
+
+/// `proxy_protocol.send` is served: the summary says what each backend connection gets.
+#[test]
+fn the_summary_shows_the_proxy_header_sent() {
+    let (out, stderr, _) = check(&GOOD.replace(
+        "    pool: web\n",
+        "    pool: web\n    proxy_protocol: { send: v1 }\n",
+    ));
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "    proxy protocol: a v1 header with the client's address to each backend\n"
+        ),
+        "{stdout}"
     );
 }
 

@@ -10,16 +10,21 @@ use std::time::Duration;
 
 use common::*;
 use tollgate::health::probe::{Failure, Probe, run};
+use tollgate::proxy_protocol::{self, Decoded, Version};
 
 const T: Duration = Duration::from_millis(500);
 
 /// Runs one probe; a failure is the backend's (nothing here runs out of local resources).
 fn probe(p: &Probe, addr: SocketAddr) -> Result<String, String> {
+    probe_with(p, addr, None)
+}
+
+fn probe_with(p: &Probe, addr: SocketAddr, proxy: Option<Version>) -> Result<String, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(p, addr, T)).map_err(|f| match f {
+    rt.block_on(run(p, addr, T, proxy)).map_err(|f| match f {
         Failure::Backend(detail) => detail,
         Failure::Local(detail) => panic!("a local failure against a live peer: {detail}"),
     })
@@ -171,4 +176,53 @@ fn udp_check() {
             .unwrap_err()
             .contains("no answer")
     );
+}
+
+/// A TCP peer that requires a PROXY header on every connection (as an nginx with `listen
+/// ... proxy_protocol` does): it answers `local` to a LOCAL / UNKNOWN header (a check), and
+/// closes on anything that is not a header. Then it reads an HTTP request or `ping`, and
+/// answers.
+fn header_required() -> SocketAddr {
+    backend(|mut s| {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        let len = loop {
+            match proxy_protocol::decode(&buf) {
+                Ok(Decoded::Done { header, len }) if header.addresses.is_none() => break len,
+                Ok(Decoded::Incomplete) => match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+                _ => return,
+            }
+        };
+        if buf.len() == len {
+            let _ = s.read(&mut chunk);
+        }
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\npong");
+    })
+}
+
+/// `health_check.proxy_protocol`: each TCP-based probe starts with a header the backend
+/// accepts; without it the same backend fails the check.
+#[test]
+fn checks_can_start_with_a_proxy_header() {
+    let peer = header_required();
+    let send_expect = Probe::SendExpect {
+        send: b"ping".to_vec(),
+        expect: b"HTTP/1.1 200".to_vec(),
+    };
+    let http = Probe::Http {
+        path: "/".into(),
+        host: None,
+        expect_status: vec![(200, 299)],
+    };
+    for version in [Version::V1, Version::V2] {
+        probe_with(&send_expect, peer, Some(version)).unwrap();
+        probe_with(&http, peer, Some(version)).unwrap();
+        probe_with(&Probe::Tcp, peer, Some(version)).unwrap();
+    }
+    assert!(probe(&send_expect, peer).is_err(), "no header, no pass");
+    assert!(probe(&http, peer).is_err(), "no header, no pass");
 }

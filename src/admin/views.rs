@@ -31,7 +31,10 @@ pub(crate) fn status(control: &Handle) -> Value {
             if let Some(udp) = spec.udp {
                 return Some(udp_listener_json(&view, l, spec, udp));
             }
-            let rejected: serde_json::Map<String, Value> = [("no_backend", &live.rejected_no_backend)]
+            let rejected: serde_json::Map<String, Value> = [
+                ("no_backend", &live.rejected_no_backend),
+                ("proxy_protocol", &live.rejected_proxy_protocol),
+            ]
                 .into_iter()
                 .chain(crate::admission::Reason::ALL.iter().map(|r| (r.label(), live.rejected(*r))))
                 .map(|(reason, n)| (reason.to_owned(), json!(n.load(Relaxed))))

@@ -228,6 +228,7 @@ pub struct HealthCheckFile {
     pub send: Option<S<String>>,
     pub expect: Option<S<String>>,
     pub http: Option<HttpCheckFile>,
+    pub proxy_protocol: Option<S<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -324,7 +325,7 @@ record!(BackendFile {
     weight,
     backup
 });
-record!(HealthCheckFile { kind = "type", interval, timeout, rise, fall, port, send, expect, http });
+record!(HealthCheckFile { kind = "type", interval, timeout, rise, fall, port, send, expect, http, proxy_protocol });
 record!(HttpCheckFile {
     path,
     host,

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::types::{
-    Balance, CheckKind, Config, Forwarding, HealthCheck, Lookup, Protocol, Workers,
+    Balance, CheckKind, Config, Forwarding, HealthCheck, Lookup, Protocol, ProxyVersion, Workers,
 };
 use super::values::format_duration as d;
 
@@ -43,6 +43,10 @@ impl Config {
                     Protocol::Tcp => {
                         out["limits"] = json!({"max_connections": l.max_connections, "per_source": per_source});
                         out["timeouts"] = json!({"connect": d(l.connect_timeout), "idle": d(l.idle_timeout), "proxy_header": d(l.proxy_header_timeout)});
+                        out["proxy_protocol"] = json!({
+                            "send": proxy_name(l.proxy_send),
+                            "accept_from": list(&l.proxy_accept),
+                        });
                     }
                     Protocol::Udp(u) => {
                         out["limits"] = json!({"per_source": per_source});
@@ -142,5 +146,15 @@ fn health_check(hc: &HealthCheck) -> Value {
         "type": kind, "interval": d(hc.interval), "timeout": d(hc.timeout),
         "rise": hc.rise, "fall": hc.fall, "port": hc.port,
         "send": send, "expect": expect, "http": http,
+        "proxy_protocol": proxy_name(hc.proxy_protocol),
     })
+}
+
+/// `proxy_protocol` values as the file writes them.
+fn proxy_name(v: Option<ProxyVersion>) -> &'static str {
+    match v {
+        None => "none",
+        Some(ProxyVersion::V1) => "v1",
+        Some(ProxyVersion::V2) => "v2",
+    }
 }

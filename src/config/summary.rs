@@ -95,6 +95,26 @@ fn listener(out: &mut String, l: &Listener) {
                 "    limits: at most {} connections open at once{sized}",
                 l.max_connections
             );
+            if let Some(v) = l.proxy_send {
+                let v = if v == super::types::ProxyVersion::V1 {
+                    "v1"
+                } else {
+                    "v2"
+                };
+                let _ = writeln!(
+                    out,
+                    "    proxy protocol: a {v} header with the client's address to each backend"
+                );
+            }
+            if !l.proxy_accept.is_empty() {
+                let from: Vec<String> = l.proxy_accept.iter().map(ToString::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "    proxy protocol: a header required from {} within {}; its client address is the one limits and logs see",
+                    from.join(", "),
+                    d(l.proxy_header_timeout)
+                );
+            }
         }
         Protocol::Udp(u) => {
             let sized = if u.max_sessions_sized { sized } else { "" };

@@ -2,6 +2,8 @@
 //! Every value here is already checked; nothing downstream parses a string.
 
 use std::net::SocketAddr;
+
+pub use crate::proxy_protocol::Version as ProxyVersion;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +150,11 @@ pub struct Listener {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub proxy_header_timeout: Duration,
+    /// `proxy_protocol.send`: the PROXY header written to each backend connection first.
+    pub proxy_send: Option<ProxyVersion>,
+    /// `proxy_protocol.accept_from`: sources whose connections must start with a PROXY
+    /// header, whose address then stands for the client's.
+    pub proxy_accept: Vec<Cidr>,
     pub access: Access,
     /// Per-source limits; `None` when neither a rate nor a concurrency cap is set.
     pub per_source: Option<PerSource>,
@@ -226,6 +233,9 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Probe this port instead of the traffic port.
     pub port: Option<u16>,
+    /// A PROXY header (`LOCAL` in v2, `UNKNOWN` in v1: a check, not a client) written first
+    /// on each TCP probe, for backends that require one on every connection.
+    pub proxy_protocol: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -255,27 +255,26 @@ fn listener(
             "udp settings apply only to `protocol: udp` listeners",
         );
     }
+    let mut proxy_send = None;
+    let mut proxy_accept = Vec::new();
     if let Some(pp) = &f.proxy_protocol {
         if let Some(send) = &pp.send {
+            let k = format!("{key}.proxy_protocol.send");
             match send.value.as_str() {
                 "none" => {}
-                "v1" | "v2" => c.unsupported(
-                    send,
-                    &format!("{key}.proxy_protocol.send"),
-                    "sending PROXY protocol headers",
-                ),
-                other => c.at(
-                    send,
-                    &format!("{key}.proxy_protocol.send"),
-                    format!("`{other}` is not one of: none, v1, v2"),
-                ),
+                "v1" | "v2" if udp.is_some() => {
+                    c.unsupported(send, &k, "sending PROXY protocol headers on UDP sessions")
+                }
+                "v1" => proxy_send = Some(ProxyVersion::V1),
+                "v2" => proxy_send = Some(ProxyVersion::V2),
+                other => c.at(send, &k, format!("`{other}` is not one of: none, v1, v2")),
             }
         }
         let k = format!("{key}.proxy_protocol.accept_from");
-        if !c.cidrs(&pp.accept_from, &k).is_empty()
-            && let Some(a) = &pp.accept_from
-        {
-            c.unsupported(a, &k, "accepting PROXY protocol headers");
+        let from = c.cidrs(&pp.accept_from, &k);
+        // A UDP listener refuses the key itself (validate_udp.rs).
+        if udp.is_none() {
+            proxy_accept = from;
         }
     }
     let access = super::validate_limits::access(c, key, f);
@@ -337,6 +336,8 @@ fn listener(
         connect_timeout,
         idle_timeout,
         proxy_header_timeout,
+        proxy_send,
+        proxy_accept,
         access,
         per_source,
     })

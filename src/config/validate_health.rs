@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::file::{HealthCheckFile, S};
-use super::types::{CheckKind, HealthCheck};
+use super::types::{CheckKind, HealthCheck, ProxyVersion};
 use super::validate::Checker;
 use super::values;
 
@@ -51,6 +51,25 @@ pub(super) fn health_check(
         },
     };
     let kind = kind(c, key, hc)?;
+    let proxy_protocol = match &f.proxy_protocol {
+        None => None,
+        Some(v) => {
+            let k = format!("{key}.proxy_protocol");
+            match v.value.as_str() {
+                "none" => None,
+                "v1" | "v2" if matches!(kind, CheckKind::Udp { .. }) => {
+                    c.at(v, &k, "a udp check sends datagrams, without PROXY headers");
+                    None
+                }
+                "v1" => Some(ProxyVersion::V1),
+                "v2" => Some(ProxyVersion::V2),
+                other => {
+                    c.at(v, &k, format!("`{other}` is not one of: none, v1, v2"));
+                    None
+                }
+            }
+        }
+    };
     Some(HealthCheck {
         kind,
         interval,
@@ -58,6 +77,7 @@ pub(super) fn health_check(
         rise: u32::try_from(rise).unwrap_or(2),
         fall: u32::try_from(fall).unwrap_or(3),
         port,
+        proxy_protocol,
     })
 }
 

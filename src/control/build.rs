@@ -249,6 +249,10 @@ impl Builder {
                     responses: u.responses,
                 }),
             },
+            proxy_send: l.proxy_send,
+            proxy_accept: (!l.proxy_accept.is_empty())
+                .then(|| PrefixSet::new(l.proxy_accept.iter().copied())),
+            proxy_header_timeout: l.proxy_header_timeout,
         });
         let built = BuiltListener {
             config: l.clone(),

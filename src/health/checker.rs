@@ -72,7 +72,7 @@ pub async fn run(
     let mut delay = Duration::from_millis(r % (first.as_millis() as u64 + 1));
     loop {
         tokio::time::sleep(delay).await;
-        let outcome = probe::run(&probe, target, check.timeout).await;
+        let outcome = probe::run(&probe, target, check.timeout, check.proxy_protocol).await;
         let report = Report {
             pool: pool.clone(),
             backend,
@@ -99,7 +99,7 @@ pub async fn recover(pool: Arc<str>, backend: SocketAddr, reports: mpsc::Sender<
     let mut wait = RECOVERY_FIRST;
     loop {
         tokio::time::sleep(wait).await;
-        match probe::run(&Probe::Tcp, backend, Duration::from_secs(3)).await {
+        match probe::run(&Probe::Tcp, backend, Duration::from_secs(3), None).await {
             Err(Failure::Local(_)) => continue,
             Err(Failure::Backend(_)) => wait = (wait * 2).min(RECOVERY_MAX),
             Ok(detail) => {

@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::proxy_protocol::{self, Version};
+
 /// What to probe; the control plane builds it from the pool's check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
@@ -77,22 +79,29 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> Failure {
     }
 }
 
-/// Runs `probe` against `addr` within `timeout`.
-pub async fn run(probe: &Probe, addr: SocketAddr, timeout: Duration) -> Outcome {
-    match tokio::time::timeout(timeout, attempt(probe, addr)).await {
+/// Runs `probe` against `addr` within `timeout`; a TCP probe starts with a PROXY header of
+/// `proxy`'s version when set (`LOCAL` / `UNKNOWN`: a check of the balancer's own, not a
+/// relayed client), as HAProxy's `check-send-proxy` does.
+pub async fn run(
+    probe: &Probe,
+    addr: SocketAddr,
+    timeout: Duration,
+    proxy: Option<Version>,
+) -> Outcome {
+    match tokio::time::timeout(timeout, attempt(probe, addr, proxy)).await {
         Ok(result) => result,
         Err(_) => Err(Failure::Backend(format!("no answer within {timeout:?}"))),
     }
 }
 
-async fn attempt(probe: &Probe, addr: SocketAddr) -> Outcome {
+async fn attempt(probe: &Probe, addr: SocketAddr, proxy: Option<Version>) -> Outcome {
     match probe {
         Probe::Tcp => {
-            TcpStream::connect(addr).await.map_err(io("connect"))?;
+            connect(addr, proxy).await?;
             Ok("connected".to_owned())
         }
         Probe::SendExpect { send, expect } => {
-            let mut s = TcpStream::connect(addr).await.map_err(io("connect"))?;
+            let mut s = connect(addr, proxy).await?;
             s.write_all(send).await.map_err(io("send"))?;
             let got = read_prefix(&mut s, expect.len()).await?;
             expect_prefix(&got, expect)
@@ -101,7 +110,10 @@ async fn attempt(probe: &Probe, addr: SocketAddr) -> Outcome {
             path,
             host,
             expect_status,
-        } => http(addr, path, host.as_deref(), expect_status).await,
+        } => {
+            let stream = connect(addr, proxy).await?;
+            http(stream, addr, path, host.as_deref(), expect_status).await
+        }
         Probe::Udp { send, expect } => {
             let local: SocketAddr = if addr.is_ipv4() {
                 ([0, 0, 0, 0], 0).into()
@@ -117,6 +129,17 @@ async fn attempt(probe: &Probe, addr: SocketAddr) -> Outcome {
             expect_prefix(&buf[..n], expect)
         }
     }
+}
+
+/// A TCP connection to `addr`, with the PROXY header written first when asked for.
+async fn connect(addr: SocketAddr, proxy: Option<Version>) -> Result<TcpStream, Failure> {
+    let mut s = TcpStream::connect(addr).await.map_err(io("connect"))?;
+    if let Some(version) = proxy {
+        let mut header = Vec::with_capacity(16);
+        proxy_protocol::encode(version, None, &[], &mut header);
+        s.write_all(&header).await.map_err(io("send"))?;
+    }
+    Ok(s)
 }
 
 /// Reads until `want` bytes or end of stream.
@@ -144,9 +167,14 @@ fn expect_prefix(got: &[u8], expect: &[u8]) -> Outcome {
     }
 }
 
-async fn http(addr: SocketAddr, path: &str, host: Option<&str>, expect: &[(u16, u16)]) -> Outcome {
+async fn http(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+    expect: &[(u16, u16)],
+) -> Outcome {
     let backend = |what: &str, e: &dyn std::fmt::Display| Failure::Backend(format!("{what}: {e}"));
-    let stream = TcpStream::connect(addr).await.map_err(io("connect"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| backend("http handshake", &e))?;

@@ -254,7 +254,17 @@ async fn admit(
     (key, shutdown, versions): (&BindKey, &mut watch::Receiver<bool>, &watch::Receiver<u64>),
     tracker: &Tracker,
 ) -> bool {
-    let ticket = match spec.admission.admit(peer.ip()) {
+    // A trusted balancer in front (`proxy_protocol.accept_from`) is not the client: the
+    // client its header names is admitted once the header is in (`tcp::serve`).
+    let trusted = spec
+        .proxy_accept
+        .as_ref()
+        .is_some_and(|from| from.matching(peer.ip()).is_some());
+    let ticket = match if trusted {
+        Ok(None)
+    } else {
+        spec.admission.admit(peer.ip())
+    } {
         Ok(ticket) => ticket,
         Err(refused) => {
             // Dropping `client` closes it at once, before a slot or a backend is touched.
@@ -296,6 +306,7 @@ async fn admit(
         slot,
         ticket,
         guard: tracker.enter(),
+        trusted,
     };
     tokio::spawn(tcp::serve(conn, plane.clone()));
     true

@@ -13,6 +13,7 @@ pub mod buffers;
 pub mod copy;
 pub mod listener;
 mod passive;
+mod peek;
 mod pump;
 pub mod slot;
 pub mod tcp;

@@ -133,6 +133,9 @@ pub struct ListenerLive {
     pub active: AtomicU64,
     pub accept_errors: AtomicU64,
     pub rejected_no_backend: AtomicU64,
+    /// Connections from an `accept_from` source whose PROXY header was malformed, late or
+    /// missing.
+    pub rejected_proxy_protocol: AtomicU64,
     /// Connections ended by a failed leg, by side and failure (see [`ListenerLive::aborted`]).
     aborted: [AtomicU64; 4],
     /// Connections closed at once by admission, by reason (see [`ListenerLive::rejected`]).
@@ -159,6 +162,7 @@ impl ListenerLive {
             active: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             rejected_no_backend: AtomicU64::new(0),
+            rejected_proxy_protocol: AtomicU64::new(0),
             aborted: Default::default(),
             rejected_acl: AtomicU64::new(0),
             rejected_rate_limit: AtomicU64::new(0),
@@ -241,6 +245,12 @@ pub struct ListenerSpec {
     pub admission: Policy,
     /// A UDP listener's sessions; `None` for TCP.
     pub udp: Option<UdpSpec>,
+    /// The PROXY header version written to each backend connection first, if any.
+    pub proxy_send: Option<crate::proxy_protocol::Version>,
+    /// Sources whose connections must start with a PROXY header (`accept_from`), if any.
+    pub proxy_accept: Option<crate::admission::PrefixSet>,
+    /// How long such a header may take to arrive.
+    pub proxy_header_timeout: Duration,
 }
 
 impl ListenerSpec {

@@ -1,7 +1,7 @@
 //! The only home of `unsafe` in tollgate: thin, documented wrappers over the Linux system
 //! calls that std, tokio and socket2 do not expose safely — `splice(2)` and pipes
 //! (`pipe.rs`; `pipe_pool.rs` lends them out, safe code), what a socket's send queue holds
-//! (`socket.rs`), UDP sockets with batched `recvmmsg` / `sendmmsg`, `PKTINFO` addresses and
+//! (`socket.rs`), bytes received but left in place (`peek.rs`), UDP sockets with batched `recvmmsg` / `sendmmsg`, `PKTINFO` addresses and
 //! GRO / GSO (`udp.rs`), the open-file limit (`rlimit.rs`), descriptors held in reserve for when it
 //! is reached (`reserve.rs`), the process's CPU time (`usage.rs`), and signal masks
 //! (`signals.rs`; with `early.rs`, which only the binary compiles). `unsafe_code` is denied
@@ -13,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod peek;
 pub mod pipe;
 pub mod pipe_pool;
 pub mod reserve;

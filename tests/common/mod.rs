@@ -17,6 +17,7 @@ pub mod dns;
 pub mod http;
 pub mod netns;
 pub mod promtool;
+pub mod proxy;
 pub mod sources;
 pub mod udp;
 
@@ -293,4 +294,25 @@ pub fn start_file(path: &std::path::Path, yaml: &str) -> Server {
     std::fs::write(path, yaml).unwrap();
     let config = tollgate::config::load(path).unwrap();
     Server::start_from(&config, Some(path.to_owned())).unwrap()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a peer program that must be told its
+/// port (nginx, HAProxy).
+pub fn free_port() -> u16 {
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// A child program stopped with SIGTERM when dropped (nginx and HAProxy pass it on to their
+/// workers, which SIGKILL would leave running), and reaped.
+pub struct Terminate(pub std::process::Child);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
 }
