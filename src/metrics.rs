@@ -455,6 +455,7 @@ fn listeners(view: &View, out: &mut Samples) {
         let ours = [
             ("no_backend", &live.rejected_no_backend),
             ("proxy_protocol", &live.rejected_proxy_protocol),
+            ("sni", &live.rejected_sni),
         ];
         for (reason, n) in ours.into_iter().chain(admission) {
             let l = [("listener", name.as_ref()), ("reason", reason)];

@@ -39,7 +39,13 @@ fn deny_wins_and_an_allow_list_admits_only_its_blocks() {
     wait_for("both refusals counted", Duration::from_secs(5), || {
         spec.live.rejected_acl.load(Relaxed) == 2
     });
-    assert_eq!(spec.pool.backends[0].stats.connections.load(Relaxed), 1);
+    assert_eq!(
+        spec.pool.as_ref().unwrap().backends[0]
+            .stats
+            .connections
+            .load(Relaxed),
+        1
+    );
     let v = explain(admin, "127.0.7.9");
     assert_eq!(
         (v["admitted"].clone(), v["reason"].clone()),

@@ -201,15 +201,22 @@ fn every_error_is_reported_at_once_in_file_order() {
     );
 }
 
+/// What a protocol cannot carry is refused, not ignored: a v1 PROXY header has no datagram
+/// family, and a section that is not in the schema yet (`logging`) is unknown.
 #[test]
-fn unsupported_features_are_refused_not_ignored() {
+fn what_cannot_apply_is_refused_not_ignored() {
     rejected(
         &GOOD.replace(
             "    pool: web\n",
-            "    pool: web\n    sni: { default_pool: web }\n",
+            "    pool: web\n    protocol: udp\n    proxy_protocol: { send: v1 }\n",
         ),
-        "t.yaml:5:10: listeners.web.sni: not supported yet",
-        "server name",
+        "t.yaml:6:29: listeners.web.proxy_protocol.send:",
+        "takes a v2 header (v1 has no datagram family)",
+    );
+    rejected(
+        &format!("logging: {{ access: true }}\n{GOOD}"),
+        "t.yaml:1:1: logging: unknown field `logging`",
+        "valid keys",
     );
 }
 

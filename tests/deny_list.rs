@@ -51,7 +51,7 @@ fn a_denied_source_is_closed_at_once_and_explained() {
         spec.live.rejected_acl.load(Ordering::Relaxed) == 1
     });
     assert_eq!(
-        spec.pool.backends[0]
+        spec.pool.as_ref().unwrap().backends[0]
             .stats
             .connections
             .load(Ordering::Relaxed),

@@ -11,8 +11,6 @@
 //!
 //! - `valid_*`: loads `Ok` (uses only what is implemented today);
 //! - `bad_*`: an `Err` (invalid YAML, unknown keys, wrong types, out-of-range values, ...);
-//! - `unsupported_*`: an `Err` that says "not supported yet" (schema features not built yet;
-//!   rename the seed when its feature lands);
 //! - anything else (`edge_*`, or inputs the fuzzer adds): either answer, the checks above only.
 //!
 //! The other targets' seeds go through the same checks as their fuzz targets:
@@ -45,7 +43,6 @@ const KNOWN_MULTILINE: &[&str] = &[];
 enum Expect {
     Valid,
     Bad,
-    Unsupported,
     Any,
 }
 
@@ -54,8 +51,6 @@ fn expectation(name: &str) -> Expect {
         Expect::Valid
     } else if name.starts_with("bad_") {
         Expect::Bad
-    } else if name.starts_with("unsupported_") {
-        Expect::Unsupported
     } else {
         Expect::Any
     }
@@ -140,16 +135,8 @@ fn check(name: &str, answer: &Answer) -> Vec<String> {
         (Expect::Valid, Some(Rejection { shown, .. })) => {
             problems.push(format!("a valid_ seed was rejected:\n{shown}"));
         }
-        (Expect::Bad | Expect::Unsupported, None) => {
+        (Expect::Bad, None) => {
             problems.push("loaded Ok, but its name says it must be rejected".to_owned());
-        }
-        (Expect::Unsupported, Some(Rejection { shown, .. }))
-            if !shown.contains("not supported yet") =>
-        {
-            problems.push(format!(
-                "no \"not supported yet\" error; if the feature is built now, rename the \
-                 seed (valid_ or bad_):\n{shown}"
-            ));
         }
         _ => {}
     }
@@ -203,7 +190,7 @@ fn fuzz_corpus_replays_cleanly() {
         corpus_dir("config_load").display(),
         seeds.len()
     );
-    for kind in [Expect::Valid, Expect::Bad, Expect::Unsupported] {
+    for kind in [Expect::Valid, Expect::Bad] {
         assert!(
             seeds.iter().any(|(name, _)| expectation(name) == kind),
             "the corpus has no {kind:?} seed"

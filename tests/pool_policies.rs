@@ -107,6 +107,8 @@ fn when_all_down_reject_closes_new_connections_at_once() {
     });
     assert!(
         spec.pool
+            .as_ref()
+            .unwrap()
             .backends
             .iter()
             .all(|b| b.stats.failures() == 0 && b.stats.connections.load(Ordering::Relaxed) == 0),

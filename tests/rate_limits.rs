@@ -70,7 +70,10 @@ fn a_source_at_five_times_its_rate_gets_rate_times_time_plus_burst() {
         "only admitted connections are accepted"
     );
     assert_eq!(
-        spec.pool.backends[0].stats.connections.load(Relaxed),
+        spec.pool.as_ref().unwrap().backends[0]
+            .stats
+            .connections
+            .load(Relaxed),
         u64::from(hot_in + quiet_in),
         "refused connections never reached the backend"
     );

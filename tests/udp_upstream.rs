@@ -206,7 +206,7 @@ fn removing_a_udp_listener_ends_its_sessions() {
     let server = start_file(&path, &udp_config(&[backend], "", ""));
     let front = front(&server);
     let spec = udp_live(&server);
-    let stats = spec.pool.backends[0].stats.clone();
+    let stats = spec.pool.as_ref().unwrap().backends[0].stats.clone();
     let clients: Vec<UdpSocket> = (0..3).map(|_| client("127.0.0.1")).collect();
     for c in &clients {
         exchange(c, front, b"hello");
@@ -222,5 +222,45 @@ fn removing_a_udp_listener_ends_its_sessions() {
     });
     clients[0].send_to(b"anyone?", front).unwrap();
     nothing_more(&clients[0], Duration::from_millis(300));
+    server.shutdown();
+}
+
+/// `proxy_protocol.send: v2` on a UDP listener: the first datagram of each session reaches
+/// the backend behind a v2 `UDP4` header naming the client and the address it sent to; the
+/// datagrams after it come bare; a new session announces itself again.
+#[test]
+fn the_first_datagram_of_a_session_names_its_client() {
+    use tollgate::proxy_protocol::{self, Decoded, Transport};
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let reply = match proxy_protocol::decode(&buf[..n]) {
+                Ok(Decoded::Done { header, len }) => {
+                    let a = header.addresses.unwrap();
+                    assert_eq!(a.transport, Transport::Datagram);
+                    let mut r = format!("{} {} ", a.source, a.destination).into_bytes();
+                    r.extend_from_slice(&buf[len..n]);
+                    r
+                }
+                _ => [b"bare ", &buf[..n]].concat(),
+            };
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    let server = start(&udp_config(&[backend], "", "").replace(
+        "    udp: {  }\n",
+        "    udp: {  }\n    proxy_protocol: { send: v2 }\n",
+    ));
+    let front = front(&server);
+    for _ in 0..2 {
+        let c = client("127.0.0.1");
+        let me = c.local_addr().unwrap();
+        let first = String::from_utf8(exchange(&c, front, b"one").0).unwrap();
+        assert_eq!(first, format!("{me} {front} one"));
+        let second = String::from_utf8(exchange(&c, front, b"two").0).unwrap();
+        assert_eq!(second, "bare two");
+    }
     server.shutdown();
 }

@@ -34,6 +34,7 @@ pub(crate) fn status(control: &Handle) -> Value {
             let rejected: serde_json::Map<String, Value> = [
                 ("no_backend", &live.rejected_no_backend),
                 ("proxy_protocol", &live.rejected_proxy_protocol),
+                ("sni", &live.rejected_sni),
             ]
                 .into_iter()
                 .chain(crate::admission::Reason::ALL.iter().map(|r| (r.label(), live.rejected(*r))))
@@ -53,6 +54,7 @@ pub(crate) fn status(control: &Handle) -> Value {
                 "name": l.name,
                 "protocol": "tcp",
                 "pool": l.pool,
+                "sni": l.sni.as_ref().map(|s| s.to_json()),
                 "bind": view.addrs(&l.name).iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "connections_active": live.active.load(Relaxed),
                 "connections_accepted": live.accepted.load(Relaxed),

@@ -47,9 +47,11 @@ impl Config {
                             "send": proxy_name(l.proxy_send),
                             "accept_from": list(&l.proxy_accept),
                         });
+                        out["sni"] = l.sni.as_ref().map_or(Value::Null, |s| s.to_json());
                     }
                     Protocol::Udp(u) => {
                         out["limits"] = json!({"per_source": per_source});
+                        out["proxy_protocol"] = json!({"send": proxy_name(l.proxy_send)});
                         out["udp"] = json!({
                             "session_idle": d(u.session_idle),
                             "max_sessions": u.max_sessions,

@@ -21,6 +21,7 @@ mod validate_dns;
 mod validate_health;
 mod validate_limits;
 mod validate_pool;
+mod validate_sni;
 mod validate_udp;
 mod values;
 mod walk;

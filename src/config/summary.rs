@@ -48,7 +48,7 @@ impl Config {
             let tcp = self
                 .listeners
                 .iter()
-                .any(|l| l.pool == p.name && !l.protocol.is_udp());
+                .any(|l| l.pools().any(|n| n == p.name) && !l.protocol.is_udp());
             pool(&mut out, p, tcp);
         }
         let names: usize = self.pools.iter().map(|p| p.named.len()).sum();
@@ -78,14 +78,20 @@ impl Config {
 
 fn listener(out: &mut String, l: &Listener) {
     let binds: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
+    let to = l.pool.as_ref().map_or_else(
+        || "by TLS server name".to_owned(),
+        |pool| format!("pool {pool}"),
+    );
     let _ = writeln!(
         out,
-        "  {} {} {} -> pool {}",
+        "  {} {} {} -> {to}",
         l.name,
         l.protocol.name(),
         binds.join(", "),
-        l.pool
     );
+    if let Some(sni) = &l.sni {
+        sni_routes(out, sni);
+    }
     let sized = " (not set: as many as fit the open-file limit)";
     match l.protocol {
         Protocol::Tcp => {
@@ -127,6 +133,12 @@ fn listener(out: &mut String, l: &Listener) {
                 u.max_sessions,
                 d(u.session_idle)
             );
+            if l.proxy_send.is_some() {
+                let _ = writeln!(
+                    out,
+                    "    proxy protocol: a v2 header with the client's address on each session's first datagram"
+                );
+            }
         }
     }
     match &l.per_source {
@@ -285,4 +297,20 @@ pub(super) fn status_list(ranges: &[(u16, u16)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// An `sni` listener's routes, one line per pool in the order first named, then the rest.
+fn sni_routes(out: &mut String, sni: &super::types::Sni) {
+    for (pool, names) in sni.by_pool() {
+        let _ = writeln!(out, "    sni: {} -> pool {pool}", names.join(", "));
+    }
+    let rest = sni.default_pool.as_deref().map_or_else(
+        || "refused (no default_pool)".to_owned(),
+        |p| format!("pool {p}"),
+    );
+    let _ = writeln!(
+        out,
+        "    sni: any other name, or none -> {rest}; the ClientHello must arrive within {}",
+        d(sni.peek_timeout)
+    );
 }

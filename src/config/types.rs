@@ -143,7 +143,10 @@ pub struct Listener {
     pub name: String,
     pub protocol: Protocol,
     pub bind: Vec<SocketAddr>,
-    pub pool: String,
+    /// Where connections go; `None` when `sni` routes them.
+    pub pool: Option<String>,
+    /// Routes by the TLS server name (tcp only).
+    pub sni: Option<Sni>,
     pub max_connections: usize,
     /// The file set no `max_connections`: it was sized from the open-file limit.
     pub max_connections_sized: bool,
@@ -158,6 +161,64 @@ pub struct Listener {
     pub access: Access,
     /// Per-source limits; `None` when neither a rate nor a concurrency cap is set.
     pub per_source: Option<PerSource>,
+}
+
+/// `listeners.*.sni`: routes by the ClientHello's server name, checked (patterns parsed, pools
+/// known, each pattern once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sni {
+    pub routes: Vec<SniRoute>,
+    /// For names no route matches, and ClientHellos without one; `None`: refuse them.
+    pub default_pool: Option<String>,
+    pub peek_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    pub pattern: crate::sni::Pattern,
+    pub pool: String,
+}
+
+impl Sni {
+    /// The routes as the file groups them: each pool (in the order first named) with the
+    /// patterns that lead to it.
+    pub fn by_pool(&self) -> Vec<(&str, Vec<String>)> {
+        let mut pools: Vec<(&str, Vec<String>)> = Vec::new();
+        for r in &self.routes {
+            match pools.iter_mut().find(|(p, _)| *p == r.pool) {
+                Some((_, names)) => names.push(r.pattern.to_string()),
+                None => pools.push((&r.pool, vec![r.pattern.to_string()])),
+            }
+        }
+        pools
+    }
+
+    /// As `GET /api/v1/config` and the status show it, the default filled in.
+    pub fn to_json(&self) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = self
+            .by_pool()
+            .into_iter()
+            .map(|(pool, names)| serde_json::json!({"match": names, "pool": pool}))
+            .collect();
+        serde_json::json!({
+            "routes": routes,
+            "default_pool": self.default_pool,
+            "peek_timeout": super::values::format_duration(self.peek_timeout),
+        })
+    }
+}
+
+impl Listener {
+    /// Every pool the listener sends connections to.
+    pub fn pools(&self) -> impl Iterator<Item = &str> + '_ {
+        let routed = self.sni.iter().flat_map(|s| {
+            s.routes
+                .iter()
+                .map(|r| r.pool.as_str())
+                .chain(s.default_pool.as_deref())
+        });
+        self.pool.as_deref().into_iter().chain(routed)
+    }
 }
 
 /// `listeners.*.access`: deny wins; a non-empty allow list admits only its blocks.

@@ -1,9 +1,9 @@
 //! [`FileConfig`] → [`Config`]: every value checked and typed, every problem collected (not
 //! just the first), each with its line, column and key path.
 //!
-//! The whole schema of DESIGN.md §3.3 is checked here. Keys whose behaviour tollgate does not
-//! have yet are refused with "not supported yet" — a setting that would be silently ignored
-//! is worse than an error. Pools and backends live in `validate_pool.rs`.
+//! The schema of DESIGN.md §3.3 is checked here; a key that is not in it (`logging`, until it
+//! is built) is refused as unknown — a setting that would be silently ignored is worse than
+//! an error. Pools and backends live in `validate_pool.rs`, SNI routes in `validate_sni.rs`.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -36,10 +36,6 @@ impl Checker<'_> {
 
     pub(super) fn at<T>(&mut self, spanned: &S<T>, key: &str, message: impl Into<String>) {
         self.at_loc(spanned.referenced, key, message);
-    }
-
-    pub(super) fn unsupported<T>(&mut self, spanned: &S<T>, key: &str, what: &str) {
-        self.at(spanned, key, format!("not supported yet: {what}"));
     }
 
     /// A duration setting, or `default` when absent; `min` rejects values that make no sense
@@ -230,22 +226,28 @@ fn listener(
         }
     };
     let bind = binds(c, key, l);
+    // A TCP listener with `sni` routes by server name instead of to one pool (a UDP
+    // listener refuses `sni` in validate_udp.rs).
+    let sni = f.sni.as_ref().filter(|_| udp.is_none());
+    let routes = sni.map(|s| super::validate_sni::sni(c, key, f, s, pools));
     let pool = match &f.pool {
+        _ if sni.is_some() => None,
         Some(p) if pools.contains(&p.value.as_str()) => Some(p.value.clone()),
         Some(p) => {
             c.at(p, &format!("{key}.pool"), unknown_pool(&p.value, pools));
             None
         }
         None => {
-            c.at(l, &format!("{key}.pool"), "a pool is required");
+            let why = if udp.is_none() {
+                "a pool is required (or `sni` routes by server name)"
+            } else {
+                "a pool is required"
+            };
+            c.at(l, &format!("{key}.pool"), why);
             None
         }
     };
-    if let Some(sni) = &f.sni
-        && udp.is_none()
-    {
-        c.unsupported(sni, &format!("{key}.sni"), "routing by TLS server name");
-    }
+
     if let Some(section) = &f.udp
         && udp.is_none()
     {
@@ -262,9 +264,11 @@ fn listener(
             let k = format!("{key}.proxy_protocol.send");
             match send.value.as_str() {
                 "none" => {}
-                "v1" | "v2" if udp.is_some() => {
-                    c.unsupported(send, &k, "sending PROXY protocol headers on UDP sessions")
-                }
+                "v1" if udp.is_some() => c.at(
+                    send,
+                    &k,
+                    "a UDP session's first datagram takes a v2 header (v1 has no datagram family)",
+                ),
                 "v1" => proxy_send = Some(ProxyVersion::V1),
                 "v2" => proxy_send = Some(ProxyVersion::V2),
                 other => c.at(send, &k, format!("`{other}` is not one of: none, v1, v2")),
@@ -326,11 +330,17 @@ fn listener(
             ),
         );
     }
+    // Only now, so that every other setting has been checked and reported too.
+    let (pool, sni) = match routes {
+        Some(routes) => (None, Some(routes?)),
+        None => (Some(pool?), None),
+    };
     Some(Listener {
         name: name.to_owned(),
         protocol: udp.map_or(Protocol::Tcp, Protocol::Udp),
         bind: bind?,
-        pool: pool?,
+        pool,
+        sni,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         max_connections_sized,
         connect_timeout,
@@ -344,7 +354,7 @@ fn listener(
 }
 
 /// "no pool named …", with the pool that was probably meant and the ones that exist.
-fn unknown_pool(name: &str, pools: &[&str]) -> String {
+pub(super) fn unknown_pool(name: &str, pools: &[&str]) -> String {
     let missing = format!("no pool named `{name}` is defined");
     match super::suggest::closest(name, pools) {
         _ if pools.is_empty() => format!("{missing}, and the file defines no pools"),

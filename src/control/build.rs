@@ -18,7 +18,8 @@ use super::registry::Registry;
 use crate::admission::{PerSource, Policy, PrefixSet, Rate, Shape, SourceTable};
 use crate::config::{self, Balance, Config};
 use crate::policy::{Candidate, effective_weights};
-use crate::state::{Algorithm, Backend, ListenerSpec, Pool, Snapshot, UdpSpec};
+use crate::sni::Routes;
+use crate::state::{Algorithm, Backend, ListenerSpec, Pool, Snapshot, SniSpec, UdpSpec};
 
 /// A limiter table to move into a new shape, off the owner's loop.
 #[derive(Debug)]
@@ -43,6 +44,8 @@ struct Table {
 #[derive(Debug)]
 struct BuiltListener {
     config: config::Listener,
+    /// The pools it was built with (`config::Listener::pools`).
+    pools: Vec<Arc<Pool>>,
     /// The registry's deny-list version it was built with.
     deny: u64,
     spec: Arc<ListenerSpec>,
@@ -87,11 +90,16 @@ impl Builder {
         let mut reshapes = Vec::new();
         let mut listeners = HashMap::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let Some(pool) = pools.get(l.pool.as_str()).cloned() else {
+            // Every pool it names, in the config's order: a validated config has them all.
+            let Some(used) = l
+                .pools()
+                .map(|n| pools.get(n).cloned())
+                .collect::<Option<Vec<_>>>()
+            else {
                 continue;
             };
             let table = self.table(l, now, &mut reshapes);
-            let (spec, reused) = self.listener(l, pool, table, registry);
+            let (spec, reused) = self.listener(l, &pools, used, table, registry);
             changed |= !reused;
             listeners.insert(spec.name.clone(), spec);
         }
@@ -197,11 +205,13 @@ impl Builder {
         (Arc::new(pool), false)
     }
 
-    /// The spec of `l`: the last one when nothing it is made of changed.
+    /// The spec of `l`: the last one when nothing it is made of changed. `used` holds the
+    /// pools it names (`config::Listener::pools`), `pools` all of them by name.
     fn listener(
         &mut self,
         l: &config::Listener,
-        pool: Arc<Pool>,
+        pools: &HashMap<Arc<str>, Arc<Pool>>,
+        used: Vec<Arc<Pool>>,
         table: Option<(Arc<SourceTable>, Option<Rate>)>,
         registry: &mut Registry,
     ) -> (Arc<ListenerSpec>, bool) {
@@ -209,7 +219,8 @@ impl Builder {
         if let Some(last) = self.listeners.get(&l.name)
             && last.config == *l
             && last.deny == deny
-            && Arc::ptr_eq(&last.spec.pool, &pool)
+            && last.pools.len() == used.len()
+            && last.pools.iter().zip(&used).all(|(a, b)| Arc::ptr_eq(a, b))
             && match (&last.spec.admission.per_source, &table) {
                 (Some(ps), Some((t, _))) => Arc::ptr_eq(&ps.table, t),
                 (None, None) => true,
@@ -228,10 +239,22 @@ impl Builder {
                 exempt: PrefixSet::new(ps.exempt.iter().copied()),
                 table,
             });
+        let by_name = |n: &str| pools.get(n).cloned();
+        let pool = l.pool.as_deref().and_then(by_name);
+        let sni = l.sni.as_ref().map(|s| SniSpec {
+            routes: Routes::new(
+                s.routes
+                    .iter()
+                    .filter_map(|r| Some((r.pattern.clone(), by_name(&r.pool)?))),
+                s.default_pool.as_deref().and_then(by_name),
+            ),
+            peek_timeout: s.peek_timeout,
+        });
         let spec = Arc::new(ListenerSpec {
             name: l.name.as_str().into(),
             bind: l.bind.clone(),
             pool,
+            sni,
             connect_timeout: l.connect_timeout,
             idle_timeout: l.idle_timeout,
             live: registry.listener_live(&l.name, l.max_connections),
@@ -256,6 +279,7 @@ impl Builder {
         });
         let built = BuiltListener {
             config: l.clone(),
+            pools: used,
             deny,
             spec: spec.clone(),
         };

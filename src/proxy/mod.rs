@@ -15,6 +15,7 @@ pub mod listener;
 mod passive;
 mod peek;
 mod pump;
+mod route;
 pub mod slot;
 pub mod tcp;
 pub mod throttle;

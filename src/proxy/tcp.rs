@@ -25,10 +25,10 @@ static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
 static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
 static PROXY_HEADER_LOG: LogThrottle = LogThrottle::new();
-use super::{DataPlane, PassiveDown, TrackerGuard, passive, peek};
+use super::{DataPlane, PassiveDown, TrackerGuard, passive, peek, route};
 use crate::admission::Ticket;
 use crate::proxy_protocol;
-use crate::state::{Backend, ConnectFailure, ListenerSpec};
+use crate::state::{Backend, ConnectFailure, ListenerSpec, Pool};
 
 /// Everything a connection task owns; dropping it releases the listener slot and the
 /// per-source count, and marks the
@@ -83,6 +83,15 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     } else {
         (peer, None, ticket)
     };
+    // The pool: the listener's, or by the ClientHello's server name (peeked, and boxed, as
+    // only `sni` listeners need that state).
+    let pool = match &spec.sni {
+        None => spec.pool.clone(),
+        Some(_) => Box::pin(route::pool_for(&client, peer, &spec)).await,
+    };
+    let Some(pool) = pool else {
+        return;
+    };
     let live = spec.live.clone();
     live.active.fetch_add(1, Ordering::Relaxed);
     let _active = scopeguard(|| {
@@ -92,7 +101,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     // The connect phase (timer, dial, retries) is boxed: it is larger than the forwarding
     // phase, and unboxed it would set the size of every connection's task for its whole life.
     // It takes the spec by value and drops it when it ends.
-    let connecting = Box::pin(connect(spec, peer, &plane.failing));
+    let connecting = Box::pin(connect(spec, pool, peer, &plane.failing));
     // Destructured, so that `idle` is not kept a second time beside the forwarding's own copy.
     let Some((
         Connected {
@@ -183,21 +192,22 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
     }
 }
 
-/// Tries the pool's candidates in order, each within the connect timeout, and returns what
+/// Tries `pool`'s candidates in order, each within the connect timeout, and returns what
 /// the connection keeps of `spec`; `spec` itself is dropped when this ends. When no backend
 /// can be reached, counts and logs it. One async fn, not a wrapper around a borrowing one: a
 /// wrapper would store the spec and the client address twice in every connecting future.
 async fn connect(
     spec: Arc<ListenerSpec>,
+    pool: Arc<Pool>,
     client: SocketAddr,
     failing: &mpsc::Sender<PassiveDown>,
 ) -> Option<(Connected, TcpStream)> {
-    for backend in spec.pool.candidates(client) {
+    for backend in pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;
         let error = match dial_until(backend.address, deadline).await {
             Ok(stream) => {
-                spec.pool.live.connect_duration.observe(started.elapsed());
+                pool.live.connect_duration.observe(started.elapsed());
                 passive::success(backend);
                 let connected = Connected {
                     listener: spec.name.clone(),
@@ -217,21 +227,21 @@ async fn connect(
             }
             Err(Dial::Backend(e)) => {
                 backend.stats.count_failure(failure_reason(&e));
-                passive::failure(failing, &spec.pool, backend);
+                passive::failure(failing, &pool, backend);
                 e.to_string()
             }
             Err(Dial::TimedOut) => {
                 backend.stats.count_failure(ConnectFailure::Timeout);
-                passive::failure(failing, &spec.pool, backend);
+                passive::failure(failing, &pool, backend);
                 format!("timed out after {:?}", spec.connect_timeout)
             }
         };
         match CONNECT_FAILED_LOG.allow() {
             Some(suppressed) => {
-                warn!(listener = %spec.name, %client, backend = %backend.address, pool = %spec.pool.name, %error, suppressed, "backend connect failed")
+                warn!(listener = %spec.name, %client, backend = %backend.address, pool = %pool.name, %error, suppressed, "backend connect failed")
             }
             None => {
-                debug!(listener = %spec.name, %client, backend = %backend.address, pool = %spec.pool.name, %error, "backend connect failed")
+                debug!(listener = %spec.name, %client, backend = %backend.address, pool = %pool.name, %error, "backend connect failed")
             }
         }
     }

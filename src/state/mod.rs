@@ -136,6 +136,9 @@ pub struct ListenerLive {
     /// Connections from an `accept_from` source whose PROXY header was malformed, late or
     /// missing.
     pub rejected_proxy_protocol: AtomicU64,
+    /// Connections `sni` could not route: no TLS, a malformed or late ClientHello, or a
+    /// server name with no route and no default.
+    pub rejected_sni: AtomicU64,
     /// Connections ended by a failed leg, by side and failure (see [`ListenerLive::aborted`]).
     aborted: [AtomicU64; 4],
     /// Connections closed at once by admission, by reason (see [`ListenerLive::rejected`]).
@@ -163,6 +166,7 @@ impl ListenerLive {
             accept_errors: AtomicU64::new(0),
             rejected_no_backend: AtomicU64::new(0),
             rejected_proxy_protocol: AtomicU64::new(0),
+            rejected_sni: AtomicU64::new(0),
             aborted: Default::default(),
             rejected_acl: AtomicU64::new(0),
             rejected_rate_limit: AtomicU64::new(0),
@@ -237,7 +241,10 @@ pub struct ListenerSpec {
     /// The configured bind addresses (port 0 as written); an accept loop whose address is no
     /// longer here stops.
     pub bind: Vec<SocketAddr>,
-    pub pool: Arc<Pool>,
+    /// Where connections go; `None` when `sni` routes them.
+    pub pool: Option<Arc<Pool>>,
+    /// Routes by the TLS server name.
+    pub sni: Option<SniSpec>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub live: Arc<ListenerLive>,
@@ -260,6 +267,14 @@ impl ListenerSpec {
             Some(_) => Transport::Udp,
         }
     }
+}
+
+/// A listener's routes by the server name of the TLS ClientHello.
+#[derive(Debug)]
+pub struct SniSpec {
+    pub routes: crate::sni::Routes<Arc<Pool>>,
+    /// How long the ClientHello may take to arrive.
+    pub peek_timeout: Duration,
 }
 
 /// TCP or UDP: their ports are separate, so a listener of each may bind the same address.

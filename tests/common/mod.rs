@@ -19,6 +19,7 @@ pub mod netns;
 pub mod promtool;
 pub mod proxy;
 pub mod sources;
+pub mod tls;
 pub mod udp;
 
 /// Starts tollgate in-process from YAML.

@@ -53,7 +53,7 @@ impl Outbound {
     /// Sends what was noted, each session's datagrams in one call on its upstream socket.
     pub fn send(
         &mut self,
-        table: &FlowTable<Arc<Backend>, Handle>,
+        table: &mut FlowTable<Arc<Backend>, Handle>,
         received: &RecvBatch,
         live: &ListenerLive,
     ) {
@@ -63,7 +63,7 @@ impl Outbound {
         for run in self.waiting.chunk_by(|a, b| a.id == b.id) {
             // A session ended by a later datagram of this batch (its backend gone) has
             // nothing to send on.
-            let Some(session) = table.get(run[0].id) else {
+            let Some(session) = table.get_mut(run[0].id) else {
                 continue;
             };
             let payloads = run.iter().filter_map(|w| {

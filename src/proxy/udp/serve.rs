@@ -29,6 +29,7 @@ use super::session::{FlowKey, SessionId};
 use super::upstream::{Handle, Shared, Slot};
 use crate::proxy::listener::BindKey;
 use crate::proxy::{DataPlane, Tracker};
+use crate::proxy_protocol;
 use crate::state::{Backend, ListenerSpec, UdpRefusal, UdpSpec};
 use crate::sys::udp::{self, Bound, MAX_BATCH, RecvBatch};
 
@@ -192,7 +193,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        outbound.send(&table, batch, &self.spec.live);
+        outbound.send(&mut table, batch, &self.spec.live);
     }
 
     /// The session a datagram of `key` goes to, made or moved as needed; `None` drops it.
@@ -203,14 +204,17 @@ impl Ctx<'_> {
         now: u64,
     ) -> Option<SessionId> {
         let live = &self.spec.live;
-        let pool = &self.spec.pool;
+        // A UDP listener always has one pool (`sni` is for TCP).
+        let pool = self.spec.pool.as_ref()?;
         match table.lookup(&key, now, |b| pool.takes(b)) {
             Lookup::Live(id, _) => Some(id),
             Lookup::Moved(id) => {
                 let slot = table.get_mut(id).and_then(|s| s.handle.slot.take())?;
                 match self.connect(key.client, slot) {
-                    Ok((backend, handle)) => {
+                    Ok((backend, mut handle)) => {
                         handle.start(id);
+                        // A new backend hears who the client is again.
+                        self.announce(&mut handle, key);
                         // The old handle (and its socket and task) closes as it drops.
                         let _ = table.repick(id, backend, handle);
                         Some(id)
@@ -246,8 +250,9 @@ impl Ctx<'_> {
                         let responses = self.settings.responses.and_then(NonZeroU32::new);
                         match table.insert(key, backend, handle, responses, now) {
                             Ok(id) => {
-                                if let Some(s) = table.get(id) {
+                                if let Some(s) = table.get_mut(id) {
                                     s.handle.start(id);
+                                    self.announce(&mut s.handle, key);
                                 }
                                 Some(id)
                             }
@@ -276,6 +281,27 @@ impl Ctx<'_> {
         }
     }
 
+    /// With `proxy_protocol.send: v2`, the session's first datagram to its backend starts
+    /// with a header naming the client and the address it sent to (sozu's practice).
+    fn announce(&self, handle: &mut Handle, key: FlowKey) {
+        if self.spec.proxy_send.is_none() {
+            return;
+        }
+        let addresses = proxy_protocol::Addresses {
+            source: key.client,
+            destination: key.local,
+            transport: proxy_protocol::Transport::Datagram,
+        };
+        let mut header = Vec::with_capacity(52);
+        proxy_protocol::encode(
+            proxy_protocol::Version::V2,
+            Some(addresses),
+            &[],
+            &mut header,
+        );
+        handle.announce(header.into_boxed_slice());
+    }
+
     /// The pool's pick for `client` and a socket connected to it (a kept one when there is
     /// one). A socket that cannot be made is a local shortage (descriptors, ephemeral ports): another backend would fare
     /// no better, so there is no second try.
@@ -287,6 +313,8 @@ impl Ctx<'_> {
         let backend = self
             .spec
             .pool
+            .as_ref()
+            .ok_or(UdpRefusal::NoBackend)?
             .candidates(client)
             .next()
             .ok_or(UdpRefusal::NoBackend)?;

@@ -172,6 +172,8 @@ pub struct Handle {
     link: Option<Link>,
     stats: Arc<BackendStats>,
     pub slot: Option<Slot>,
+    /// A PROXY v2 header (`proxy_protocol.send`) for the first datagram this handle sends.
+    header: Option<Box<[u8]>>,
 }
 
 impl Handle {
@@ -185,7 +187,14 @@ impl Handle {
             link: Some(link),
             stats: backend.stats.clone(),
             slot: Some(slot),
+            header: None,
         })
+    }
+
+    /// The first datagram sent from now on starts with `header` (a PROXY v2 header naming
+    /// the session's client); it stays pending until one is sent.
+    pub fn announce(&mut self, header: Box<[u8]>) {
+        self.header = Some(header);
     }
 
     /// The backend's replies go to session `id` from now on. Call with the table locked.
@@ -205,25 +214,40 @@ impl Handle {
 
     /// Sends a session's datagrams from one receive to the backend, in order: one `send`
     /// for one datagram, else one batch (runs of equal-sized datagrams as one message). A
-    /// full socket buffer or an error (the backend's port answered ICMP unreachable) drops
-    /// them, counted.
+    /// pending PROXY header goes in front of the first, alone in its `send`. A full socket
+    /// buffer or an error (the backend's port answered ICMP unreachable) drops them,
+    /// counted (a header whose datagram was dropped waits for the next one).
     pub fn forward<'a>(
-        &self,
+        &mut self,
         payloads: impl Iterator<Item = &'a [u8]>,
         batch: &mut SendBatch,
         live: &ListenerLive,
     ) {
         let mut payloads = payloads.peekable();
         let (mut sent, mut dropped) = (Sent::default(), 0);
+        if let (Some(header), Some(link)) = (self.header.take(), &self.link)
+            && let Some(first) = payloads.next()
+        {
+            let mut announced = Vec::with_capacity(header.len() + first.len());
+            announced.extend_from_slice(&header);
+            announced.extend_from_slice(first);
+            if link.send(&announced).is_ok() {
+                sent.datagrams = 1;
+                sent.bytes = first.len();
+            } else {
+                dropped = 1;
+                self.header = Some(header);
+            }
+        }
         match (&self.link, payloads.next()) {
-            (_, None) => return,
-            (None, Some(_)) => dropped = 1 + payloads.count(),
+            (_, None) => {}
+            (None, Some(_)) => dropped += 1 + payloads.count(),
             (Some(link), Some(first)) if payloads.peek().is_none() => match link.send(first) {
                 Ok(n) => {
-                    sent.datagrams = 1;
-                    sent.bytes = n;
+                    sent.datagrams += 1;
+                    sent.bytes += n;
                 }
-                Err(_) => dropped = 1,
+                Err(_) => dropped += 1,
             },
             (Some(link), Some(first)) => {
                 batch.clear();
