@@ -1,7 +1,7 @@
 //! `proxy_protocol.send` through the real server on loopback: each backend connection
 //! starts with a v1 or v2 PROXY header naming the client's address and port and the
 //! address it reached, then the client's bytes unchanged; IPv4 and IPv6; the config
-//! refuses it on UDP listeners (not built yet) and says which values exist.
+//! refuses v1 on UDP listeners and says which values exist.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -80,12 +80,12 @@ fn ipv6_clients_are_sent_as_ipv6() {
 
 #[test]
 fn config_says_where_send_applies_and_what_it_takes() {
-    let udp = "listeners:\n  dns:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: p\n    proxy_protocol: { send: v2 }\npools:\n  p:\n    backends: [{ address: \"127.0.0.1:53\" }]\n";
+    let udp = "listeners:\n  dns:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: p\n    proxy_protocol: { send: v1 }\npools:\n  p:\n    backends: [{ address: \"127.0.0.1:53\" }]\n";
     let e = tollgate::config::load_str(udp, "t.yaml")
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("listeners.dns.proxy_protocol.send") && e.contains("UDP sessions"),
+        e.contains("listeners.dns.proxy_protocol.send") && e.contains("takes a v2 header"),
         "{e}"
     );
     let bad = config(
