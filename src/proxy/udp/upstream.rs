@@ -225,7 +225,8 @@ impl Handle {
     ) {
         let mut payloads = payloads.peekable();
         let (mut sent, mut dropped) = (Sent::default(), 0);
-        if let (Some(header), Some(link)) = (self.header.take(), &self.link)
+        if payloads.peek().is_some()
+            && let (Some(header), Some(link)) = (self.header.take(), &self.link)
             && let Some(first) = payloads.next()
         {
             let mut announced = Vec::with_capacity(header.len() + first.len());
