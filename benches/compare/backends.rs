@@ -1,7 +1,8 @@
 //! The backends that every contender forwards to, each a child process on 127.0.0.1.
 //!
 //! Owns the iperf3 server (bulk), the nginx HTTP responder that answers `ok` (conns/s and
-//! req/resp), and the echo server that holds connections open (memory, startup, reload).
+//! req/resp), its HTTPS twin that terminates TLS (tls-sni), and the echo server that holds
+//! connections open (memory, startup, reload).
 //! The echo server is this same bench binary re-executed with `TOLLGATE_COMPARE_ECHO_PORT`
 //! set, so that its ~9000 sockets do not count against the harness's own descriptor budget
 //! and it dies with the harness.
@@ -64,6 +65,45 @@ pub fn http(ctx: &Ctx) -> Result<Backend> {
              \x20           return 200 \"ok\\n\";\n        }}\n    }}\n}}\n"
         );
         let path = dir.join("nginx-http.conf");
+        fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"]);
+        Ok(cmd)
+    })
+}
+
+/// nginx (http core and ssl) with two workers terminating TLS for the tls-sni workload: a
+/// fresh self-signed P-256 certificate for `bench.example`, TLS 1.2 and 1.3 (nginx 1.22's
+/// default list lacks 1.3), no session cache and no tickets (so that every connection is a
+/// full handshake), `Connection: close` after each response (`keepalive_timeout 0`), and 421
+/// to a ClientHello that did not name `bench.example`.
+pub fn tls(ctx: &Ctx) -> Result<Backend> {
+    start(ctx, "tls-backend", |dir, port| {
+        let (cert, key) = crate::tls::make_cert(dir)?;
+        let d = dir.display();
+        let name = crate::tls::SERVER_NAME;
+        let conf = format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+             events {{\n    worker_connections 4096;\n}}\n\
+             http {{\n    access_log off;\n    keepalive_timeout 0;\n\
+             \x20   ssl_protocols TLSv1.2 TLSv1.3;\n\
+             \x20   ssl_session_cache off;\n    ssl_session_tickets off;\n\
+             \x20   ssl_certificate {};\n    ssl_certificate_key {};\n\
+             \x20   client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+             \x20   fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n\
+             \x20   scgi_temp_path {d}/scgi;\n\
+             \x20   server {{\n        listen 127.0.0.1:{port} ssl;\n\
+             \x20       location / {{\n            default_type text/plain;\n\
+             \x20           if ($ssl_server_name != \"{name}\") {{\n                return 421;\n            }}\n\
+             \x20           return 200 \"ok\\n\";\n        }}\n    }}\n}}\n",
+            cert.display(),
+            key.display()
+        );
+        let path = dir.join("nginx-tls.conf");
         fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
         let mut cmd = Command::new("nginx");
         cmd.arg("-p")

@@ -6,7 +6,8 @@
 //! when a port picked as free was taken meanwhile, checking up front that every tool the
 //! chosen workloads and contenders need is installed (nginx's stream module too), and
 //! tollgate's admin API (reload, status, metrics). HAProxy's stats socket is in the config
-//! for the bulk workload's splice check; HAProxy has no UDP front.
+//! for the bulk workload's splice check; HAProxy has no UDP front. The TLS passthrough
+//! fronts that route by SNI (`Front::Sni`) are configured by `tls.rs`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,7 +19,7 @@ use std::{fmt, fs};
 use anyhow::{Context, Result, bail};
 
 use crate::procs::{Proc, free_port, free_udp_port};
-use crate::{Ctx, Settings, Workload, udp};
+use crate::{Ctx, Settings, Workload, tls, udp};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const ATTEMPTS: usize = 3;
@@ -70,6 +71,9 @@ pub enum Front {
     Udp {
         responses: Option<u32>,
     },
+    /// A TCP listener that routes TLS by the ClientHello's server name, without terminating
+    /// it (tls-sni).
+    Sni,
 }
 
 /// A started contender: clients connect to 127.0.0.1:`port`.
@@ -119,7 +123,7 @@ pub fn spawn(ctx: &Ctx, c: Contender, backend: u16) -> Result<Running> {
 pub fn spawn_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Result<Running> {
     let dir = ctx.run_dir(c.name())?;
     let port = match front {
-        Front::Tcp => free_port()?,
+        Front::Tcp | Front::Sni => free_port()?,
         Front::Udp { .. } => free_udp_port()?,
     };
     let max_conns = ctx.max_conns();
@@ -148,21 +152,28 @@ pub fn spawn_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Resul
                     let text = udp::tollgate_yaml(port, admin, backend, responses);
                     write(&dir, "tollgate.yaml", text)?;
                 }
+                Front::Sni => {
+                    let text = tls::tollgate_yaml(port, admin, backend, max_conns);
+                    write(&dir, "tollgate.yaml", text)?;
+                }
             }
             let mut cmd = Command::new(&ctx.tollgate);
             cmd.arg("run").arg("-c").arg(dir.join("tollgate.yaml"));
             cmd
         }
-        Contender::Haproxy | Contender::HaproxySplice if front != Front::Tcp => {
+        Contender::Haproxy | Contender::HaproxySplice if matches!(front, Front::Udp { .. }) => {
             bail!("{c}: HAProxy community has no UDP proxy")
+        }
+        Contender::HaproxySplice if front == Front::Sni => {
+            bail!("{c}: not run for tls-sni (a handshake has no bulk data to splice)")
         }
         Contender::Haproxy | Contender::HaproxySplice => {
             let splice = c == Contender::HaproxySplice;
-            let cfg = write(
-                &dir,
-                "haproxy.cfg",
-                haproxy_cfg(&dir, port, backend, max_conns, splice),
-            )?;
+            let text = match front {
+                Front::Sni => tls::haproxy_cfg(port, backend, max_conns),
+                _ => haproxy_cfg(&dir, port, backend, max_conns, splice),
+            };
+            let cfg = write(&dir, "haproxy.cfg", text)?;
             let mut cmd = Command::new("haproxy");
             cmd.arg("-db").arg("-f").arg(cfg);
             cmd
@@ -175,6 +186,7 @@ pub fn spawn_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Resul
             };
             let text = match front {
                 Front::Tcp => nginx_stream_conf(&load, &dir, port, backend, ctx.fd_limit),
+                Front::Sni => tls::nginx_conf(&load, &dir, port, backend, ctx.fd_limit),
                 Front::Udp { responses } => {
                     udp::nginx_conf(&load, &dir, port, backend, responses, ctx.fd_limit)
                 }
@@ -210,7 +222,7 @@ pub fn start_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Resul
             return Ok(running);
         };
         let ready = match front {
-            Front::Tcp => proc.wait_listening(port, READY_TIMEOUT),
+            Front::Tcp | Front::Sni => proc.wait_listening(port, READY_TIMEOUT),
             Front::Udp { .. } => proc.wait_udp_bound(port, READY_TIMEOUT),
         };
         match ready.and_then(|()| admin.map_or(Ok(()), |a| proc.wait_listening(a, READY_TIMEOUT))) {
@@ -293,6 +305,11 @@ pub fn check_tools(s: &Settings) -> Result<Option<StreamModule>> {
     if uses(Workload::Conns) || uses(Workload::ReqResp) {
         need.push(("wrk", "--version", "wrk"));
         need.push(("nginx", "-v", "nginx-light (the HTTP backend)"));
+    }
+    if uses(Workload::TlsSni) {
+        need.push(("h2load", "--version", "nghttp2-client (the TLS load)"));
+        need.push(("openssl", "version", "openssl (the TLS certificate)"));
+        need.push(("nginx", "-v", "nginx-light (the TLS backend)"));
     }
     if uses(Workload::UdpDns) {
         need.push(("dnsperf", "-h", "dnsperf"));

@@ -4,25 +4,29 @@
 //! This file owns the rounds (each workload runs REPS times; each round visits every
 //! contender, the order rotated by one per round, every contender started fresh), the
 //! failures, and the exit status; the settings (environment knobs below) and the workloads'
-//! names are `settings`'s. The TCP workloads live in `bulk` (iperf3), `http` (wrk) and
-//! `held` (memory, startup, reload); the UDP ones in `dns` (dnsperf, over `nsd`) and `udp_bulk`
-//! (udp-bulk, udp-memory, over `dgram`'s echo backend and load generator), with the UDP
-//! fronts in `udp`; processes in `procs`, contenders in `contenders`, backends in
-//! `backends`, the summary and JSON in `report`. Configs and logs go to a temp dir, kept
+//! names are `settings`'s. The TCP workloads live in `bulk` (iperf3), `http` (wrk), `tls`
+//! (tls-sni: TLS passthrough routed by SNI, with h2load) and `held` (memory, startup,
+//! reload); the UDP ones in `dns` (dnsperf, over `nsd`) and `udp_bulk` (udp-bulk,
+//! udp-memory, over `dgram`'s echo backend and load generator), with the UDP fronts in
+//! `udp`; processes in `procs`, contenders in `contenders`, backends in `backends`, the
+//! summary and JSON in `report`. Configs and logs go to a temp dir, kept
 //! (and named) when something failed.
 //!
 //! Environment:
 //! * `TOLLGATE_COMPARE_SMOKE=1`: one repetition, 1 s per run, 300 held connections and 300
 //!   UDP sessions (CI);
 //! * `TOLLGATE_COMPARE_REPS`: repetitions of every workload (default 5 for bulk, conns,
-//!   reqresp, udp-dns and udp-bulk, 3 for memory, startup, reload and udp-memory);
-//! * `TOLLGATE_COMPARE_SECS`: seconds per iperf3/wrk/dnsperf/UDP load run (default 5);
+//!   reqresp, tls-sni, udp-dns and udp-bulk, 3 for memory, startup, reload and udp-memory);
+//! * `TOLLGATE_COMPARE_SECS`: seconds per iperf3/wrk/h2load/dnsperf/UDP load run (default 5;
+//!   h2load's run is counted in connections, sized from a pilot run to last about that long);
 //! * `TOLLGATE_COMPARE_HELD`: idle connections held for memory and reload (default 9000);
 //! * `TOLLGATE_COMPARE_UDP_SESSIONS`: idle UDP sessions opened by udp-memory (default 10000);
-//! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,memory,startup,reload,udp-dns,udp-bulk,udp-memory`:
-//!   a subset;
+//! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,tls-sni,memory,startup,reload,udp-dns,udp-bulk,udp-memory`:
+//!   a subset (`tls-sni`: new TLS connections per second through SNI routing, no TLS
+//!   termination in the balancer, and the balancer's CPU per connection);
 //! * `TOLLGATE_COMPARE_CONTENDERS=direct,tollgate,haproxy,haproxy-splice,nginx`: a subset
-//!   (HAProxy community has no UDP: its UDP cells say so).
+//!   (HAProxy community has no UDP: its UDP cells say so; tls-sni runs haproxy, not
+//!   haproxy-splice).
 //!
 //! Any failed run, missing tool or workload without a result exits non-zero, after the
 //! summary of whatever did complete. Results: stdout (Markdown) and
@@ -41,6 +45,7 @@ mod procfs;
 mod procs;
 mod report;
 mod settings;
+mod tls;
 mod udp;
 mod udp_bulk;
 
@@ -125,6 +130,7 @@ fn run() -> Result<bool> {
     let nginx_stream = contenders::check_tools(&settings)?;
     http::self_test()?;
     dns::self_test()?;
+    tls::self_test()?;
     let tollgate = PathBuf::from(env!("CARGO_BIN_EXE_tollgate"));
     if !tollgate.is_file() {
         bail!("the tollgate binary {} is missing", tollgate.display());
@@ -196,6 +202,7 @@ fn run() -> Result<bool> {
         "versions": machine.versions.iter().map(|(t, v)| json!({"tool": t, "version": v})).collect::<Vec<_>>(),
         "smoke": s.smoke, "reps": [s.reps.0, s.reps.1], "secs_per_run": s.secs, "held_connections": s.held,
         "udp_sessions": s.udp_sessions,
+        "tls_sni": {"h2load_clients": tls::CLIENTS, "h2load_threads": tls::THREADS, "server_name": tls::SERVER_NAME},
         "udp_dns": {"dnsperf_clients": dns::CLIENTS, "dnsperf_outstanding": dns::OUTSTANDING},
         "udp_bulk": {"sockets": udp_bulk::BULK.0, "window": udp_bulk::BULK.1, "datagram_bytes": udp_bulk::BULK.2},
         "workloads": s.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
@@ -247,6 +254,7 @@ fn rounds(ctx: &Ctx, w: Workload, res: &mut Results) {
                 Workload::Bulk => bulk::run(ctx, c, &tag, res),
                 Workload::Conns => http::run(ctx, http::CONNS, c, &tag, res),
                 Workload::ReqResp => http::run(ctx, http::REQRESP, c, &tag, res),
+                Workload::TlsSni => tls::run(ctx, c, &tag, res),
                 Workload::Memory => held::memory(ctx, c, &tag, res),
                 Workload::Startup => held::startup(ctx, c, &tag, res),
                 Workload::Reload => held::reload(ctx, c, &tag, res),

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::contenders::Contender;
-use crate::{Settings, dns, udp_bulk};
+use crate::{Settings, Workload, dns, tls, udp_bulk};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Better {
@@ -146,6 +146,7 @@ impl Machine {
             ("nginx", &["-v"][..], "nginx version"),
             ("iperf3", &["--version"][..], "iperf"),
             ("wrk", &["--version"][..], "wrk"),
+            ("h2load", &["--version"][..], "h2load"),
             ("dnsperf", &["-h"][..], "Version"),
             ("nsd", &["-v"][..], "NSD version"),
         ];
@@ -326,8 +327,8 @@ pub fn header(s: &Settings, machine: &Machine) -> String {
     };
     let mut out = format!(
         "## tollgate vs HAProxy vs nginx{mode}\n\n{}\n\
-         - runs: {} rep(s) of bulk, conns/s, req/resp, udp-dns and udp-bulk, {} of memory, startup, \
-         reload and udp-memory; {} s per iperf3/wrk/dnsperf/UDP load run; contenders alternate, \
+         - runs: {} rep(s) of bulk, conns/s, req/resp, tls-sni, udp-dns and udp-bulk, {} of memory, \
+         startup, reload and udp-memory; {} s per iperf3/wrk/h2load/dnsperf/UDP load run; contenders alternate, \
          order rotated each round; client, backend and balancer share the cores, all on 127.0.0.1",
         machine.describe(),
         s.reps.0,
@@ -343,6 +344,19 @@ pub fn header(s: &Settings, machine: &Machine) -> String {
              req/resp = wrk -t2 -c64 keep-alive; HTTP backend nginx `return 200`, 1 worker; \
              memory/startup/reload over an echo server, {} held connections",
             s.held
+        );
+    }
+    if s.uses(Workload::TlsSni) {
+        out += &format!(
+            "\n- tls-sni: TLS passthrough routed by SNI `{name}` (tollgate `sni` routes + \
+             default_pool; haproxy `tcp-request inspect-delay 5s`, `req_ssl_hello_type 1`, \
+             `use_backend` by `req.ssl_sni`; nginx `ssl_preread` + `map`); h2load --h1 -c {} -t {}, \
+             every connection a full TLS 1.3 handshake (no resumption), one request, \
+             `Connection: close`; backend nginx `ssl` (P-256 certificate), 2 workers; \
+             haproxy-splice not run",
+            tls::CLIENTS,
+            tls::THREADS,
+            name = tls::SERVER_NAME,
         );
     }
     if s.uses_udp() {

@@ -7,13 +7,14 @@ use std::env;
 use anyhow::{Context, Result, bail};
 
 use crate::contenders::Contender;
-use crate::{dns, http, udp_bulk};
+use crate::{dns, http, tls, udp_bulk};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Workload {
     Bulk,
     Conns,
     ReqResp,
+    TlsSni,
     Memory,
     Startup,
     Reload,
@@ -23,10 +24,11 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::Bulk,
         Workload::Conns,
         Workload::ReqResp,
+        Workload::TlsSni,
         Workload::Memory,
         Workload::Startup,
         Workload::Reload,
@@ -40,6 +42,7 @@ impl Workload {
             Workload::Bulk => "bulk",
             Workload::Conns => "conns",
             Workload::ReqResp => "reqresp",
+            Workload::TlsSni => "tls-sni",
             Workload::Memory => "memory",
             Workload::Startup => "startup",
             Workload::Reload => "reload",
@@ -71,7 +74,9 @@ impl Workload {
             Workload::Bulk | Workload::Conns | Workload::ReqResp => true,
             Workload::Memory | Workload::Startup => c != Contender::Direct,
             Workload::Reload => c == Contender::Tollgate,
-            Workload::UdpDns | Workload::UdpBulk => self.unsupported(c).is_none(),
+            Workload::TlsSni | Workload::UdpDns | Workload::UdpBulk => {
+                self.unsupported(c).is_none()
+            }
             Workload::UdpMemory => c != Contender::Direct && self.unsupported(c).is_none(),
         }
     }
@@ -79,6 +84,9 @@ impl Workload {
     /// Why a contender cannot take part at all, shown in its cells instead of a bare n/a.
     pub fn unsupported(self, c: Contender) -> Option<&'static str> {
         let haproxy = matches!(c, Contender::Haproxy | Contender::HaproxySplice);
+        if self == Workload::TlsSni && c == Contender::HaproxySplice {
+            return Some("n/a (not run: a handshake has no bulk data to splice)");
+        }
         (self.is_udp() && haproxy).then_some("n/a (no UDP in HAProxy community)")
     }
 
@@ -88,6 +96,7 @@ impl Workload {
             Workload::Bulk => &["bulk -P1", "bulk -P8"],
             Workload::Conns => &[http::CONNS.workload],
             Workload::ReqResp => &[http::REQRESP.workload],
+            Workload::TlsSni => &[tls::WORKLOAD],
             Workload::Memory => &["memory"],
             Workload::Startup => &["startup"],
             Workload::Reload => &["reload"],
@@ -100,8 +109,8 @@ impl Workload {
 
 pub struct Settings {
     pub smoke: bool,
-    /// Repetitions of bulk, conns, reqresp, udp-dns and udp-bulk; and of memory, startup,
-    /// reload and udp-memory.
+    /// Repetitions of bulk, conns, reqresp, tls-sni, udp-dns and udp-bulk; and of memory,
+    /// startup, reload and udp-memory.
     pub reps: (usize, usize),
     pub secs: u64,
     pub held: usize,
@@ -159,6 +168,7 @@ impl Settings {
             Workload::Bulk
             | Workload::Conns
             | Workload::ReqResp
+            | Workload::TlsSni
             | Workload::UdpDns
             | Workload::UdpBulk => self.reps.0,
             _ => self.reps.1,
