@@ -367,3 +367,29 @@ fn check_diff_shows_a_route_that_moved() {
     assert!(text.contains("~ listener tls: sni.routes"), "{text}");
     server.shutdown();
 }
+
+/// An `sni` listener accepts a connection only once its first bytes have come
+/// (`TCP_DEFER_ACCEPT`): a client that connects and says nothing takes no task and no slot,
+/// and one that then sends its ClientHello is served.
+#[test]
+fn a_silent_client_is_not_accepted_until_it_speaks() {
+    let server = start(&routed(ROUTES, ""));
+    let front = tls_front(&server);
+    let spec = server.snapshot().listener("tls").unwrap().clone();
+    let mut c = TcpStream::connect(front).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        spec.live.accepted.load(Relaxed),
+        0,
+        "accepted before any byte"
+    );
+    let hello = client_hello(Some("api.example.com"));
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.write_all(&hello).unwrap();
+    let mut tag = [0u8; 1];
+    c.read_exact(&mut tag).unwrap();
+    assert_eq!(tag[0], b'A');
+    assert_eq!(spec.live.accepted.load(Relaxed), 1);
+    drop(c);
+    server.shutdown();
+}

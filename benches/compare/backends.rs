@@ -65,14 +65,7 @@ pub fn http(ctx: &Ctx) -> Result<Backend> {
              \x20           return 200 \"ok\\n\";\n        }}\n    }}\n}}\n"
         );
         let path = dir.join("nginx-http.conf");
-        fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&path)
-            .args(["-g", "daemon off;"]);
-        Ok(cmd)
+        nginx_command(dir, &path, &conf)
     })
 }
 
@@ -104,14 +97,7 @@ pub fn tls(ctx: &Ctx) -> Result<Backend> {
             key.display()
         );
         let path = dir.join("nginx-tls.conf");
-        fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&path)
-            .args(["-g", "daemon off;"]);
-        Ok(cmd)
+        nginx_command(dir, &path, &conf)
     })
 }
 
@@ -218,4 +204,17 @@ async fn echo_conn(mut conn: TcpStream) {
             }
         }
     }
+}
+
+/// Writes `conf` to `path` and the command that runs nginx on it in the foreground, with
+/// `dir` as its prefix.
+fn nginx_command(dir: &Path, path: &Path, conf: &str) -> Result<Command> {
+    fs::write(path, conf).with_context(|| format!("writing {}", path.display()))?;
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(path)
+        .args(["-g", "daemon off;"]);
+    Ok(cmd)
 }

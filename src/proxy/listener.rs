@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -191,6 +192,7 @@ pub async fn accept_loop(
     let Some(mut spec) = current_spec(&plane, &key) else {
         return;
     };
+    defer_accept(&listener, &spec);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -203,7 +205,10 @@ pub async fn accept_loop(
         {
             versions.borrow_and_update();
             match current_spec(&plane, &key) {
-                Some(now) => spec = now,
+                Some(now) => {
+                    spec = now;
+                    defer_accept(&listener, &spec);
+                }
                 None => {
                     // A reload removed this socket. A client accepted just now is still
                     // served, under the spec it arrived with; then the socket closes.
@@ -240,6 +245,20 @@ pub async fn accept_loop(
                 pause = (pause * 2).min(PAUSE_MAX);
             }
         }
+    }
+}
+
+/// An `sni` listener's clients speak first (the ClientHello decides where they go), so
+/// its socket hands over a connection only once that has arrived (`TCP_DEFER_ACCEPT`, for
+/// at most `peek_timeout`): the task finds the bytes at once instead of waking twice, and
+/// a client that connects and sends nothing never takes a task or a slot. Any other
+/// listener may serve protocols where the server speaks first: off there.
+fn defer_accept(listener: &TcpListener, spec: &ListenerSpec) {
+    let seconds = spec.sni.as_ref().map_or(0, |s| {
+        u32::try_from(s.peek_timeout.as_secs_f64().ceil() as u64).unwrap_or(u32::MAX)
+    });
+    if let Err(e) = crate::sys::socket::set_defer_accept(listener.as_fd(), seconds) {
+        debug!(listener = %spec.name, error = %e, "TCP_DEFER_ACCEPT refused; accepting as usual");
     }
 }
 

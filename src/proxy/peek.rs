@@ -76,6 +76,19 @@ pub async fn peek_until<T, E>(
     buf: &mut [u8],
     mut decide: impl FnMut(&[u8]) -> Result<Option<T>, E>,
 ) -> Result<T, PeekError<E>> {
+    // A first look without waiting: on a listener that accepts only once data has come
+    // (`TCP_DEFER_ACCEPT`), or from a quick client, the bytes are there already, and
+    // waiting for the reactor to say so would cost a turn of the event loop.
+    match peek(client.as_fd(), buf) {
+        Ok(0) => return Err(PeekError::Closed),
+        Ok(n) => match decide(&buf[..n]) {
+            Ok(Some(t)) => return Ok(t),
+            Err(e) => return Err(PeekError::Invalid(e)),
+            Ok(None) => {}
+        },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e.into()),
+    }
     loop {
         let ready = client.ready(Interest::READABLE).await?;
         let mut answer = None;

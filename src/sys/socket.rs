@@ -1,4 +1,5 @@
-//! What a TCP socket's send queue still holds, which std, tokio and socket2 do not expose.
+//! What a TCP socket's send queue still holds, and accepting only once data has come
+//! (`TCP_DEFER_ACCEPT`), which std, tokio and socket2 do not expose.
 //!
 //! A connection that ends with a reset (`SO_LINGER` 0, then close) throws away whatever its
 //! send queue still holds, so before resetting a leg the proxy waits for the bytes it already
@@ -18,6 +19,28 @@ pub fn unsent(socket: BorrowedFd<'_>) -> io::Result<usize> {
 /// and in flight, or not sent at all.
 pub fn outstanding(socket: BorrowedFd<'_>) -> io::Result<usize> {
     queue(socket, libc::TIOCOUTQ)
+}
+
+/// Lets `accept` return a connection only once its first data has arrived, waiting at most
+/// `seconds` for it (0 turns it off): for client-first protocols such as TLS, whose first
+/// bytes decide where the connection goes.
+pub fn set_defer_accept(socket: BorrowedFd<'_>, seconds: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is open for the call (it is borrowed); the kernel reads one int
+    // through the pointer, which points at a live c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn queue(socket: BorrowedFd<'_>, request: libc::Ioctl) -> io::Result<usize> {
