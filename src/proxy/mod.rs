@@ -14,6 +14,7 @@ pub mod copy;
 pub mod listener;
 mod passive;
 mod peek;
+mod proxied;
 mod pump;
 mod route;
 pub mod slot;

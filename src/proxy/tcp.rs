@@ -1,6 +1,8 @@
-//! The life of one TCP connection: pick a backend from the snapshot, connect (with timeout,
-//! then the next candidate), forward both ways, account (a connection a failed leg ended
-//! counts as aborted, by side and failure), and log once when it ends.
+//! The life of one TCP connection: a trusted balancer's PROXY header first when it comes
+//! from one (`proxied.rs`), the pool (the listener's, or by the TLS server name:
+//! `route.rs`), a backend from it, connect (with timeout, then the next candidate), the
+//! PROXY header to the backend when configured, forward both ways, account (a connection a
+//! failed leg ended counts as aborted, by side and failure), and log once when it ends.
 //!
 //! The listener spec (and through it the snapshot's pool and every backend of its generation)
 //! is held only until the backend answers; the rest of the connection keeps only what it
@@ -24,9 +26,7 @@ static NO_BACKEND_LOG: LogThrottle = LogThrottle::new();
 static CONNECT_FAILED_LOG: LogThrottle = LogThrottle::new();
 static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
-static PROXY_HEADER_LOG: LogThrottle = LogThrottle::new();
-use super::{DataPlane, PassiveDown, TrackerGuard, passive, peek, route};
-use crate::admission::Ticket;
+use super::{DataPlane, PassiveDown, TrackerGuard, passive, proxied, route};
 use crate::proxy_protocol;
 use crate::state::{Backend, ConnectFailure, ListenerSpec, Pool};
 
@@ -76,7 +76,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     // From a trusted balancer: its header names the client, who is admitted now. Boxed, as
     // only these connections need the reading's state.
     let (peer, origin, ticket) = if trusted {
-        match Box::pin(proxied(&client, peer, &spec)).await {
+        match Box::pin(proxied::accept(&client, peer, &spec)).await {
             Some((client, header, ticket)) => (client, Some(header), ticket),
             None => return,
         }
@@ -117,7 +117,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     };
     if let Some(version) = proxy {
         // Boxed: only connections that send a header pay for its future's size.
-        let header = Box::pin(write_proxy_header(
+        let header = Box::pin(proxied::send(
             &client,
             &upstream,
             peer,
@@ -252,78 +252,6 @@ async fn connect(
         warn!(listener = %spec.name, %client, suppressed, "no backend could be reached; closing client");
     }
     None
-}
-
-/// For a connection from an `accept_from` source: reads its PROXY header within
-/// `timeouts.proxy_header`, then admits the client it names (ACLs, the deny list,
-/// per-source limits), since the socket's peer was only the balancer in front. A header
-/// saying `LOCAL` / `UNKNOWN` (the balancer's own connection) leaves the peer as the
-/// client. `None`: the connection was refused, counted, and is to be closed.
-async fn proxied(
-    client: &TcpStream,
-    peer: SocketAddr,
-    spec: &ListenerSpec,
-) -> Option<(SocketAddr, Box<proxy_protocol::Header>, Option<Ticket>)> {
-    let read = tokio::time::timeout(spec.proxy_header_timeout, peek::proxy_header(client));
-    let why = match read.await {
-        Ok(Ok(header)) => {
-            let source = header.addresses.map_or(peer, |a| a.source);
-            return match spec.admission.admit(source.ip()) {
-                Ok(ticket) => Some((source, Box::new(header), ticket)),
-                Err(refused) => {
-                    spec.live
-                        .rejected(refused.reason)
-                        .fetch_add(1, Ordering::Relaxed);
-                    debug!(listener = %spec.name, client = %source, via = %peer, reason = refused.reason.label(), "refused the client a PROXY header named");
-                    None
-                }
-            };
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no complete header within {:?}", spec.proxy_header_timeout),
-    };
-    spec.live
-        .rejected_proxy_protocol
-        .fetch_add(1, Ordering::Relaxed);
-    if let Some(suppressed) = PROXY_HEADER_LOG.allow() {
-        warn!(listener = %spec.name, via = %peer, error = %why, suppressed, "no valid PROXY header from a trusted source; closing it");
-    }
-    None
-}
-
-/// Writes the PROXY header for a connection from `peer` to the address it reached, before
-/// any of the client's bytes: the addresses a trusted balancer's header gave (`origin`, with
-/// its TLVs passed on in v2), else this host's address the client reached. A new
-/// connection's send buffer takes a header (at most a few KiB) at once; the loop only
-/// guards the unlikely short write.
-async fn write_proxy_header(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    peer: SocketAddr,
-    version: proxy_protocol::Version,
-    origin: Option<&proxy_protocol::Header>,
-) -> std::io::Result<()> {
-    let destination = match origin.and_then(|h| h.addresses) {
-        Some(a) => a.destination,
-        None => client.local_addr()?,
-    };
-    let addresses = proxy_protocol::Addresses {
-        source: peer,
-        destination,
-        transport: proxy_protocol::Transport::Stream,
-    };
-    let tlvs = origin.map_or(&[][..], |h| &h.tlvs);
-    let mut header = Vec::with_capacity(64 + tlvs.len());
-    proxy_protocol::encode(version, Some(addresses), tlvs, &mut header);
-    let mut written = 0;
-    while written < header.len() {
-        match upstream.try_write(&header[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => upstream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Why a connect attempt failed: on this host (no socket could be made), at the backend, or
