@@ -310,14 +310,16 @@ fn the_config_says_what_is_wrong_with_a_route() {
     };
     let e = err("{ default_pool: api }", "    pool: api\n");
     assert!(
-        e.contains("name the pool for unmatched names as `sni.default_pool`"),
+        e.contains("listeners.tls.pool: a listener with `sni` has no `pool`: name the pool for unmatched names as `sni.default_pool` (`default_pool: api`)"),
         "{e}"
     );
     let e = err("{ routes: [ { match: [\"a..b\"], pool: api } ] }", "");
     assert!(
-        e.contains("listeners.tls.sni.routes[0].match[0]: `a..b` is not a host name"),
+        e.contains("listeners.tls.sni.routes[0].match[0]: `a..b` is neither a host name"),
         "{e}"
     );
+    let e = err("{ routes: [ { match: [\"*a.io\"], pool: api } ] }", "");
+    assert!(e.contains("did you mean `*.a.io`?"), "{e}");
     let e = err(
         "{ routes: [ { match: [\"a.io\"], pool: api }, { match: [\"A.io\"], pool: api } ] }",
         "",

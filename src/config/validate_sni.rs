@@ -19,15 +19,18 @@ pub(super) fn sni(
     sni: &S<SniFile>,
     pools: &[&str],
 ) -> Option<Sni> {
-    let key = format!("{key}.sni");
-    let s = &sni.value;
     if let Some(p) = &f.pool {
         c.at(
             p,
-            &format!("{key}.default_pool"),
-            "with `sni`, name the pool for unmatched names as `sni.default_pool`, not `pool`",
+            &format!("{key}.pool"),
+            format!(
+                "a listener with `sni` has no `pool`: name the pool for unmatched names as `sni.default_pool` (`default_pool: {}`)",
+                p.value
+            ),
         );
     }
+    let key = format!("{key}.sni");
+    let s = &sni.value;
     let mut ok = true;
     let pool = |c: &mut Checker, p: &S<String>, k: &str| {
         if pools.contains(&p.value.as_str()) {
@@ -59,11 +62,19 @@ pub(super) fn sni(
         for (j, name) in names.iter().enumerate() {
             let mk = format!("{rk}.match[{j}]");
             let Some(pattern) = Pattern::parse(&name.value) else {
+                // `*example.com` for `*.example.com` is the likely slip: say so.
+                let meant = name
+                    .value
+                    .strip_prefix('*')
+                    .filter(|rest| !rest.starts_with('.'))
+                    .map(|rest| format!("*.{rest}"))
+                    .filter(|w| Pattern::parse(w).is_some())
+                    .map_or_else(String::new, |w| format!("; did you mean `{w}`?"));
                 c.at(
                     name,
                     &mk,
                     format!(
-                        "`{}` is not a host name (letters, digits, `-`, `_` in dot-separated labels) or `*.` and one",
+                        "`{}` is neither a host name (letters, digits, `-` and `_` in dot-separated labels) nor `*.` followed by one{meant}",
                         name.value
                     ),
                 );
