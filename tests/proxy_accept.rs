@@ -8,9 +8,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::proxy::header_echo;
@@ -129,27 +128,12 @@ fn limits_and_acls_see_the_named_client() {
     server.shutdown();
 }
 
-/// A backend that counts the connections it gets.
-fn counting() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let n = Arc::new(AtomicUsize::new(0));
-    let count = n.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            count.fetch_add(1, Relaxed);
-            drop(s);
-        }
-    });
-    (addr, n)
-}
-
 /// Malformed, slow and missing headers from a trusted source: each connection is closed,
 /// none reaches the backend, each is counted, and the server stays up; a header split over
 /// several writes within the deadline is fine.
 #[test]
 fn bad_and_slow_headers_are_closed_before_any_backend() {
-    let (backend, reached) = counting();
+    let (backend, reached) = counting_backend();
     let server = trusted(backend, "");
     let front = front(&server);
     let spec = server.snapshot().listener("front").unwrap().clone();

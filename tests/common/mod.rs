@@ -79,19 +79,37 @@ where
 
 /// A backend that echoes every byte until EOF, then closes.
 pub fn echo_backend() -> SocketAddr {
-    backend(|mut s| {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
+    backend(|mut s| echo(&mut s))
+}
+
+/// Writes back whatever `s` sends until it closes (or either way fails).
+pub fn echo(s: &mut TcpStream) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
                 }
             }
         }
-    })
+    }
+}
+
+/// A backend that counts the connections it gets and closes each at once.
+pub fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    (addr, n)
 }
 
 /// A backend that answers every connection with its one-byte id and closes.

@@ -43,16 +43,8 @@ pub fn header_echo(bind: &str) -> SocketAddr {
                     None => format!("{:?} local{tlvs}\n", header.version),
                 };
                 let _ = s.write_all(said.as_bytes());
-                let _ = s.write_all(&buf[len..]);
-                loop {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&chunk[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
+                if s.write_all(&buf[len..]).is_ok() {
+                    super::echo(&mut s);
                 }
             });
         }
