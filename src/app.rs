@@ -240,11 +240,13 @@ fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSock
     let mut sockets: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         for want in &l.bind {
-            let (actual, group) = bind_group(l.protocol.transport(), *want, workers, true)
+            let defer =
+                crate::proxy::listener::defer_seconds(l.sni.as_ref().map(|s| s.peek_timeout));
+            let (actual, group) = bind_group(l.protocol.transport(), *want, workers, true, defer)
                 .map_err(|e| {
-                    let why = crate::privileged_ports::bind_failure(*want, &e);
-                    anyhow::anyhow!("listener {}: {why}", l.name)
-                })?;
+                let why = crate::privileged_ports::bind_failure(*want, &e);
+                anyhow::anyhow!("listener {}: {why}", l.name)
+            })?;
             let key = BindKey::new(&l.name, l.protocol.transport(), *want);
             for (worker, socket) in sockets.iter_mut().zip(group) {
                 worker.push(BoundSocket {

@@ -52,12 +52,14 @@ pub enum ReloadError {
 
 /// Binds `addr` once per worker (`SO_REUSEPORT`). A port-0 address is bound by the first and
 /// joined by the others, so all share the port the kernel chose. `probe` first refuses an
-/// address another process holds.
+/// address another process holds; `defer` is the TCP sockets' `TCP_DEFER_ACCEPT` in seconds
+/// ([`listener::defer_seconds`]).
 pub(crate) fn bind_group(
     transport: Transport,
     addr: SocketAddr,
     workers: usize,
     probe: bool,
+    defer: u32,
 ) -> std::io::Result<(SocketAddr, Vec<Listening>)> {
     if probe {
         listener::ensure_unclaimed(transport, addr)?;
@@ -65,7 +67,7 @@ pub(crate) fn bind_group(
     let mut actual = addr;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let sock = listener::bind_any(transport, actual)?;
+        let sock = listener::bind_any(transport, actual, defer)?;
         actual = sock.local_addr()?;
         sockets.push(sock);
     }
@@ -144,13 +146,12 @@ fn bind_new(next: &Config, running: &Running<'_>) -> Result<Vec<FreshGroup>, Rel
                 let a = k.configured();
                 k.transport() == transport && (a == *addr || crate::config::overlaps(a, *addr))
             });
-            let (actual, sockets) =
-                bind_group(transport, *addr, running.workers, !ours).map_err(|source| {
-                    ReloadError::Bind {
-                        listener: l.name.clone(),
-                        addr: *addr,
-                        source,
-                    }
+            let defer = listener::defer_seconds(l.sni.as_ref().map(|s| s.peek_timeout));
+            let (actual, sockets) = bind_group(transport, *addr, running.workers, !ours, defer)
+                .map_err(|source| ReloadError::Bind {
+                    listener: l.name.clone(),
+                    addr: *addr,
+                    source,
                 })?;
             fresh.push(FreshGroup {
                 key,

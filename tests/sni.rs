@@ -8,10 +8,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::tls::{client_hello, self_signed};
@@ -20,19 +19,8 @@ use common::*;
 /// A backend that answers each connection with `tag`, then echoes it.
 fn tagged_echo(tag: u8) -> SocketAddr {
     backend(move |mut s| {
-        if s.write_all(&[tag]).is_err() {
-            return;
-        }
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
+        if s.write_all(&[tag]).is_ok() {
+            echo(&mut s);
         }
     })
 }
@@ -108,26 +96,11 @@ fn names_route_by_exact_name_then_wildcard_then_default() {
     server.shutdown();
 }
 
-/// A backend that counts connections and drops them.
-fn counting() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let n = Arc::new(AtomicUsize::new(0));
-    let count = n.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            count.fetch_add(1, Relaxed);
-            drop(s);
-        }
-    });
-    (addr, n)
-}
-
 /// Without a default pool: an unrouted name, no name, plain text, a malformed record and
 /// silence are each closed before any backend and counted.
 #[test]
 fn what_cannot_be_routed_is_closed_and_counted() {
-    let (backend, reached) = counting();
+    let (backend, reached) = counting_backend();
     let yaml = format!(
         "workers: 2\nlisteners:\n  tls:\n    bind: \"127.0.0.1:0\"\n    sni: {{ routes: [ {{ match: [\"api.example.com\"], pool: api }} ], peek_timeout: 300ms }}\npools:\n  api:\n    backends: [{{ address: \"{backend}\" }}]\n"
     );

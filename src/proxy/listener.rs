@@ -41,7 +41,9 @@ const PAUSE_MAX: Duration = Duration::from_millis(500);
 /// Binds one `SO_REUSEPORT` listening socket (non-blocking, close-on-exec, v6-only on IPv6).
 /// `TCP_NODELAY` is set here because accepted sockets inherit it: Nagle would delay the small
 /// writes the proxy passes on, and one option on the listener saves a syscall per client.
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// `defer` (seconds, 0 for none) is `TCP_DEFER_ACCEPT` ([`defer_seconds`]), set before the
+/// socket listens so that no early client escapes it.
+pub fn bind(addr: SocketAddr, defer: u32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -50,6 +52,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    if defer > 0 {
+        crate::sys::socket::set_defer_accept(socket.as_fd(), defer)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -142,9 +147,9 @@ impl Listening {
 
 /// Binds one worker's socket for `addr`: a listening TCP socket, or a UDP socket that reports
 /// each datagram's local address (for replies from the address the client sent to).
-pub fn bind_any(transport: Transport, addr: SocketAddr) -> io::Result<Listening> {
+pub fn bind_any(transport: Transport, addr: SocketAddr, defer: u32) -> io::Result<Listening> {
     match transport {
-        Transport::Tcp => bind(addr).map(Listening::Tcp),
+        Transport::Tcp => bind(addr, defer).map(Listening::Tcp),
         Transport::Udp => {
             crate::sys::udp::bind_listener(addr, crate::sys::udp::Offloads::default())
                 .map(Listening::Udp)
@@ -254,12 +259,21 @@ pub async fn accept_loop(
 /// a client that connects and sends nothing never takes a task or a slot. Any other
 /// listener may serve protocols where the server speaks first: off there.
 fn defer_accept(listener: &TcpListener, spec: &ListenerSpec) {
-    let seconds = spec.sni.as_ref().map_or(0, |s| {
-        u32::try_from(s.peek_timeout.as_secs_f64().ceil() as u64).unwrap_or(u32::MAX)
-    });
+    let seconds = defer_seconds(spec.sni.as_ref().map(|s| s.peek_timeout));
     if let Err(e) = crate::sys::socket::set_defer_accept(listener.as_fd(), seconds) {
         debug!(listener = %spec.name, error = %e, "TCP_DEFER_ACCEPT refused; accepting as usual");
     }
+}
+
+/// `TCP_DEFER_ACCEPT` for a listener whose ClientHello may take `peek` (an `sni` listener),
+/// in whole seconds; 0 (off) for any other. Binding sets it first; the accept loop keeps it
+/// in step with reloads.
+pub fn defer_seconds(peek: Option<Duration>) -> u32 {
+    peek.map_or(0, |p| {
+        u32::try_from(p.as_secs_f64().ceil() as u64)
+            .unwrap_or(u32::MAX)
+            .max(1)
+    })
 }
 
 /// Admission of one accepted client: the admission policy (ACLs, per-source limits), then a `max_connections` slot, then a
@@ -443,7 +457,7 @@ mod tests {
     /// connection); this is Linux behaviour, checked here so a kernel change cannot slip by.
     #[test]
     fn accepted_sockets_inherit_nodelay() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 0).unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = std::net::TcpStream::connect(addr).unwrap();
         listener.set_nonblocking(false).unwrap();
