@@ -2,7 +2,9 @@
 //! default; the peeked ClientHello reaches the backend byte for byte; `openssl s_client`
 //! sees each backend's own certificate; what cannot be routed is closed before any backend
 //! and counted as `sni`; a trusted PROXY header comes first; a reload changes routes without
-//! touching open connections; and the config says what is wrong with a route.
+//! touching open connections; with `proxy_protocol.send` the backend gets the header, then
+//! the ClientHello, then the rest, and the ClientHello counts as bytes sent to it; and the
+//! config says what is wrong with a route.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use common::tls::{client_hello, self_signed};
+use common::proxy::header_echo;
+use common::tls::{client_hello, client_hello_padded, self_signed};
 use common::*;
 
 /// A backend that answers each connection with `tag`, then echoes it.
@@ -89,9 +92,10 @@ fn names_route_by_exact_name_then_wildcard_then_default() {
         c.write_all(piece).unwrap();
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut tag = [0u8; 1];
-    c.read_exact(&mut tag).unwrap();
-    assert_eq!(tag[0], b'A');
+    let mut got = vec![0u8; 1 + hello.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(got[0], b'A');
+    assert_eq!(&got[1..], &hello[..], "reassembled unchanged");
     drop(c);
     server.shutdown();
 }
@@ -165,6 +169,47 @@ fn a_proxy_header_then_a_client_hello() {
     assert_eq!(got[0], b'W');
     assert_eq!(&got[1..], &hello[..]);
     drop(c);
+    server.shutdown();
+}
+
+/// With `proxy_protocol.send`, the backend gets the PROXY header, then the ClientHello it was
+/// routed by, then the rest of the stream, unchanged and in that order. The ClientHello here
+/// is larger than the first read and comes in pieces; it counts as bytes sent to the
+/// backend, and the header does not.
+#[test]
+fn the_backend_gets_the_header_then_the_client_hello_then_the_rest() {
+    let backend = header_echo("127.0.0.1:0");
+    let server = start(&format!(
+        "workers: 1\nshutdown: {{ drain_timeout: 500ms }}\nlisteners:\n  tls:\n    bind: \"127.0.0.1:0\"\n    sni: {{ routes: [], default_pool: back, peek_timeout: 2s }}\n    proxy_protocol: {{ send: v2 }}\npools:\n  back:\n    backends: [{{ address: \"{backend}\" }}]\n"
+    ));
+    let front = tls_front(&server);
+    let hello = client_hello_padded(Some("big.example.com"), 5000);
+    assert!(hello.len() > 5000);
+    let rest = b"after the hello";
+    let mut c = TcpStream::connect(front).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    for piece in hello.chunks(1400) {
+        c.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.write_all(rest).unwrap();
+    let line = format!("V2 {} {front}\n", c.local_addr().unwrap());
+    let mut got = vec![0u8; line.len() + hello.len() + rest.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got[..line.len()]), line);
+    assert!(
+        got[line.len()..line.len() + hello.len()] == hello[..],
+        "the ClientHello reaches the backend unchanged"
+    );
+    assert_eq!(&got[line.len() + hello.len()..], rest);
+    drop(c);
+    let stats = server.snapshot().pool("back").unwrap().backends[0]
+        .stats
+        .clone();
+    let sent = (hello.len() + rest.len()) as u64;
+    wait_for("the bytes counted", Duration::from_secs(3), || {
+        stats.sent_bytes.load(Relaxed) == sent
+    });
     server.shutdown();
 }
 

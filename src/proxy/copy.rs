@@ -149,9 +149,12 @@ impl Drop for Flow<'_, '_> {
 /// then checks when bytes last moved), and pulled in to a flush at most once per
 /// [`FLUSH_EVERY`], by the first bytes that move after the previous flush. An idle
 /// connection has no flush due and costs no wake-up; a busy one costs one a second.
+///
+/// `sent`: bytes of the client's that reached the backend before (the ClientHello SNI
+/// routing read); they count as moved to it.
 pub async fn forward(
-    client: &TcpStream,
-    backend: &TcpStream,
+    (client, backend): (&TcpStream, &TcpStream),
+    sent: u64,
     idle: Duration,
     mode: ForwardMode,
     pipes: &PipePool,
@@ -167,6 +170,7 @@ pub async fn forward(
         stats,
         counted: Transfer::default(),
     };
+    flow.up.moved = sent;
     // The clock, the timer and the result end with this block, and the boxed future it
     // yields when a leg failed owns the result: kept across the await below, any of them
     // would add to every connection's task, for a path few connections take. (The legs are
@@ -305,8 +309,8 @@ mod tests {
         let idle = Duration::from_secs(10);
         let stats = BackendStats::default();
         let (result, moved) = forward(
-            &client,
-            &backend,
+            (&client, &backend),
+            0,
             idle,
             ForwardMode::Splice,
             &empty_pool,
@@ -351,8 +355,8 @@ mod tests {
         let stats = BackendStats::default();
         let idle = Duration::from_secs(60);
         let mut forwarding = Box::pin(forward(
-            &client,
-            &backend,
+            (&client, &backend),
+            0,
             idle,
             ForwardMode::Copy,
             &pipes,

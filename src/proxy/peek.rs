@@ -1,9 +1,10 @@
 //! The start of a client's stream, looked at before anything is forwarded: the PROXY header
-//! of a trusted balancer in front (read, and only it: what follows stays queued for the
-//! forwarding, spliced or copied), and later the TLS ClientHello that SNI routing peeks and
-//! leaves in place. Both look with `MSG_PEEK` ([`crate::sys::peek`]) and, while the bytes so
-//! far are not enough, wait for more to arrive rather than poll: an incomplete peek clears
-//! the socket's readiness, and the next arrival raises it again.
+//! of a trusted balancer in front (peeked with `MSG_PEEK`, [`crate::sys::peek`], then exactly
+//! it read: what follows stays queued for the forwarding, spliced or copied), and the TLS
+//! ClientHello that SNI routing reads whole and hands to the backend first, as it came (one
+//! read instead of a peek and a read: nginx's `ssl_preread` reads it too). While the bytes
+//! so far are not enough, both wait for more to arrive rather than poll: an incomplete look
+//! clears the socket's readiness, and the next arrival raises it again.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -11,6 +12,7 @@ use std::os::fd::AsFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::pump::{Read, read_once};
 use crate::proxy_protocol::{self, Decoded, Header, MAX_HEADER_LEN};
 use crate::sys::peek::peek;
 
@@ -67,6 +69,50 @@ pub async fn proxy_header(
         }
     }
     Ok(header)
+}
+
+/// Reads the start of the stream into `buf` until `decide` answers from the bytes read so
+/// far (`Ok(None)`: not enough yet), taking them off the socket: `buf` holds them when this
+/// returns, for the caller to forward. `buf` grows from `first` bytes to at most `max`, so a
+/// client that sends a byte at a time holds a small buffer; `decide` must answer once it is
+/// given `max` bytes.
+pub async fn read_until<T, E>(
+    client: &TcpStream,
+    buf: &mut Vec<u8>,
+    (first, max): (usize, usize),
+    mut decide: impl FnMut(&[u8]) -> Result<Option<T>, E>,
+) -> Result<T, PeekError<E>> {
+    buf.clear();
+    buf.resize(first.min(max), 0);
+    let mut filled = 0;
+    loop {
+        // Through tokio's readiness, which an accepted socket starts with (its first bytes
+        // are usually queued, and with `TCP_DEFER_ACCEPT` always): no wait before the first
+        // read. A short read clears the readiness, so the forwarding that follows waits
+        // for new bytes instead of reading to find none.
+        match read_once(client, &mut buf[filled..])? {
+            Read::Eof => return Err(PeekError::Closed),
+            Read::Empty => {
+                client.readable().await?;
+                continue;
+            }
+            Read::Data { n, .. } => filled += n,
+        }
+        match decide(&buf[..filled]) {
+            Ok(Some(t)) => {
+                buf.truncate(filled);
+                return Ok(t);
+            }
+            Err(e) => return Err(PeekError::Invalid(e)),
+            Ok(None) if filled < buf.len() => {}
+            Ok(None) if buf.len() < max => buf.resize(max, 0),
+            Ok(None) => {
+                return Err(PeekError::Io(io::Error::other(format!(
+                    "no answer from the first {max} bytes"
+                ))));
+            }
+        }
+    }
 }
 
 /// Peeks into `buf` until `decide` answers from the bytes queued so far (`Ok(None)`: not

@@ -53,18 +53,17 @@ pub async fn accept(
     None
 }
 
-/// Writes the PROXY header for a connection from `peer` to the address it reached, before
-/// any of the client's bytes: the addresses a trusted balancer's header gave (`origin`, with
-/// its TLVs passed on in v2), else this host's address the client reached. A new
-/// connection's send buffer takes a header (at most a few KiB) at once; the loop only
-/// guards the unlikely short write.
-pub async fn send(
+/// The PROXY header for a connection from `peer` to the address it reached, followed by
+/// `then` (the client's bytes read before the backend was chosen): the addresses a trusted
+/// balancer's header gave (`origin`, with its TLVs passed on in v2), else this host's
+/// address the client reached.
+pub fn header(
     client: &TcpStream,
-    upstream: &TcpStream,
     peer: SocketAddr,
     version: proxy_protocol::Version,
     origin: Option<&proxy_protocol::Header>,
-) -> std::io::Result<()> {
+    then: &[u8],
+) -> std::io::Result<Vec<u8>> {
     let destination = match origin.and_then(|h| h.addresses) {
         Some(a) => a.destination,
         None => client.local_addr()?,
@@ -75,15 +74,8 @@ pub async fn send(
         transport: proxy_protocol::Transport::Stream,
     };
     let tlvs = origin.map_or(&[][..], |h| &h.tlvs);
-    let mut header = Vec::with_capacity(64 + tlvs.len());
+    let mut header = Vec::with_capacity(64 + tlvs.len() + then.len());
     proxy_protocol::encode(version, Some(addresses), tlvs, &mut header);
-    let mut written = 0;
-    while written < header.len() {
-        match upstream.try_write(&header[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => upstream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    header.extend_from_slice(then);
+    Ok(header)
 }

@@ -295,7 +295,7 @@ impl<'p> Pump<'p> {
 }
 
 /// What one read into a buffer found.
-enum Read {
+pub(super) enum Read {
     /// End of stream.
     Eof,
     /// Nothing read: the source would block (readiness cleared) or the read was interrupted
@@ -308,7 +308,7 @@ enum Read {
 }
 
 /// Reads once into `buf`, clearing the source's readiness when the read proves it drained.
-fn read_once(src: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
+pub(super) fn read_once(src: &TcpStream, buf: &mut [u8]) -> io::Result<Read> {
     let mut short = None;
     let result = src.try_io(Interest::READABLE, || {
         let n = (&*socket2::SockRef::from(src)).read(buf)?;

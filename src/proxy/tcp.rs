@@ -83,13 +83,16 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     } else {
         (peer, None, ticket)
     };
-    // The pool: the listener's, or by the ClientHello's server name (peeked, and boxed, as
-    // only `sni` listeners need that state).
-    let pool = match &spec.sni {
-        None => spec.pool.clone(),
+    // The pool: the listener's, or by the ClientHello's server name (read, and boxed, as
+    // only `sni` listeners need that state). `first`: the ClientHello so read.
+    let routed = match &spec.sni {
+        None => spec.pool.clone().map(|pool| route::Routed {
+            pool,
+            first: Vec::new(),
+        }),
         Some(_) => Box::pin(route::pool_for(&client, peer, &spec)).await,
     };
-    let Some(pool) = pool else {
+    let Some(route::Routed { pool, first }) = routed else {
         return;
     };
     let live = spec.live.clone();
@@ -115,16 +118,25 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     else {
         return;
     };
-    if let Some(version) = proxy {
-        // Boxed: only connections that send a header pay for its future's size.
-        let header = Box::pin(proxied::send(
-            &client,
-            &upstream,
-            peer,
-            version,
-            origin.as_deref(),
-        ));
-        if let Err(e) = tokio::time::timeout(idle, header)
+    // What the backend gets before the forwarding starts: the PROXY header, then the bytes
+    // read from the client to route it, in one write. Those count as moved to the backend.
+    let from_client = first.len() as u64;
+    let first = match proxy {
+        Some(version) => match proxied::header(&client, peer, version, origin.as_deref(), &first) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if let Some(suppressed) = LOCAL_LOG.allow() {
+                    warn!(listener = %listener, client = %peer, error = %e, suppressed, "cannot make the PROXY header (the client socket's own address); closing client");
+                }
+                return;
+            }
+        },
+        None => first,
+    };
+    if !first.is_empty() {
+        // Boxed: only connections that send bytes first pay for its future's size.
+        let sending = Box::pin(write_all(&upstream, &first));
+        if let Err(e) = tokio::time::timeout(idle, sending)
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(
@@ -134,19 +146,21 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
             })
         {
             if let Some(suppressed) = BACKEND_ERROR_LOG.allow() {
-                warn!(listener = %listener, client = %peer, backend = %backend.address, error = %e, suppressed, "cannot send the PROXY header to the backend; closing client");
+                warn!(listener = %listener, client = %peer, backend = %backend.address, error = %e, suppressed, "cannot send the first bytes (PROXY header, ClientHello) to the backend; closing client");
             }
             return;
         }
     }
+    drop(first);
     let stats = &*backend.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     let _backend_active = scopeguard(|| {
         stats.active.fetch_sub(1, Ordering::Relaxed);
     });
+    let legs = (&client, &upstream);
     let (result, moved) =
-        copy::forward(&client, &upstream, idle, plane.mode(), &plane.pipes, stats).await;
+        copy::forward(legs, from_client, idle, plane.mode(), &plane.pipes, stats).await;
     if let Some((side, why)) = result.as_ref().err().and_then(ForwardError::aborted) {
         live.aborted(side, why).fetch_add(1, Ordering::Relaxed);
     }
@@ -334,6 +348,21 @@ async fn dial(addr: SocketAddr) -> Result<TcpStream, Dial> {
         return Err(classify(e));
     }
     Ok(stream)
+}
+
+/// Writes all of `bytes` to a just-connected backend: its send buffer takes a header and a
+/// ClientHello (at most a few KiB and [`crate::sni::MAX_PEEK`]) at once; the loop only
+/// guards the unlikely short write.
+async fn write_all(upstream: &TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match upstream.try_write(&bytes[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => upstream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn classify(e: std::io::Error) -> Dial {

@@ -6,6 +6,12 @@ use std::process::Command;
 
 /// A TLS 1.2-style ClientHello record asking for `name` (none: no server_name extension).
 pub fn client_hello(name: Option<&str>) -> Vec<u8> {
+    client_hello_padded(name, 0)
+}
+
+/// [`client_hello`] with a `padding` extension (RFC 7685) of `padding` zero bytes after the
+/// name, as browsers add to reach a size: a ClientHello as long as wanted, in one record.
+pub fn client_hello_padded(name: Option<&str>, padding: usize) -> Vec<u8> {
     let mut body = vec![3, 3];
     body.extend_from_slice(&[7; 32]);
     body.push(0);
@@ -20,6 +26,11 @@ pub fn client_hello(name: Option<&str>) -> Vec<u8> {
         ext.push(0);
         ext.extend_from_slice(&u16::try_from(n.len()).unwrap().to_be_bytes());
         ext.extend_from_slice(n);
+    }
+    if padding > 0 {
+        ext.extend_from_slice(&[0, 21]);
+        ext.extend_from_slice(&u16::try_from(padding).unwrap().to_be_bytes());
+        ext.resize(ext.len() + padding, 0);
     }
     body.extend_from_slice(&u16::try_from(ext.len()).unwrap().to_be_bytes());
     body.extend_from_slice(&ext);
