@@ -219,6 +219,7 @@ pub fn markdown(res: &Results, contenders: &[Contender], header: &str) -> String
     let others: Vec<Contender> = [
         Contender::HaproxySplice,
         Contender::Nginx,
+        Contender::NginxHalfClose,
         Contender::Direct,
     ]
     .into_iter()
@@ -339,7 +340,9 @@ pub fn header(s: &Settings, machine: &Machine) -> String {
         out += &format!(
             "\n- TCP contenders: tollgate `workers: auto`, `forwarding: splice`; haproxy `mode tcp`, \
              nbthread 2 (haproxy-splice adds `option splice-request`/`splice-response`); nginx \
-             `stream` proxy_pass, 2 workers\n\
+             `stream` proxy_pass, 2 workers (nginx-half-close adds `proxy_half_close on`: a FIN \
+             passed on and the other direction kept flowing, as tollgate and haproxy do; run on \
+             conns/s and tls-sni)\n\
              - TCP workloads: bulk = iperf3 -P1/-P8; conns/s = wrk -t2 -c32 `Connection: close`; \
              req/resp = wrk -t2 -c64 keep-alive; HTTP backend nginx `return 200`, 1 worker; \
              memory/startup/reload over an echo server, {} held connections",

@@ -71,8 +71,10 @@ impl Workload {
     /// Which contenders the workload measures (the others show n/a).
     pub fn measures(self, c: Contender) -> bool {
         match self {
-            Workload::Bulk | Workload::Conns | Workload::ReqResp => true,
-            Workload::Memory | Workload::Startup => c != Contender::Direct,
+            Workload::Bulk | Workload::Conns | Workload::ReqResp => self.unsupported(c).is_none(),
+            Workload::Memory | Workload::Startup => {
+                c != Contender::Direct && self.unsupported(c).is_none()
+            }
             Workload::Reload => c == Contender::Tollgate,
             Workload::TlsSni | Workload::UdpDns | Workload::UdpBulk => {
                 self.unsupported(c).is_none()
@@ -86,6 +88,11 @@ impl Workload {
         let haproxy = matches!(c, Contender::Haproxy | Contender::HaproxySplice);
         if self == Workload::TlsSni && c == Contender::HaproxySplice {
             return Some("n/a (not run: a handshake has no bulk data to splice)");
+        }
+        // Where connections close after a short exchange; elsewhere nginx's half-close
+        // setting changes nothing worth a run.
+        if c == Contender::NginxHalfClose && !matches!(self, Workload::Conns | Workload::TlsSni) {
+            return Some("n/a (run where connections close: conns/s, tls-sni)");
         }
         (self.is_udp() && haproxy).then_some("n/a (no UDP in HAProxy community)")
     }

@@ -1,7 +1,7 @@
 //! Reading what a TCP socket has received without taking it (`recv` with `MSG_PEEK`), which
-//! tokio offers only as an async call that cannot tell "nothing new" from "data": a PROXY
-//! header or a TLS ClientHello is looked at where it lies, and only what was decided on is
-//! then read (the header) or nothing at all (the ClientHello, left for the backend).
+//! tokio offers only as an async call that cannot tell "nothing new" from "data": a trusted
+//! balancer's PROXY header is looked at where it lies, and only it is then read, so what
+//! follows stays queued for the forwarding.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
