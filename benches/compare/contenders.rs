@@ -196,16 +196,16 @@ pub fn spawn_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Resul
                 Some(StreamModule::Builtin) => String::new(),
                 None => bail!("nginx: the stream module was not looked for"),
             };
+            let nginx = Nginx {
+                load: &load,
+                dir: &dir,
+                fd_limit: ctx.fd_limit,
+                half_close,
+            };
             let text = match front {
-                Front::Tcp => {
-                    nginx_stream_conf(&load, &dir, (port, backend), ctx.fd_limit, half_close)
-                }
-                Front::Sni => {
-                    tls::nginx_conf(&load, &dir, (port, backend), ctx.fd_limit, half_close)
-                }
-                Front::Udp { responses } => {
-                    udp::nginx_conf(&load, &dir, port, backend, responses, ctx.fd_limit)
-                }
+                Front::Tcp => nginx_stream_conf(&nginx, port, backend),
+                Front::Sni => tls::nginx_conf(&nginx, port, backend),
+                Front::Udp { responses } => udp::nginx_conf(&nginx, port, backend, responses),
             };
             let conf = write(&dir, "nginx.conf", text)?;
             let mut cmd = Command::new("nginx");
@@ -296,34 +296,48 @@ fn haproxy_cfg(dir: &Path, port: u16, backend: u16, maxconn: u64, splice: bool) 
     )
 }
 
-/// nginx `stream {}` proxy with two workers; each may end up holding every connection (both
-/// legs), so worker_connections is nearly the whole fd limit.
-fn nginx_stream_conf(
-    load: &str,
-    dir: &Path,
-    (port, backend): (u16, u16),
-    fd_limit: u64,
-    half_close: bool,
-) -> String {
-    let conns = fd_limit.saturating_sub(200);
-    let half_close = half_close_directive(half_close);
-    format!(
-        "{load}worker_processes 2;\nworker_rlimit_nofile {fd_limit};\npid {}/nginx.pid;\n\
-         error_log stderr warn;\n\
-         events {{\n    worker_connections {conns};\n}}\n\
-         stream {{\n    server {{\n        listen 127.0.0.1:{port};\n{half_close}\
-         \x20       proxy_pass 127.0.0.1:{backend};\n    }}\n}}\n",
-        dir.display()
-    )
+/// What every nginx contender's config shares: how the stream module is loaded, the run's
+/// directory, the fd limit, and whether half-closes are passed on (`nginx-half-close`).
+pub struct Nginx<'a> {
+    pub load: &'a str,
+    pub dir: &'a Path,
+    pub fd_limit: u64,
+    pub half_close: bool,
 }
 
-/// The `server {}` line of `nginx-half-close` (empty for `nginx`).
-pub fn half_close_directive(on: bool) -> &'static str {
-    if on {
-        "        proxy_half_close on;\n"
-    } else {
-        ""
+impl Nginx<'_> {
+    /// The config: two workers, with `stream` inside its `stream {}` block. Each worker may
+    /// end up holding every connection (both legs), so worker_connections is nearly the
+    /// whole fd limit.
+    pub fn conf(&self, stream: &str) -> String {
+        let Nginx { load, fd_limit, .. } = *self;
+        let conns = fd_limit.saturating_sub(200);
+        format!(
+            "{load}worker_processes 2;\nworker_rlimit_nofile {fd_limit};\npid {}/nginx.pid;\n\
+             error_log stderr warn;\n\
+             events {{\n    worker_connections {conns};\n}}\n\
+             stream {{\n{stream}}}\n",
+            self.dir.display()
+        )
     }
+
+    /// The `server {}` line of `nginx-half-close` (empty for `nginx`).
+    pub fn half_close_line(&self) -> &'static str {
+        if self.half_close {
+            "        proxy_half_close on;\n"
+        } else {
+            ""
+        }
+    }
+}
+
+/// nginx `stream {}` proxy to the backend.
+fn nginx_stream_conf(nginx: &Nginx, port: u16, backend: u16) -> String {
+    let half_close = nginx.half_close_line();
+    nginx.conf(&format!(
+        "    server {{\n        listen 127.0.0.1:{port};\n{half_close}\
+         \x20       proxy_pass 127.0.0.1:{backend};\n    }}\n"
+    ))
 }
 
 /// Fails at once, naming the tool and its Debian package, when something the chosen

@@ -325,25 +325,14 @@ pub fn haproxy_cfg(port: u16, backend: u16, maxconn: u64) -> String {
 }
 
 /// nginx `stream {}` with `ssl_preread` and the upstream picked by a `map` of
-/// `$ssl_preread_server_name`, two workers; `proxy_half_close on` for `nginx-half-close`.
-pub fn nginx_conf(
-    load: &str,
-    dir: &Path,
-    (port, backend): (u16, u16),
-    fd_limit: u64,
-    half_close: bool,
-) -> String {
-    let conns = fd_limit.saturating_sub(200);
-    let half_close = contenders::half_close_directive(half_close);
-    format!(
-        "{load}worker_processes 2;\nworker_rlimit_nofile {fd_limit};\npid {}/nginx.pid;\n\
-         error_log stderr warn;\n\
-         events {{\n    worker_connections {conns};\n}}\n\
-         stream {{\n    map $ssl_preread_server_name $upstream {{\n\
+/// `$ssl_preread_server_name`; `proxy_half_close on` for `nginx-half-close`.
+pub fn nginx_conf(nginx: &contenders::Nginx, port: u16, backend: u16) -> String {
+    let half_close = nginx.half_close_line();
+    nginx.conf(&format!(
+        "    map $ssl_preread_server_name $upstream {{\n\
          \x20       {SERVER_NAME} tls;\n        default tls;\n    }}\n\
          \x20   upstream tls {{\n        server 127.0.0.1:{backend};\n    }}\n\
          \x20   server {{\n        listen 127.0.0.1:{port};\n        ssl_preread on;\n{half_close}\
-         \x20       proxy_pass $upstream;\n    }}\n}}\n",
-        dir.display()
-    )
+         \x20       proxy_pass $upstream;\n    }}\n"
+    ))
 }

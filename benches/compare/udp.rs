@@ -8,7 +8,6 @@
 //! and stopping them is `contenders.rs`'s; the workloads are `dns.rs` and `udp_bulk.rs`.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -43,25 +42,18 @@ pub fn tollgate_yaml(port: u16, admin: u16, backend: u16, responses: Option<u32>
 /// with one worker's session. `proxy_responses` counts replies per client datagram.
 /// Each session takes two of a worker's connections (the client's and the upstream socket).
 pub fn nginx_conf(
-    load: &str,
-    dir: &Path,
+    nginx: &crate::contenders::Nginx,
     port: u16,
     backend: u16,
     responses: Option<u32>,
-    fd_limit: u64,
 ) -> String {
-    let conns = fd_limit.saturating_sub(200);
     let responses =
         responses.map_or_else(String::new, |n| format!("        proxy_responses {n};\n"));
-    format!(
-        "{load}worker_processes 2;\nworker_rlimit_nofile {fd_limit};\npid {}/nginx.pid;\n\
-         error_log stderr warn;\n\
-         events {{\n    worker_connections {conns};\n}}\n\
-         stream {{\n    server {{\n        listen 127.0.0.1:{port} udp reuseport;\n\
+    nginx.conf(&format!(
+        "    server {{\n        listen 127.0.0.1:{port} udp reuseport;\n\
          \x20       proxy_pass 127.0.0.1:{backend};\n\
-         \x20       proxy_timeout {SESSION_IDLE_SECS}s;\n{responses}    }}\n}}\n",
-        dir.display()
-    )
+         \x20       proxy_timeout {SESSION_IDLE_SECS}s;\n{responses}    }}\n"
+    ))
 }
 
 /// Sends `request` to `addr` from a fresh socket until a datagram that `accept` takes comes
