@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const DEFAULT_CONFIG: &str = crate::config::DEFAULT_PATH;
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "A layer-4 (TCP) load balancer")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A layer-4 (TCP and UDP) load balancer"
+)]
 pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -46,6 +50,25 @@ pub enum Command {
     },
     /// A first look: the balancer on 127.0.0.1:8080 over two built-in HTTP demo backends.
     Demo,
+    /// Ask the running instance to reload its config file now (its admin API); exit 78 with
+    /// every error when the file is refused, so that `systemctl reload` fails.
+    Reload {
+        /// The file that names the admin API (`admin.bind`, `admin.token_file`); the
+        /// instance reloads the file it was started with.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The running instance's admin address (default: the file's `admin.bind`).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
+    /// Print a completion script for SHELL (e.g. `tollgate completions bash >
+    /// /usr/share/bash-completion/completions/tollgate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `tollgate man | man -l -`.
+    Man,
     /// Print the version.
     Version,
 }

@@ -9,12 +9,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::admin_client;
 use crate::config::Config;
 use crate::control::{AdminState, Masked, MaskedBy};
 
@@ -22,49 +19,11 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Fetches the running instance's config and status from the admin API at `admin`.
 pub fn fetch_running(admin: SocketAddr) -> Result<(Value, Value), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build a runtime: {e}"))?;
-    rt.block_on(async {
-        let config = get_json(admin, "/api/v1/config").await?;
-        let status = get_json(admin, "/api/v1/status").await?;
+    admin_client::block_on(async {
+        let config = admin_client::get_json(admin, "/api/v1/config", TIMEOUT).await?;
+        let status = admin_client::get_json(admin, "/api/v1/status", TIMEOUT).await?;
         Ok((config, status))
     })
-}
-
-async fn get_json(admin: SocketAddr, path: &str) -> Result<Value, String> {
-    let work = async {
-        let stream = tokio::net::TcpStream::connect(admin)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(hyper::header::HOST, admin.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("cannot read the answer: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("{path} answered {status}"));
-        }
-        serde_json::from_slice(&body).map_err(|e| format!("{path} did not answer JSON: {e}"))
-    };
-    tokio::time::timeout(TIMEOUT, work)
-        .await
-        .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
 }
 
 /// The lines describing how `next` differs from the running config; empty when identical.

@@ -21,11 +21,14 @@
 //! `config` parses and validates YAML and never touches sockets; the data plane never
 //! imports `config`, `control` or `app`. `demo` is used only by `tollgate demo`;
 //! `privileged_ports` words bind failures and `check`'s warnings about ports below 1024. The
-//! only `unsafe` code is in `sys`.
+//! only `unsafe` code is in `sys`. `admin_client` is how the commands that ask a running
+//! instance something reach its admin API: `diff` (`check --diff`) and `ask` (`reload`).
 
 pub mod admin;
+pub mod admin_client;
 pub mod admission;
 pub mod app;
+pub mod ask;
 pub mod authority;
 pub mod balance;
 pub mod cli;

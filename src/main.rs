@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tollgate::cli::{Cli, Command};
-use tollgate::{config, demo, logging, run};
+use tollgate::{ask, config, demo, logging, run};
 
 // Holds tollgate's signals from before `main` (see the file); compiled into this binary only.
 #[path = "sys/early.rs"]
@@ -74,20 +74,51 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => exit(demo::run()),
+        Command::Reload { config, admin } => match ask::reload(&config, admin) {
+            ask::Outcome::Reloaded(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            ask::Outcome::Refused(errors) => {
+                for line in errors {
+                    eprintln!("{line}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+            ask::Outcome::Failed(why) => {
+                eprintln!("tollgate reload: {why}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tollgate", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tollgate man: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
 /// Prints what a reload of `cfg` would change in the running instance, if it can be reached.
 fn print_diff(cfg: &config::Config, admin: Option<std::net::SocketAddr>) {
-    let Some(mut addr) = admin.or(cfg.admin.as_ref().map(|a| a.bind)) else {
+    let Some(addr) = admin.or(cfg.admin.as_ref().map(|a| a.bind)) else {
         println!(
             "diff: the file has no admin section and --admin was not given; nothing to compare with"
         );
         return;
     };
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = tollgate::admin_client::reachable(addr);
     match tollgate::diff::fetch_running(addr) {
         Err(e) => println!(
             "diff: the running instance at {addr} cannot be reached ({e}); nothing to compare with"

@@ -54,6 +54,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(&text, &label)
 }
 
+/// The admin API's address and bearer token as the file at `path` states them, even when the
+/// rest of it is invalid: `tollgate reload` then still asks the running instance to try the
+/// file, so that the instance records the refusal. `None`: the file cannot be read or
+/// parsed as YAML, has no `admin` section, or its bind is not an address.
+pub fn admin_of(path: &Path) -> Option<(std::net::SocketAddr, Option<String>)> {
+    let label = path.display().to_string();
+    let text = read::bounded_text(path, MAX_CONFIG_BYTES).ok()?;
+    let tree = parse::parse_yaml(&text, &label).ok()?;
+    let mut walk = walk::Walk::new(&text, &label);
+    let raw = file::file_config(&tree, &mut walk);
+    validate_admin::stated(raw.admin.as_ref()?)
+}
+
 /// Parses and validates YAML `text`; `label` names it in error messages (usually its path).
 pub fn load_str(text: &str, label: &str) -> Result<Config, ConfigErrors> {
     if text.len() as u64 > MAX_CONFIG_BYTES {

@@ -17,6 +17,22 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:9100";
 /// Longest token accepted; anything longer is not a token someone typed.
 const MAX_TOKEN_BYTES: u64 = 4096;
 
+/// The admin address and token the section states, whatever else of the file is wrong (see
+/// [`super::admin_of`]); `None` when its bind is not an address. An unreadable token file
+/// gives no token.
+pub(super) fn stated(raw: &S<AdminFile>) -> Option<(SocketAddr, Option<String>)> {
+    let f = &raw.value;
+    let bind = match &f.bind {
+        None => DEFAULT_BIND.parse().ok()?,
+        Some(b) => values::socket_addr(&b.value, true).ok()?,
+    };
+    let token = f
+        .token_file
+        .as_ref()
+        .and_then(|t| read_token(&t.value).ok());
+    Some((bind, token))
+}
+
 pub(super) fn admin(c: &mut Checker, raw: &S<AdminFile>) -> Option<Admin> {
     let f = &raw.value;
     let bind = match &f.bind {
