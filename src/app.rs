@@ -138,14 +138,26 @@ impl Server {
         });
         let stop = StopHandle::new();
         let drain_timeout = config.drain_timeout;
+        // Under systemd's watchdog, each worker stamps a heartbeat and one thread pings
+        // while all of them do.
+        let heartbeats = crate::notify::watchdog_period()
+            .map(|period| crate::notify::Heartbeats::new(workers, period));
         let mut handles = Vec::with_capacity(workers);
         for (id, (socks, rx)) in sockets.into_iter().zip(receivers).enumerate() {
             let (plane, stop) = (control.plane().clone(), stop.clone());
+            let beats = heartbeats.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tollgate-w{id}"))
-                .spawn(move || run_worker(id, socks, rx, plane, drain_timeout, stop))
+                .spawn(move || run_worker(id, (socks, rx), plane, drain_timeout, stop, beats))
                 .context("cannot start a worker thread")?;
             handles.push(handle);
+        }
+        if let Some(beats) = &heartbeats {
+            let drain = stop.drain.clone();
+            beats
+                .spawn_pinger(move || *drain.borrow())
+                .context("cannot start the watchdog thread")?;
+            info!(period = ?beats.period(), "systemd watchdog on: pinging while every worker turns");
         }
         let control_thread = Some(spawn_control_plane(
             owner,
@@ -333,11 +345,11 @@ async fn watch_owner(owner: Owner, control: &Handle, stop: &StopHandle) {
 
 fn run_worker(
     id: usize,
-    sockets: WorkerSockets,
-    mut added: mpsc::UnboundedReceiver<BoundSocket>,
+    (sockets, mut added): (WorkerSockets, mpsc::UnboundedReceiver<BoundSocket>),
     plane: Arc<DataPlane>,
     drain: std::time::Duration,
     stop: StopHandle,
+    heartbeats: Option<Arc<crate::notify::Heartbeats>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -351,6 +363,9 @@ fn run_worker(
     };
     let (shutdown, mut now) = (stop.drain.subscribe(), stop.now.subscribe());
     rt.block_on(async move {
+        if let Some(beats) = heartbeats {
+            drop(tokio::spawn(beats.beat(id)));
+        }
         let tracker = Tracker::default();
         // TCP accept loops return at shutdown and are awaited before the drain; a UDP socket
         // serves its open sessions through the drain, and each session holds the tracker.

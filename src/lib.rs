@@ -23,6 +23,7 @@
 //! `privileged_ports` words bind failures and `check`'s warnings about ports below 1024. The
 //! only `unsafe` code is in `sys`. `admin_client` is how the commands that ask a running
 //! instance something reach its admin API: `diff` (`check --diff`) and `ask` (`reload`).
+//! `notify` tells systemd about start-up, reloads, the drain and the workers' liveness.
 
 pub mod admin;
 pub mod admin_client;
@@ -40,6 +41,7 @@ pub mod discovery;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod privileged_ports;
 pub mod proxy;

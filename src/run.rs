@@ -19,6 +19,8 @@ use crate::signals::{Asked, Signals};
 
 /// How long the exit waits for blocking work (a file read) still running.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+/// The longest start-up waits for the first health round before telling systemd it is ready.
+const FIRST_ROUND_WAIT: Duration = Duration::from_secs(10);
 
 /// Why `run` failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,10 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
         reload(&control);
     }
     let stop = server.stop_handle();
+    // systemd hears READY=1 once the first health round is in (or after FIRST_ROUND_WAIT).
+    let announce = first_round(control.clone());
+    tokio::pin!(announce);
+    let mut announced = false;
     loop {
         tokio::select! {
             asked = signals.next() => match asked {
@@ -81,8 +87,13 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                 Asked::Upgrade => crate::signals::upgrade_unsupported(),
             },
             () = stop.draining() => break,
+            status = &mut announce, if !announced => {
+                announced = true;
+                crate::notify::ready(&status);
+            }
         }
     }
+    crate::notify::stopping();
     server.begin_shutdown();
     let mut joined = tokio::task::spawn_blocking(move || server.wait());
     loop {
@@ -104,6 +115,39 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
     match stop.failure() {
         Some(why) => Err(RunError::Failed(anyhow::anyhow!(why))),
         None => Ok(()),
+    }
+}
+
+/// Waits until every backend has had its first health check answered (or the pool has no
+/// checks), at most [`FIRST_ROUND_WAIT`], and says what serves: the status systemd shows
+/// with `READY=1`. A backend that never answers does not hold the start back for longer:
+/// its pool is then named in the status, and `/readyz` says the rest.
+async fn first_round(control: Handle) -> String {
+    let deadline = tokio::time::Instant::now() + FIRST_ROUND_WAIT;
+    loop {
+        let view = control.view();
+        let (mut up, mut all, mut pending) = (0, 0, Vec::new());
+        for pool in &view.effective.pools {
+            for b in view.backends(&pool.name) {
+                all += 1;
+                up += usize::from(b.healthy);
+                if b.health == "pending" && !pending.contains(&pool.name) {
+                    pending.push(pool.name.clone());
+                }
+            }
+        }
+        let listeners = view.written.listeners.len();
+        if pending.is_empty() {
+            return format!("serving {listeners} listener(s); {up} of {all} backends up");
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return format!(
+                "serving {listeners} listener(s); {up} of {all} backends up; still waiting for a first health check in pool(s) {}",
+                pending.join(", ")
+            );
+        }
+        drop(view);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

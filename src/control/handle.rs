@@ -90,11 +90,19 @@ impl Handle {
     /// owner, which counts the outcome (a refused file too); logs it once. The reload runs in
     /// a task of its own, so a caller that goes away (an admin connection cut) cannot leave it
     /// half counted.
+    ///
+    /// systemd hears `RELOADING=1` before and `READY=1` after, however it ends.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let this = self.clone();
-        tokio::spawn(async move { this.reload_now().await })
+        crate::notify::reloading();
+        let result = tokio::spawn(async move { this.reload_now().await })
             .await
-            .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())))
+            .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())));
+        crate::notify::reloaded(match &result {
+            Ok(_) => "serving; the last reload was applied",
+            Err(_) => "serving; the last reload was refused (see the log)",
+        });
+        result
     }
 
     async fn reload_now(&self) -> Result<Reloaded, ReloadError> {

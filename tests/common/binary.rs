@@ -34,6 +34,16 @@ pub fn spawn(yaml: &str, nofile: Option<u64>) -> Running {
     launch(cmd, &path, dir, "json")
 }
 
+/// [`spawn`] with environment variables set for the process (`NOTIFY_SOCKET`, say).
+pub fn spawn_env(yaml: &str, env: &[(&str, &str)]) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.envs(env.iter().copied());
+    launch(cmd, &path, dir, "json")
+}
+
 /// Starts `tollgate run` on the config file at `path` (which the test may rewrite and reload).
 pub fn spawn_file(path: &std::path::Path) -> Running {
     launch(
