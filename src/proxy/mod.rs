@@ -9,6 +9,7 @@
 //! it never imports `config`, `app` or admin code.
 
 mod abort;
+mod bind;
 pub mod buffers;
 pub mod copy;
 pub mod listener;
