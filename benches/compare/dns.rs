@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::contenders::{self, Contender, Front};
 use crate::procs::Proc;
-use crate::report::{Better, Metric, Results};
+use crate::report::{Better, Metric, Results, metric};
 use crate::{Ctx, nsd};
 
 pub const WORKLOAD: &str = "udp-dns";
@@ -33,24 +33,6 @@ pub const FIXED_QPS: u32 = 20_000;
 /// slot of the 256 briefly and the rate still says what the path can carry.
 const QUERY_TIMEOUT_S: u32 = 1;
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-
-const fn metric(
-    workload: &'static str,
-    key: &'static str,
-    label: &'static str,
-    better: Better,
-    digits: usize,
-    ratio: bool,
-) -> Metric {
-    Metric {
-        workload,
-        key,
-        label,
-        better,
-        digits,
-        ratio,
-    }
-}
 
 /// One of the two dnsperf runs: as fast as it goes, or at [`FIXED_QPS`].
 struct Shape {

@@ -18,38 +18,45 @@ use crate::Ctx;
 use crate::backends::{self, Backend};
 use crate::contenders::{self, Contender};
 use crate::procs::Proc;
-use crate::report::{Better, Metric, Results};
+use crate::report::{Better, Metric, Results, metric};
 
 const BATCH: usize = 250;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const STARTUP_BOUND: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
-const fn metric(
-    workload: &'static str,
-    key: &'static str,
-    label: &'static str,
-    digits: usize,
-) -> Metric {
-    Metric {
-        workload,
-        key,
-        label,
-        better: Better::Lower,
-        digits,
-        ratio: true,
-    }
-}
-
 const KIB_PER_CONN: Metric = metric(
     "memory",
     "kib_per_conn",
     "balancer PSS KiB per connection",
+    Better::Lower,
     2,
+    true,
 );
-const TOTAL_MIB: Metric = metric("memory", "total_mib", "balancer PSS MiB, all held", 1);
-const STARTUP_MS: Metric = metric("startup", "ms", "spawn to first proxied echo, ms", 1);
-const RELOAD_MS: Metric = metric("reload", "ms", "POST /api/v1/reload, ms (N held)", 2);
+const TOTAL_MIB: Metric = metric(
+    "memory",
+    "total_mib",
+    "balancer PSS MiB, all held",
+    Better::Lower,
+    1,
+    true,
+);
+const STARTUP_MS: Metric = metric(
+    "startup",
+    "ms",
+    "spawn to first proxied echo, ms",
+    Better::Lower,
+    1,
+    true,
+);
+const RELOAD_MS: Metric = metric(
+    "reload",
+    "ms",
+    "POST /api/v1/reload, ms (N held)",
+    Better::Lower,
+    2,
+    true,
+);
 
 /// Memory: PSS of the balancer before and with N connections held through it.
 pub fn memory(ctx: &Ctx, c: Contender, rep: &str, res: &mut Results) -> Result<()> {

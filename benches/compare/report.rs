@@ -33,6 +33,26 @@ pub struct Metric {
     pub ratio: bool,
 }
 
+/// A metric row: what a workload measures, which way is better, how many digits it shows,
+/// and whether tollgate/other ratios mean anything.
+pub const fn metric(
+    workload: &'static str,
+    key: &'static str,
+    label: &'static str,
+    better: Better,
+    digits: usize,
+    ratio: bool,
+) -> Metric {
+    Metric {
+        workload,
+        key,
+        label,
+        better,
+        digits,
+        ratio,
+    }
+}
+
 #[derive(Default)]
 pub struct Results {
     samples: Vec<(Metric, Contender, f64)>,

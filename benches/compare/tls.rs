@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::contenders::{self, Contender, Front};
-use crate::report::{Better, Metric, Results};
+use crate::report::{Better, Metric, Results, metric};
 use crate::{Ctx, backends};
 
 pub const WORKLOAD: &str = "tls-sni";
@@ -41,24 +41,8 @@ const PILOT_PER_CLIENT: u64 = 10;
 const MIN_PER_CLIENT: u64 = 20;
 const MAX_CONNECTIONS: u64 = 2_000_000;
 
-const fn metric(
-    key: &'static str,
-    label: &'static str,
-    better: Better,
-    digits: usize,
-    ratio: bool,
-) -> Metric {
-    Metric {
-        workload: WORKLOAD,
-        key,
-        label,
-        better,
-        digits,
-        ratio,
-    }
-}
-
 const RATE: Metric = metric(
+    WORKLOAD,
     "connections_per_s",
     "new TLS connections/s",
     Better::Higher,
@@ -66,6 +50,7 @@ const RATE: Metric = metric(
     true,
 );
 const ERRORS: Metric = metric(
+    WORKLOAD,
     "errors",
     "h2load errors (failed + non-2xx)",
     Better::Lower,
@@ -73,6 +58,7 @@ const ERRORS: Metric = metric(
     false,
 );
 const CPU: Metric = metric(
+    WORKLOAD,
     "cpu_us_per_connection",
     "balancer CPU µs per connection",
     Better::Lower,

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::contenders::{self, Contender, Front};
 use crate::dgram::{self, Load, PROBE};
-use crate::report::{Better, Metric, Results};
+use crate::report::{Better, Metric, Results, metric};
 use crate::{Ctx, udp};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -32,29 +32,13 @@ pub const MEMORY_WORKLOAD: &str = "udp-memory";
 const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
 const ECHO_TRIES: usize = 4;
 
-const fn metric(
-    workload: &'static str,
-    key: &'static str,
-    label: &'static str,
-    better: Better,
-    digits: usize,
-) -> Metric {
-    Metric {
-        workload,
-        key,
-        label,
-        better,
-        digits,
-        ratio: true,
-    }
-}
-
 const SENT: Metric = metric(
     BULK_WORKLOAD,
     "sent_per_s",
     "datagrams/s client → balancer",
     Better::Higher,
     0,
+    true,
 );
 const ECHOED: Metric = metric(
     BULK_WORKLOAD,
@@ -62,10 +46,11 @@ const ECHOED: Metric = metric(
     "datagrams/s echoed back to the client",
     Better::Higher,
     0,
+    true,
 );
 const LOSS: Metric = Metric {
     ratio: false,
-    ..metric(BULK_WORKLOAD, "loss_pct", "loss %", Better::Lower, 2)
+    ..metric(BULK_WORKLOAD, "loss_pct", "loss %", Better::Lower, 2, true)
 };
 const PER_CPU: Metric = metric(
     BULK_WORKLOAD,
@@ -73,6 +58,7 @@ const PER_CPU: Metric = metric(
     "datagrams forwarded per balancer CPU-s",
     Better::Higher,
     0,
+    true,
 );
 const BYTES_PER_SESSION: Metric = metric(
     MEMORY_WORKLOAD,
@@ -80,6 +66,7 @@ const BYTES_PER_SESSION: Metric = metric(
     "balancer RSS bytes per idle session",
     Better::Lower,
     0,
+    true,
 );
 const TOTAL_MIB: Metric = metric(
     MEMORY_WORKLOAD,
@@ -87,6 +74,7 @@ const TOTAL_MIB: Metric = metric(
     "balancer RSS MiB, all sessions open",
     Better::Lower,
     1,
+    true,
 );
 
 /// udp-bulk, one repetition: a fresh echo backend and front, one load run.
