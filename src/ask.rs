@@ -77,7 +77,8 @@ pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
                 Outcome::Refused(errors)
             }
             None => Outcome::Failed(format!(
-                "the running instance at {addr} could not be asked to reload: {e}"
+                "the running instance at {addr} could not be asked to reload: {e} (is tollgate \
+                 running, with that admin address? `--admin ADDR` names another)"
             )),
         },
     }

@@ -32,14 +32,7 @@ fn blackhole() -> (SocketAddr, Vec<Socket>) {
 }
 
 fn failures(server: &tollgate::app::Server, index: usize) -> u64 {
-    server
-        .snapshot()
-        .listener("front")
-        .unwrap()
-        .pool
-        .as_ref()
-        .unwrap()
-        .backends[index]
+    server.snapshot().pool("back").unwrap().backends[index]
         .stats
         .failures()
 }
@@ -64,14 +57,7 @@ fn a_refused_backend_is_skipped_for_the_next() {
     assert_eq!(failures(&server, 1), 0);
     // The refusal is recognised from the connect's error event, and counted as such.
     let snapshot = server.snapshot();
-    let stats = &snapshot
-        .listener("front")
-        .unwrap()
-        .pool
-        .as_ref()
-        .unwrap()
-        .backends[0]
-        .stats;
+    let stats = &snapshot.pool("back").unwrap().backends[0].stats;
     let refused = stats.connect_failures[tollgate::state::ConnectFailure::Refused as usize]
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(refused, 3);

@@ -62,14 +62,7 @@ fn exact_both_ways(forwarding: &str) {
         );
     }
     let snapshot = server.snapshot();
-    let stats = &snapshot
-        .listener("front")
-        .unwrap()
-        .pool
-        .as_ref()
-        .unwrap()
-        .backends[0]
-        .stats;
+    let stats = &snapshot.pool("back").unwrap().backends[0].stats;
     let total: u64 = SIZES.iter().sum();
     wait_for("byte counters settle", Duration::from_secs(5), || {
         stats.sent_bytes.load(Ordering::Relaxed) == total
