@@ -134,7 +134,10 @@ impl Server {
             passive,
         };
         let (owner, control) = Owner::new(config, path, bound.clone(), channels, |first| {
-            DataPlane::new(Published::new(first), pipes, mode, passive_tx)
+            let plane = DataPlane::new(Published::new(first), pipes, mode, passive_tx);
+            let logging = config.logging;
+            plane.access.configure(logging.access, logging.access_rate);
+            plane
         });
         let stop = StopHandle::new();
         let drain_timeout = config.drain_timeout;

@@ -30,7 +30,7 @@ pub fn fetch_running(admin: SocketAddr) -> Result<(Value, Value), String> {
 pub fn describe(running: &Value, status: &Value, next_cfg: &Config) -> Vec<String> {
     let next = next_cfg.to_json();
     let mut out = Vec::new();
-    for key in ["forwarding", "admin", "resolver", "shutdown"] {
+    for key in ["forwarding", "admin", "resolver", "shutdown", "logging"] {
         changes(key, &running[key], &next[key], &mut out);
     }
     if running["admin"]["bind"] != next["admin"]["bind"] {

@@ -23,6 +23,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         }
         _ => filter(level).map_err(|e| format!("--log-level `{level}`: {e}"))?,
     };
+    let filter = with_access_log(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -32,6 +33,20 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// The access log is turned on and off by `logging.access` in the config, not by the log
+/// level: its lines (info, target `tollgate::access`) pass whatever the level, unless the
+/// filter names that target itself (`tollgate::access=off`).
+fn with_access_log(filter: EnvFilter) -> EnvFilter {
+    let target = crate::proxy::access_log::TARGET;
+    if filter.to_string().contains(target) {
+        return filter;
+    }
+    match format!("{target}=info").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// The value parser of `--log-level`: a bad one is a usage error (exit 64) before anything
@@ -64,6 +79,14 @@ fn filter(spec: &str) -> Result<EnvFilter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_log_passes_any_level_unless_named() {
+        let warn = with_access_log(filter("warn").unwrap()).to_string();
+        assert!(warn.contains("tollgate::access=info"), "{warn}");
+        let named = with_access_log(filter("warn,tollgate::access=off").unwrap()).to_string();
+        assert!(!named.contains("tollgate::access=info"), "{named}");
+    }
 
     #[test]
     fn levels_and_directives_are_accepted() {

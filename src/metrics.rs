@@ -179,6 +179,13 @@ impl TollgateCollector {
             let l = [("reason", why.label())];
             push(out, "tollgate_pipe_fallbacks_total", &l, n as f64);
         }
+        let suppressed = self.control.plane().access.suppressed();
+        push(
+            out,
+            "tollgate_access_log_lines_suppressed_total",
+            &[],
+            suppressed as f64,
+        );
     }
 }
 

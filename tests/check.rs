@@ -202,7 +202,7 @@ fn every_error_is_reported_at_once_in_file_order() {
 }
 
 /// What a protocol cannot carry is refused, not ignored: a v1 PROXY header has no datagram
-/// family, and a section that is not in the schema yet (`logging`) is unknown.
+/// family.
 #[test]
 fn what_cannot_apply_is_refused_not_ignored() {
     rejected(
@@ -212,11 +212,6 @@ fn what_cannot_apply_is_refused_not_ignored() {
         ),
         "t.yaml:6:29: listeners.web.proxy_protocol.send:",
         "takes a v2 header (v1 has no datagram family)",
-    );
-    rejected(
-        &format!("logging: {{ access: true }}\n{GOOD}"),
-        "t.yaml:1:1: logging: unknown field `logging`",
-        "valid keys",
     );
 }
 
@@ -608,4 +603,39 @@ fn the_readme_error_example_is_what_check_prints() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert_eq!(String::from_utf8_lossy(&out.stderr), expected);
+}
+
+#[test]
+fn logging_settings_are_checked_and_summarised() {
+    rejected(
+        &format!("{GOOD}logging:\n  access: yes please\n"),
+        "t.yaml:10:11: logging.access:",
+        "true or false",
+    );
+    rejected(
+        &format!("{GOOD}logging:\n  access: true\n  access_rate: 0/s\n"),
+        "t.yaml:11:16: logging.access_rate:",
+        "would write no line; set logging.access: false",
+    );
+    rejected(
+        &format!("{GOOD}logging:\n  access_rate: 100\n"),
+        "t.yaml:10:16: logging.access_rate:",
+        "write N/s, N/m or N/h",
+    );
+    rejected(
+        &format!("{GOOD}logging:\n  acces: true\n"),
+        "t.yaml:10:3: logging.acces:",
+        "access",
+    );
+    let (out, stderr, _) = check(GOOD);
+    assert!(out.status.success(), "{stderr}");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(summary.contains("access log: off\n"), "{summary}");
+    let (out, stderr, _) = check(&format!("{GOOD}logging: {{ access: true }}\n"));
+    assert!(out.status.success(), "{stderr}");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        summary.contains("access log: on, up to 1000/s (lines beyond are counted, not written)\n"),
+        "{summary}"
+    );
 }

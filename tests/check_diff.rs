@@ -72,8 +72,18 @@ fn diff_lists_changes_and_the_connections_they_touch() {
         )),
         "{out}"
     );
+    // The access log is a reloadable setting like any other.
+    let logging = "logging: { access: true, access_rate: 50/s }\n";
+    let same = yaml("127.0.0.1:0", &[(a, 1), (b, 1)], "10m", true);
+    std::fs::write(&path, format!("{logging}{same}")).unwrap();
+    let out = check_diff(&path, Some(admin));
+    assert!(out.contains("~ logging.access: false -> true"), "{out}");
+    assert!(
+        out.contains("~ logging.access_rate: 1000/s -> 50/s"),
+        "{out}"
+    );
     // The same file as running: nothing to change.
-    std::fs::write(&path, yaml("127.0.0.1:0", &[(a, 1), (b, 1)], "10m", true)).unwrap();
+    std::fs::write(&path, same).unwrap();
     assert!(check_diff(&path, Some(admin)).contains("a reload would change nothing"));
     drop(held);
     server.shutdown();

@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub admin: Option<S<AdminFile>>,
     pub resolver: Option<S<ResolverFile>>,
     pub shutdown: Option<ShutdownFile>,
+    pub logging: Option<LoggingFile>,
     pub listeners: Option<S<BTreeMap<String, S<ListenerFile>>>>,
     pub pools: Option<S<BTreeMap<String, S<PoolFile>>>>,
 }
@@ -88,6 +89,12 @@ pub struct ResolverFile {
 #[derive(Debug, Default)]
 pub struct ShutdownFile {
     pub drain_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Default)]
+pub struct LoggingFile {
+    pub access: Option<S<bool>>,
+    pub access_rate: Option<S<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -249,6 +256,7 @@ record!(FileConfig {
     admin,
     resolver,
     shutdown,
+    logging,
     listeners,
     pools
 });
@@ -265,6 +273,10 @@ record!(ResolverFile {
     timeout
 });
 record!(ShutdownFile { drain_timeout });
+record!(LoggingFile {
+    access,
+    access_rate
+});
 record!(ListenerFile {
     protocol,
     bind,

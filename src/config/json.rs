@@ -118,6 +118,13 @@ impl Config {
             "admin": admin,
             "resolver": resolver,
             "shutdown": {"drain_timeout": d(self.drain_timeout)},
+            "logging": {
+                "access": self.logging.access,
+                "access_rate": self.logging.access_rate.map_or_else(
+                    || "none".to_owned(),
+                    |(n, period)| crate::admission::Rate::new(n, period, 0).label(),
+                ),
+            },
             "listeners": listeners,
             "pools": pools,
         })

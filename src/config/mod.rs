@@ -20,6 +20,7 @@ mod validate_admin;
 mod validate_dns;
 mod validate_health;
 mod validate_limits;
+mod validate_logging;
 mod validate_pool;
 mod validate_sni;
 mod validate_udp;

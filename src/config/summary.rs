@@ -25,6 +25,15 @@ impl Config {
         };
         let _ = writeln!(out, "workers: {workers}, forwarding: {forwarding}");
         let _ = writeln!(out, "drain timeout: {}", d(self.drain_timeout));
+        let access = match (self.logging.access, self.logging.access_rate) {
+            (false, _) => "off".to_owned(),
+            (true, None) => "on, every line".to_owned(),
+            (true, Some((n, period))) => format!(
+                "on, up to {} (lines beyond are counted, not written)",
+                crate::admission::Rate::new(n, period, 0).label()
+            ),
+        };
+        let _ = writeln!(out, "access log: {access}");
         if let Some(a) = &self.admin {
             let auth = if a.token.is_some() {
                 "bearer token"

@@ -17,6 +17,7 @@ pub struct Config {
     pub forwarding: Forwarding,
     pub drain_timeout: Duration,
     pub resolver: Resolver,
+    pub logging: Logging,
     /// Sorted by name.
     pub listeners: Vec<Listener>,
     /// Sorted by name.
@@ -57,6 +58,25 @@ impl Default for Resolver {
             max_ttl: Duration::from_secs(300),
             negative_hold: Duration::from_secs(30),
             timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `logging`: the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logging {
+    /// One line per connection and UDP session at its end.
+    pub access: bool,
+    /// At most this many lines (count, period) beyond a burst of one period's count; the
+    /// rest are counted, not written. `None`: no bound.
+    pub access_rate: Option<(u64, Duration)>,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            access: false,
+            access_rate: Some((1000, Duration::from_secs(1))),
         }
     }
 }

@@ -142,6 +142,7 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
         defaults::DRAIN_TIMEOUT,
         Duration::ZERO,
     );
+    let logging = super::validate_logging::logging(&mut c, raw.logging.as_ref());
     let pool_names: Vec<&str> = raw
         .pools
         .as_ref()
@@ -159,6 +160,7 @@ pub fn validate(raw: FileConfig, label: &str) -> Result<Config, ConfigErrors> {
             forwarding,
             drain_timeout,
             resolver,
+            logging,
             listeners,
             pools,
         })

@@ -238,6 +238,9 @@ impl Owner {
             config::Forwarding::Splice => ForwardMode::Splice,
             config::Forwarding::Copy => ForwardMode::Copy,
         });
+        let logging = config.logging;
+        let access = &self.served.plane().access;
+        access.configure(logging.access, logging.access_rate);
         let before = std::mem::replace(&mut self.written, Arc::new(config));
         let effective_before = self.served.effective().clone();
         self.names.adopt(&self.written);

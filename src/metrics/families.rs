@@ -228,4 +228,10 @@ pub(super) const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         &["reason"],
         MetricType::COUNTER,
     ),
+    (
+        "tollgate_access_log_lines_suppressed_total",
+        "Access-log lines (logging.access) not written because logging.access_rate was exceeded: connections and UDP sessions that ended without a line.",
+        &[],
+        MetricType::COUNTER,
+    ),
 ];

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::access_log::Tally;
 use super::pump::{Means, Pump};
 use super::{ForwardMode, abort};
 pub use crate::state::Side;
@@ -94,6 +95,8 @@ fn failure(e: &io::Error) -> Failure {
 pub struct Transfer {
     pub to_backend: u64,
     pub to_client: u64,
+    /// The side whose direction ended first with a FIN, once one has.
+    pub first_fin: Option<Side>,
 }
 
 /// Both directions of a connection and the backend counters their bytes go to. Dropping it
@@ -105,6 +108,10 @@ struct Flow<'p, 's> {
     stats: &'s BackendStats,
     /// What the counters have been given so far.
     counted: Transfer,
+    first_fin: Option<Side>,
+    /// The access log's record of the connection, when it is on: told the bytes and the
+    /// first FIN when the flow ends, however it ends.
+    tally: Option<&'s Tally>,
 }
 
 impl Flow<'_, '_> {
@@ -112,6 +119,7 @@ impl Flow<'_, '_> {
         Transfer {
             to_backend: self.up.moved,
             to_client: self.down.moved,
+            first_fin: self.first_fin,
         }
     }
 
@@ -133,6 +141,9 @@ impl Flow<'_, '_> {
 impl Drop for Flow<'_, '_> {
     fn drop(&mut self) {
         self.flush();
+        if let Some(tally) = self.tally {
+            tally.report(self.up.moved, self.down.moved, self.first_fin);
+        }
     }
 }
 
@@ -151,14 +162,15 @@ impl Drop for Flow<'_, '_> {
 /// connection has no flush due and costs no wake-up; a busy one costs one a second.
 ///
 /// `sent`: bytes of the client's that reached the backend before (the ClientHello SNI
-/// routing read); they count as moved to it.
+/// routing read); they count as moved to it. `tally`: the access log's, told the bytes
+/// and the first FIN when the forwarding ends or is dropped.
 pub async fn forward(
     (client, backend): (&TcpStream, &TcpStream),
     sent: u64,
     idle: Duration,
     mode: ForwardMode,
     pipes: &PipePool,
-    stats: &BackendStats,
+    (stats, tally): (&BackendStats, Option<&Tally>),
 ) -> (Result<(), ForwardError>, Transfer) {
     let means = Means {
         pipes,
@@ -169,6 +181,8 @@ pub async fn forward(
         down: Pump::new(Side::Backend, Side::Client),
         stats,
         counted: Transfer::default(),
+        first_fin: None,
+        tally,
     };
     flow.up.moved = sent;
     // The clock, the timer and the result end with this block, and the boxed future it
@@ -184,14 +198,27 @@ pub async fn forward(
             tokio::pin!(timer);
             let mut up_first = true;
             std::future::poll_fn(|cx| {
-                let Flow { up, down, .. } = &mut flow;
+                let Flow {
+                    up,
+                    down,
+                    first_fin: fin,
+                    ..
+                } = &mut flow;
                 up_first = !up_first;
+                // Which FIN came first is noted right after the poll that saw it: the other
+                // side's, seen later in the same turn, may be its answer to the one passed on.
                 let (a, b) = if up_first {
                     let a = up.poll(cx, client, backend, means, down.is_done());
-                    (a, down.poll(cx, backend, client, means, up.is_done()))
+                    noted(fin, up, Side::Client);
+                    let b = down.poll(cx, backend, client, means, up.is_done());
+                    noted(fin, down, Side::Backend);
+                    (a, b)
                 } else {
                     let b = down.poll(cx, backend, client, means, up.is_done());
-                    (up.poll(cx, client, backend, means, down.is_done()), b)
+                    noted(fin, down, Side::Backend);
+                    let a = up.poll(cx, client, backend, means, down.is_done());
+                    noted(fin, up, Side::Client);
+                    (a, b)
                 };
                 for r in [a, b] {
                     if let Poll::Ready(Err(e)) = r {
@@ -251,6 +278,14 @@ pub async fn forward(
         ))
     };
     aborting.await
+}
+
+/// Notes `side` as the first to end its direction if its pump has seen the end of stream
+/// and no side was noted before.
+fn noted(first: &mut Option<Side>, pump: &Pump<'_>, side: Side) {
+    if first.is_none() && pump.saw_eof() {
+        *first = Some(side);
+    }
 }
 
 /// The end of [`forward`] after `side` failed: resets both legs once the standing one has
@@ -314,7 +349,7 @@ mod tests {
             idle,
             ForwardMode::Splice,
             &empty_pool,
-            &stats,
+            (&stats, None),
         )
         .await;
         result.unwrap();
@@ -325,7 +360,8 @@ mod tests {
             moved,
             Transfer {
                 to_backend: 300_000,
-                to_client: 1000
+                to_client: 1000,
+                first_fin: Some(Side::Client),
             }
         );
         assert_eq!(empty_pool.open(), 0, "no pipe was made");
@@ -360,7 +396,7 @@ mod tests {
             idle,
             ForwardMode::Copy,
             &pipes,
-            &stats,
+            (&stats, None),
         ));
         let peers = async {
             let mut buf = [0u8; 1000];

@@ -181,6 +181,9 @@ async fn admit(
             if first {
                 log_refusal(&spec.name, peer, &refused);
             }
+            plane
+                .access
+                .refused(&spec.name, peer, refused.reason.label());
             return true;
         }
     };

@@ -1,17 +1,20 @@
 //! The data plane: listening sockets and accept loops (`listener.rs`) and the
 //! `max_connections` slots they hand out (`slot.rs`), the life of one TCP
-//! connection (`tcp.rs`) and moving its bytes (`copy.rs`, one direction at a time in
+//! connection (`tcp.rs`, reaching its backend in `dial.rs`) and moving its bytes (`copy.rs`, one direction at a time in
 //! `pump.rs`, with buffers from `buffers.rs`; a failed leg passed on as a reset in
 //! `abort.rs`), and the failure streaks behind passive health
 //! checks (`passive.rs`). `udp/` serves UDP listeners: sessions, their upstream sockets and replies.
+//! `access_log.rs` writes a line per connection and per UDP session as it ends, when on.
 //!
 //! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
 //! it never imports `config`, `app` or admin code.
 
 mod abort;
+pub mod access_log;
 mod bind;
 pub mod buffers;
 pub mod copy;
+mod dial;
 pub mod listener;
 mod passive;
 mod peek;
@@ -41,7 +44,8 @@ pub enum ForwardMode {
     Copy,
 }
 
-/// What every worker shares: the snapshot, the pipe pool and the forwarding mode.
+/// What every worker shares: the snapshot, the pipe pool, the forwarding mode and the
+/// access log.
 #[derive(Debug)]
 pub struct DataPlane {
     pub snapshot: Published,
@@ -52,6 +56,8 @@ pub struct DataPlane {
     /// row. Sent once per crossing (rare), never per connection, and never waited on: the
     /// channel is bounded, and a full one defers the notice to the next failure.
     pub failing: mpsc::Sender<PassiveDown>,
+    /// `logging.access`: off until configured; a reload changes it for what ends after.
+    pub access: Arc<access_log::AccessLog>,
 }
 
 /// A backend whose connect failures in a row just reached its pool's passive limit; the
@@ -74,6 +80,7 @@ impl DataPlane {
             pipes,
             copy_only: AtomicBool::new(mode == ForwardMode::Copy),
             failing,
+            access: Arc::default(),
         }
     }
 

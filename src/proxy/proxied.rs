@@ -20,24 +20,25 @@ static PROXY_HEADER_LOG: LogThrottle = LogThrottle::new();
 /// `timeouts.proxy_header`, then admits the client it names (ACLs, the deny list,
 /// per-source limits), since the socket's peer was only the balancer in front. A header
 /// saying `LOCAL` / `UNKNOWN` (the balancer's own connection) leaves the peer as the
-/// client. `None`: the connection was refused, counted, and is to be closed.
+/// client. `Err`: the connection was refused (why, as the `reason` label says it),
+/// counted, and is to be closed.
 pub async fn accept(
     client: &TcpStream,
     peer: SocketAddr,
     spec: &ListenerSpec,
-) -> Option<(SocketAddr, Box<proxy_protocol::Header>, Option<Ticket>)> {
+) -> Result<(SocketAddr, Box<proxy_protocol::Header>, Option<Ticket>), &'static str> {
     let read = tokio::time::timeout(spec.proxy_header_timeout, peek::proxy_header(client));
     let why = match read.await {
         Ok(Ok(header)) => {
             let source = header.addresses.map_or(peer, |a| a.source);
             return match spec.admission.admit(source.ip()) {
-                Ok(ticket) => Some((source, Box::new(header), ticket)),
+                Ok(ticket) => Ok((source, Box::new(header), ticket)),
                 Err(refused) => {
                     spec.live
                         .rejected(refused.reason)
                         .fetch_add(1, Ordering::Relaxed);
                     debug!(listener = %spec.name, client = %source, via = %peer, reason = refused.reason.label(), "refused the client a PROXY header named");
-                    None
+                    Err(refused.reason.label())
                 }
             };
         }
@@ -50,7 +51,7 @@ pub async fn accept(
     if let Some(suppressed) = PROXY_HEADER_LOG.allow() {
         warn!(listener = %spec.name, via = %peer, error = %why, suppressed, "no valid PROXY header from a trusted source; closing it");
     }
-    None
+    Err("proxy_protocol")
 }
 
 /// The PROXY header for a connection from `peer` to the address it reached, followed by

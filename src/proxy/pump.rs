@@ -85,6 +85,11 @@ impl<'p> Pump<'p> {
         self.done
     }
 
+    /// Whether the source has ended (its FIN came), delivered on or not.
+    pub fn saw_eof(&self) -> bool {
+        self.eof
+    }
+
     /// Bytes read from the source and not yet delivered.
     pub fn held(&self) -> usize {
         match &self.pipe {

@@ -2,7 +2,8 @@
 //! from one (`proxied.rs`), the pool (the listener's, or by the TLS server name:
 //! `route.rs`), a backend from it, connect (with timeout, then the next candidate), the
 //! PROXY header to the backend when configured, forward both ways, account (a connection a
-//! failed leg ended counts as aborted, by side and failure), and log once when it ends.
+//! failed leg ended counts as aborted, by side and failure), and log once when it ends
+//! (and its access-log line, `access_log.rs`, when that is on).
 //!
 //! The listener spec (and through it the snapshot's pool and every backend of its generation)
 //! is held only until the backend answers; the rest of the connection keeps only what it
@@ -14,12 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::access_log::TcpEnd;
 use super::copy::{self, ForwardError, Side, Transfer};
+use super::dial::{Dial, dial_until, failure_reason};
 use super::throttle::LogThrottle;
 
 static NO_BACKEND_LOG: LogThrottle = LogThrottle::new();
@@ -28,7 +30,7 @@ static LOCAL_LOG: LogThrottle = LogThrottle::new();
 static BACKEND_ERROR_LOG: LogThrottle = LogThrottle::new();
 use super::{DataPlane, PassiveDown, TrackerGuard, passive, proxied, route};
 use crate::proxy_protocol;
-use crate::state::{Backend, ConnectFailure, ListenerSpec, Pool};
+use crate::state::{Backend, ConnectFailure, Failure, ListenerSpec, Pool};
 
 /// Everything a connection task owns; dropping it releases the listener slot and the
 /// per-source count, and marks the
@@ -73,12 +75,17 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
         guard,
         trusted,
     } = conn;
+    // Written when it drops, however the connection ends; nothing when the log is off.
+    let mut record = plane.access.tcp(&spec.name, peer);
     // From a trusted balancer: its header names the client, who is admitted now. Boxed, as
     // only these connections need the reading's state.
     let (peer, origin, ticket) = if trusted {
         match Box::pin(proxied::accept(&client, peer, &spec)).await {
-            Some((client, header, ticket)) => (client, Some(header), ticket),
-            None => return,
+            Ok((client, header, ticket)) => {
+                record.client(client);
+                (client, Some(header), ticket)
+            }
+            Err(why) => return record.end(TcpEnd::Refused(why)),
         }
     } else {
         (peer, None, ticket)
@@ -93,7 +100,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
         Some(_) => Box::pin(route::pool_for(&client, peer, &spec)).await,
     };
     let Some(route::Routed { pool, first }) = routed else {
-        return;
+        return record.end(TcpEnd::Refused("sni"));
     };
     let live = spec.live.clone();
     live.active.fetch_add(1, Ordering::Relaxed);
@@ -106,7 +113,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
     // It takes the spec by value and drops it when it ends.
     let connecting = Box::pin(connect(spec, pool, peer, &plane.failing));
     // Destructured, so that `idle` is not kept a second time beside the forwarding's own copy.
-    let Some((
+    let (
         Connected {
             listener,
             backend,
@@ -114,10 +121,11 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
             proxy,
         },
         upstream,
-    )) = connecting.await
-    else {
-        return;
+    ) = match connecting.await {
+        Ok(connected) => connected,
+        Err(end) => return record.end(end),
     };
+    record.backend(backend.address);
     // What the backend gets before the forwarding starts: the PROXY header, then the bytes
     // read from the client to route it, in one write. Those count as moved to the backend.
     let from_client = first.len() as u64;
@@ -128,7 +136,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
                 if let Some(suppressed) = LOCAL_LOG.allow() {
                     warn!(listener = %listener, client = %peer, error = %e, suppressed, "cannot make the PROXY header (the client socket's own address); closing client");
                 }
-                return;
+                return record.failed(TcpEnd::LocalError, &e);
             }
         },
         None => first,
@@ -148,7 +156,7 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
             if let Some(suppressed) = BACKEND_ERROR_LOG.allow() {
                 warn!(listener = %listener, client = %peer, backend = %backend.address, error = %e, suppressed, "cannot send the first bytes (PROXY header, ClientHello) to the backend; closing client");
             }
-            return;
+            return record.failed(TcpEnd::Error(Side::Backend), &e);
         }
     }
     drop(first);
@@ -159,12 +167,33 @@ pub async fn serve(conn: Admitted, plane: Arc<DataPlane>) {
         stats.active.fetch_sub(1, Ordering::Relaxed);
     });
     let legs = (&client, &upstream);
-    let (result, moved) =
-        copy::forward(legs, from_client, idle, plane.mode(), &plane.pipes, stats).await;
+    let counters = (stats, record.tally());
+    let (result, moved) = copy::forward(
+        legs,
+        from_client,
+        idle,
+        plane.mode(),
+        &plane.pipes,
+        counters,
+    )
+    .await;
+    match &result {
+        Ok(()) => record.end(TcpEnd::Closed),
+        Err(ForwardError::Idle { .. }) => record.end(TcpEnd::Idle),
+        Err(e @ ForwardError::Io { side, source, .. }) => {
+            let end = match e.aborted() {
+                Some((_, Failure::Reset)) => TcpEnd::Reset(*side),
+                _ => TcpEnd::Error(*side),
+            };
+            record.failed(end, &format_args!("{e}: {source}"));
+        }
+    }
     if let Some((side, why)) = result.as_ref().err().and_then(ForwardError::aborted) {
         live.aborted(side, why).fetch_add(1, Ordering::Relaxed);
     }
     log_end(&result, moved, (&listener, peer, backend.address));
+    // The line is written before the drain can see this connection finished.
+    drop(record);
     drop(slot);
     drop(ticket);
     drop(guard);
@@ -208,14 +237,15 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
 
 /// Tries `pool`'s candidates in order, each within the connect timeout, and returns what
 /// the connection keeps of `spec`; `spec` itself is dropped when this ends. When no backend
-/// can be reached, counts and logs it. One async fn, not a wrapper around a borrowing one: a
+/// can be reached, counts and logs it, and says why (no backend, or no local resources). One async fn, not a wrapper around a borrowing one: a
 /// wrapper would store the spec and the client address twice in every connecting future.
 async fn connect(
     spec: Arc<ListenerSpec>,
     pool: Arc<Pool>,
     client: SocketAddr,
     failing: &mpsc::Sender<PassiveDown>,
-) -> Option<(Connected, TcpStream)> {
+) -> Result<(Connected, TcpStream), TcpEnd> {
+    let mut end = TcpEnd::NoBackend;
     for backend in pool.candidates(client) {
         let started = tokio::time::Instant::now();
         let deadline = started + spec.connect_timeout;
@@ -229,7 +259,7 @@ async fn connect(
                     idle: spec.idle_timeout,
                     proxy: spec.proxy_send,
                 };
-                return Some((connected, stream));
+                return Ok((connected, stream));
             }
             // Out of descriptors or memory here: every backend would fail alike, and it is
             // not the backend's fault, so no failure is counted against it.
@@ -237,6 +267,7 @@ async fn connect(
                 if let Some(suppressed) = LOCAL_LOG.allow() {
                     warn!(listener = %spec.name, %client, backend = %backend.address, error = %e, suppressed, "no local resources to reach the backend; closing client");
                 }
+                end = TcpEnd::LocalError;
                 break;
             }
             Err(Dial::Backend(e)) => {
@@ -265,89 +296,7 @@ async fn connect(
     if let Some(suppressed) = NO_BACKEND_LOG.allow() {
         warn!(listener = %spec.name, %client, suppressed, "no backend could be reached; closing client");
     }
-    None
-}
-
-/// Why a connect attempt failed: on this host (no socket could be made), at the backend, or
-/// the backend did not answer before the deadline.
-enum Dial {
-    Local(std::io::Error),
-    Backend(std::io::Error),
-    TimedOut,
-}
-
-/// Dials `addr` until `deadline`. While the host is out of descriptors or buffers it waits
-/// (with back-off) and tries again, so a short exhaustion delays the client instead of
-/// failing it; if the deadline passes that way, the local error is what is reported.
-async fn dial_until(addr: SocketAddr, deadline: tokio::time::Instant) -> Result<TcpStream, Dial> {
-    let mut pause = std::time::Duration::from_millis(10);
-    loop {
-        match tokio::time::timeout_at(deadline, dial(addr)).await {
-            Err(_) => return Err(Dial::TimedOut),
-            Ok(Err(Dial::Local(e))) if is_local(&e) => {
-                if tokio::time::Instant::now() + pause >= deadline {
-                    return Err(Dial::Local(e));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(200));
-            }
-            Ok(other) => return other,
-        }
-    }
-}
-
-fn failure_reason(e: &std::io::Error) -> ConnectFailure {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
-        Some(libc::ETIMEDOUT) => ConnectFailure::Timeout,
-        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
-            ConnectFailure::Unreachable
-        }
-        _ => ConnectFailure::Other,
-    }
-}
-
-/// Failures of this host, not of the backend, that pass: out of descriptors, buffers,
-/// memory, or ephemeral ports (EADDRNOTAVAIL). The dial waits and retries on them.
-fn is_local(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
-    )
-}
-
-/// Connects to `addr`: a non-blocking socket (one `socket` call with the flag) with
-/// `TCP_NODELAY`, `connect`, then the writable event. A refused or reset connect raises the
-/// error and hang-up flags with it, so `SO_ERROR` is read only then, not after every connect.
-async fn dial(addr: SocketAddr) -> Result<TcpStream, Dial> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )
-    .map_err(Dial::Local)?;
-    socket.set_tcp_nodelay(true).map_err(Dial::Local)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(classify(e)),
-    }
-    let stream = TcpStream::from_std(socket.into()).map_err(Dial::Local)?;
-    let ready = stream
-        .ready(Interest::WRITABLE)
-        .await
-        .map_err(Dial::Local)?;
-    // Readiness asked for WRITABLE carries WRITABLE and WRITE_CLOSED only; a failed connect
-    // (EPOLLERR | EPOLLHUP) shows as write-closed.
-    if ready.is_write_closed() {
-        let e = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => e,
-            Ok(None) => std::io::Error::from(std::io::ErrorKind::ConnectionReset),
-        };
-        return Err(classify(e));
-    }
-    Ok(stream)
+    Err(end)
 }
 
 /// Writes all of `bytes` to a just-connected backend: its send buffer takes a header and a
@@ -363,14 +312,6 @@ async fn write_all(upstream: &TcpStream, bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn classify(e: std::io::Error) -> Dial {
-    if is_local(&e) {
-        Dial::Local(e)
-    } else {
-        Dial::Backend(e)
-    }
 }
 
 /// Runs `f` when dropped: keeps a gauge right on every exit path, including cancellation at

@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 use super::flows::Reply;
 use super::session::SessionId;
 use super::upstream::{Handle, Shared};
+use crate::proxy::access_log::UdpEnd;
 use crate::state::{BackendStats, Direction, ListenerLive};
 use crate::sys::udp::{self, MAX_BATCH, OffloadState, RecvBatch, Route, SendBatch, Sent};
 
@@ -167,10 +168,13 @@ struct Outcome {
 fn forward(link: &LinkState, recv: &RecvBatch, send: &mut SendBatch, shared: &Shared) {
     let now = shared.now();
     let mut out = Outcome::default();
-    let mut ended = None;
-    {
+    let line = {
         let mut table = shared.table();
-        let mut owner = link.owner();
+        // Every reply of one receive is for this session (the owner changes only under
+        // the table's lock): what is sent counts toward it.
+        let session = link.owner();
+        let mut owner = session;
+        let mut ended = None;
         for d in recv.iter() {
             for segment in d.segments() {
                 let Some(id) = owner else {
@@ -207,15 +211,28 @@ fn forward(link: &LinkState, recv: &RecvBatch, send: &mut SendBatch, shared: &Sh
                     // may serve the next session to its backend. Anything more it receives
                     // before then is unclaimed.
                     owner = None;
-                    ended = Some(session.handle);
+                    ended = Some(session);
                 }
             }
         }
-        if let Some(handle) = ended {
-            shared.keep(handle, now);
+        // Sent with the table still locked, so the session (ended or not) gets its count.
+        flush(send, shared, &mut out);
+        let counts = match (&mut ended, session) {
+            (Some(s), _) => Some(&mut s.forwarded),
+            (None, Some(id)) => table.get_mut(id).map(|s| &mut s.forwarded),
+            (None, None) => None,
+        };
+        if let Some(counts) = counts {
+            counts.to_client += out.datagrams as u64;
+            counts.to_client_bytes += out.bytes as u64;
         }
-    }
-    flush(send, shared, &mut out);
+        ended.and_then(|session| {
+            let line = shared.line(&session, UdpEnd::Answered, now);
+            shared.keep(session.handle, now);
+            line
+        })
+    };
+    shared.write(line);
     if let Some(live) = &out.live {
         live.udp
             .moved(Direction::ToClient, out.datagrams, out.bytes);

@@ -72,7 +72,10 @@ impl Outbound {
                     .segments()
                     .nth(w.segment as usize)
             });
-            session.handle.forward(payloads, &mut self.batch, live);
+            let sent = session.handle.forward(payloads, &mut self.batch, live);
+            let counts = &mut session.forwarded;
+            counts.to_backend += sent.datagrams as u64;
+            counts.to_backend_bytes += sent.bytes as u64;
         }
         self.waiting.clear();
     }

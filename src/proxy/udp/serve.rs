@@ -27,6 +27,7 @@ use super::outbound::Outbound;
 use super::reuse::KEEP_MS;
 use super::session::{FlowKey, SessionId};
 use super::upstream::{Handle, Shared, Slot};
+use crate::proxy::access_log::UdpEnd;
 use crate::proxy::listener::BindKey;
 use crate::proxy::{DataPlane, Tracker};
 use crate::proxy_protocol;
@@ -60,8 +61,8 @@ pub async fn serve(
     let shared = Arc::new(Shared::new(
         FlowTable::new(limits(&settings)),
         socket,
-        bound.offload,
-        bound.pktinfo,
+        (bound.offload, bound.pktinfo),
+        (plane.access.clone(), spec.name.clone()),
     ));
     let mut versions = plane.snapshot.subscribe();
     let mut batch = RecvBatch::new(MAX_BATCH);
@@ -98,7 +99,10 @@ pub async fn serve(
                         spec = now;
                     }
                     // A reload removed this address: its sessions end with the socket.
-                    None => return,
+                    None => {
+                        shared.removed();
+                        return;
+                    }
                 }
             }
             () = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(3_600_000))), if wake.is_some() => {
@@ -161,8 +165,10 @@ fn expire(shared: &Shared) {
             ended.push(session);
         }
     }
-    // Dropped outside the lock: each stops its task and releases its counts.
-    drop(ended);
+    // Written and dropped outside the lock: each stops its task and releases its counts.
+    for session in ended {
+        shared.write(shared.line(&session, UdpEnd::Idle, now));
+    }
 }
 
 /// What handling one client datagram needs.
@@ -222,7 +228,13 @@ impl Ctx<'_> {
                     Err(why) => {
                         // No backend left for it: the session ends, the datagram drops.
                         live.udp.rejected(why).fetch_add(1, Ordering::Relaxed);
-                        let _ = table.remove(id);
+                        if let Some(session) = table.remove(id) {
+                            let end = match why {
+                                UdpRefusal::LocalError => UdpEnd::LocalError,
+                                _ => UdpEnd::NoBackend,
+                            };
+                            self.shared.write(self.shared.line(&session, end, now));
+                        }
                         None
                     }
                 }

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 
+use crate::proxy::access_log::UdpCounts;
+
 /// A session is one client writing to one of our addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -37,6 +39,8 @@ pub struct Session<B, H> {
     /// Datagrams from the client so far, the first included.
     pub(super) requests: u32,
     pub(super) responses: Option<NonZeroU32>,
+    /// Datagrams and bytes the sockets took each way, for the access log.
+    pub(super) forwarded: UdpCounts,
 }
 
 impl<B, H> Session<B, H> {
@@ -57,6 +61,7 @@ impl<B, H> Session<B, H> {
             replies: 0,
             requests: 1,
             responses,
+            forwarded: UdpCounts::default(),
         }
     }
 
@@ -72,6 +77,11 @@ impl<B, H> Session<B, H> {
     /// Its last datagram, either way.
     pub fn last_active(&self) -> u64 {
         self.last_active
+    }
+
+    /// Datagrams and bytes sent each way so far.
+    pub fn forwarded(&self) -> UdpCounts {
+        self.forwarded
     }
 
     /// Replies forwarded so far.

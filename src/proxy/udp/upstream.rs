@@ -4,7 +4,7 @@
 //! the counts it holds). The link and its reply task are `link.rs`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -13,9 +13,10 @@ use tokio::net::UdpSocket;
 use super::flows::FlowTable;
 use super::link::Link;
 use super::reuse::{IdleLinks, MAX_KEPT};
-use super::session::SessionId;
+use super::session::{Session, SessionId};
 use crate::admission::Ticket;
 use crate::proxy::TrackerGuard;
+use crate::proxy::access_log::{AccessLog, UdpEnd, UdpLine};
 use crate::state::{Backend, BackendStats, Direction, ListenerLive};
 use crate::sys::udp::{OffloadState, Route, SendBatch, Sent};
 
@@ -32,14 +33,20 @@ pub struct Shared {
     /// then name it as their source.
     pub pktinfo: bool,
     started: Instant,
+    /// Where its sessions' lines go (`logging.access`), and the listener they name.
+    access: Arc<AccessLog>,
+    listener: Arc<str>,
+    /// A reload removed the listening address: sessions still open when this is dropped
+    /// end as `listener_removed`, not `shutdown`.
+    removed: AtomicBool,
 }
 
 impl Shared {
     pub fn new(
         table: FlowTable<Arc<Backend>, Handle>,
         socket: UdpSocket,
-        offload: OffloadState,
-        pktinfo: bool,
+        (offload, pktinfo): (OffloadState, bool),
+        (access, listener): (Arc<AccessLog>, Arc<str>),
     ) -> Shared {
         Shared {
             table: Mutex::new(table),
@@ -48,7 +55,39 @@ impl Shared {
             offload,
             pktinfo,
             started: Instant::now(),
+            access,
+            listener,
+            removed: AtomicBool::new(false),
         }
+    }
+
+    /// The access-log line of a session that ended at `now`, when the log is on. Made
+    /// under the table's lock, written after it ([`Shared::write`]).
+    pub fn line(
+        &self,
+        s: &Session<Arc<Backend>, Handle>,
+        end: UdpEnd,
+        now: u64,
+    ) -> Option<UdpLine<'_>> {
+        self.access.is_on().then(|| UdpLine {
+            listener: &self.listener,
+            client: s.key().client,
+            backend: s.backend.address,
+            counts: s.forwarded(),
+            duration_ms: now.saturating_sub(s.created()),
+            end,
+        })
+    }
+
+    pub fn write(&self, line: Option<UdpLine<'_>>) {
+        if let Some(line) = line {
+            self.access.udp(&line);
+        }
+    }
+
+    /// A reload removed the listening address: the sessions still open end with it.
+    pub fn removed(&self) {
+        self.removed.store(true, Ordering::Relaxed);
     }
 
     /// The table's clock: milliseconds since this socket started serving.
@@ -216,13 +255,14 @@ impl Handle {
     /// for one datagram, else one batch (runs of equal-sized datagrams as one message). A
     /// pending PROXY header goes in front of the first, alone in its `send`. A full socket
     /// buffer or an error (the backend's port answered ICMP unreachable) drops them,
-    /// counted (a header whose datagram was dropped waits for the next one).
+    /// counted (a header whose datagram was dropped waits for the next one). Returns what
+    /// was sent (payload bytes: a header is not counted).
     pub fn forward<'a>(
         &mut self,
         payloads: impl Iterator<Item = &'a [u8]>,
         batch: &mut SendBatch,
         live: &ListenerLive,
-    ) {
+    ) -> Sent {
         let mut payloads = payloads.peekable();
         let (mut sent, mut dropped) = (Sent::default(), 0);
         if payloads.peek().is_some()
@@ -280,6 +320,29 @@ impl Handle {
         if dropped > 0 {
             live.udp.dropped[Direction::ToBackend as usize]
                 .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        sent
+    }
+}
+
+/// The sessions still open when the socket's loop ends (a reload removed its address, or
+/// the drain deadline came) end here: their lines are written.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if !self.access.is_on() {
+            return;
+        }
+        let end = if self.removed.load(Ordering::Relaxed) {
+            UdpEnd::ListenerRemoved
+        } else {
+            UdpEnd::Shutdown
+        };
+        let now = self.now();
+        let table = self.table();
+        for (_, session) in table.iter() {
+            if let Some(line) = self.line(session, end, now) {
+                self.access.udp(&line);
+            }
         }
     }
 }
