@@ -1,5 +1,5 @@
-//! The contenders: `direct` (no proxy), `tollgate`, `haproxy`, `haproxy-splice`, `nginx`
-//! and `nginx-half-close`.
+//! The contenders: `direct` (no proxy), `tollgate`, `tollgate-access-log`, `haproxy`,
+//! `haproxy-splice`, `nginx` and `nginx-half-close`.
 //!
 //! Owns each one's generated configuration (written into a fresh directory of the run's temp
 //! dir), starting it in front of a backend port and waiting until it listens (TCP) or has
@@ -29,6 +29,9 @@ const ATTEMPTS: usize = 3;
 pub enum Contender {
     Direct,
     Tollgate,
+    /// tollgate writing a JSON access-log line per connection (`logging.access`, no rate
+    /// bound) to its log file: what the log costs, beside `tollgate` with it off.
+    TollgateAccessLog,
     Haproxy,
     HaproxySplice,
     Nginx,
@@ -40,9 +43,10 @@ pub enum Contender {
 }
 
 impl Contender {
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Direct,
         Contender::Tollgate,
+        Contender::TollgateAccessLog,
         Contender::Haproxy,
         Contender::HaproxySplice,
         Contender::Nginx,
@@ -53,6 +57,7 @@ impl Contender {
         match self {
             Contender::Direct => "direct",
             Contender::Tollgate => "tollgate",
+            Contender::TollgateAccessLog => "tollgate-access-log",
             Contender::Haproxy => "haproxy",
             Contender::HaproxySplice => "haproxy-splice",
             Contender::Nginx => "nginx",
@@ -115,7 +120,10 @@ impl Running {
     /// Rewrites tollgate's config file with the backend at `weight` (a harmless change).
     pub fn set_tollgate_weight(&self, weight: u32) -> Result<()> {
         let admin = self.admin.context("not tollgate")?;
-        let text = tollgate_yaml(self.port, admin, self.backend, weight, self.max_conns);
+        let mut text = tollgate_yaml(self.port, admin, self.backend, weight, self.max_conns);
+        if self.contender == Contender::TollgateAccessLog {
+            text += "logging:\n  access: true\n  access_rate: none\n";
+        }
         let path = self.dir.join("tollgate.yaml");
         fs::write(&path, text).with_context(|| format!("rewriting {}", path.display()))
     }
@@ -151,7 +159,10 @@ pub fn spawn_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Resul
             running.port = backend;
             return Ok(running);
         }
-        Contender::Tollgate => {
+        Contender::TollgateAccessLog if front != Front::Tcp => {
+            bail!("{c}: run on conns/s only")
+        }
+        Contender::Tollgate | Contender::TollgateAccessLog => {
             let admin = free_port()?;
             running.admin = Some(admin);
             match front {
@@ -167,6 +178,9 @@ pub fn spawn_front(ctx: &Ctx, c: Contender, front: Front, backend: u16) -> Resul
             }
             let mut cmd = Command::new(&ctx.tollgate);
             cmd.arg("run").arg("-c").arg(dir.join("tollgate.yaml"));
+            if c == Contender::TollgateAccessLog {
+                cmd.args(["--log-format", "json"]);
+            }
             cmd
         }
         Contender::Haproxy | Contender::HaproxySplice if matches!(front, Front::Udp { .. }) => {

@@ -24,10 +24,11 @@
 //! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,tls-sni,memory,startup,reload,udp-dns,udp-bulk,udp-memory`:
 //!   a subset (`tls-sni`: new TLS connections per second through SNI routing, no TLS
 //!   termination in the balancer, and the balancer's CPU per connection);
-//! * `TOLLGATE_COMPARE_CONTENDERS=direct,tollgate,haproxy,haproxy-splice,nginx,nginx-half-close`:
+//! * `TOLLGATE_COMPARE_CONTENDERS=direct,tollgate,tollgate-access-log,haproxy,haproxy-splice,nginx,nginx-half-close`:
 //!   a subset (HAProxy community has no UDP: its UDP cells say so; tls-sni runs haproxy, not
 //!   haproxy-splice; nginx-half-close, nginx passing half-closes on as tollgate does, runs
-//!   on conns/s and tls-sni).
+//!   on conns/s and tls-sni; tollgate-access-log, tollgate writing a JSON access-log line
+//!   per connection, runs on conns/s).
 //!
 //! Any failed run, missing tool or workload without a result exits non-zero, after the
 //! summary of whatever did complete. Results: stdout (Markdown) and

@@ -237,6 +237,7 @@ pub fn markdown(res: &Results, contenders: &[Contender], header: &str) -> String
         .filter(|c| has(*c));
     let haproxies: Vec<Contender> = haproxies.collect();
     let others: Vec<Contender> = [
+        Contender::TollgateAccessLog,
         Contender::HaproxySplice,
         Contender::Nginx,
         Contender::NginxHalfClose,

@@ -94,6 +94,10 @@ impl Workload {
         if c == Contender::NginxHalfClose && !matches!(self, Workload::Conns | Workload::TlsSni) {
             return Some("n/a (run where connections close: conns/s, tls-sni)");
         }
+        // A line per connection: the workload of many short connections shows its cost.
+        if c == Contender::TollgateAccessLog && self != Workload::Conns {
+            return Some("n/a (run on conns/s: a line per connection)");
+        }
         (self.is_udp() && haproxy).then_some("n/a (no UDP in HAProxy community)")
     }
 

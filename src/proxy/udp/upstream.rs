@@ -79,6 +79,7 @@ impl Shared {
         })
     }
 
+    /// Writes a line [`Shared::line`] made (none when the log was off).
     pub fn write(&self, line: Option<UdpLine<'_>>) {
         if let Some(line) = line {
             self.access.udp(&line);
