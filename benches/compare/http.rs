@@ -39,7 +39,7 @@ pub const REQRESP: Shape = Shape {
 };
 
 impl Shape {
-    fn metrics(self) -> [Metric; 5] {
+    fn metrics(self) -> [Metric; 6] {
         let m = |key, label, better, digits, ratio| Metric {
             workload: self.workload,
             key,
@@ -68,6 +68,17 @@ impl Shape {
                 },
                 Better::Lower,
                 1,
+                true,
+            ),
+            m(
+                "per_cpu_s",
+                if self.close {
+                    "connections per balancer CPU-s"
+                } else {
+                    "requests per balancer CPU-s"
+                },
+                Better::Higher,
+                0,
                 true,
             ),
         ]
@@ -114,7 +125,7 @@ pub fn run(ctx: &Ctx, shape: Shape, c: Contender, rep: &str, res: &mut Results) 
     let after = balancer.map(|p| p.cpu_ticks()).transpose()?;
     let wrk = parse(&out).with_context(|| format!("{c}: parsing wrk output:\n{out}"))?;
     let errors = wrk.socket_errors.iter().sum::<u64>() + wrk.non_2xx;
-    let [rate, p50, p99, errs, cpu] = shape.metrics();
+    let [rate, p50, p99, errs, cpu, per_cpu] = shape.metrics();
     res.add(rate, c, wrk.requests_per_s);
     res.add(p50, c, wrk.p50_ms);
     res.add(p99, c, wrk.p99_ms);
@@ -127,6 +138,9 @@ pub fn run(ctx: &Ctx, shape: Shape, c: Contender, rep: &str, res: &mut Results) 
         let cpu_us = after.saturating_sub(before) as f64 / ctx.clk_tck * 1e6;
         let per_request = cpu_us / wrk.requests as f64;
         res.add(cpu, c, per_request);
+        if per_request > 0.0 {
+            res.add(per_cpu, c, 1e6 / per_request);
+        }
         line += &format!("  {per_request:.1} CPU µs/request");
     }
     println!("{line}");

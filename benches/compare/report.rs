@@ -227,6 +227,17 @@ fn ratio(tollgate: Option<Summary>, other: Option<Summary>) -> Option<f64> {
     (o != 0.0).then(|| t / o)
 }
 
+/// Which of `among` did best on `m` (by median), with that median.
+fn best_of(res: &Results, m: Metric, among: &[Contender]) -> Option<(Contender, f64)> {
+    among
+        .iter()
+        .filter_map(|&c| Some((c, res.summary(m, c)?.median)))
+        .reduce(|a, b| match (m.better, b.1 > a.1) {
+            (Better::Higher, true) | (Better::Lower, false) => b,
+            _ => a,
+        })
+}
+
 /// The Markdown summary: header with machine and settings, one row per metric.
 pub fn markdown(res: &Results, contenders: &[Contender], header: &str) -> String {
     let has = |c| contenders.contains(&c);
@@ -246,6 +257,19 @@ pub fn markdown(res: &Results, contenders: &[Contender], header: &str) -> String
     .into_iter()
     .filter(|c| tg && has(*c))
     .collect();
+    // The peers: the other balancers, not tollgate's own variant nor the direct path.
+    let peers: Vec<Contender> = [
+        Contender::Haproxy,
+        Contender::HaproxySplice,
+        Contender::Nginx,
+        Contender::NginxHalfClose,
+    ]
+    .into_iter()
+    .filter(|c| tg && has(*c))
+    .collect();
+    if !peers.is_empty() {
+        cols.push("tollgate / best peer".into());
+    }
     if tg && !haproxies.is_empty() {
         cols.push("tollgate / haproxy (better variant)".into());
     }
@@ -266,14 +290,17 @@ pub fn markdown(res: &Results, contenders: &[Contender], header: &str) -> String
             .collect();
         let t = res.summary(m, Contender::Tollgate);
         let na = || "n/a".to_owned();
-        if tg && !haproxies.is_empty() {
-            let best = haproxies
-                .iter()
-                .filter_map(|&c| Some((c, res.summary(m, c)?.median)))
-                .reduce(|a, b| match (m.better, b.1 > a.1) {
-                    (Better::Higher, true) | (Better::Lower, false) => b,
-                    _ => a,
+        if !peers.is_empty() {
+            let text = best_of(res, m, &peers)
+                .filter(|_| m.ratio)
+                .and_then(|(c, _)| {
+                    let r = ratio(t, res.summary(m, c))?;
+                    Some(format!("{r:.2} ({c})"))
                 });
+            row.push(text.unwrap_or_else(na));
+        }
+        if tg && !haproxies.is_empty() {
+            let best = best_of(res, m, &haproxies);
             let text = best.filter(|_| m.ratio).and_then(|(c, _)| {
                 let r = ratio(t, res.summary(m, c))?;
                 Some(format!(
@@ -300,7 +327,8 @@ pub fn markdown(res: &Results, contenders: &[Contender], header: &str) -> String
     }
     out += "\nCells: median (min–max) over the repetitions. ↑ higher is better, ↓ lower is better. \
             Ratios are tollgate's median ÷ the other's: above 1 favours tollgate on ↑ rows, below 1 on ↓ rows. \
-            \"better variant\" compares with whichever of haproxy and haproxy-splice did better on that row.\n";
+            \"best peer\" compares with whichever other balancer (haproxy, haproxy-splice, nginx, nginx-half-close) did best on that row; \
+            \"better variant\" with whichever of haproxy and haproxy-splice did. The per-CPU-s rows (↑) are the efficiency goal's.\n";
     if !res.notes.is_empty() {
         out += "\nNotes:\n";
         out.extend(res.notes.iter().map(|n| format!("- {n}\n")));

@@ -66,6 +66,15 @@ const CPU: Metric = metric(
     true,
 );
 
+const PER_CPU: Metric = metric(
+    WORKLOAD,
+    "per_cpu_s",
+    "connections per balancer CPU-s",
+    Better::Higher,
+    0,
+    true,
+);
+
 /// One repetition: a fresh TLS backend and contender, the pilot, then the measured run with
 /// the balancer's CPU over it.
 pub fn run(ctx: &Ctx, c: Contender, rep: &str, res: &mut Results) -> Result<()> {
@@ -94,7 +103,9 @@ pub fn run(ctx: &Ctx, c: Contender, rep: &str, res: &mut Results) -> Result<()> 
     let h =
         h2load(running.port, n, &dir, "h2load", timeout).with_context(|| format!("{c}: h2load"))?;
     let after = balancer.map(|p| p.cpu_ticks()).transpose()?;
-    [RATE, ERRORS, CPU].into_iter().for_each(|m| res.declare(m));
+    [RATE, ERRORS, CPU, PER_CPU]
+        .into_iter()
+        .for_each(|m| res.declare(m));
     res.add(RATE, c, h.per_s);
     res.add(ERRORS, c, h.errors() as f64);
     let mut line = format!(
@@ -108,6 +119,9 @@ pub fn run(ctx: &Ctx, c: Contender, rep: &str, res: &mut Results) -> Result<()> 
         let cpu_us = after.saturating_sub(before) as f64 / ctx.clk_tck * 1e6;
         let per_conn = cpu_us / h.ok_2xx.max(1) as f64;
         res.add(CPU, c, per_conn);
+        if per_conn > 0.0 {
+            res.add(PER_CPU, c, 1e6 / per_conn);
+        }
         line += &format!("  {per_conn:.1} CPU µs/connection");
     }
     println!("{line}");
