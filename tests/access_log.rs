@@ -91,6 +91,7 @@ listeners:
   greet: {{ bind: \"127.0.0.1:0\", pool: greet }}
   dead: {{ bind: \"127.0.0.1:0\", pool: dead }}
   denied: {{ bind: \"127.0.0.1:0\", pool: echo, access: {{ deny: [\"127.0.0.0/8\"] }} }}
+  behind: {{ bind: \"127.0.0.1:0\", pool: echo, proxy_protocol: {{ accept_from: [\"127.0.0.0/8\"] }} }}
   dns: {{ protocol: udp, bind: \"127.0.0.1:0\", pool: udp, udp: {{ responses: 1 }} }}
   stream: {{ protocol: udp, bind: \"127.0.0.1:0\", pool: udp, udp: {{ session_idle: 300ms }} }}
 pools:
@@ -203,6 +204,25 @@ fn each_connection_and_session_gets_one_json_line_saying_how_it_ended() {
         );
     }
 
+    // Behind a trusted balancer: the line names the client its PROXY header named.
+    let mut c = TcpStream::connect(bound(&lb, "behind")).unwrap();
+    c.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nhi")
+        .unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"hi");
+    let line = line_for(&lb, "behind", "192.0.2.7:5555".parse().unwrap());
+    assert_line(
+        &line,
+        &[
+            ("to_backend", 2.into()),
+            ("to_client", 2.into()),
+            ("end", "closed".into()),
+            ("closed_by", "client".into()),
+        ],
+    );
+
     // UDP: a session answered as `udp.responses` says, and one that goes idle.
     let s = client("127.0.0.1");
     let (reply, _) = exchange(&s, bound(&lb, "dns"), b"query");
@@ -240,7 +260,7 @@ fn each_connection_and_session_gets_one_json_line_saying_how_it_ended() {
     );
 
     // One line each, nothing more.
-    assert_eq!(access_lines(&lb).len(), 8, "{:#?}", access_lines(&lb));
+    assert_eq!(access_lines(&lb).len(), 9, "{:#?}", access_lines(&lb));
 }
 
 fn suppressed(admin: SocketAddr) -> u64 {

@@ -6,7 +6,8 @@
 //!
 //! Every line has the same fields: `protocol`, `listener`, `client` (the one a trusted
 //! balancer's PROXY header named, when it did), `backend` (`-` when none was reached),
-//! `to_backend` and `to_client` (bytes delivered each way; for UDP also `*_datagrams`),
+//! `to_backend` and `to_client` (bytes each way: for TCP delivered, for UDP sent, with
+//! `*_datagrams` beside them),
 //! `duration_ms`, `end` (why it ended) and `closed_by` (`client`, `backend` or `tollgate`).
 //!
 //! A TCP connection carries a [`TcpRecord`] from accept on: it is filled in as the
@@ -16,8 +17,8 @@
 //! record is an empty box pointer: nothing is allocated, timed or formatted.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -47,7 +48,7 @@ impl AccessLog {
     pub fn configure(&self, on: bool, rate: Option<(u64, Duration)>) {
         let rate = rate.map(|(count, period)| {
             let burst = u32::try_from(count.saturating_sub(1)).unwrap_or(u32::MAX);
-            std::sync::Arc::new(Rate::new(count, period, burst))
+            Arc::new(Rate::new(count, period, burst))
         });
         self.rate.store(rate);
         self.on.store(on, Ordering::Relaxed);
@@ -87,14 +88,14 @@ impl AccessLog {
 
     /// A record for a TCP connection from `client` just accepted on `listener`: empty
     /// (and free) when the log is off.
-    pub fn tcp<'a>(&'a self, listener: &str, client: SocketAddr) -> TcpRecord<'a> {
+    pub fn tcp<'a>(&'a self, listener: &Arc<str>, client: SocketAddr) -> TcpRecord<'a> {
         if !self.is_on() {
             return TcpRecord(None);
         }
         TcpRecord(Some(Box::new(TcpLine {
             log: self,
             started: Instant::now(),
-            listener: listener.into(),
+            listener: listener.clone(),
             client,
             backend: None,
             tally: Tally::default(),
@@ -226,7 +227,7 @@ pub struct TcpRecord<'a>(Option<Box<TcpLine<'a>>>);
 struct TcpLine<'a> {
     log: &'a AccessLog,
     started: Instant,
-    listener: Box<str>,
+    listener: Arc<str>,
     client: SocketAddr,
     backend: Option<SocketAddr>,
     tally: Tally,
@@ -373,9 +374,10 @@ mod tests {
     fn a_record_is_empty_while_the_log_is_off() {
         let log = AccessLog::default();
         let peer: SocketAddr = "192.0.2.1:1000".parse().unwrap();
-        let record = log.tcp("web", peer);
+        let web: Arc<str> = "web".into();
+        let record = log.tcp(&web, peer);
         assert!(record.tally().is_none());
         log.configure(true, None);
-        assert!(log.tcp("web", peer).tally().is_some());
+        assert!(log.tcp(&web, peer).tally().is_some());
     }
 }
