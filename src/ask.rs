@@ -1,5 +1,6 @@
-//! `tollgate reload`: asks the running instance to reload its config file now, through the
-//! admin API (`POST /api/v1/reload`), and says how that went, so that `systemctl reload`
+//! `tollgate reload` and `tollgate upgrade`: ask the running instance to reload its config
+//! file now, or to upgrade its binary, through the admin API (`POST /api/v1/reload`, `POST
+//! /api/v1/upgrade`), and say how that went. For a reload, so that `systemctl reload`
 //! (the unit's `ExecReload`) fails with every error in its output when the file is refused,
 //! instead of reporting success for a signal nobody checked (HAProxy's unit checks its file
 //! before signalling, for the same reason).
@@ -26,27 +27,78 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// How a reload request ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Applied: the lines to print.
-    Reloaded(Vec<String>),
+    /// Done: the lines to print.
+    Done(Vec<String>),
     /// The file was refused, by the instance or before asking it: every error.
     Refused(Vec<String>),
     /// The instance could not be asked, or failed otherwise.
     Failed(String),
 }
 
-/// Asks the instance whose admin API the file at `path` (or `admin`) names to reload.
-pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
-    let (local_errors, from_file) = match config::load(path) {
-        Ok(cfg) => {
-            let admin = cfg.admin.as_ref();
-            let token = admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone());
-            (None, admin.map(|a| (a.bind, token)))
-        }
-        Err(errors) => {
-            let lines = errors.iter().map(ToString::to_string).collect();
-            (Some(lines), config::admin_of(path))
+/// An upgrade starts a process, which loads the config, and hands everything over.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Asks the instance whose admin API the file at `path` (or `admin`) names to upgrade its
+/// binary to the one now installed at its path.
+pub fn upgrade(path: &Path, admin: Option<SocketAddr>) -> Outcome {
+    // An invalid file is still sent for: the new process reads it, and refuses it itself.
+    let (_, from_file) = admin_from(path);
+    let token = from_file.as_ref().and_then(|(_, t)| t.clone());
+    let Some(addr) = admin.or(from_file.map(|(bind, _)| bind)) else {
+        return Outcome::Failed(format!(
+            "{} has no admin section and --admin was not given: tollgate upgrade asks the \
+             running instance through its admin API (or send it SIGUSR2: systemctl kill -s USR2 \
+             --kill-whom=main tollgate)",
+            path.display()
+        ));
+    };
+    let addr = admin_client::reachable(addr);
+    let asked = admin_client::block_on(admin_client::request(
+        addr,
+        Method::POST,
+        "/api/v1/upgrade",
+        token.as_deref(),
+        UPGRADE_TIMEOUT,
+    ));
+    let (status, body) = match asked {
+        Ok(answer) => answer,
+        Err(e) => {
+            return Outcome::Failed(format!(
+                "the running instance at {addr} could not be asked to upgrade: {e} (is tollgate \
+                 running, with that admin address? `--admin ADDR` names another)"
+            ));
         }
     };
+    let error = body["error"]
+        .as_str()
+        .unwrap_or("no reason given")
+        .to_owned();
+    match status {
+        StatusCode::OK => Outcome::Done(vec![format!(
+            "upgraded: process {} serves at {addr}; the previous one ({}) finishes its open connections and exits",
+            body["pid"].as_u64().unwrap_or(0),
+            body["previous_pid"].as_u64().unwrap_or(0)
+        )]),
+        StatusCode::BAD_REQUEST => {
+            let mut lines: Vec<String> = error.lines().map(str::to_owned).collect();
+            lines.push(format!(
+                "the instance at {addr} keeps serving with its running binary"
+            ));
+            Outcome::Refused(lines)
+        }
+        StatusCode::UNAUTHORIZED => Outcome::Failed(format!(
+            "the instance at {addr} wants its admin token ({error}); tollgate upgrade reads it \
+             from the file's admin.token_file"
+        )),
+        _ => Outcome::Failed(format!(
+            "the instance at {addr} did not upgrade ({status}): {error}; it keeps serving"
+        )),
+    }
+}
+
+/// Asks the instance whose admin API the file at `path` (or `admin`) names to reload.
+pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
+    let (local_errors, from_file) = admin_from(path);
     let token = from_file.as_ref().and_then(|(_, t)| t.clone());
     let Some(addr) = admin.or(from_file.map(|(bind, _)| bind)) else {
         return match local_errors {
@@ -84,6 +136,25 @@ pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
     }
 }
 
+/// The admin API's address, and its token when it has one.
+type AdminApi = (SocketAddr, Option<String>);
+
+/// The admin API the file at `path` names (its address and token), and the file's errors
+/// when it is invalid (its admin section is then read on its own, when it can be).
+fn admin_from(path: &Path) -> (Option<Vec<String>>, Option<AdminApi>) {
+    match config::load(path) {
+        Ok(cfg) => {
+            let admin = cfg.admin.as_ref();
+            let token = admin.and_then(|a| a.token.as_ref()).map(|t| t.0.clone());
+            (None, admin.map(|a| (a.bind, token)))
+        }
+        Err(errors) => {
+            let lines = errors.iter().map(ToString::to_string).collect();
+            (Some(lines), config::admin_of(path))
+        }
+    }
+}
+
 /// What the instance's answer means.
 fn answer(addr: SocketAddr, status: StatusCode, body: &Value) -> Outcome {
     let error = body["error"]
@@ -91,7 +162,7 @@ fn answer(addr: SocketAddr, status: StatusCode, body: &Value) -> Outcome {
         .unwrap_or("no reason given")
         .to_owned();
     match status {
-        StatusCode::OK => Outcome::Reloaded(applied(addr, body)),
+        StatusCode::OK => Outcome::Done(applied(addr, body)),
         // 400: the file is invalid; 409: it is valid but cannot be applied by a reload
         // (a change of `workers`): both are refusals of the file.
         StatusCode::BAD_REQUEST | StatusCode::CONFLICT => {

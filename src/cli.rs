@@ -61,6 +61,17 @@ pub enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Ask the running instance to upgrade to the binary now installed at its path, handing
+    /// its listening sockets over (same as SIGUSR2); prints the new process id, or exits 78
+    /// when the new process refused the config (the old one keeps serving).
+    Upgrade {
+        /// The file that names the admin API (`admin.bind`, `admin.token_file`).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The running instance's admin address (default: the file's `admin.bind`).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Print a completion script for SHELL (e.g. `tollgate completions bash >
     /// /usr/share/bash-completion/completions/tollgate`).
     Completions {

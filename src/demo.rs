@@ -79,7 +79,11 @@ async fn wait_for_stop() -> Result<()> {
             crate::signals::Asked::Reload => {
                 println!("the demo has no config file to reload; edit one and use `tollgate run`")
             }
-            crate::signals::Asked::Upgrade => crate::signals::upgrade_unsupported(),
+            crate::signals::Asked::Upgrade => {
+                println!(
+                    "the demo cannot upgrade its binary; `tollgate run` can (SIGUSR2, `tollgate upgrade`)"
+                )
+            }
         }
     }
 }

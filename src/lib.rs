@@ -24,6 +24,9 @@
 //! only `unsafe` code is in `sys`. `admin_client` is how the commands that ask a running
 //! instance something reach its admin API: `diff` (`check --diff`) and `ask` (`reload`).
 //! `notify` tells systemd about start-up, reloads, the drain and the workers' liveness.
+//! `upgrade` hands the listening sockets, the admin socket and the counters over to a new
+//! binary (`tollgate upgrade`, SIGUSR2); its messages are a codec of bytes with a fuzz target
+//! of its own.
 
 pub mod admin;
 pub mod admin_client;
@@ -52,3 +55,4 @@ pub mod signals;
 pub mod sni;
 pub mod state;
 pub mod sys;
+pub mod upgrade;

@@ -15,6 +15,8 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // Before anything else: a package upgrade may replace the file later.
+    tollgate::upgrade::remember_launch();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -74,24 +76,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => exit(demo::run()),
-        Command::Reload { config, admin } => match ask::reload(&config, admin) {
-            ask::Outcome::Reloaded(lines) => {
-                for line in lines {
-                    println!("{line}");
-                }
-                ExitCode::SUCCESS
-            }
-            ask::Outcome::Refused(errors) => {
-                for line in errors {
-                    eprintln!("{line}");
-                }
-                ExitCode::from(EXIT_CONFIG)
-            }
-            ask::Outcome::Failed(why) => {
-                eprintln!("tollgate reload: {why}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Upgrade { config, admin } => told("upgrade", ask::upgrade(&config, admin)),
+        Command::Reload { config, admin } => told("reload", ask::reload(&config, admin)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tollgate", &mut std::io::stdout());
@@ -142,6 +128,29 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             fatal(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints what `tollgate reload` or `tollgate upgrade` heard, and exits accordingly: 0 done,
+/// 78 the file was refused (every error on stderr), 1 anything else.
+fn told(command: &str, outcome: ask::Outcome) -> ExitCode {
+    match outcome {
+        ask::Outcome::Done(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        ask::Outcome::Refused(errors) => {
+            for line in errors {
+                eprintln!("{line}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
+        ask::Outcome::Failed(why) => {
+            eprintln!("tollgate {command}: {why}");
             ExitCode::FAILURE
         }
     }

@@ -5,8 +5,9 @@
 //! bounded: listener, pool, backend (`IP:PORT` from the config), side (client or backend),
 //! reason, result — never a client address. A backend or listener that leaves the config leaves the output with it.
 //! The `process_*` families come from `process.rs`, the connect-duration histogram's
-//! buckets from `histogram.rs`.
+//! buckets from `histogram.rs`; counters carried over a binary upgrade from `carried.rs`.
 
+mod carried;
 mod families;
 mod histogram;
 mod process;
@@ -23,6 +24,8 @@ use crate::control::{Handle, View};
 use crate::state::{ConnectFailure, Failure, Side};
 use crate::sys::pipe_pool::{Fallback, Refusal};
 use families::FAMILIES;
+
+pub use carried::{CounterSample, carry_over, counter_samples};
 
 pub struct Metrics {
     registry: Registry,
@@ -84,7 +87,8 @@ fn push(out: &mut Samples, name: &'static str, pairs: &[(&str, &str)], value: f6
     m.set_label(labels(pairs));
     if kind == MetricType::COUNTER {
         let mut c = Counter::default();
-        c.set_value(value);
+        // Plus what the process that upgraded to this one had counted (`carried.rs`).
+        c.set_value(value + carried::base(name, pairs));
         m.set_counter(c);
     } else {
         let mut g = Gauge::default();
@@ -142,6 +146,14 @@ impl TollgateCollector {
             push(
                 out,
                 "tollgate_config_reloads_total",
+                &[("result", result)],
+                n as f64,
+            );
+        }
+        for (result, n) in self.control.upgrades() {
+            push(
+                out,
+                "tollgate_upgrades_total",
                 &[("result", result)],
                 n as f64,
             );

@@ -1,8 +1,8 @@
 //! Telling the service manager how the process is doing (systemd's `sd_notify` protocol,
 //! through the sd-notify crate): `READY=1` once every listener is bound and the first health
 //! round is in, `RELOADING=1` (with `MONOTONIC_USEC`) then `READY=1` around each reload,
-//! `STOPPING=1` when the drain starts, and `WATCHDOG=1` while every data-plane worker keeps
-//! turning its event loop.
+//! `STOPPING=1` when the drain starts, `MAINPID=` from a process that a binary upgrade
+//! started, and `WATCHDOG=1` while every data-plane worker keeps turning its event loop.
 //!
 //! Without `NOTIFY_SOCKET` (not under systemd, or in tests that run servers in-process)
 //! every call is a no-op. A failed send is logged at debug and otherwise ignored: the
@@ -56,6 +56,13 @@ pub fn reloaded(status: &str) {
     if STARTED.load(Ordering::Relaxed) {
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
+}
+
+/// This process took over from the one the service manager started (a binary upgrade):
+/// systemd follows it as the service's main process from now on (the unit's
+/// `NotifyAccess=all` lets it say so).
+pub fn main_pid() {
+    send(&[NotifyState::MainPid(std::process::id())]);
 }
 
 /// The drain has begun.

@@ -1,7 +1,9 @@
 //! `tollgate run`: the foreground process from its first moment to its exit. Signal handlers
 //! come first, so that start-up itself (reading the file, binding sockets) can be stopped
-//! and a reload asked for meanwhile is done once it is up; then SIGHUP reloads, SIGUSR2 is
-//! refused, and SIGTERM or SIGINT drains (a second one closes what is left at once).
+//! and a reload or upgrade asked for meanwhile is done once it is up; then SIGHUP reloads,
+//! SIGUSR2 (or `POST /api/v1/upgrade`) upgrades the binary (`upgrades.rs`, `crate::upgrade`),
+//! and SIGTERM or SIGINT drains (a second one closes what is left at once). After an upgrade
+//! has handed everything over, the process drains what it still has and exits 0.
 //!
 //! No stuck file read (a token file on a dead network mount; FIFOs and devices are refused
 //! before they are opened) can keep the process from exiting: start-up and reload
@@ -16,6 +18,10 @@ use crate::app::Server;
 use crate::config::{self, ConfigErrors};
 use crate::control::Handle;
 use crate::signals::{Asked, Signals};
+use crate::upgrade::new::Incoming;
+use upgrades::Upgrades;
+
+mod upgrades;
 
 /// How long the exit waits for blocking work (a file read) still running.
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
@@ -46,11 +52,13 @@ pub fn run(path: PathBuf) -> Result<(), RunError> {
 
 async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
     let mut signals = Signals::new().map_err(RunError::Failed)?;
-    let mut starting = tokio::task::spawn_blocking(move || {
-        let cfg = config::load(&path).map_err(RunError::Config)?;
-        Server::start_from(&cfg, Some(path)).map_err(RunError::Failed)
-    });
-    let mut reload_asked = false;
+    // Started by a binary upgrade: the handover socket comes first, so that whatever
+    // happens next (a refused config, a failed start) the old process hears of it.
+    let incoming = crate::upgrade::new::incoming()
+        .map_err(|e| RunError::Failed(anyhow::anyhow!("binary upgrade: {e}")))?;
+    let upgraded = incoming.is_some();
+    let mut starting = tokio::task::spawn_blocking(move || start(path, incoming));
+    let (mut reload_asked, mut upgrade_asked) = (false, false);
     let server = loop {
         tokio::select! {
             started = &mut starting => {
@@ -62,38 +70,60 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                     return Ok(());
                 }
                 Asked::Reload => reload_asked = true,
-                Asked::Upgrade => crate::signals::upgrade_unsupported(),
+                Asked::Upgrade => upgrade_asked = true,
             },
         }
     };
     let control = server.control().clone();
+    if upgraded {
+        control.count_upgrade("success");
+        crate::notify::main_pid();
+    }
     if reload_asked {
         info!("a reload was asked for during start-up; reloading now");
         reload(&control);
     }
     let stop = server.stop_handle();
+    let mut upgrades = Upgrades::new(&server);
+    let mut asks = control.take_upgrade_asks();
+    if upgrade_asked {
+        info!("a binary upgrade was asked for during start-up; upgrading now");
+        upgrades.begin(&control, None);
+    }
     // systemd hears READY=1 once the first health round is in (or after FIRST_ROUND_WAIT).
     let announce = first_round(control.clone());
     tokio::pin!(announce);
     let mut announced = false;
-    loop {
+    let handed_over = loop {
         tokio::select! {
             asked = signals.next() => match asked {
                 Asked::Stop => {
                     info!(timeout = ?control.view().written.drain_timeout, "stop signal received; draining");
-                    break;
+                    break false;
                 }
                 Asked::Reload => reload(&control),
-                Asked::Upgrade => crate::signals::upgrade_unsupported(),
+                Asked::Upgrade => upgrades.begin(&control, None),
             },
-            () = stop.draining() => break,
+            Some(ask) = upgrades::next_ask(&mut asks) => upgrades.begin(&control, Some(ask.reply)),
+            done = upgrades.finished() => {
+                if upgrades.settle(&control, done) {
+                    break true;
+                }
+            }
+            () = stop.draining() => break false,
             status = &mut announce, if !announced => {
                 announced = true;
                 crate::notify::ready(&status);
             }
         }
+    };
+    if handed_over {
+        // The new process serves the listeners and the admin API now, and is the one
+        // systemd follows: this one only finishes its open connections.
+        server.handed_over();
+    } else {
+        crate::notify::stopping();
     }
-    crate::notify::stopping();
     server.begin_shutdown();
     let mut joined = tokio::task::spawn_blocking(move || server.wait());
     loop {
@@ -107,7 +137,7 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                     break;
                 }
                 Asked::Reload => warn!("SIGHUP during the drain is ignored"),
-                Asked::Upgrade => crate::signals::upgrade_unsupported(),
+                Asked::Upgrade => warn!("SIGUSR2 during the drain is ignored"),
             },
         }
     }
@@ -118,6 +148,49 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
     }
 }
 
+/// Loads the config and starts the server, taking over the old process's sockets when an
+/// upgrade started this one (and telling it how that went).
+fn start(path: PathBuf, incoming: Option<Incoming>) -> Result<Server, RunError> {
+    let cfg = match config::load(&path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            if let Some(incoming) = &incoming {
+                incoming.refuse(&errors.to_string());
+            }
+            return Err(RunError::Config(errors));
+        }
+    };
+    let Some(incoming) = incoming else {
+        return Server::start_from(&cfg, Some(path)).map_err(RunError::Failed);
+    };
+    let failed = |e: anyhow::Error| RunError::Failed(e.context("binary upgrade"));
+    let received = incoming.receive().map_err(|e| failed(e.into()))?;
+    crate::metrics::carry_over(
+        received
+            .counters
+            .into_iter()
+            .map(|s| (s.name, s.labels, s.value)),
+    );
+    let server = match Server::start_inherited(&cfg, Some(path), received.sockets) {
+        Ok(server) => server,
+        Err(e) => {
+            incoming.abort(&format!("{e:#}"));
+            return Err(failed(e));
+        }
+    };
+    if let Err(e) = incoming.ready() {
+        // The old process has given up on this one and serves again: stop at once.
+        server.begin_shutdown();
+        server.stop_handle().now();
+        server.wait();
+        return Err(failed(e.into()));
+    }
+    info!(
+        previous_pid = std::os::unix::process::parent_id(),
+        "took over from the previous process"
+    );
+    Ok(server)
+}
 /// Waits until every backend has had its first health check answered (or the pool has no
 /// checks), at most [`FIRST_ROUND_WAIT`], and says what serves: the status systemd shows
 /// with `READY=1`. A backend that never answers does not hold the start back for longer:

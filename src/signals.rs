@@ -48,10 +48,3 @@ impl Signals {
         }
     }
 }
-
-/// Logs that a binary upgrade was asked for and cannot be done by this version.
-pub fn upgrade_unsupported() {
-    tracing::warn!(
-        "SIGUSR2 asks for a binary upgrade, which this version of tollgate cannot do; ignored"
-    );
-}

@@ -1,6 +1,7 @@
-//! Replays the seeds of the wire decoders' fuzz targets, `fuzz/corpus/proxy_header/` and
-//! `fuzz/corpus/sni_hello/`, through the same checks as the targets
-//! (`tollgate::proxy_protocol::check`, `tollgate::sni::check`), so they run on every
+//! Replays the seeds of the wire decoders' fuzz targets, `fuzz/corpus/proxy_header/`,
+//! `fuzz/corpus/sni_hello/` and `fuzz/corpus/upgrade_wire/`, through the same checks as the
+//! targets (`tollgate::proxy_protocol::check`, `tollgate::sni::check`,
+//! `tollgate::upgrade::wire::check_input`), so they run on every
 //! `cargo test` even where nobody runs the fuzzer. Each named seed must also answer what its
 //! name says; seeds the fuzzer adds only have to pass the checks.
 
@@ -11,6 +12,7 @@ mod common;
 use common::corpus::seeds_of;
 use tollgate::proxy_protocol::{Decoded, Invalid};
 use tollgate::sni::{self, Peeked};
+use tollgate::upgrade::wire::{Message, WireError, check_input};
 
 type ProxyAnswer = Result<Decoded, Invalid>;
 
@@ -95,6 +97,52 @@ fn sni_hello_corpus_replays_cleanly() {
         ("empty", |a| *a == Ok(Peeked::Incomplete)),
     ];
     replay("sni_hello", wants, sni::check);
+}
+
+type UpgradeAnswer = Result<Message, WireError>;
+
+#[test]
+fn upgrade_wire_corpus_replays_cleanly() {
+    type Answer = UpgradeAnswer;
+    type Want = fn(&Answer) -> bool;
+    let payload = |a: &Answer| matches!(a, Err(WireError::Payload(_)));
+    let fds = |a: &Answer| matches!(a, Err(WireError::Fds { .. }));
+    let wants: &[(&str, Want)] = &[
+        ("hello", |a| {
+            matches!(a, Ok(Message::Hello { pid: 4242, .. }))
+        }),
+        ("refused", |a| matches!(a, Ok(Message::Refused { .. }))),
+        (
+            "listeners_two",
+            |a| matches!(a, Ok(Message::Listeners { sockets }) if sockets.len() == 2),
+        ),
+        ("admin", |a| matches!(a, Ok(Message::Admin { .. }))),
+        (
+            "counters",
+            |a| matches!(a, Ok(Message::Counters { samples }) if samples[1].value == 0.125),
+        ),
+        ("done", |a| matches!(a, Ok(Message::Done))),
+        ("ready", |a| matches!(a, Ok(Message::Ready { pid: 4243 }))),
+        ("abort", |a| matches!(a, Ok(Message::Abort { .. }))),
+        ("version_2", |a| *a == Err(WireError::Version { theirs: 2 })),
+        ("bad_magic", |a| *a == Err(WireError::Magic)),
+        ("short", |a| *a == Err(WireError::Short(6))),
+        ("empty", |a| *a == Err(WireError::Short(0))),
+        ("length_past_data", |a| {
+            matches!(a, Err(WireError::Length { said: 400, .. }))
+        }),
+        ("length_over_limit", |a| {
+            matches!(a, Err(WireError::TooLong(_)))
+        }),
+        ("fds_missing", fds),
+        ("fds_extra", fds),
+        ("header_fds_disagree", fds),
+        ("unknown_type", payload),
+        ("unknown_field", payload),
+        ("not_json", payload),
+        ("counter_nan", payload),
+    ];
+    replay("upgrade_wire", wants, check_input);
 }
 
 /// A seed's name and what it must answer.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tracing::{error, info, warn};
 
 use crate::control::Handle;
@@ -52,11 +52,25 @@ impl Socket {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
+
+    /// Another descriptor for the same socket (a binary upgrade hands it over).
+    pub fn duplicate(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&self.listener).try_clone_to_owned()
+    }
 }
 
 /// Binds the admin socket and takes its reserve of descriptors.
 pub fn bind(addr: SocketAddr) -> std::io::Result<Socket> {
     let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(Socket {
+        listener,
+        reserve: fds::reserve(),
+    })
+}
+
+/// Takes over an admin socket bound by the process that upgraded to this one.
+pub fn adopt(listener: std::net::TcpListener) -> std::io::Result<Socket> {
     listener.set_nonblocking(true)?;
     Ok(Socket {
         listener,
@@ -79,13 +93,22 @@ struct Server {
     acceptor: fds::Acceptor,
     admission: Arc<Admission>,
     ctx: Arc<Ctx>,
+    /// Connections being served, so that a handed-over API answers what it accepted.
+    conns: crate::proxy::Tracker,
 }
 
-/// Serves the admin API until the future is dropped. The accept loop runs in a task of its
-/// own; should it ever end (a bug), it is logged and started again in a second on the same
-/// socket, so one bad request cannot take the operator's view away for good. (Nothing is
-/// duplicated to restart: at the open-file limit a `dup` would fail.)
-pub async fn serve(socket: Socket, control: Handle) {
+/// How long a handed-over admin API waits for the requests it had accepted (the upgrade's
+/// own among them) to be answered.
+const HANDOVER_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves the admin API until the future is dropped, or until `off` turns true (a binary
+/// upgrade handed the socket to the new process: from then on only it accepts, while
+/// requests already accepted here, the upgrade's own among them, are answered). The accept
+/// loop runs in a task of its own; should it ever end (a bug), it is logged and started
+/// again in a second on the same socket, so one bad request cannot take the operator's view
+/// away for good. (Nothing is duplicated to restart: at the open-file limit a `dup` would
+/// fail.)
+pub async fn serve(socket: Socket, control: Handle, mut off: watch::Receiver<bool>) {
     let listener = match TcpListener::from_std(socket.listener) {
         Ok(l) => l,
         Err(e) => {
@@ -116,9 +139,20 @@ pub async fn serve(socket: Socket, control: Handle) {
             bind,
             changes: Semaphore::new(MAX_CHANGES_IN_FLIGHT),
         }),
+        conns: crate::proxy::Tracker::default(),
     });
     loop {
-        let why = match tokio::spawn(accept_loop(server.clone())).await {
+        let mut task = tokio::spawn(accept_loop(server.clone()));
+        let ended = tokio::select! {
+            ended = &mut task => ended,
+            () = crate::proxy::sockets::until(&mut off, true) => {
+                task.abort();
+                info!("admin API handed over to the new process; no longer accepting here");
+                let _ = tokio::time::timeout(HANDOVER_GRACE, server.conns.wait_idle()).await;
+                return;
+            }
+        };
+        let why = match ended {
             Ok(()) => "it returned".to_owned(),
             Err(e) => format!("it panicked: {e}"),
         };
@@ -144,6 +178,11 @@ async fn accept_loop(server: Arc<Server>) {
         {
             info!(%peer, %displaced, suppressed, "admin: connection cap reached; closed the idlest connection of the address holding the most");
         }
-        tokio::spawn(conn::serve(stream, peer, server.ctx.clone(), admitted));
+        let serving = server.conns.enter();
+        let ctx = server.ctx.clone();
+        tokio::spawn(async move {
+            conn::serve(stream, peer, ctx, admitted).await;
+            drop(serving);
+        });
     }
 }

@@ -50,6 +50,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Repl
             Ok(_in_flight) => reload(ctx.clone()).await,
             Err(refused) => *refused,
         },
+        (["api", "v1", "upgrade"], &Method::POST) => match may_change(&req, &ctx) {
+            Ok(_in_flight) => upgrade(&ctx).await,
+            Err(refused) => *refused,
+        },
         (
             [
                 "api",
@@ -131,6 +135,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/config"),
     ("GET", "/api/v1/openapi.yaml"),
     ("POST", "/api/v1/reload"),
+    ("POST", "/api/v1/upgrade"),
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/drain"),
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/disable"),
     ("POST", "/api/v1/pools/{pool}/backends/{backend}/enable"),
@@ -254,6 +259,29 @@ async fn reload(ctx: Arc<Ctx>) -> Reply {
             error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
         }
         Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+/// A binary upgrade, carried out by the process's lifecycle (`crate::run`); the answer comes
+/// once the new process serves (this connection stays with the old one to hear it) or the
+/// upgrade failed and this process serves on.
+async fn upgrade(ctx: &Ctx) -> Reply {
+    match ctx.control.upgrade().await {
+        Ok(pid) => json_reply(
+            StatusCode::OK,
+            json!({"pid": pid, "previous_pid": std::process::id()}),
+        ),
+        Err(failure) => {
+            let status = match failure.result {
+                "refused" => StatusCode::BAD_REQUEST,
+                "rejected" => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            json_reply(
+                status,
+                json!({"error": failure.reason, "result": failure.result}),
+            )
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub(super) struct Shared {
     /// Where reloads read from; `None` for a config built in memory (tests, the demo).
     pub config_path: Option<PathBuf>,
     pub plane: Arc<DataPlane>,
+    /// Binary upgrades: who carries them out, and their outcomes (`upgrades.rs`).
+    pub upgrades: super::upgrades::Upgrades,
 }
 
 /// A cheap, cloneable way in to the control plane.

@@ -15,7 +15,8 @@
 //! `served.rs` is what the data plane is served (the effective config, health, overrides),
 //! kept by identity in `registry.rs` and built into snapshots by `build.rs` (reusing
 //! unchanged pools); `tasks.rs` runs the probing and resolving tasks; `view.rs` is what
-//! readers see, `handle.rs` is how they ask; `reloaded.rs` reports what a reload changed.
+//! readers see, `handle.rs` is how they ask; `reloaded.rs` reports what a reload changed;
+//! `upgrades.rs` passes asked-for binary upgrades on and counts them.
 
 mod build;
 mod handle;
@@ -26,6 +27,7 @@ mod served;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod upgrades;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -34,6 +36,7 @@ pub use handle::{Handle, Verdict};
 pub use owner::{Channels, Owner};
 pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};
 pub use reloaded::{Changes, Counts, Masked, MaskedBy, Reloaded};
+pub use upgrades::{RESULTS as UPGRADE_RESULTS, UpgradeAsk, UpgradeFailure};
 pub use view::{BackendView, Reloads, View};
 
 use crate::admission::Cidr;

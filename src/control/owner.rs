@@ -123,6 +123,7 @@ impl Owner {
             reload_lock: tokio::sync::Mutex::new(()),
             config_path: path,
             plane: served.plane().clone(),
+            upgrades: Default::default(),
         });
         let owner = Owner {
             shared: shared.clone(),

@@ -25,6 +25,12 @@ pub(super) const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::COUNTER,
     ),
     (
+        "tollgate_upgrades_total",
+        "Binary upgrades by result: success (counted by the new process), refused (the new binary refused the config), rejected (none was started: one in progress, a drain), failed (the new process crashed, timed out or spoke another protocol; the old one kept serving).",
+        &["result"],
+        MetricType::COUNTER,
+    ),
+    (
         "tollgate_config_last_reload_successful",
         "1 when the last reload was applied (or, before any reload, start-up loaded the config); 0 when it was refused and an older config stays in force.",
         &[],

@@ -24,6 +24,7 @@ pub use super::bind::{
     BindKey, BoundSocket, Listening, Transport, bind, bind_any, defer_seconds, ensure_unclaimed,
 };
 use super::slot::{Slot, WaitingAtCap};
+use super::sockets;
 use super::tcp::{self, Admitted};
 use super::throttle::{LogThrottle, SourceLogFilter};
 use super::{DataPlane, Tracker};
@@ -73,13 +74,29 @@ pub async fn accept_loop(
         return;
     };
     defer_accept(&listener, &spec);
+    // In the set a binary upgrade hands over for as long as this loop serves the socket.
+    let _entered = plane.listening.enter(&key, &listener);
+    let mut paused = plane.listening.paused();
     loop {
+        let mut handing_over = false;
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => return,
+            () = sockets::until(&mut paused, true) => {
+                handing_over = true;
+                Err(io::Error::from(io::ErrorKind::Interrupted))
+            }
             r = listener.accept() => r,
             _ = snapshot_changed(&mut versions) => Err(io::Error::from(io::ErrorKind::Interrupted)),
         };
+        if handing_over {
+            // A binary upgrade is taking the socket over: accept nothing (the socket stays
+            // open, clients queue) until it has, or has failed.
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = sockets::until(&mut paused, false) => continue,
+            }
+        }
         if versions.has_changed().unwrap_or(false)
             || matches!(&accepted, Err(e) if e.kind() == io::ErrorKind::Interrupted)
         {

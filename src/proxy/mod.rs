@@ -4,7 +4,8 @@
 //! `pump.rs`, with buffers from `buffers.rs`; a failed leg passed on as a reset in
 //! `abort.rs`), and the failure streaks behind passive health
 //! checks (`passive.rs`). `udp/` serves UDP listeners: sessions, their upstream sockets and replies.
-//! `access_log.rs` writes a line per connection and per UDP session as it ends, when on.
+//! `access_log.rs` writes a line per connection and per UDP session as it ends, when on;
+//! `sockets.rs` keeps the set of listening sockets in service, for a binary upgrade.
 //!
 //! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
 //! it never imports `config`, `app` or admin code.
@@ -22,6 +23,7 @@ mod proxied;
 mod pump;
 mod route;
 pub mod slot;
+pub mod sockets;
 pub mod tcp;
 pub mod throttle;
 pub mod udp;
@@ -58,6 +60,9 @@ pub struct DataPlane {
     pub failing: mpsc::Sender<PassiveDown>,
     /// `logging.access`: off until configured; a reload changes it for what ends after.
     pub access: Arc<access_log::AccessLog>,
+    /// The listening sockets in service, and the switch that pauses them while a binary
+    /// upgrade takes them over.
+    pub listening: Arc<sockets::Listening>,
 }
 
 /// A backend whose connect failures in a row just reached its pool's passive limit; the
@@ -81,6 +86,7 @@ impl DataPlane {
             copy_only: AtomicBool::new(mode == ForwardMode::Copy),
             failing,
             access: Arc::default(),
+            listening: Arc::default(),
         }
     }
 

@@ -4,7 +4,8 @@
 //! (`socket.rs`), bytes received but left in place (`peek.rs`), UDP sockets with batched `recvmmsg` / `sendmmsg`, `PKTINFO` addresses and
 //! GRO / GSO (`udp.rs`), the open-file limit (`rlimit.rs`), descriptors held in reserve for when it
 //! is reached (`reserve.rs`), the process's CPU time (`usage.rs`), and signal masks
-//! (`signals.rs`; with `early.rs`, which only the binary compiles). `unsafe_code` is denied
+//! (`signals.rs`; with `early.rs`, which only the binary compiles), and passing descriptors
+//! to another process for a binary upgrade (`fdpass.rs`). `unsafe_code` is denied
 //! everywhere else by the crate's lints.
 //!
 //! Every function here takes and returns owned or borrowed file descriptors (`OwnedFd`,
@@ -13,6 +14,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod fdpass;
 pub mod peek;
 pub mod pipe;
 pub mod pipe_pool;

@@ -180,6 +180,27 @@ pub fn bind_listener(addr: SocketAddr, want: Offloads) -> io::Result<Bound> {
     finish(socket, offload, pktinfo)
 }
 
+/// Takes over a listener's socket bound by another process (a binary upgrade hands them
+/// over): checked to be a bound UDP socket, made non-blocking, with the same offloads and
+/// local-address reports as [`bind_listener`] gives (both are idempotent to set again).
+pub fn adopt_listener(fd: std::os::fd::OwnedFd, want: Offloads) -> io::Result<Bound> {
+    let socket = Socket::from(fd);
+    if socket.r#type()? != Type::DGRAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a UDP socket",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a UDP socket without an IP address"))?;
+    let pktinfo = addr.ip().is_unspecified();
+    let offload = offloads(socket.as_fd(), want);
+    finish(socket, offload, pktinfo)
+}
+
 /// A session's upstream socket: bound to an ephemeral port of the backend's family and
 /// connected to it, so the kernel delivers only that backend's datagrams to it (the socket
 /// is the session's demultiplexer) and reports its ICMP errors (`ECONNREFUSED` from a

@@ -54,6 +54,17 @@ pub fn spawn_file(path: &std::path::Path) -> Running {
     )
 }
 
+/// Starts the binary at `exe` (a copy of tollgate, which an upgrade test may replace) with
+/// `run` on the config file at `path`.
+pub fn spawn_exe(exe: &std::path::Path, path: &std::path::Path) -> Running {
+    launch(
+        Command::new(exe),
+        path,
+        tempfile::tempdir().unwrap(),
+        "json",
+    )
+}
+
 /// [`spawn_file`] with the log lines an operator reads on a terminal (`--log-format text`).
 pub fn spawn_file_text(path: &std::path::Path) -> Running {
     launch(

@@ -29,7 +29,7 @@ use super::session::{FlowKey, SessionId};
 use super::upstream::{Handle, Shared, Slot};
 use crate::proxy::access_log::UdpEnd;
 use crate::proxy::listener::BindKey;
-use crate::proxy::{DataPlane, Tracker};
+use crate::proxy::{DataPlane, Tracker, sockets};
 use crate::proxy_protocol;
 use crate::state::{Backend, ListenerSpec, UdpRefusal, UdpSpec};
 use crate::sys::udp::{self, Bound, MAX_BATCH, RecvBatch};
@@ -65,6 +65,11 @@ pub async fn serve(
         (plane.access.clone(), spec.name.clone()),
     ));
     let mut versions = plane.snapshot.subscribe();
+    // In the set a binary upgrade hands over while this serves the socket; while the upgrade
+    // takes it over, nothing is read from it (replies to open sessions still go out).
+    let _entered = plane.listening.enter(&key, shared.socket.as_fd());
+    let mut pause = plane.listening.paused();
+    let mut paused = *pause.borrow_and_update();
     let mut batch = RecvBatch::new(MAX_BATCH);
     let mut outbound = Outbound::new();
     let mut draining = *shutdown.borrow();
@@ -108,7 +113,8 @@ pub async fn serve(
             () = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(3_600_000))), if wake.is_some() => {
                 expire(&shared);
             }
-            r = shared.socket.readable() => {
+            () = sockets::until(&mut pause, !paused) => paused = !paused,
+            r = shared.socket.readable(), if !paused => {
                 if r.is_err() {
                     return;
                 }

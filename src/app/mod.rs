@@ -4,8 +4,17 @@
 //! both, and drains on shutdown.
 //!
 //! [`Server`] is the in-process handle that `main.rs`, the demo and the tests use alike.
+//! `sockets.rs` binds the listening sockets, or takes them over from the process that
+//! upgraded to this one; the upgrade itself (`crate::upgrade`) uses what [`Server`] offers
+//! it: the sockets in service, pausing them, and handing the admin API over.
+
+mod sockets;
+
+pub use sockets::Inherited;
+use sockets::WorkerSockets;
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -18,7 +27,6 @@ use crate::config::{Config, Forwarding};
 use crate::control::{Channels, Handle, Owner};
 use crate::proxy::listener::{self, BindKey, BoundSocket, Listening};
 use crate::proxy::{DataPlane, ForwardMode, Tracker};
-use crate::reload::{BoundMap, bind_group};
 use crate::state::{Published, Snapshot};
 use crate::sys::PipePool;
 
@@ -40,6 +48,8 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     control_thread: Option<JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
+    /// A duplicate of the admin socket, for a binary upgrade to hand over.
+    admin_socket: Option<OwnedFd>,
 }
 
 /// Stops a running [`Server`] from anywhere (a signal handler, another thread).
@@ -51,6 +61,8 @@ pub struct StopHandle {
     now: Arc<watch::Sender<bool>>,
     /// Why the control plane failed, when it did; the process then drains and exits 1.
     failure: Arc<OnceLock<String>>,
+    /// true: the admin API was handed to a new process; stop accepting on it.
+    admin_off: Arc<watch::Sender<bool>>,
 }
 
 impl StopHandle {
@@ -59,6 +71,7 @@ impl StopHandle {
             drain: Arc::new(watch::channel(false).0),
             now: Arc::new(watch::channel(false).0),
             failure: Arc::default(),
+            admin_off: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -86,6 +99,37 @@ impl StopHandle {
     }
 }
 
+/// What a binary upgrade takes from a running server (`crate::upgrade::old`): its listening
+/// sockets and admin socket (duplicates), the switch that pauses accepting, and its counters.
+#[derive(Clone)]
+pub struct Handover {
+    control: Handle,
+    admin: Option<(SocketAddr, Arc<OwnedFd>)>,
+}
+
+impl Handover {
+    pub fn control(&self) -> &Handle {
+        &self.control
+    }
+
+    /// A duplicate of every listening socket in service, with the key it serves. Fails when
+    /// one could not be duplicated.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(BindKey, OwnedFd)>> {
+        self.control.plane().listening.duplicates()
+    }
+
+    /// A duplicate of the admin socket, when there is an admin API.
+    pub fn admin_socket(&self) -> Option<std::io::Result<(SocketAddr, OwnedFd)>> {
+        let (addr, fd) = self.admin.as_ref()?;
+        Some(fd.try_clone().map(|fd| (*addr, fd)))
+    }
+
+    /// Stops (true) or resumes (false) accepting on every listening socket; they stay open.
+    pub fn pause_accepting(&self, on: bool) {
+        self.control.plane().listening.pause(on);
+    }
+}
+
 impl Server {
     /// Starts `config` built in memory; reloads are refused (there is no file).
     pub fn start(config: &Config) -> Result<Server> {
@@ -95,6 +139,16 @@ impl Server {
     /// Binds every listener (and the admin API) and starts the workers and the control
     /// plane. `path` is the file that reloads re-read.
     pub fn start_from(config: &Config, path: Option<PathBuf>) -> Result<Server> {
+        Server::start_inherited(config, path, Inherited::default())
+    }
+
+    /// [`Server::start_from`], serving the sockets a binary upgrade handed over where the
+    /// config still names them (and binding the rest).
+    pub fn start_inherited(
+        config: &Config,
+        path: Option<PathBuf>,
+        mut inherited: Inherited,
+    ) -> Result<Server> {
         let fd_limit = match crate::sys::raise_nofile_limit() {
             Ok(limit) => limit,
             Err(e) => {
@@ -107,15 +161,26 @@ impl Server {
         };
         let workers = config.workers.resolve();
         warn_if_caps_exceed(config, fd_limit.soft);
-        let (bound, sockets) = bind_all(config, workers)?;
-        let admin = match &config.admin {
-            Some(a) => Some(crate::admin::bind(a.bind).map_err(|e| {
+        let admin_inherited = inherited.take_admin(config.admin.as_ref().map(|a| a.bind));
+        let (bound, sockets) = sockets::bind_all(config, workers, inherited)?;
+        let admin = match (&config.admin, admin_inherited) {
+            (Some(_), Some(sock)) => Some(
+                crate::admin::adopt(sock).context("admin: cannot take over the admin socket")?,
+            ),
+            (Some(a), None) => Some(crate::admin::bind(a.bind).map_err(|e| {
                 let why = crate::privileged_ports::bind_failure(a.bind, &e);
                 anyhow::anyhow!("admin: {why}")
             })?),
-            None => None,
+            (None, _) => None,
         };
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_socket = match &admin {
+            Some(a) => Some(
+                a.duplicate()
+                    .context("admin: cannot duplicate the admin socket")?,
+            ),
+            None => None,
+        };
         // Pipes cost two descriptors each; keep them to a quarter of the limit so sockets
         // never starve (beyond it, bursts copy through a buffer instead). Each worker caches
         // at most its share of them.
@@ -185,6 +250,7 @@ impl Server {
             workers: handles,
             control_thread,
             admin_addr,
+            admin_socket,
         })
     }
 
@@ -210,6 +276,29 @@ impl Server {
     /// Splice pipes that exist now (in use or pooled); 0 when nothing has been spliced.
     pub fn pipes_open(&self) -> usize {
         self.control.plane().pipes.open()
+    }
+
+    /// What a binary upgrade needs of this server, for the thread that carries it out.
+    pub fn handover(&self) -> Handover {
+        Handover {
+            control: self.control.clone(),
+            admin: self
+                .admin_addr
+                .zip(
+                    self.admin_socket
+                        .as_ref()
+                        .and_then(|fd| fd.try_clone().ok()),
+                )
+                .map(|(addr, fd)| (addr, Arc::new(fd))),
+        }
+    }
+
+    /// After a binary upgrade: the admin API stops accepting (the new process serves it),
+    /// and the listeners stay paused for good. Open connections carry on; a drain
+    /// ([`Server::begin_shutdown`]) ends them.
+    pub fn handed_over(&self) {
+        self.control.plane().listening.pause(true);
+        self.stop.admin_off.send_replace(true);
     }
 
     /// Stops accepting on every listener at once; open connections carry on until they end or
@@ -247,34 +336,6 @@ impl Server {
     }
 }
 
-type WorkerSockets = Vec<BoundSocket>;
-
-/// Binds each (listener, address) once per worker.
-fn bind_all(config: &Config, workers: usize) -> Result<(BoundMap, Vec<WorkerSockets>)> {
-    let mut bound = BoundMap::new();
-    let mut sockets: Vec<WorkerSockets> = (0..workers).map(|_| Vec::new()).collect();
-    for l in &config.listeners {
-        for want in &l.bind {
-            let defer =
-                crate::proxy::listener::defer_seconds(l.sni.as_ref().map(|s| s.peek_timeout));
-            let (actual, group) = bind_group(l.protocol.transport(), *want, workers, true, defer)
-                .map_err(|e| {
-                let why = crate::privileged_ports::bind_failure(*want, &e);
-                anyhow::anyhow!("listener {}: {why}", l.name)
-            })?;
-            let key = BindKey::new(&l.name, l.protocol.transport(), *want);
-            for (worker, socket) in sockets.iter_mut().zip(group) {
-                worker.push(BoundSocket {
-                    key: key.clone(),
-                    socket,
-                });
-            }
-            bound.insert(key, actual);
-        }
-    }
-    Ok((bound, sockets))
-}
-
 /// The control plane's thread: the owner, and the admin API when configured, until the
 /// server stops. If the owner dies (a bug), the failure is recorded and the process drains:
 /// running on without health checks, DNS or reloads would be worse than a restart.
@@ -292,10 +353,19 @@ fn spawn_control_plane(
         .name("tollgate-ctl".into())
         .spawn(move || {
             rt.block_on(async move {
-                if let Some(socket) = admin {
-                    tokio::spawn(crate::admin::serve(socket, control.clone()));
-                }
+                let admin = admin.map(|socket| {
+                    let off = stop.admin_off.subscribe();
+                    tokio::spawn(crate::admin::serve(socket, control.clone(), off))
+                });
                 watch_owner(owner, &control, &stop).await;
+                // Handed over to a new process: the requests this one accepted (the upgrade's
+                // own) are answered before it exits (bounded by the admin API's grace).
+                let handed_over = *stop.admin_off.borrow();
+                if let Some(admin) = admin
+                    && handed_over
+                {
+                    let _ = admin.await;
+                }
             });
             // A reload still reading a stuck file (on a dead network mount) must not keep
             // the process from exiting.

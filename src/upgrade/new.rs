@@ -1,0 +1,173 @@
+//! The new process's side of an upgrade: found through `TOLLGATE_UPGRADE_FD`, it says
+//! whether its config loads, takes the sockets and counters, and says when it serves.
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::channel::Channel;
+use super::wire::{ListenerSocket, Message, Sample, SocketKind};
+use super::{ENV_FD, STEP, UpgradeError};
+use crate::app::Inherited;
+use crate::proxy::listener::{BindKey, Listening};
+use crate::state::Transport;
+
+/// The most listening sockets and counter samples taken from the old process: far above
+/// any real config, and a bound on what a confused peer can make this process hold.
+const MAX_SOCKETS: usize = 65_536;
+const MAX_SAMPLES: usize = 1_000_000;
+
+/// The handover socket of a process started by an upgrade.
+pub struct Incoming {
+    channel: Channel,
+}
+
+/// What the old process handed over.
+pub struct Received {
+    pub sockets: Inherited,
+    pub counters: Vec<Sample>,
+}
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The handover socket, when this process was started by an upgrade (once; later calls say
+/// `None`). An environment that names a descriptor which is not one is an error.
+pub fn incoming() -> Result<Option<Incoming>, String> {
+    let Some(value) = std::env::var_os(ENV_FD) else {
+        return Ok(None);
+    };
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let fd: RawFd = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| format!("{ENV_FD}={value:?} is not a descriptor number"))?;
+    let socket = crate::sys::fdpass::adopt_inherited(fd)
+        .map_err(|e| format!("{ENV_FD}={fd}: not a handover socket: {e}"))?;
+    let channel = Channel::new(socket, STEP).map_err(|e| format!("{ENV_FD}={fd}: {e}"))?;
+    Ok(Some(Incoming { channel }))
+}
+
+impl Incoming {
+    /// Tells the old process this one will not serve (its config is invalid).
+    pub fn refuse(&self, reason: &str) {
+        let _ = self.channel.send(
+            &Message::Refused {
+                reason: reason.to_owned(),
+            },
+            &[],
+        );
+    }
+
+    /// Says hello and takes everything the old process sends, up to its `Done`.
+    pub fn receive(&self) -> Result<Received, UpgradeError> {
+        self.channel.send(
+            &Message::Hello {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+            &[],
+        )?;
+        let mut sockets = Inherited::default();
+        let mut counters = Vec::new();
+        let mut taken = 0;
+        loop {
+            let (message, fds) = self.channel.recv("the sockets")?;
+            match message {
+                Message::Listeners { sockets: meta } => {
+                    taken += meta.len();
+                    if taken > MAX_SOCKETS {
+                        return Err(UpgradeError::Protocol(format!(
+                            "more than {MAX_SOCKETS} listening sockets"
+                        )));
+                    }
+                    for (socket, fd) in meta.into_iter().zip(fds) {
+                        let (key, listening) = adopt(&socket, fd)?;
+                        sockets.listeners.entry(key).or_default().push(listening);
+                    }
+                }
+                Message::Admin { addr } => {
+                    let fd = fds.into_iter().next().ok_or_else(|| {
+                        UpgradeError::Protocol("the admin socket did not come".into())
+                    })?;
+                    sockets.admin = Some(tcp_listener(fd).map_err(|e| {
+                        UpgradeError::Protocol(format!("the admin socket ({addr}): {e}"))
+                    })?);
+                }
+                Message::Counters { samples } => {
+                    if counters.len() + samples.len() > MAX_SAMPLES {
+                        return Err(UpgradeError::Protocol(format!(
+                            "more than {MAX_SAMPLES} counter samples"
+                        )));
+                    }
+                    counters.extend(samples);
+                }
+                Message::Done => return Ok(Received { sockets, counters }),
+                Message::Abort { reason } => return Err(UpgradeError::Aborted(reason)),
+                other => {
+                    return Err(UpgradeError::Protocol(format!(
+                        "unexpected {} while taking the sockets",
+                        other.name()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Tells the old process this one serves everything it was given.
+    pub fn ready(&self) -> Result<(), UpgradeError> {
+        self.channel.send(
+            &Message::Ready {
+                pid: std::process::id(),
+            },
+            &[],
+        )
+    }
+
+    /// Tells the old process the upgrade stops here (this process could not start).
+    pub fn abort(&self, reason: &str) {
+        let _ = self.channel.send(
+            &Message::Abort {
+                reason: reason.to_owned(),
+            },
+            &[],
+        );
+    }
+}
+
+/// One listening socket of the old process, checked to be what it says.
+fn adopt(socket: &ListenerSocket, fd: OwnedFd) -> Result<(BindKey, Listening), UpgradeError> {
+    let bad = |e: std::io::Error| {
+        UpgradeError::Protocol(format!(
+            "the listening socket for {}: {e}",
+            socket.configured
+        ))
+    };
+    let (transport, listening) = match socket.kind {
+        SocketKind::Tcp => (
+            Transport::Tcp,
+            Listening::Tcp(tcp_listener(fd).map_err(bad)?),
+        ),
+        SocketKind::Udp => {
+            let bound = crate::sys::udp::adopt_listener(fd, crate::sys::udp::Offloads::default())
+                .map_err(bad)?;
+            (Transport::Udp, Listening::Udp(bound))
+        }
+    };
+    let key = BindKey::new(&socket.listener, transport, socket.configured);
+    Ok((key, listening))
+}
+
+/// A listening TCP socket, checked to be one, made non-blocking.
+fn tcp_listener(fd: OwnedFd) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::from(fd);
+    if sock.r#type()? != socket2::Type::STREAM || !sock.is_listener()? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a listening TCP socket",
+        ));
+    }
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}

@@ -1,0 +1,217 @@
+//! The running process's side of an upgrade: start the new binary, hand it the sockets and
+//! counters, and give up serving only once it says it serves. Runs on a blocking thread;
+//! every wait is bounded by the channel's timeout.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::channel::Channel;
+use super::wire::{self, ListenerSocket, Message, Sample, SocketKind};
+use super::{ENV_FD, INHERITED_FD, Launch, STEP, UpgradeError};
+use crate::app::Handover;
+use crate::metrics::CounterSample;
+use crate::proxy::listener::BindKey;
+use crate::state::Transport;
+use crate::sys::fdpass;
+
+/// A new process that serves everything the old one handed over.
+#[derive(Debug)]
+pub struct Handed {
+    pub pid: u32,
+    pub listeners: usize,
+    pub took: Duration,
+}
+
+/// Starts `launch` and hands everything over to it. On success the caller stops serving
+/// (`Server::handed_over`, then a drain); on failure the listeners are serving again and the
+/// new process is gone.
+pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeError> {
+    let started = Instant::now();
+    let (ours, theirs) = fdpass::seqpacket_pair()
+        .map_err(|e| UpgradeError::Local(format!("cannot create the handover socket: {e}")))?;
+    let mut cmd = Command::new(&launch.exe);
+    cmd.args(&launch.args)
+        .env(ENV_FD, INHERITED_FD.to_string())
+        // systemd's watchdog names the process it watches; the new one pings once it is
+        // the main process (MAINPID=), so it must not think the watchdog is someone else's.
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null());
+    let child =
+        fdpass::spawn_inheriting(&mut cmd, theirs.as_fd(), INHERITED_FD).map_err(|source| {
+            UpgradeError::Spawn {
+                path: launch.exe.clone(),
+                source,
+            }
+        })?;
+    drop(theirs);
+    let mut child = Reaper(Some(child));
+    let channel = Channel::new(ours, STEP).map_err(|source| UpgradeError::Io {
+        step: "setting up the handover socket",
+        source,
+    })?;
+    let pid = match channel.recv("hello") {
+        Ok((Message::Hello { pid, version }, _)) => {
+            info!(
+                pid,
+                version, "the new process loaded its config; handing over"
+            );
+            pid
+        }
+        Ok((Message::Refused { reason }, _)) => return Err(UpgradeError::Refused(reason)),
+        Ok((other, _)) => {
+            return Err(UpgradeError::Protocol(format!(
+                "expected hello, got {}",
+                other.name()
+            )));
+        }
+        Err(UpgradeError::Closed(_)) => return Err(UpgradeError::Exited(child.status())),
+        Err(e) => return Err(e),
+    };
+    server.pause_accepting(true);
+    match send_everything(server, &channel).and_then(|listeners| match channel.recv("ready")? {
+        (Message::Ready { pid: ready }, _) if ready == pid => Ok(listeners),
+        (Message::Abort { reason }, _) => Err(UpgradeError::Aborted(reason)),
+        (other, _) => Err(UpgradeError::Protocol(format!(
+            "expected ready from {pid}, got {}",
+            other.name()
+        ))),
+    }) {
+        Ok(listeners) => {
+            child.release();
+            Ok(Handed {
+                pid,
+                listeners,
+                took: started.elapsed(),
+            })
+        }
+        Err(e) => {
+            let _ = channel.send(
+                &Message::Abort {
+                    reason: e.to_string(),
+                },
+                &[],
+            );
+            // The new process is killed before the listeners resume: from here on only
+            // this process takes from them.
+            let e = match e {
+                UpgradeError::Closed(_) => UpgradeError::Exited(child.status()),
+                e => e,
+            };
+            drop(child);
+            server.pause_accepting(false);
+            Err(e)
+        }
+    }
+}
+
+/// Sends the listening sockets, the admin socket and the counters, then `Done`; returns how
+/// many listening sockets went.
+fn send_everything(server: &Handover, channel: &Channel) -> Result<usize, UpgradeError> {
+    let sockets = server
+        .listening_sockets()
+        .map_err(|e| UpgradeError::Local(format!("cannot hand the listeners over: {e}")))?;
+    let count = sockets.len();
+    for batch in sockets.chunks(usize::from(wire::MAX_FDS)) {
+        let meta = batch.iter().map(|(key, _)| listener_socket(key)).collect();
+        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
+        channel.send(&Message::Listeners { sockets: meta }, &fds)?;
+    }
+    if let Some(admin) = server.admin_socket() {
+        let (addr, fd): (_, OwnedFd) = admin
+            .map_err(|e| UpgradeError::Local(format!("cannot hand the admin API over: {e}")))?;
+        channel.send(&Message::Admin { addr }, &[fd.as_fd()])?;
+    }
+    let samples = crate::metrics::counter_samples(server.control());
+    for samples in chunks(samples) {
+        channel.send(&Message::Counters { samples }, &[])?;
+    }
+    channel.send(&Message::Done, &[])?;
+    Ok(count)
+}
+
+fn listener_socket(key: &BindKey) -> ListenerSocket {
+    let (kind, listener) = match key {
+        BindKey::Fixed(t, _) => (t, String::new()),
+        BindKey::Fresh(t, name, _) => (t, name.to_string()),
+    };
+    ListenerSocket {
+        listener,
+        kind: match kind {
+            Transport::Tcp => SocketKind::Tcp,
+            Transport::Udp => SocketKind::Udp,
+        },
+        configured: key.configured(),
+    }
+}
+
+/// Splits samples into messages that each stay under the payload limit.
+fn chunks(samples: Vec<CounterSample>) -> Vec<Vec<Sample>> {
+    // Half the limit, counted generously per sample: JSON adds quotes, commas and the
+    // field names to the names and labels.
+    const BUDGET: usize = wire::MAX_PAYLOAD / 2;
+    let mut out: Vec<Vec<Sample>> = Vec::new();
+    let mut size = BUDGET;
+    for (name, labels, value) in samples {
+        let weight = 64
+            + name.len()
+            + labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>();
+        if size + weight > BUDGET {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += weight;
+        if let Some(last) = out.last_mut() {
+            last.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+    }
+    out
+}
+
+/// The new process until it serves: killed and reaped if the upgrade fails.
+struct Reaper(Option<Child>);
+
+impl Reaper {
+    /// How the process ended, waiting a moment for it (it may be exiting on its own).
+    fn status(&mut self) -> String {
+        let Some(child) = &mut self.0 else {
+            return "gone".into();
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => return "still running; killed".into(),
+                Err(e) => return format!("cannot tell: {e}"),
+            }
+        }
+    }
+
+    /// The upgrade succeeded: the new process lives on.
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            if let Err(e) = child.kill() {
+                warn!(pid = child.id(), error = %e, "cannot kill the new process of a failed upgrade");
+            }
+            let _ = child.wait();
+        }
+    }
+}
