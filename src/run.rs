@@ -106,6 +106,11 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
             },
             Some(ask) = upgrades::next_ask(&mut asks) => upgrades.begin(&control, Some(ask.reply)),
             done = upgrades.finished() => {
+                if done.is_ok() {
+                    // The new process serves: this one stops taking admin requests before
+                    // anyone hears so, and the next request reaches the new one.
+                    server.handed_over().await;
+                }
                 if upgrades.settle(&control, done) {
                     break true;
                 }
@@ -117,11 +122,9 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
             }
         }
     };
-    if handed_over {
-        // The new process serves the listeners and the admin API now, and is the one
-        // systemd follows: this one only finishes its open connections.
-        server.handed_over();
-    } else {
+    // After a handover the new process serves the listeners and the admin API, and is the
+    // one systemd follows: this one only finishes its open connections.
+    if !handed_over {
         crate::notify::stopping();
     }
     server.begin_shutdown();

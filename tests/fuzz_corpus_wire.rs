@@ -122,6 +122,10 @@ fn upgrade_wire_corpus_replays_cleanly() {
             |a| matches!(a, Ok(Message::Counters { samples }) if samples[1].value == 0.125),
         ),
         ("done", |a| matches!(a, Ok(Message::Done))),
+        (
+            "state",
+            |a| matches!(a, Ok(Message::State { state }) if state.backends.len() == 1 && state.deny.len() == 1),
+        ),
         ("ready", |a| matches!(a, Ok(Message::Ready { pid: 4243 }))),
         ("abort", |a| matches!(a, Ok(Message::Abort { .. }))),
         ("version_2", |a| *a == Err(WireError::Version { theirs: 2 })),

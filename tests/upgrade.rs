@@ -62,11 +62,19 @@ impl Install {
 }
 
 fn yaml(backend: SocketAddr) -> String {
-    format!(
-        "workers: 2\nshutdown: {{ drain_timeout: 20s }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n\
+    yaml_with(&[backend])
+}
+
+fn yaml_with(backends: &[SocketAddr]) -> String {
+    let mut yaml =
+        "workers: 2\nshutdown: { drain_timeout: 20s }\nadmin: { bind: \"127.0.0.1:0\" }\n\
          listeners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
-         pools:\n  back:\n    backends:\n      - address: \"{backend}\"\n"
-    )
+         pools:\n  back:\n    backends:\n"
+            .to_owned();
+    for b in backends {
+        yaml.push_str(&format!("      - address: \"{b}\"\n"));
+    }
+    yaml
 }
 
 /// A process this test did not start itself (the new one of an upgrade): stopped with
@@ -177,10 +185,19 @@ const ACCEPTED: &str = "tollgate_listener_connections_accepted_total{listener=\"
 
 #[test]
 fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
-    let install = Install::new(&yaml(echo_backend()));
+    let (a, b) = (echo_backend(), echo_backend());
+    let install = Install::new(&yaml_with(&[a, b]));
     let mut old = install.start();
     let front = old.addr();
     let admin = admin_of(&old);
+    // What the operator set through the API moves with the upgrade.
+    let drain = format!(
+        "/api/v1/pools/back/backends/{}/drain",
+        b.to_string().replace(':', "%3A")
+    );
+    assert_eq!(request(admin, "POST", &drain, None, "").status, 200);
+    let deny = "/api/v1/listeners/front/deny/10.9.0.0%2F16";
+    assert_eq!(request(admin, "POST", deny, None, "").status, 200);
     // A connection open before the upgrade stays with the old process until it ends.
     let mut held = held_echo(front, 7);
     let churn = Churn::start(front);
@@ -203,6 +220,19 @@ fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
     // The admin API is the new process's now, and its counters went on from the old ones.
     let status = get(admin, "/api/v1/status").json();
     assert_eq!(status["pid"].as_u64(), Some(u64::from(new.0)));
+    let backends = status["pools"][0]["backends"].as_array().unwrap();
+    let state_of = |addr: SocketAddr| {
+        backends
+            .iter()
+            .find(|x| x["address"] == addr.to_string())
+            .map(|x| x["state"].clone())
+    };
+    assert_eq!(state_of(b), Some("draining".into()), "{status}");
+    assert_eq!(state_of(a), Some("up".into()), "{status}");
+    assert_eq!(
+        status["listeners"][0]["deny"],
+        serde_json::json!(["10.9.0.0/16"])
+    );
     let after = metric(admin, ACCEPTED);
     assert!(
         after >= before + 200.0,

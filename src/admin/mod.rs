@@ -78,6 +78,16 @@ pub fn adopt(listener: std::net::TcpListener) -> std::io::Result<Socket> {
     })
 }
 
+/// Whether the admin API still accepts, once a binary upgrade hands its socket over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOff {
+    Serving,
+    /// Asked to stop accepting.
+    Asked,
+    /// Accepts nothing more (requests already accepted are still answered).
+    Stopped,
+}
+
 /// What every admin request can reach.
 pub(crate) struct Ctx {
     pub control: Handle,
@@ -101,14 +111,15 @@ struct Server {
 /// own among them) to be answered.
 const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves the admin API until the future is dropped, or until `off` turns true (a binary
+/// Serves the admin API until the future is dropped, or until `off` is asked (a binary
 /// upgrade handed the socket to the new process: from then on only it accepts, while
 /// requests already accepted here, the upgrade's own among them, are answered). The accept
 /// loop runs in a task of its own; should it ever end (a bug), it is logged and started
 /// again in a second on the same socket, so one bad request cannot take the operator's view
 /// away for good. (Nothing is duplicated to restart: at the open-file limit a `dup` would
 /// fail.)
-pub async fn serve(socket: Socket, control: Handle, mut off: watch::Receiver<bool>) {
+pub async fn serve(socket: Socket, control: Handle, off: Arc<watch::Sender<AdminOff>>) {
+    let mut asked = off.subscribe();
     let listener = match TcpListener::from_std(socket.listener) {
         Ok(l) => l,
         Err(e) => {
@@ -145,8 +156,10 @@ pub async fn serve(socket: Socket, control: Handle, mut off: watch::Receiver<boo
         let mut task = tokio::spawn(accept_loop(server.clone()));
         let ended = tokio::select! {
             ended = &mut task => ended,
-            () = crate::proxy::sockets::until(&mut off, true) => {
+            () = handed_over(&mut asked) => {
                 task.abort();
+                let _ = (&mut task).await;
+                off.send_replace(AdminOff::Stopped);
                 info!("admin API handed over to the new process; no longer accepting here");
                 let _ = tokio::time::timeout(HANDOVER_GRACE, server.conns.wait_idle()).await;
                 return;
@@ -162,6 +175,11 @@ pub async fn serve(socket: Socket, control: Handle, mut off: watch::Receiver<boo
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Resolves once the admin API is asked to stop accepting.
+async fn handed_over(off: &mut watch::Receiver<AdminOff>) {
+    let _ = off.wait_for(|o| *o != AdminOff::Serving).await;
 }
 
 async fn accept_loop(server: Arc<Server>) {

@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
+use crate::admin::AdminOff;
 use crate::config::{Config, Forwarding};
 use crate::control::{Channels, Handle, Owner};
 use crate::proxy::listener::{self, BindKey, BoundSocket, Listening};
@@ -61,8 +62,8 @@ pub struct StopHandle {
     now: Arc<watch::Sender<bool>>,
     /// Why the control plane failed, when it did; the process then drains and exits 1.
     failure: Arc<OnceLock<String>>,
-    /// true: the admin API was handed to a new process; stop accepting on it.
-    admin_off: Arc<watch::Sender<bool>>,
+    /// The admin API handed to a new process: stop accepting on it.
+    admin_off: Arc<watch::Sender<AdminOff>>,
 }
 
 impl StopHandle {
@@ -71,7 +72,7 @@ impl StopHandle {
             drain: Arc::new(watch::channel(false).0),
             now: Arc::new(watch::channel(false).0),
             failure: Arc::default(),
-            admin_off: Arc::new(watch::channel(false).0),
+            admin_off: Arc::new(watch::channel(AdminOff::Serving).0),
         }
     }
 
@@ -162,6 +163,7 @@ impl Server {
         let workers = config.workers.resolve();
         warn_if_caps_exceed(config, fd_limit.soft);
         let admin_inherited = inherited.take_admin(config.admin.as_ref().map(|a| a.bind));
+        let mut inherited_control = inherited.control.take();
         let (bound, sockets) = sockets::bind_all(config, workers, inherited)?;
         let admin = match (&config.admin, admin_inherited) {
             (Some(_), Some(sock)) => Some(
@@ -198,12 +200,14 @@ impl Server {
             workers: senders,
             passive,
         };
-        let (owner, control) = Owner::new(config, path, bound.clone(), channels, |first| {
-            let plane = DataPlane::new(Published::new(first), pipes, mode, passive_tx);
-            let logging = config.logging;
-            plane.access.configure(logging.access, logging.access_rate);
-            plane
-        });
+        let carried = inherited_control.take();
+        let (owner, control) =
+            Owner::new(config, path, bound.clone(), channels, carried, |first| {
+                let plane = DataPlane::new(Published::new(first), pipes, mode, passive_tx);
+                let logging = config.logging;
+                plane.access.configure(logging.access, logging.access_rate);
+                plane
+            });
         let stop = StopHandle::new();
         let drain_timeout = config.drain_timeout;
         // Under systemd's watchdog, each worker stamps a heartbeat and one thread pings
@@ -293,12 +297,19 @@ impl Server {
         }
     }
 
-    /// After a binary upgrade: the admin API stops accepting (the new process serves it),
-    /// and the listeners stay paused for good. Open connections carry on; a drain
+    /// After a binary upgrade: the listeners stay paused for good, and the admin API stops
+    /// accepting (the new process serves both). Returns once this process accepts nothing
+    /// more on the admin socket (at most a second), so that whoever hears of the upgrade
+    /// next reaches the new process. Open connections carry on; a drain
     /// ([`Server::begin_shutdown`]) ends them.
-    pub fn handed_over(&self) {
+    pub async fn handed_over(&self) {
         self.control.plane().listening.pause(true);
-        self.stop.admin_off.send_replace(true);
+        self.stop.admin_off.send_replace(AdminOff::Asked);
+        if self.admin_addr.is_some() {
+            let mut off = self.stop.admin_off.subscribe();
+            let stopped = off.wait_for(|o| *o == AdminOff::Stopped);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stopped).await;
+        }
     }
 
     /// Stops accepting on every listener at once; open connections carry on until they end or
@@ -354,13 +365,13 @@ fn spawn_control_plane(
         .spawn(move || {
             rt.block_on(async move {
                 let admin = admin.map(|socket| {
-                    let off = stop.admin_off.subscribe();
+                    let off = stop.admin_off.clone();
                     tokio::spawn(crate::admin::serve(socket, control.clone(), off))
                 });
                 watch_owner(owner, &control, &stop).await;
                 // Handed over to a new process: the requests this one accepted (the upgrade's
                 // own) are answered before it exits (bounded by the admin API's grace).
-                let handed_over = *stop.admin_off.borrow();
+                let handed_over = *stop.admin_off.borrow() != AdminOff::Serving;
                 if let Some(admin) = admin
                     && handed_over
                 {

@@ -1,6 +1,7 @@
 //! The listening sockets a server starts with: bound here, one per worker and address, or
-//! taken over from the process that upgraded to this one ([`Inherited`]), so that clients
-//! queued on them are served instead of refused.
+//! taken over from the process that upgraded to this one ([`Inherited`], which also brings
+//! that process's control state), so that clients queued on them are served instead of
+//! refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ pub struct Inherited {
     pub listeners: HashMap<BindKey, Vec<Listening>>,
     /// The old process's admin API socket.
     pub admin: Option<std::net::TcpListener>,
+    /// The old process's overrides, health and runtime deny lists.
+    pub control: Option<crate::control::Carried>,
 }
 
 impl Inherited {

@@ -195,6 +195,13 @@ impl Handle {
         rx.blocking_recv().unwrap_or(Err(stopped))
     }
 
+    /// What a binary upgrade carries to the new process: overrides, health and runtime
+    /// deny lists as the owner holds them now. For a caller outside any async runtime.
+    pub fn carry_blocking(&self) -> Option<super::Carried> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.ask_blocking(Command::Carry { reply }, rx, ()).ok()
+    }
+
     /// What `listener` would do with a new connection from `source` now.
     pub fn explain(&self, listener: &str, source: IpAddr) -> Result<Verdict, ActionError> {
         let snapshot = self.snapshot();

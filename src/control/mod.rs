@@ -16,9 +16,11 @@
 //! kept by identity in `registry.rs` and built into snapshots by `build.rs` (reusing
 //! unchanged pools); `tasks.rs` runs the probing and resolving tasks; `view.rs` is what
 //! readers see, `handle.rs` is how they ask; `reloaded.rs` reports what a reload changed;
-//! `upgrades.rs` passes asked-for binary upgrades on and counts them.
+//! `upgrades.rs` passes asked-for binary upgrades on and counts them, `carried.rs` is the
+//! state an upgrade carries to the new process.
 
 mod build;
+mod carried;
 mod handle;
 mod owner;
 pub mod registry;
@@ -32,6 +34,7 @@ pub mod view;
 
 use std::net::SocketAddr;
 
+pub use carried::{Carried, CarriedBackend, CarriedDeny};
 pub use handle::{Handle, Verdict};
 pub use owner::{Channels, Owner};
 pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};
@@ -87,6 +90,8 @@ pub enum Command {
         add: bool,
         reply: Reply<Result<bool, ActionError>>,
     },
+    /// What a binary upgrade carries to the new process (overrides, health, deny lists).
+    Carry { reply: Reply<Result<Carried, ()>> },
     /// A reload prepared off the owner, or why it could not be: the owner applies the one
     /// and records the other, so every outcome shows in the view.
     Reload {

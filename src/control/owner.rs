@@ -93,9 +93,10 @@ impl Owner {
         path: Option<std::path::PathBuf>,
         bound: BoundMap,
         channels: Channels,
+        carried: Option<super::Carried>,
         plane: impl FnOnce(crate::state::Snapshot) -> DataPlane,
     ) -> (Owner, Handle) {
-        let served = Served::new(config, plane);
+        let served = Served::new(config, carried, plane);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
         let (answers_tx, answers) = mpsc::channel(REPORT_QUEUE);
@@ -209,6 +210,9 @@ impl Owner {
                 let result = self.served.deny(&listener, block, add);
                 self.after_event();
                 let _ = reply.send(result);
+            }
+            Command::Carry { reply } => {
+                let _ = reply.send(Ok(self.served.registry().carry()));
             }
             Command::Reload { prepared, reply } => {
                 let result = prepared.and_then(|p| self.apply_reload(*p));

@@ -179,6 +179,16 @@ impl Registry {
         was_out
     }
 
+    /// Sets a backend's health outright (a binary upgrade carries it over).
+    pub fn set_health(&mut self, key: &BackendKey, health: HealthState) {
+        self.health.insert(key.clone(), health);
+    }
+
+    /// Every listener's runtime deny list.
+    pub fn deny_lists(&self) -> impl Iterator<Item = (&str, &[Cidr])> {
+        self.deny.iter().map(|(l, b)| (l.as_str(), b.as_slice()))
+    }
+
     /// A number that changes whenever `listener`'s runtime deny list does.
     pub fn deny_version(&self, listener: &str) -> u64 {
         self.deny_changed.get(listener).copied().unwrap_or(0)

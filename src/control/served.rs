@@ -56,9 +56,17 @@ pub struct Served {
 }
 
 impl Served {
-    /// The first snapshot of `config`, and the data plane `plane` makes to serve it.
-    pub fn new(config: &Config, plane: impl FnOnce(crate::state::Snapshot) -> DataPlane) -> Served {
+    /// The first snapshot of `config` (with what a binary upgrade carried over, when one
+    /// started this process), and the data plane `plane` makes to serve it.
+    pub fn new(
+        config: &Config,
+        carried: Option<super::Carried>,
+        plane: impl FnOnce(crate::state::Snapshot) -> DataPlane,
+    ) -> Served {
         let mut registry = Registry::default();
+        if let Some(carried) = carried {
+            registry.seed(carried);
+        }
         let mut builder = Builder::default();
         let first = builder.build(config, &mut registry, 1);
         Served {

@@ -86,7 +86,7 @@ fn a_backend_added_to_a_checked_pool_is_published_pending() {
         pools.push_str("  b:\n    backends:\n      - address: \"10.0.1.1:80\"\n");
         config(&pools)
     };
-    let mut served = Served::new(&checked(&["10.0.0.1:80"]), |first| {
+    let mut served = Served::new(&checked(&["10.0.0.1:80"]), None, |first| {
         DataPlane::new(
             Published::new(first),
             PipePool::new(2, 2, 65536),
@@ -118,7 +118,7 @@ fn a_backend_added_to_a_checked_pool_is_published_pending() {
 fn forgetting_health_resets_passive_streaks() {
     use std::sync::atomic::Ordering::Relaxed;
     let c = config(TWO_POOLS);
-    let mut served = Served::new(&c, |first| {
+    let mut served = Served::new(&c, None, |first| {
         DataPlane::new(
             Published::new(first),
             PipePool::new(2, 2, 65536),

@@ -36,6 +36,29 @@ pub struct CheckOutcome {
     pub at: SystemTime,
 }
 
+/// A [`HealthState`] as plain values (see [`HealthState::parts`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthParts {
+    pub up: bool,
+    pub ok_streak: u32,
+    pub fail_streak: u32,
+    pub checked: bool,
+    pub last: Option<LastCheck>,
+    /// Up this long, when it came back up at a known time (slow start ramps from there).
+    pub up_for_ms: Option<u64>,
+}
+
+/// The last probe result, as plain values.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastCheck {
+    /// `success`, `failure` or `local_error`.
+    pub result: String,
+    pub detail: String,
+    pub at_unix_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthState {
     pub up: bool,
@@ -119,6 +142,51 @@ impl HealthState {
             self.up = next;
             next
         })
+    }
+
+    /// The state as plain values, for a binary upgrade to carry to the new process (times
+    /// as milliseconds: since the Unix epoch for the last result, ago for `up_since`).
+    pub fn parts(&self, now: std::time::Instant) -> HealthParts {
+        HealthParts {
+            up: self.up,
+            ok_streak: self.ok_streak,
+            fail_streak: self.fail_streak,
+            checked: self.checked,
+            last: self.last.as_ref().map(|l| LastCheck {
+                result: l.result.label().to_owned(),
+                detail: l.detail.clone(),
+                at_unix_ms: l
+                    .at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            }),
+            up_for_ms: self
+                .up_since
+                .map(|at| now.saturating_duration_since(at).as_millis() as u64),
+        }
+    }
+
+    /// The state [`HealthState::parts`] describes; an unknown result label is taken as a
+    /// failure.
+    pub fn from_parts(parts: HealthParts, now: std::time::Instant) -> HealthState {
+        HealthState {
+            up: parts.up,
+            ok_streak: parts.ok_streak,
+            fail_streak: parts.fail_streak,
+            checked: parts.checked,
+            last: parts.last.map(|l| CheckOutcome {
+                result: Checked::ALL
+                    .into_iter()
+                    .find(|c| c.label() == l.result)
+                    .unwrap_or(Checked::Failed),
+                detail: l.detail,
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(l.at_unix_ms),
+            }),
+            up_since: parts.up_for_ms.map(|ms| {
+                now.checked_sub(std::time::Duration::from_millis(ms))
+                    .unwrap_or(now)
+            }),
+        }
     }
 
     /// Marks the backend down without a probe (passive checks).

@@ -103,6 +103,15 @@ impl Incoming {
                     }
                     counters.extend(samples);
                 }
+                Message::State { state } => {
+                    let carried = sockets.control.get_or_insert_with(Default::default);
+                    if carried.backends.len() + carried.deny.len() > MAX_SAMPLES {
+                        return Err(UpgradeError::Protocol(format!(
+                            "more than {MAX_SAMPLES} entries of control state"
+                        )));
+                    }
+                    carried.extend(state);
+                }
                 Message::Done => return Ok(Received { sockets, counters }),
                 Message::Abort { reason } => return Err(UpgradeError::Aborted(reason)),
                 other => {

@@ -12,7 +12,7 @@ use super::channel::Channel;
 use super::wire::{self, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, INHERITED_FD, Launch, STEP, UpgradeError};
 use crate::app::Handover;
-use crate::metrics::CounterSample;
+use crate::control::Carried;
 use crate::proxy::listener::BindKey;
 use crate::state::Transport;
 use crate::sys::fdpass;
@@ -124,12 +124,55 @@ fn send_everything(server: &Handover, channel: &Channel) -> Result<usize, Upgrad
             .map_err(|e| UpgradeError::Local(format!("cannot hand the admin API over: {e}")))?;
         channel.send(&Message::Admin { addr }, &[fd.as_fd()])?;
     }
-    let samples = crate::metrics::counter_samples(server.control());
-    for samples in chunks(samples) {
-        channel.send(&Message::Counters { samples }, &[])?;
-    }
+    let samples: Vec<Sample> = crate::metrics::counter_samples(server.control())
+        .into_iter()
+        .map(|(name, labels, value)| Sample {
+            name,
+            labels,
+            value,
+        })
+        .collect();
+    send_parts(channel, samples, |samples| Message::Counters { samples })?;
+    let state = server
+        .control()
+        .carry_blocking()
+        .ok_or_else(|| UpgradeError::Local("the control plane has stopped".into()))?;
+    send_parts(channel, state.split(1), |parts| Message::State {
+        state: parts.into_iter().fold(Carried::default(), |mut all, part| {
+            all.extend(part);
+            all
+        }),
+    })?;
     channel.send(&Message::Done, &[])?;
     Ok(count)
+}
+
+/// Sends `items` in as few messages as fit: halves a part whose message would be over the
+/// payload limit, and leaves out (with a warning) a single item that is too long alone.
+fn send_parts<T: Clone>(
+    channel: &Channel,
+    items: Vec<T>,
+    make: impl Fn(Vec<T>) -> Message,
+) -> Result<(), UpgradeError> {
+    let mut parts = vec![items];
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let message = make(part.clone());
+        match wire::encode(&message) {
+            Ok(_) => channel.send(&message, &[])?,
+            Err(wire::WireError::TooLong(_)) if part.len() > 1 => {
+                let (a, b) = part.split_at(part.len() / 2);
+                parts.push(b.to_vec());
+                parts.push(a.to_vec());
+            }
+            Err(e) => {
+                warn!(what = message.name(), error = %e, "an entry too long to hand over is left out")
+            }
+        }
+    }
+    Ok(())
 }
 
 fn listener_socket(key: &BindKey) -> ListenerSocket {
@@ -145,36 +188,6 @@ fn listener_socket(key: &BindKey) -> ListenerSocket {
         },
         configured: key.configured(),
     }
-}
-
-/// Splits samples into messages that each stay under the payload limit.
-fn chunks(samples: Vec<CounterSample>) -> Vec<Vec<Sample>> {
-    // Half the limit, counted generously per sample: JSON adds quotes, commas and the
-    // field names to the names and labels.
-    const BUDGET: usize = wire::MAX_PAYLOAD / 2;
-    let mut out: Vec<Vec<Sample>> = Vec::new();
-    let mut size = BUDGET;
-    for (name, labels, value) in samples {
-        let weight = 64
-            + name.len()
-            + labels
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 8)
-                .sum::<usize>();
-        if size + weight > BUDGET {
-            out.push(Vec::new());
-            size = 0;
-        }
-        size += weight;
-        if let Some(last) = out.last_mut() {
-            last.push(Sample {
-                name,
-                labels,
-                value,
-            });
-        }
-    }
-    out
 }
 
 /// The new process until it serves: killed and reaped if the upgrade fails.

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::Carried;
+
 /// The protocol this build speaks. A peer with another version is refused.
 pub const PROTOCOL: u16 = 1;
 const MAGIC: [u8; 4] = *b"TGUP";
@@ -56,8 +58,8 @@ pub struct Sample {
 
 /// Everything said on the handover socket, in the order it is said: `Hello` (or
 /// `Refused`) from the new process; then from the old, which has stopped accepting,
-/// `Listeners` and `Counters` (any number of each), `Admin` (when it has an admin API) and
-/// `Done`; `Ready` from the new once it serves. `Abort` may come from either at any point.
+/// `Listeners`, `Counters` and `State` (any number of each), `Admin` (when it has an admin
+/// API) and `Done`; `Ready` from the new once it serves. `Abort` may come from either at any point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
@@ -71,6 +73,8 @@ pub enum Message {
     Admin { addr: SocketAddr },
     /// Old → new: counter samples (as many messages as they need).
     Counters { samples: Vec<Sample> },
+    /// Old → new: overrides, health and runtime deny lists (as many messages as they need).
+    State { state: Carried },
     /// Old → new: everything has been sent.
     Done,
     /// New → old: serving on every socket.
@@ -97,6 +101,7 @@ impl Message {
             Message::Listeners { .. } => "listeners",
             Message::Admin { .. } => "admin",
             Message::Counters { .. } => "counters",
+            Message::State { .. } => "state",
             Message::Done => "done",
             Message::Ready { .. } => "ready",
             Message::Abort { .. } => "abort",
