@@ -25,7 +25,7 @@ use crate::state::{ConnectFailure, Failure, Side};
 use crate::sys::pipe_pool::{Fallback, Refusal};
 use families::FAMILIES;
 
-pub use carried::{CounterSample, carry_over, counter_samples};
+pub use carried::{CounterSample, carry_over, counter_samples, growth};
 
 pub struct Metrics {
     registry: Registry,

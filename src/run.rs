@@ -99,7 +99,7 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
             asked = signals.next() => match asked {
                 Asked::Stop => {
                     info!(timeout = ?control.view().written.drain_timeout, "stop signal received; draining");
-                    break false;
+                    break None;
                 }
                 Asked::Reload => reload(&control),
                 Asked::Upgrade => upgrades.begin(&control, None),
@@ -111,11 +111,11 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                     // anyone hears so, and the next request reaches the new one.
                     server.handed_over().await;
                 }
-                if upgrades.settle(&control, done) {
-                    break true;
+                if let Some(rest) = upgrades.settle(&control, done) {
+                    break Some(rest);
                 }
             }
-            () = stop.draining() => break false,
+            () = stop.draining() => break None,
             status = &mut announce, if !announced => {
                 announced = true;
                 crate::notify::ready(&status);
@@ -124,11 +124,18 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
     };
     // After a handover the new process serves the listeners and the admin API, and is the
     // one systemd follows: this one only finishes its open connections.
-    if !handed_over {
+    if handed_over.is_none() {
         crate::notify::stopping();
     }
     server.begin_shutdown();
-    let mut joined = tokio::task::spawn_blocking(move || server.wait());
+    // Once this process's connections are done, the new one hears what they added to the
+    // counters.
+    let mut joined = tokio::task::spawn_blocking(move || {
+        server.wait();
+        if let Some(rest) = handed_over {
+            rest.finish(&control);
+        }
+    });
     loop {
         tokio::select! {
             _ = &mut joined => break,
@@ -192,6 +199,7 @@ fn start(path: PathBuf, incoming: Option<Incoming>) -> Result<Server, RunError> 
         previous_pid = std::os::unix::process::parent_id(),
         "took over from the previous process"
     );
+    incoming.follow();
     Ok(server)
 }
 /// Waits until every backend has had its first health check answered (or the pool has no

@@ -242,11 +242,27 @@ fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
         metric(admin, "tollgate_upgrades_total{result=\"success\"}"),
         1.0
     );
-    // The held connection still echoes (the old process serves it), then ends the old one.
-    held.write_all(b"x").unwrap();
-    let mut b = [0u8; 1];
-    held.read_exact(&mut b).unwrap();
-    assert_eq!(&b, b"x");
+    let (made, errors) = churn.finish();
+    assert!(
+        errors.is_empty(),
+        "{} of {made} connections failed: {errors:?}",
+        errors.len()
+    );
+    // The held connection still echoes (the old process serves it), then ends the old one,
+    // which tells the new one what that connection added to the counters.
+    let sent_bytes = || -> f64 {
+        let body = get(admin, "/metrics").body;
+        body.lines()
+            .filter(|l| l.starts_with("tollgate_backend_sent_bytes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = sent_bytes();
+    let chunk = vec![b'y'; 50_000];
+    held.write_all(&chunk).unwrap();
+    let mut back = vec![0u8; chunk.len()];
+    held.read_exact(&mut back).unwrap();
+    assert_eq!(back, chunk);
     assert!(
         old.child.try_wait().unwrap().is_none(),
         "the old process waits for its connection"
@@ -255,11 +271,10 @@ fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
     let exited = Instant::now();
     let code = old.wait_exit(Duration::from_secs(5));
     assert_eq!(code.code(), Some(0));
-    let (made, errors) = churn.finish();
-    assert!(
-        errors.is_empty(),
-        "{} of {made} connections failed: {errors:?}",
-        errors.len()
+    wait_for(
+        "the old process's last counts",
+        Duration::from_secs(5),
+        || sent_bytes() >= before + 50_000.0,
     );
     old.wait_log(
         "binary upgrade: the new process serves",

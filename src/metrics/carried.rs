@@ -1,10 +1,11 @@
 //! Counters that continue across a binary upgrade: the old process reads its counter samples
-//! ([`counter_samples`]) and sends them; the new one adds them to its own at every scrape
-//! ([`carry_over`]), so `rate()` and `increase()` see no reset. Gauges are not carried: they
+//! ([`counter_samples`]) and sends them, and once it has finished its own connections, what
+//! they grew by since ([`growth`]); the new one adds both to its own at every scrape
+//! ([`carry_over`]), so `rate()` and `increase()` see no reset and no byte is left out. Gauges are not carried: they
 //! say what this process holds now. (The connect-duration histogram restarts.)
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{PoisonError, RwLock};
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
@@ -16,8 +17,10 @@ use crate::control::Handle;
 pub type CounterSample = (String, Vec<(String, String)>, f64);
 
 type Key = (String, Vec<(String, String)>);
+/// A series by name and labels, borrowed.
+type Series<'a> = (&'a str, &'a [(String, String)]);
 
-static CARRIED: OnceLock<HashMap<Key, f64>> = OnceLock::new();
+static CARRIED: RwLock<Option<HashMap<Key, f64>>> = RwLock::new(None);
 
 /// Every counter series of this process as `/metrics` shows it (carried values included).
 pub fn counter_samples(control: &Handle) -> Vec<CounterSample> {
@@ -47,22 +50,40 @@ pub fn counter_samples(control: &Handle) -> Vec<CounterSample> {
     out
 }
 
-/// Adds `samples` (the previous process's counters) to this process's from now on. Once per
-/// process; later calls change nothing.
+/// Adds `samples` (the previous process's counters, or what they grew by since it sent
+/// them) to this process's from now on.
 pub fn carry_over(samples: impl IntoIterator<Item = CounterSample>) {
-    let mut map: HashMap<Key, f64> = HashMap::new();
+    let mut carried = CARRIED.write().unwrap_or_else(PoisonError::into_inner);
+    let map = carried.get_or_insert_with(HashMap::new);
     for (name, mut labels, value) in samples {
         if value.is_finite() && value > 0.0 {
             labels.sort();
             *map.entry((name, labels)).or_default() += value;
         }
     }
-    let _ = CARRIED.set(map);
+}
+
+/// What `now` counts beyond `then` (both from [`counter_samples`]), series by series.
+pub fn growth(then: &[CounterSample], now: Vec<CounterSample>) -> Vec<CounterSample> {
+    let before: HashMap<Series<'_>, f64> = then
+        .iter()
+        .map(|(n, l, v)| ((n.as_str(), l.as_slice()), *v))
+        .collect();
+    now.into_iter()
+        .filter_map(|(name, labels, value)| {
+            let was = before
+                .get(&(name.as_str(), labels.as_slice()))
+                .copied()
+                .unwrap_or(0.0);
+            (value > was).then_some((name, labels, value - was))
+        })
+        .collect()
 }
 
 /// What was carried over for one series (0 when nothing was).
 pub(super) fn base(name: &str, pairs: &[(&str, &str)]) -> f64 {
-    let Some(carried) = CARRIED.get().filter(|c| !c.is_empty()) else {
+    let carried = CARRIED.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(carried) = carried.as_ref().filter(|c| !c.is_empty()) else {
         return 0.0;
     };
     let mut labels: Vec<(String, String)> = pairs

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::app::{Handover, Server};
 use crate::control::{Handle, UpgradeAsk, UpgradeFailure};
 use crate::upgrade::UpgradeError;
-use crate::upgrade::old::{self, Handed};
+use crate::upgrade::old::{self, Handed, Rest};
 
 type Reply = oneshot::Sender<Result<u32, UpgradeFailure>>;
 /// The thread carrying out an upgrade, and who waits to hear how it ended.
@@ -78,9 +78,9 @@ impl Upgrades {
         }
     }
 
-    /// Logs, counts and answers the outcome of the upgrade that ended; true when the new
-    /// process serves everything now.
-    pub fn settle(&mut self, control: &Handle, done: Result<Handed, UpgradeError>) -> bool {
+    /// Logs, counts and answers the outcome of the upgrade that ended; when the new process
+    /// serves everything now, what this one still owes it once its connections are done.
+    pub fn settle(&mut self, control: &Handle, done: Result<Handed, UpgradeError>) -> Option<Rest> {
         let reply = self.running.take().and_then(|(_, reply)| reply);
         match done {
             Ok(handed) => {
@@ -91,14 +91,14 @@ impl Upgrades {
                     open_connections = open_connections(control),
                     "binary upgrade: the new process serves every listener and the admin API; this one finishes its open connections and exits"
                 );
-                answer(reply, Ok(handed));
-                true
+                answer(reply, Ok(handed.pid));
+                Some(handed.rest)
             }
             Err(e) => {
                 warn!(error = %e, result = e.result(), "binary upgrade failed; this process keeps serving");
                 control.count_upgrade(e.result());
                 answer(reply, Err(e));
-                false
+                None
             }
         }
     }
@@ -114,9 +114,9 @@ fn open_connections(control: &Handle) -> u64 {
         .sum()
 }
 
-fn answer(reply: Option<Reply>, outcome: Result<Handed, UpgradeError>) {
+fn answer(reply: Option<Reply>, outcome: Result<u32, UpgradeError>) {
     if let Some(reply) = reply {
-        let _ = reply.send(outcome.map(|h| h.pid).map_err(|e| UpgradeFailure {
+        let _ = reply.send(outcome.map_err(|e| UpgradeFailure {
             result: e.result(),
             reason: e.to_string(),
         }));

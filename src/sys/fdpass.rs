@@ -28,11 +28,11 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Bounds every later send and receive on `socket` (`SO_SNDTIMEO` / `SO_RCVTIMEO`): one that
-/// waits longer fails with `TimedOut`.
-pub fn set_timeouts(socket: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+/// waits longer fails with `TimedOut`. `None`: they wait as long as it takes.
+pub fn set_timeouts(socket: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()> {
     let sock = socket2::SockRef::from(&socket);
-    sock.set_read_timeout(Some(timeout))?;
-    sock.set_write_timeout(Some(timeout))
+    sock.set_read_timeout(timeout)?;
+    sock.set_write_timeout(timeout)
 }
 
 /// The space a control message with `n` descriptors takes, in 8-byte words (aligned for
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn descriptors_travel_with_their_message_and_limits_hold() {
         let (a, b) = seqpacket_pair().unwrap();
-        set_timeouts(b.as_fd(), Duration::from_millis(200)).unwrap();
+        set_timeouts(b.as_fd(), Some(Duration::from_millis(200))).unwrap();
         let (p, q) = seqpacket_pair().unwrap();
         send(a.as_fd(), b"two", &[p.as_fd(), q.as_fd()]).unwrap();
         send(a.as_fd(), b"none", &[]).unwrap();
@@ -225,7 +225,7 @@ mod tests {
         assert_eq!((&buf[..n], fds.len()), (&b"two"[..], 2));
         // The received copies are live: a message sent on one arrives on the original peer.
         send(fds[0].as_fd(), b"via copy", &[]).unwrap();
-        set_timeouts(q.as_fd(), Duration::from_millis(200)).unwrap();
+        set_timeouts(q.as_fd(), Some(Duration::from_millis(200))).unwrap();
         let (n, _) = recv(q.as_fd(), &mut buf).unwrap();
         assert_eq!(&buf[..n], b"via copy");
         let (n, fds) = recv(b.as_fd(), &mut buf).unwrap();

@@ -16,8 +16,13 @@ pub struct Channel {
 impl Channel {
     /// `socket`: this side's end; every later send and receive waits at most `timeout`.
     pub fn new(socket: OwnedFd, timeout: Duration) -> io::Result<Channel> {
-        fdpass::set_timeouts(socket.as_fd(), timeout)?;
+        fdpass::set_timeouts(socket.as_fd(), Some(timeout))?;
         Ok(Channel { socket })
+    }
+
+    /// From now on, receives wait for as long as the peer takes (it is serving meanwhile).
+    pub fn unbounded(&self) -> io::Result<()> {
+        fdpass::set_timeouts(self.socket.as_fd(), None)
     }
 
     pub fn send(&self, message: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), UpgradeError> {

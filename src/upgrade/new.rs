@@ -4,6 +4,8 @@
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tracing::warn;
+
 use super::channel::Channel;
 use super::wire::{ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, STEP, UpgradeError};
@@ -132,6 +134,43 @@ impl Incoming {
             },
             &[],
         )
+    }
+
+    /// Takes, on a thread of its own, what the old process sends once it has finished its
+    /// own connections (what its counters grew by meanwhile), until it closes the socket.
+    pub fn follow(self) {
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-upgrade".into())
+            .spawn(move || self.take_last_counts());
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot wait for the previous process's last counts");
+        }
+    }
+
+    fn take_last_counts(self) {
+        if let Err(e) = self.channel.unbounded() {
+            warn!(error = %e, "cannot wait for the previous process's last counts");
+            return;
+        }
+        loop {
+            match self.channel.recv("the last counts") {
+                Ok((Message::Counters { samples }, _)) => crate::metrics::carry_over(
+                    samples.into_iter().map(|s| (s.name, s.labels, s.value)),
+                ),
+                Ok((Message::Done, _)) | Err(UpgradeError::Closed(_)) => return,
+                Ok((other, _)) => {
+                    warn!(
+                        message = other.name(),
+                        "unexpected from the previous process after the handover"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "the previous process's last counts did not come");
+                    return;
+                }
+            }
+        }
     }
 
     /// Tells the old process the upgrade stops here (this process could not start).

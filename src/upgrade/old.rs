@@ -13,16 +13,52 @@ use super::wire::{self, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, INHERITED_FD, Launch, STEP, UpgradeError};
 use crate::app::Handover;
 use crate::control::Carried;
+use crate::metrics::CounterSample;
 use crate::proxy::listener::BindKey;
 use crate::state::Transport;
 use crate::sys::fdpass;
 
 /// A new process that serves everything the old one handed over.
-#[derive(Debug)]
 pub struct Handed {
     pub pid: u32,
     pub listeners: usize,
     pub took: Duration,
+    /// The handover socket, kept until this process has finished its own connections.
+    pub rest: Rest,
+}
+
+/// What is still owed to the new process once this one has finished its connections: what
+/// its counters grew by since they were sent.
+pub struct Rest {
+    channel: Channel,
+    sent: Vec<CounterSample>,
+}
+
+impl Rest {
+    /// Sends what the counters grew by since the handover (the bytes and ends of the
+    /// connections this process finished meanwhile), then `Done`. Blocking.
+    pub fn finish(self, control: &crate::control::Handle) {
+        let now = crate::metrics::counter_samples(control);
+        let grown: Vec<Sample> = crate::metrics::growth(&self.sent, now)
+            .into_iter()
+            .map(sample)
+            .collect();
+        let sent = send_parts(&self.channel, grown, |samples| Message::Counters {
+            samples,
+        })
+        .and_then(|()| self.channel.send(&Message::Done, &[]));
+        if let Err(e) = sent {
+            warn!(error = %e, "cannot send the new process the last counts of the connections finished here");
+        }
+    }
+}
+
+fn sample((name, labels, value): CounterSample) -> Sample {
+    Sample {
+        name,
+        labels,
+        value,
+    }
 }
 
 /// Starts `launch` and hands everything over to it. On success the caller stops serving
@@ -71,20 +107,21 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
         Err(e) => return Err(e),
     };
     server.pause_accepting(true);
-    match send_everything(server, &channel).and_then(|listeners| match channel.recv("ready")? {
-        (Message::Ready { pid: ready }, _) if ready == pid => Ok(listeners),
+    match send_everything(server, &channel).and_then(|sent| match channel.recv("ready")? {
+        (Message::Ready { pid: ready }, _) if ready == pid => Ok(sent),
         (Message::Abort { reason }, _) => Err(UpgradeError::Aborted(reason)),
         (other, _) => Err(UpgradeError::Protocol(format!(
             "expected ready from {pid}, got {}",
             other.name()
         ))),
     }) {
-        Ok(listeners) => {
+        Ok((listeners, sent)) => {
             child.release();
             Ok(Handed {
                 pid,
                 listeners,
                 took: started.elapsed(),
+                rest: Rest { channel, sent },
             })
         }
         Err(e) => {
@@ -107,9 +144,12 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
     }
 }
 
-/// Sends the listening sockets, the admin socket and the counters, then `Done`; returns how
-/// many listening sockets went.
-fn send_everything(server: &Handover, channel: &Channel) -> Result<usize, UpgradeError> {
+/// Sends the listening sockets, the admin socket, the counters and the control state, then
+/// `Done`; returns how many listening sockets went, and the counters as sent.
+fn send_everything(
+    server: &Handover,
+    channel: &Channel,
+) -> Result<(usize, Vec<CounterSample>), UpgradeError> {
     let sockets = server
         .listening_sockets()
         .map_err(|e| UpgradeError::Local(format!("cannot hand the listeners over: {e}")))?;
@@ -124,14 +164,8 @@ fn send_everything(server: &Handover, channel: &Channel) -> Result<usize, Upgrad
             .map_err(|e| UpgradeError::Local(format!("cannot hand the admin API over: {e}")))?;
         channel.send(&Message::Admin { addr }, &[fd.as_fd()])?;
     }
-    let samples: Vec<Sample> = crate::metrics::counter_samples(server.control())
-        .into_iter()
-        .map(|(name, labels, value)| Sample {
-            name,
-            labels,
-            value,
-        })
-        .collect();
+    let counted = crate::metrics::counter_samples(server.control());
+    let samples: Vec<Sample> = counted.iter().cloned().map(sample).collect();
     send_parts(channel, samples, |samples| Message::Counters { samples })?;
     let state = server
         .control()
@@ -144,7 +178,7 @@ fn send_everything(server: &Handover, channel: &Channel) -> Result<usize, Upgrad
         }),
     })?;
     channel.send(&Message::Done, &[])?;
-    Ok(count)
+    Ok((count, counted))
 }
 
 /// Sends `items` in as few messages as fit: halves a part whose message would be over the
