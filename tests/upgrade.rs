@@ -410,3 +410,51 @@ fn a_new_binary_that_refuses_the_config_or_crashes_leaves_the_old_one_serving() 
     );
     new.stop(Duration::from_secs(10));
 }
+
+/// A new process that crashes in the middle of the handover: after saying hello (the old
+/// one has paused its listeners and is sending them), or once it holds every socket (the
+/// old one waits for it to serve). Either way the old process resumes its listeners, no
+/// client fails, and the old process upgrades once the new binary behaves.
+#[test]
+fn a_new_process_killed_halfway_leaves_every_connection_with_the_old_one() {
+    for step in ["hello", "sockets"] {
+        let (a, b) = (echo_backend(), echo_backend());
+        let install = Install::new(&yaml_with(&[a, b]));
+        let mut lb = binary::spawn_exe_env(
+            &install.exe(),
+            &install.config(),
+            &[(tollgate::upgrade::new::FAILPOINT, step)],
+        );
+        let front = lb.addr();
+        let admin = admin_of(&lb);
+        let mut held = held_echo(front, 3);
+        let churn = Churn::start(front);
+        wait_for("some churn", Duration::from_secs(10), || churn.made() > 50);
+        let answer = upgrade(admin);
+        assert_eq!(answer.status, 500, "{step}: {}", answer.body);
+        assert!(answer.body.contains("signal: 6"), "{step}: {}", answer.body);
+        let made = churn.made();
+        wait_for(
+            "churn after the failed upgrade",
+            Duration::from_secs(10),
+            || churn.made() > made + 50,
+        );
+        let (made, errors) = churn.finish();
+        assert!(
+            errors.is_empty(),
+            "{step}: {} of {made} connections failed: {errors:?}",
+            errors.len()
+        );
+        held.write_all(b"z").unwrap();
+        let mut x = [0u8; 1];
+        held.read_exact(&mut x).unwrap();
+        assert_eq!(&x, b"z", "{step}: the held connection still echoes");
+        assert_eq!(
+            get(admin, "/api/v1/status").json()["pid"].as_u64(),
+            Some(u64::from(lb.child.id()))
+        );
+        lb.signal(libc::SIGTERM);
+        drop(held);
+        assert_eq!(lb.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    }
+}

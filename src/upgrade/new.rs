@@ -71,6 +71,7 @@ impl Incoming {
             },
             &[],
         )?;
+        failpoint("hello");
         let mut sockets = Inherited::default();
         let mut counters = Vec::new();
         let mut taken = 0;
@@ -114,7 +115,10 @@ impl Incoming {
                     }
                     carried.extend(state);
                 }
-                Message::Done => return Ok(Received { sockets, counters }),
+                Message::Done => {
+                    failpoint("sockets");
+                    return Ok(Received { sockets, counters });
+                }
                 Message::Abort { reason } => return Err(UpgradeError::Aborted(reason)),
                 other => {
                     return Err(UpgradeError::Protocol(format!(
@@ -181,6 +185,18 @@ impl Incoming {
             },
             &[],
         );
+    }
+}
+
+/// The environment variable that makes a new process crash at a named step of the
+/// handover (`hello`: once it has said hello; `sockets`: once it holds every socket), for
+/// the tests that check the old process survives that. Unset in any real use.
+pub const FAILPOINT: &str = "TOLLGATE_UPGRADE_FAILPOINT";
+
+fn failpoint(step: &str) {
+    if std::env::var_os(FAILPOINT).is_some_and(|v| v == step) {
+        eprintln!("tollgate: {FAILPOINT}={step}: crashing here, as asked");
+        std::process::abort();
     }
 }
 

@@ -133,8 +133,15 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
             );
             // The new process is killed before the listeners resume: from here on only
             // this process takes from them.
+            // A process that died mid-way shows as a closed or reset socket: say how it ended.
             let e = match e {
                 UpgradeError::Closed(_) => UpgradeError::Exited(child.status()),
+                UpgradeError::Io { step, source } => match child.ended() {
+                    Some(status) => UpgradeError::Exited(format!(
+                        "{status}, while handing over: {step}: {source}"
+                    )),
+                    None => UpgradeError::Io { step, source },
+                },
                 e => e,
             };
             drop(child);
@@ -242,6 +249,22 @@ impl Reaper {
                 }
                 Ok(None) => return "still running; killed".into(),
                 Err(e) => return format!("cannot tell: {e}"),
+            }
+        }
+    }
+
+    /// How the process ended, if it has (within a moment: a crash takes a little while
+    /// to be reaped); `None` while it runs.
+    fn ended(&mut self) -> Option<String> {
+        let child = self.0.as_mut()?;
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status.to_string()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => return None,
             }
         }
     }

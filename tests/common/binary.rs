@@ -65,6 +65,17 @@ pub fn spawn_exe(exe: &std::path::Path, path: &std::path::Path) -> Running {
     )
 }
 
+/// [`spawn_exe`] with environment variables set for the process.
+pub fn spawn_exe_env(
+    exe: &std::path::Path,
+    path: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Running {
+    let mut cmd = Command::new(exe);
+    cmd.envs(env.iter().copied());
+    launch(cmd, path, tempfile::tempdir().unwrap(), "json")
+}
+
 /// [`spawn_file`] with the log lines an operator reads on a terminal (`--log-format text`).
 pub fn spawn_file_text(path: &std::path::Path) -> Running {
     launch(
