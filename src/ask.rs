@@ -75,7 +75,7 @@ pub fn upgrade(path: &Path, admin: Option<SocketAddr>) -> Outcome {
         .to_owned();
     match status {
         StatusCode::OK => Outcome::Done(vec![format!(
-            "upgraded: process {} serves at {addr}; the previous one ({}) finishes its open connections and exits",
+            "upgraded: process {} serves at {addr}; the previous one ({}) hands its open connections over and exits",
             body["pid"].as_u64().unwrap_or(0),
             body["previous_pid"].as_u64().unwrap_or(0)
         )]),

@@ -150,6 +150,12 @@ impl TollgateCollector {
                 n as f64,
             );
         }
+        push(
+            out,
+            "tollgate_upgrade_connections_handed_over_total",
+            &[],
+            self.control.handed_over() as f64,
+        );
         for (result, n) in self.control.upgrades() {
             push(
                 out,

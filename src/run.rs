@@ -112,7 +112,8 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                     server.handed_over().await;
                 }
                 if let Some(rest) = upgrades.settle(&control, done) {
-                    break Some(rest);
+                    // Every established connection freezes and goes to the new process.
+                    break Some(rest.move_connections());
                 }
             }
             () = stop.draining() => break None,
@@ -123,17 +124,22 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
         }
     };
     // After a handover the new process serves the listeners and the admin API, and is the
-    // one systemd follows: this one only finishes its open connections.
+    // one systemd follows: this one only hands over or finishes its open connections.
     if handed_over.is_none() {
         crate::notify::stopping();
     }
     server.begin_shutdown();
-    // Once this process's connections are done, the new one hears what they added to the
-    // counters.
+    // Once this process's connections are handed over or done, the new one hears what the
+    // ones finished here added to the counters.
     let mut joined = tokio::task::spawn_blocking(move || {
         server.wait();
-        if let Some(rest) = handed_over {
-            rest.finish(&control);
+        if let Some(moving) = handed_over {
+            let moved = moving.finish(&control);
+            info!(
+                handed_over = moved.handed,
+                kept = moved.kept,
+                "binary upgrade: this process's connections are handed over or finished"
+            );
         }
     });
     loop {
@@ -199,7 +205,7 @@ fn start(path: PathBuf, incoming: Option<Incoming>) -> Result<Server, RunError> 
         previous_pid = std::os::unix::process::parent_id(),
         "took over from the previous process"
     );
-    incoming.follow();
+    incoming.follow(server.handover());
     Ok(server)
 }
 /// Waits until every backend has had its first health check answered (or the pool has no

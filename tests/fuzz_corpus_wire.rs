@@ -123,6 +123,17 @@ fn upgrade_wire_corpus_replays_cleanly() {
         ),
         ("done", |a| matches!(a, Ok(Message::Done))),
         (
+            "connections",
+            |a| matches!(a, Ok(Message::Connections { conns }) if conns.len() == 2 && conns[0].fds() == 4),
+        ),
+        ("connections_fds_short", |a| {
+            matches!(a, Err(WireError::Fds { wanted: 6, .. }))
+        }),
+        (
+            "adopted",
+            |a| matches!(a, Ok(Message::Adopted { refused }) if refused == &[1, 3]),
+        ),
+        (
             "state",
             |a| matches!(a, Ok(Message::State { state }) if state.backends.len() == 1 && state.deny.len() == 1),
         ),

@@ -1,8 +1,9 @@
 //! Binary upgrade (`POST /api/v1/upgrade`, SIGUSR2, `tollgate upgrade`) with the built
-//! binary, run from a copy that a test may replace: the listening sockets and the admin API
-//! move to the new process with no client refused, counters continue, open connections
-//! finish in the old process, which then exits; a new binary that refuses the config,
-//! crashes at start, never answers or is missing leaves the old one serving as before.
+//! binary, run from a copy that a test may replace: the listening sockets, the admin API and
+//! the control state move to the new process with no client refused, counters continue, and
+//! the old process exits; a new binary that refuses the config, crashes at start or halfway,
+//! never answers or is missing leaves the old one serving as before. The established
+//! connections' side is `tests/upgrade_connections.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,181 +11,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::binary::{self, Running};
+use common::binary;
 use common::http::{get, request};
+use common::upgrade::*;
 use common::*;
-
-/// A copy of the tollgate binary in its own directory, and a config file beside it.
-struct Install {
-    dir: tempfile::TempDir,
-}
-
-impl Install {
-    fn new(yaml: &str) -> Install {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(binary::bin(), dir.path().join("tollgate")).unwrap();
-        std::fs::write(dir.path().join("tollgate.yaml"), yaml).unwrap();
-        Install { dir }
-    }
-
-    fn exe(&self) -> PathBuf {
-        self.dir.path().join("tollgate")
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("tollgate.yaml")
-    }
-
-    /// Replaces the installed binary with a shell script, as a broken package would.
-    fn replace_with_script(&self, script: &str) {
-        let tmp = self.dir.path().join("tollgate.new");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{script}\n")).unwrap();
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        std::fs::rename(&tmp, self.exe()).unwrap();
-    }
-
-    /// Puts the real binary back (a new file, as a package upgrade writes it).
-    fn restore(&self) {
-        let tmp = self.dir.path().join("tollgate.new");
-        std::fs::copy(binary::bin(), &tmp).unwrap();
-        std::fs::rename(&tmp, self.exe()).unwrap();
-    }
-
-    fn start(&self) -> Running {
-        binary::spawn_exe(&self.exe(), &self.config())
-    }
-}
-
-fn yaml(backend: SocketAddr) -> String {
-    yaml_with(&[backend])
-}
-
-fn yaml_with(backends: &[SocketAddr]) -> String {
-    let mut yaml =
-        "workers: 2\nshutdown: { drain_timeout: 20s }\nadmin: { bind: \"127.0.0.1:0\" }\n\
-         listeners:\n  front:\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
-         pools:\n  back:\n    backends:\n"
-            .to_owned();
-    for b in backends {
-        yaml.push_str(&format!("      - address: \"{b}\"\n"));
-    }
-    yaml
-}
-
-/// A process this test did not start itself (the new one of an upgrade): stopped with
-/// SIGKILL when dropped, should the test fail before it stops it.
-struct Adopted(u32);
-
-impl Adopted {
-    fn alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.0)).exists() && !is_zombie(self.0)
-    }
-
-    /// SIGTERM, then waits for the process to be gone.
-    fn stop(&self, within: Duration) {
-        kill(self.0, "-TERM");
-        wait_for("the new process to exit", within, || !self.alive());
-    }
-}
-
-impl Drop for Adopted {
-    fn drop(&mut self) {
-        if self.alive() {
-            kill(self.0, "-KILL");
-        }
-    }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
-}
-
-fn kill(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status();
-}
-
-/// Short connections through `front`, one after another, each echoing a few bytes, until
-/// stopped; every failure is kept.
-struct Churn {
-    stop: Arc<AtomicBool>,
-    made: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Churn {
-    fn start(front: SocketAddr) -> Churn {
-        let (stop, made): (Arc<AtomicBool>, Arc<AtomicU64>) = (Arc::default(), Arc::default());
-        let (s, m) = (Arc::clone(&stop), Arc::clone(&made));
-        let thread = std::thread::spawn(move || {
-            let mut errors = Vec::new();
-            let mut i = 0u64;
-            // About 300 connections a second, bounded in count.
-            while !s.load(Ordering::Relaxed) && i < 20_000 {
-                i += 1;
-                let msg = format!("churn {i}\n");
-                match round_trip(front, msg.as_bytes()) {
-                    Ok(got) if got == msg.as_bytes() => {}
-                    Ok(got) => errors.push(format!("{i}: echoed {got:?}")),
-                    Err(e) => errors.push(format!("{i}: {e}")),
-                }
-                m.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(3));
-            }
-            errors
-        });
-        Churn {
-            stop,
-            made,
-            thread: Some(thread),
-        }
-    }
-
-    fn made(&self) -> u64 {
-        self.made.load(Ordering::Relaxed)
-    }
-
-    fn finish(mut self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let errors = self.thread.take().unwrap().join().unwrap();
-        (self.made(), errors)
-    }
-}
-
-fn admin_of(lb: &Running) -> SocketAddr {
-    lb.logged_addr(&["admin API listening"])
-}
-
-/// The value of the sample `series` (name and labels as `/metrics` prints them).
-fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let body = get(admin, "/metrics").body;
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
-}
-
-fn upgrade(admin: SocketAddr) -> common::http::Answer {
-    request(admin, "POST", "/api/v1/upgrade", None, "")
-}
 
 const ACCEPTED: &str = "tollgate_listener_connections_accepted_total{listener=\"front\"}";
 
 #[test]
-fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
+fn an_upgrade_moves_the_listeners_admin_api_and_connections_without_refusing_anyone() {
     let (a, b) = (echo_backend(), echo_backend());
     let install = Install::new(&yaml_with(&[a, b]));
     let mut old = install.start();
@@ -198,7 +35,7 @@ fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
     assert_eq!(request(admin, "POST", &drain, None, "").status, 200);
     let deny = "/api/v1/listeners/front/deny/10.9.0.0%2F16";
     assert_eq!(request(admin, "POST", deny, None, "").status, 200);
-    // A connection open before the upgrade stays with the old process until it ends.
+    // A connection open before the upgrade: it moves with the rest.
     let mut held = held_echo(front, 7);
     let churn = Churn::start(front);
     wait_for("some churn", Duration::from_secs(10), || churn.made() > 100);
@@ -248,8 +85,11 @@ fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
         "{} of {made} connections failed: {errors:?}",
         errors.len()
     );
-    // The held connection still echoes (the old process serves it), then ends the old one,
-    // which tells the new one what that connection added to the counters.
+    // The held connection moved to the new process with the rest: the old one exits while
+    // it is open, and the bytes it moves from now on count in the new one.
+    let exited = Instant::now();
+    let code = old.wait_exit(Duration::from_secs(5));
+    assert_eq!(code.code(), Some(0));
     let sent_bytes = || -> f64 {
         let body = get(admin, "/metrics").body;
         body.lines()
@@ -263,16 +103,9 @@ fn an_upgrade_moves_the_listeners_and_admin_api_without_refusing_anyone() {
     let mut back = vec![0u8; chunk.len()];
     held.read_exact(&mut back).unwrap();
     assert_eq!(back, chunk);
-    assert!(
-        old.child.try_wait().unwrap().is_none(),
-        "the old process waits for its connection"
-    );
     drop(held);
-    let exited = Instant::now();
-    let code = old.wait_exit(Duration::from_secs(5));
-    assert_eq!(code.code(), Some(0));
     wait_for(
-        "the old process's last counts",
+        "the moved connection's bytes",
         Duration::from_secs(5),
         || sent_bytes() >= before + 50_000.0,
     );

@@ -5,13 +5,18 @@
 //!
 //! [`Server`] is the in-process handle that `main.rs`, the demo and the tests use alike.
 //! `sockets.rs` binds the listening sockets, or takes them over from the process that
-//! upgraded to this one; the upgrade itself (`crate::upgrade`) uses what [`Server`] offers
-//! it: the sockets in service, pausing them, and handing the admin API over.
+//! upgraded to this one; `worker.rs` runs one data-plane worker. The upgrade itself
+//! (`crate::upgrade`) uses what [`Handover`] offers it: the sockets in service, pausing
+//! them, the admin API, and the workers that resume connections.
 
+mod handover;
 mod sockets;
+mod worker;
 
+pub use handover::Handover;
 pub use sockets::Inherited;
-use sockets::WorkerSockets;
+use sockets::warn_if_caps_exceed;
+use worker::run_worker;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -26,8 +31,9 @@ use tracing::{error, info};
 use crate::admin::AdminOff;
 use crate::config::{Config, Forwarding};
 use crate::control::{Channels, Handle, Owner};
-use crate::proxy::listener::{self, BindKey, BoundSocket, Listening};
-use crate::proxy::{DataPlane, ForwardMode, Tracker};
+use crate::proxy::handoff::Frozen;
+use crate::proxy::listener::BindKey;
+use crate::proxy::{DataPlane, ForwardMode};
 use crate::state::{Published, Snapshot};
 use crate::sys::PipePool;
 
@@ -51,6 +57,9 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     /// A duplicate of the admin socket, for a binary upgrade to hand over.
     admin_socket: Option<OwnedFd>,
+    /// Each worker's way in for connections to resume (handed over, or back from a
+    /// handover that failed).
+    adopters: Vec<mpsc::UnboundedSender<Box<Frozen>>>,
 }
 
 /// Stops a running [`Server`] from anywhere (a signal handler, another thread).
@@ -97,37 +106,6 @@ impl StopHandle {
     /// Why the control plane failed, if it did.
     pub fn failure(&self) -> Option<String> {
         self.failure.get().cloned()
-    }
-}
-
-/// What a binary upgrade takes from a running server (`crate::upgrade::old`): its listening
-/// sockets and admin socket (duplicates), the switch that pauses accepting, and its counters.
-#[derive(Clone)]
-pub struct Handover {
-    control: Handle,
-    admin: Option<(SocketAddr, Arc<OwnedFd>)>,
-}
-
-impl Handover {
-    pub fn control(&self) -> &Handle {
-        &self.control
-    }
-
-    /// A duplicate of every listening socket in service, with the key it serves. Fails when
-    /// one could not be duplicated.
-    pub fn listening_sockets(&self) -> std::io::Result<Vec<(BindKey, OwnedFd)>> {
-        self.control.plane().listening.duplicates()
-    }
-
-    /// A duplicate of the admin socket, when there is an admin API.
-    pub fn admin_socket(&self) -> Option<std::io::Result<(SocketAddr, OwnedFd)>> {
-        let (addr, fd) = self.admin.as_ref()?;
-        Some(fd.try_clone().map(|fd| (*addr, fd)))
-    }
-
-    /// Stops (true) or resumes (false) accepting on every listening socket; they stay open.
-    pub fn pause_accepting(&self, on: bool) {
-        self.control.plane().listening.pause(on);
     }
 }
 
@@ -215,12 +193,18 @@ impl Server {
         let heartbeats = crate::notify::watchdog_period()
             .map(|period| crate::notify::Heartbeats::new(workers, period));
         let mut handles = Vec::with_capacity(workers);
-        for (id, (socks, rx)) in sockets.into_iter().zip(receivers).enumerate() {
+        let (adopters, adopting): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        for (id, ((socks, rx), adopt)) in
+            sockets.into_iter().zip(receivers).zip(adopting).enumerate()
+        {
             let (plane, stop) = (control.plane().clone(), stop.clone());
             let beats = heartbeats.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tollgate-w{id}"))
-                .spawn(move || run_worker(id, (socks, rx), plane, drain_timeout, stop, beats))
+                .spawn(move || {
+                    run_worker(id, (socks, rx, adopt), plane, drain_timeout, stop, beats)
+                })
                 .context("cannot start a worker thread")?;
             handles.push(handle);
         }
@@ -255,6 +239,7 @@ impl Server {
             control_thread,
             admin_addr,
             admin_socket,
+            adopters,
         })
     }
 
@@ -285,6 +270,7 @@ impl Server {
     /// What a binary upgrade needs of this server, for the thread that carries it out.
     pub fn handover(&self) -> Handover {
         Handover {
+            adopters: self.adopters.clone(),
             control: self.control.clone(),
             admin: self
                 .admin_addr
@@ -425,95 +411,4 @@ async fn watch_owner(owner: Owner, control: &Handle, stop: &StopHandle) {
     control.set_draining();
     stop.drain();
     let _ = done.wait_for(|n| *n).await;
-}
-
-fn run_worker(
-    id: usize,
-    (sockets, mut added): (WorkerSockets, mpsc::UnboundedReceiver<BoundSocket>),
-    plane: Arc<DataPlane>,
-    drain: std::time::Duration,
-    stop: StopHandle,
-    heartbeats: Option<Arc<crate::notify::Heartbeats>>,
-) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(worker = id, error = %e, "cannot build the worker runtime");
-            return;
-        }
-    };
-    let (shutdown, mut now) = (stop.drain.subscribe(), stop.now.subscribe());
-    rt.block_on(async move {
-        if let Some(beats) = heartbeats {
-            drop(tokio::spawn(beats.beat(id)));
-        }
-        let tracker = Tracker::default();
-        // TCP accept loops return at shutdown and are awaited before the drain; a UDP socket
-        // serves its open sessions through the drain, and each session holds the tracker.
-        let spawn = |b: BoundSocket| match b.socket {
-            Listening::Tcp(_) => Some(tokio::spawn(listener::accept_loop(b, plane.clone(), shutdown.clone(), tracker.clone()))),
-            Listening::Udp(bound) => {
-                drop(tokio::spawn(crate::proxy::udp::serve(b.key, bound, plane.clone(), shutdown.clone(), tracker.clone())));
-                None
-            }
-        };
-        let mut loops: Vec<_> = sockets.into_iter().filter_map(spawn).collect();
-        let mut stop_rx = shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = stop_rx.wait_for(|s| *s) => break,
-                Some(b) = added.recv() => loops.extend(spawn(b)),
-            }
-        }
-        // Accept loops return on shutdown and drop their sockets: new connects are refused.
-        for l in loops {
-            let _ = l.await;
-        }
-        let open = tracker.open();
-        if open > 0 {
-            info!(worker = id, open, timeout = ?drain, "draining connections and UDP sessions");
-            tokio::select! {
-                r = tokio::time::timeout(drain, tracker.wait_idle()) => if r.is_err() {
-                    info!(worker = id, open = tracker.open(), "drain timeout reached; closing the rest");
-                },
-                _ = now.wait_for(|n| *n) => {
-                    info!(worker = id, open = tracker.open(), "stopping now; closing the rest");
-                }
-            }
-        }
-    });
-    // Dropping the runtime cancels whatever is still open; their sockets close.
-}
-
-/// Warns when the caps the operator wrote cannot fit the open-file limit. Caps the file left
-/// unset were sized to fit it (`defaults::max_connections`), so they never warn; one info
-/// line says what they were sized to.
-fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
-    // UDP listeners hold sessions (one descriptor each, sized apart), not connections.
-    let (sized, written): (Vec<_>, Vec<_>) = config
-        .listeners
-        .iter()
-        .filter(|l| !l.protocol.is_udp())
-        .partition(|l| l.max_connections_sized);
-    if let Some(first) = sized.first() {
-        let names: Vec<&str> = sized.iter().map(|l| l.name.as_str()).collect();
-        info!(
-            fd_limit = fd_soft,
-            max_connections = first.max_connections,
-            listeners = names.join(","),
-            "limits.max_connections not set: sized to fit the open-file limit"
-        );
-    }
-    let total: u64 = written.iter().map(|l| l.max_connections as u64).sum();
-    // Each proxied connection holds two sockets, and up to two pipes while moving data.
-    if total.saturating_mul(2) > fd_soft {
-        tracing::warn!(
-            fd_limit = fd_soft,
-            max_connections_total = total,
-            "the open-file limit cannot fit the listeners' max_connections as written; accepts will pause when it runs out (raise LimitNOFILE, or lower the caps)"
-        );
-    }
 }

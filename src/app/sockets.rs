@@ -86,3 +86,33 @@ pub(super) fn bind_all(
     }
     Ok((bound, sockets))
 }
+
+/// Warns when the caps the operator wrote cannot fit the open-file limit. Caps the file left
+/// unset were sized to fit it (`defaults::max_connections`), so they never warn; one info
+/// line says what they were sized to.
+pub(super) fn warn_if_caps_exceed(config: &Config, fd_soft: u64) {
+    // UDP listeners hold sessions (one descriptor each, sized apart), not connections.
+    let (sized, written): (Vec<_>, Vec<_>) = config
+        .listeners
+        .iter()
+        .filter(|l| !l.protocol.is_udp())
+        .partition(|l| l.max_connections_sized);
+    if let Some(first) = sized.first() {
+        let names: Vec<&str> = sized.iter().map(|l| l.name.as_str()).collect();
+        info!(
+            fd_limit = fd_soft,
+            max_connections = first.max_connections,
+            listeners = names.join(","),
+            "limits.max_connections not set: sized to fit the open-file limit"
+        );
+    }
+    let total: u64 = written.iter().map(|l| l.max_connections as u64).sum();
+    // Each proxied connection holds two sockets, and up to two pipes while moving data.
+    if total.saturating_mul(2) > fd_soft {
+        tracing::warn!(
+            fd_limit = fd_soft,
+            max_connections_total = total,
+            "the open-file limit cannot fit the listeners' max_connections as written; accepts will pause when it runs out (raise LimitNOFILE, or lower the caps)"
+        );
+    }
+}

@@ -75,7 +75,15 @@ pub struct Registry {
 impl Registry {
     /// The live counters of a backend, made on first use.
     pub fn stats(&mut self, key: &BackendKey) -> Arc<BackendStats> {
-        self.stats.entry(key.clone()).or_default().clone()
+        self.stats
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(BackendStats {
+                    pool: key.0.as_str().into(),
+                    ..BackendStats::default()
+                })
+            })
+            .clone()
     }
 
     /// The live counters of a backend the config has now.

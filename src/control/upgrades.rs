@@ -31,6 +31,7 @@ pub struct UpgradeFailure {
 pub(super) struct Upgrades {
     asks: OnceLock<mpsc::Sender<UpgradeAsk>>,
     counts: [AtomicU64; 4],
+    handed_over: AtomicU64,
 }
 
 impl Handle {
@@ -68,6 +69,16 @@ impl Handle {
         if let Some(i) = RESULTS.iter().position(|r| *r == result) {
             self.0.upgrades.counts[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one established connection taken over from the previous process.
+    pub fn count_handed_over(&self) {
+        self.0.upgrades.handed_over.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Established connections taken over from previous processes.
+    pub fn handed_over(&self) -> u64 {
+        self.0.upgrades.handed_over.load(Ordering::Relaxed)
     }
 
     /// Upgrades by result, as this process counted them.

@@ -262,6 +262,21 @@ impl TcpRecord<'_> {
         }
     }
 
+    /// The connection was handed over to another process, which writes its line when it
+    /// ends: nothing is written here. Returns how long it has been open, for that line.
+    pub fn handed_over(&mut self) -> std::time::Duration {
+        self.0
+            .take()
+            .map_or(std::time::Duration::ZERO, |line| line.started.elapsed())
+    }
+
+    /// A connection resumed from a handover: it has been open for `age` already.
+    pub fn started_ago(&mut self, age: std::time::Duration) {
+        if let Some(line) = &mut self.0 {
+            line.started = Instant::now().checked_sub(age).unwrap_or(line.started);
+        }
+    }
+
     /// Ends it on a failed leg, with the error's text.
     pub fn failed(&mut self, end: TcpEnd, error: &dyn std::fmt::Display) {
         if let Some(line) = &mut self.0 {

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::access_log::Tally;
+use super::handoff::{FrozenDirection, Handoff, Registered};
 use super::pump::{Means, Pump};
 use super::{ForwardMode, abort};
 pub use crate::state::Side;
@@ -49,6 +50,27 @@ pub enum ForwardError {
     /// could not deliver (both legs are then reset, not closed).
     #[error("idle timeout")]
     Idle { stranded: u64 },
+    /// Frozen for a binary upgrade to hand over (`handoff.rs`): no failure; the connection
+    /// goes on elsewhere from this state.
+    #[error("handed over")]
+    Frozen(Box<FrozenFlow>),
+}
+
+/// Both directions of a frozen connection, whose FIN came first, and how long it has been
+/// idle.
+#[derive(Debug)]
+pub struct FrozenFlow {
+    pub up: FrozenDirection,
+    pub down: FrozenDirection,
+    pub first_fin: Option<Side>,
+    pub idle_for: Duration,
+}
+
+/// Where a forwarding starts: afresh, with `sent` bytes of the client's already at the
+/// backend (the ClientHello SNI routing read), or from a frozen state.
+pub enum Start {
+    Fresh { sent: u64 },
+    Thawed(Box<FrozenFlow>),
 }
 
 /// What failed on a leg. (Not a `&str`: the error is kept in every connection's task while
@@ -76,7 +98,7 @@ impl ForwardError {
     pub fn aborted(&self) -> Option<(Side, Failure)> {
         match self {
             ForwardError::Io { side, source, .. } => Some((*side, failure(source))),
-            ForwardError::Idle { .. } => None,
+            ForwardError::Idle { .. } | ForwardError::Frozen(_) => None,
         }
     }
 }
@@ -161,21 +183,139 @@ impl Drop for Flow<'_, '_> {
 /// [`FLUSH_EVERY`], by the first bytes that move after the previous flush. An idle
 /// connection has no flush due and costs no wake-up; a busy one costs one a second.
 ///
-/// `sent`: bytes of the client's that reached the backend before (the ClientHello SNI
-/// routing read); they count as moved to it. `tally`: the access log's, told the bytes
-/// and the first FIN when the forwarding ends or is dropped.
-pub async fn forward(
-    (client, backend): (&TcpStream, &TcpStream),
-    sent: u64,
+/// `start`: afresh, where the bytes of the client's that reached the backend before (the
+/// ClientHello SNI routing read) count as moved to it; or from a connection frozen by a
+/// handover. `tally`: the access log's, told the bytes and the first FIN when the forwarding
+/// ends or is dropped. While `handoff` is freezing, the forwarding stops where it stands and
+/// returns [`ForwardError::Frozen`] with its state (`None`: never; a connection the new
+/// process could not take).
+// Not an `async fn`: that would keep its arguments and the locals made of them side by
+// side for the connection's whole life. The start is settled before the future exists, so
+// neither it nor a frozen state it brings stays in every connection's task.
+#[allow(clippy::manual_async_fn)]
+pub fn forward<'a>(
+    legs: (&'a TcpStream, &'a TcpStream),
+    start: Start,
     idle: Duration,
     mode: ForwardMode,
-    pipes: &PipePool,
-    (stats, tally): (&BackendStats, Option<&Tally>),
-) -> (Result<(), ForwardError>, Transfer) {
+    pipes: &'a PipePool,
+    (stats, tally): (&'a BackendStats, Option<&'a Tally>),
+    handoff: Option<&'a Handoff>,
+) -> impl Future<Output = (Result<(), ForwardError>, Transfer)> + Send + 'a {
     let means = Means {
         pipes,
         may_splice: mode == ForwardMode::Splice,
     };
+    let (mut flow, mut last_moved) = begin(start, pipes, stats, tally);
+    async move {
+        // The clock, the timer and the result end with this block, and the boxed future it
+        // yields when a leg failed owns the result: kept across the await below, any of them
+        // would add to every connection's task, for a path few connections take. (The legs are
+        // still kept across it: 16 bytes.)
+        let aborting = {
+            let result = {
+                // In this worker's registry while it forwards, so that a handover wakes it.
+                let mut registered: Option<Registered> = None;
+                // A flush is armed on the timer: bytes moved since the last one.
+                let mut flush_due = false;
+                let timer = tokio::time::sleep_until(last_moved + idle);
+                tokio::pin!(timer);
+                let mut up_first = true;
+                std::future::poll_fn(|cx| {
+                    if registered.is_none() && handoff.is_some() {
+                        registered = Registered::enter(cx.waker());
+                    }
+                    let Flow {
+                        up,
+                        down,
+                        first_fin: fin,
+                        ..
+                    } = &mut flow;
+                    if handoff.is_some_and(Handoff::freezing)
+                        && let Some(frozen) = freeze(up, down, *fin, last_moved)
+                    {
+                        return Poll::Ready(Err(ForwardError::Frozen(Box::new(frozen))));
+                    }
+                    up_first = !up_first;
+                    // Which FIN came first is noted right after the poll that saw it: the other
+                    // side's, seen later in the same turn, may be its answer to the one passed on.
+                    let (a, b) = if up_first {
+                        let a = up.poll(cx, legs.0, legs.1, means, down.is_done());
+                        noted(fin, up, Side::Client);
+                        let b = down.poll(cx, legs.1, legs.0, means, up.is_done());
+                        noted(fin, down, Side::Backend);
+                        (a, b)
+                    } else {
+                        let b = down.poll(cx, legs.1, legs.0, means, up.is_done());
+                        noted(fin, down, Side::Backend);
+                        let a = up.poll(cx, legs.0, legs.1, means, down.is_done());
+                        noted(fin, up, Side::Client);
+                        (a, b)
+                    };
+                    for r in [a, b] {
+                        if let Poll::Ready(Err(e)) = r {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    if up.is_done() && down.is_done() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if std::mem::take(&mut up.touched) | std::mem::take(&mut down.touched) {
+                        last_moved = Instant::now();
+                        if !flush_due {
+                            flush_due = true;
+                            let at = last_moved + FLUSH_EVERY;
+                            if at < timer.deadline() {
+                                timer.as_mut().reset(at);
+                            }
+                        }
+                    }
+                    while timer.as_mut().poll(cx).is_ready() {
+                        // The timer fires at the flush or at the idle deadline, whichever comes first;
+                        // with an idle timeout under FLUSH_EVERY the flush just comes early.
+                        if std::mem::take(&mut flush_due) {
+                            flow.flush();
+                        }
+                        let idle_at = last_moved + idle;
+                        if Instant::now() >= idle_at {
+                            let stranded = flow.up.held() + flow.down.held();
+                            return Poll::Ready(Err(ForwardError::Idle {
+                                stranded: stranded as u64,
+                            }));
+                        }
+                        timer.as_mut().reset(idle_at);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            let side = match &result {
+                Err(ForwardError::Io { side, .. }) => *side,
+                Err(ForwardError::Frozen(_)) => return (result, flow.moved()),
+                Err(ForwardError::Idle { stranded }) => {
+                    if *stranded > 0 {
+                        abort::reset_on_close(legs.0);
+                        abort::reset_on_close(legs.1);
+                    }
+                    return (result, flow.moved());
+                }
+                Ok(()) => return (result, flow.moved()),
+            };
+            // Boxed, for the same reason.
+            Box::pin(after_failure(result, &mut flow, side, legs, idle))
+        };
+        aborting.await
+    }
+}
+
+/// The flow a forwarding starts with, and when bytes last moved: afresh now, or from where
+/// a frozen connection stood.
+fn begin<'p, 's>(
+    start: Start,
+    pipes: &'p PipePool,
+    stats: &'s BackendStats,
+    tally: Option<&'s Tally>,
+) -> (Flow<'p, 's>, Instant) {
     let mut flow = Flow {
         up: Pump::new(Side::Client, Side::Backend),
         down: Pump::new(Side::Backend, Side::Client),
@@ -184,100 +324,49 @@ pub async fn forward(
         first_fin: None,
         tally,
     };
-    flow.up.moved = sent;
-    // The clock, the timer and the result end with this block, and the boxed future it
-    // yields when a leg failed owns the result: kept across the await below, any of them
-    // would add to every connection's task, for a path few connections take. (The legs are
-    // still kept across it: 16 bytes.)
-    let aborting = {
-        let result = {
-            let mut last_moved = Instant::now();
-            // A flush is armed on the timer: bytes moved since the last one.
-            let mut flush_due = false;
-            let timer = tokio::time::sleep_until(last_moved + idle);
-            tokio::pin!(timer);
-            let mut up_first = true;
-            std::future::poll_fn(|cx| {
-                let Flow {
-                    up,
-                    down,
-                    first_fin: fin,
-                    ..
-                } = &mut flow;
-                up_first = !up_first;
-                // Which FIN came first is noted right after the poll that saw it: the other
-                // side's, seen later in the same turn, may be its answer to the one passed on.
-                let (a, b) = if up_first {
-                    let a = up.poll(cx, client, backend, means, down.is_done());
-                    noted(fin, up, Side::Client);
-                    let b = down.poll(cx, backend, client, means, up.is_done());
-                    noted(fin, down, Side::Backend);
-                    (a, b)
-                } else {
-                    let b = down.poll(cx, backend, client, means, up.is_done());
-                    noted(fin, down, Side::Backend);
-                    let a = up.poll(cx, client, backend, means, down.is_done());
-                    noted(fin, up, Side::Client);
-                    (a, b)
-                };
-                for r in [a, b] {
-                    if let Poll::Ready(Err(e)) = r {
-                        return Poll::Ready(Err(e));
-                    }
-                }
-                if up.is_done() && down.is_done() {
-                    return Poll::Ready(Ok(()));
-                }
-                if std::mem::take(&mut up.touched) | std::mem::take(&mut down.touched) {
-                    last_moved = Instant::now();
-                    if !flush_due {
-                        flush_due = true;
-                        let at = last_moved + FLUSH_EVERY;
-                        if at < timer.deadline() {
-                            timer.as_mut().reset(at);
-                        }
-                    }
-                }
-                while timer.as_mut().poll(cx).is_ready() {
-                    // The timer fires at the flush or at the idle deadline, whichever comes first;
-                    // with an idle timeout under FLUSH_EVERY the flush just comes early.
-                    if std::mem::take(&mut flush_due) {
-                        flow.flush();
-                    }
-                    let idle_at = last_moved + idle;
-                    if Instant::now() >= idle_at {
-                        let stranded = flow.up.held() + flow.down.held();
-                        return Poll::Ready(Err(ForwardError::Idle {
-                            stranded: stranded as u64,
-                        }));
-                    }
-                    timer.as_mut().reset(idle_at);
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        let side = match &result {
-            Err(ForwardError::Io { side, .. }) => *side,
-            Err(ForwardError::Idle { stranded }) => {
-                if *stranded > 0 {
-                    abort::reset_on_close(client);
-                    abort::reset_on_close(backend);
-                }
-                return (result, flow.moved());
-            }
-            Ok(()) => return (result, flow.moved()),
-        };
-        // Boxed, for the same reason.
-        Box::pin(after_failure(
-            result,
-            &mut flow,
-            side,
-            (client, backend),
-            idle,
-        ))
-    };
-    aborting.await
+    let now = Instant::now();
+    match start {
+        Start::Fresh { sent } => {
+            flow.up.moved = sent;
+            (flow, now)
+        }
+        Start::Thawed(frozen) => {
+            let FrozenFlow {
+                up,
+                down,
+                first_fin,
+                idle_for,
+            } = *frozen;
+            flow.up = Pump::thaw(Side::Client, Side::Backend, up, pipes);
+            flow.down = Pump::thaw(Side::Backend, Side::Client, down, pipes);
+            flow.first_fin = first_fin;
+            // What moved before was counted where it moved.
+            flow.counted = flow.moved();
+            (flow, now.checked_sub(idle_for).unwrap_or(now))
+        }
+    }
+}
+
+/// Both directions as they stand, for a handover; `None` (and they forward on) when the
+/// bytes a buffer holds cannot be put in a pipe (no descriptor left).
+fn freeze(
+    up: &mut Pump<'_>,
+    down: &mut Pump<'_>,
+    first_fin: Option<Side>,
+    last_moved: Instant,
+) -> Option<FrozenFlow> {
+    match (up.buffered_pipe(), down.buffered_pipe()) {
+        (Ok(a), Ok(b)) => Some(FrozenFlow {
+            up: up.freeze(a),
+            down: down.freeze(b),
+            first_fin,
+            idle_for: last_moved.elapsed(),
+        }),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "cannot freeze a connection for the handover; it stays");
+            None
+        }
+    }
 }
 
 /// Notes `side` as the first to end its direction if its pump has seen the end of stream
@@ -306,119 +395,5 @@ async fn after_failure(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// A connected pair of loopback sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
-        (a, b)
-    }
-
-    /// Splice mode with a pool that has no pipe to give must still move every byte, through
-    /// the buffered copy.
-    #[tokio::test]
-    async fn splice_mode_falls_back_to_copy_when_no_pipe_can_be_had() {
-        let (mut client_end, client) = pair().await;
-        let (backend, mut backend_end) = pair().await;
-        let empty_pool = PipePool::new(0, 0, 65_536);
-        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let expected = payload.clone();
-        let peer = tokio::spawn(async move {
-            client_end.write_all(&payload).await.unwrap();
-            client_end.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            client_end.read_to_end(&mut back).await.unwrap();
-            back
-        });
-        let echo = tokio::spawn(async move {
-            let mut got = Vec::new();
-            backend_end.read_to_end(&mut got).await.unwrap();
-            backend_end.write_all(&got[..1000]).await.unwrap();
-            got
-        });
-        let idle = Duration::from_secs(10);
-        let stats = BackendStats::default();
-        let (result, moved) = forward(
-            (&client, &backend),
-            0,
-            idle,
-            ForwardMode::Splice,
-            &empty_pool,
-            (&stats, None),
-        )
-        .await;
-        result.unwrap();
-        drop((client, backend));
-        assert_eq!(echo.await.unwrap(), expected);
-        assert_eq!(peer.await.unwrap(), expected[..1000]);
-        assert_eq!(
-            moved,
-            Transfer {
-                to_backend: 300_000,
-                to_client: 1000,
-                first_fin: Some(Side::Client),
-            }
-        );
-        assert_eq!(empty_pool.open(), 0, "no pipe was made");
-        assert_eq!(
-            counted(&stats),
-            (300_000, 1000),
-            "the counters got every byte"
-        );
-    }
-
-    /// (sent, received) bytes on the backend's counters.
-    fn counted(stats: &BackendStats) -> (u64, u64) {
-        (
-            stats.sent_bytes.load(Ordering::Relaxed),
-            stats.received_bytes.load(Ordering::Relaxed),
-        )
-    }
-
-    /// The counters follow a connection that stays open (within about `FLUSH_EVERY`), and a
-    /// connection whose future is dropped (a worker cut at the drain deadline) still counts
-    /// the bytes it delivered since the last flush.
-    #[tokio::test]
-    async fn bytes_count_while_open_and_when_dropped() {
-        let (mut client_end, client) = pair().await;
-        let (backend, mut backend_end) = pair().await;
-        let pipes = PipePool::new(0, 0, 65_536);
-        let stats = BackendStats::default();
-        let idle = Duration::from_secs(60);
-        let mut forwarding = Box::pin(forward(
-            (&client, &backend),
-            0,
-            idle,
-            ForwardMode::Copy,
-            &pipes,
-            (&stats, None),
-        ));
-        let peers = async {
-            let mut buf = [0u8; 1000];
-            client_end.write_all(&[1; 1000]).await.unwrap();
-            backend_end.read_exact(&mut buf).await.unwrap();
-            backend_end.write_all(&[2; 300]).await.unwrap();
-            client_end.read_exact(&mut buf[..300]).await.unwrap();
-            let deadline = Instant::now() + FLUSH_EVERY * 5;
-            while counted(&stats) != (1000, 300) {
-                assert!(Instant::now() < deadline, "counted {:?}", counted(&stats));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            // Delivered after the flush above, and dropped well before the next one is due
-            // (no assertion on that: it would be one on timing), so the drop counts these.
-            client_end.write_all(&[3; 50]).await.unwrap();
-            backend_end.read_exact(&mut buf[..50]).await.unwrap();
-        };
-        tokio::select! {
-            r = &mut forwarding => panic!("forwarding ended while both peers were open: {r:?}"),
-            () = peers => {}
-        }
-        drop(forwarding);
-        assert_eq!(counted(&stats), (1050, 300));
-    }
-}
+#[path = "copy_tests.rs"]
+mod tests;

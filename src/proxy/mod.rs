@@ -5,7 +5,8 @@
 //! `abort.rs`), and the failure streaks behind passive health
 //! checks (`passive.rs`). `udp/` serves UDP listeners: sessions, their upstream sockets and replies.
 //! `access_log.rs` writes a line per connection and per UDP session as it ends, when on;
-//! `sockets.rs` keeps the set of listening sockets in service, for a binary upgrade.
+//! `sockets.rs` keeps the set of listening sockets in service, and `handoff.rs` freezes and
+//! resumes established connections, for a binary upgrade.
 //!
 //! It reads only the published [`crate::state::Snapshot`] and its own [`DataPlane`] settings;
 //! it never imports `config`, `app` or admin code.
@@ -16,11 +17,13 @@ mod bind;
 pub mod buffers;
 pub mod copy;
 mod dial;
+pub mod handoff;
 pub mod listener;
 mod passive;
 mod peek;
 mod proxied;
 mod pump;
+pub mod resume;
 mod route;
 pub mod slot;
 pub mod sockets;
@@ -63,6 +66,8 @@ pub struct DataPlane {
     /// The listening sockets in service, and the switch that pauses them while a binary
     /// upgrade takes them over.
     pub listening: Arc<sockets::Listening>,
+    /// Freezing established connections for a binary upgrade to hand over.
+    pub handoff: handoff::Handoff,
 }
 
 /// A backend whose connect failures in a row just reached its pool's passive limit; the
@@ -87,6 +92,7 @@ impl DataPlane {
             failing,
             access: Arc::default(),
             listening: Arc::default(),
+            handoff: handoff::Handoff::default(),
         }
     }
 

@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 
 use super::buffers::{self, Buffer};
 use super::copy::{ForwardError, Op, Side};
-use crate::sys::{PipePool, PooledPipe};
+use super::handoff::{DirectionState, FrozenDirection};
+use crate::sys::{Pipe, PipePool, PooledPipe};
 
 /// A splice burst that moves less than this goes back to copying: one buffered read would
 /// have carried it with fewer, cheaper syscalls.
@@ -258,6 +259,61 @@ impl<'p> Pump<'p> {
             // Readiness was cleared; the next poll_write_ready waits for room.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(self.dst_err(Op::Write, e)),
+        }
+    }
+
+    /// A direction resumed from a frozen state (a binary upgrade, or a handover that
+    /// failed): the pipe that holds its undelivered bytes joins `pipes`, and it delivers
+    /// them before reading more.
+    pub fn thaw(
+        src_side: Side,
+        dst_side: Side,
+        frozen: FrozenDirection,
+        pipes: &'p PipePool,
+    ) -> Pump<'p> {
+        let mut pump = Pump::new(src_side, dst_side);
+        let DirectionState {
+            moved,
+            eof,
+            done,
+            bulk,
+        } = frozen.state;
+        (pump.moved, pump.eof, pump.done, pump.bulk) = (moved, eof, done, bulk);
+        pump.pipe = frozen.pipe.map(|pipe| pipes.adopt(pipe));
+        pump
+    }
+
+    /// The bytes a buffer holds, written into a fresh pipe so that they can be handed over
+    /// as a descriptor; `None` when the buffer holds nothing (or there is no buffer). The
+    /// pump is left as it was: freezing fails whole or not at all.
+    pub fn buffered_pipe(&self) -> io::Result<Option<Pipe>> {
+        let held = match &self.buf {
+            Some(buf) if self.end > self.start => &buf[self.start..self.end],
+            _ => return Ok(None),
+        };
+        let mut pipe =
+            Pipe::new(crate::sys::pipe::MIN_USEFUL_CAPACITY).map_err(io::Error::other)?;
+        pipe.fill_from_bytes(held)?;
+        Ok(Some(pipe))
+    }
+
+    /// Freezes the direction: what it holds leaves in `fresh` (from [`Pump::buffered_pipe`])
+    /// or in the pipe it was splicing through; the pump is empty afterwards.
+    pub fn freeze(&mut self, fresh: Option<Pipe>) -> FrozenDirection {
+        let spliced = self.pipe.take().and_then(|p| match p.held() {
+            0 => None,
+            _ => p.detach(),
+        });
+        self.buf = None;
+        (self.start, self.end) = (0, 0);
+        FrozenDirection {
+            pipe: spliced.or(fresh),
+            state: DirectionState {
+                moved: self.moved,
+                eof: self.eof,
+                done: self.done,
+                bulk: self.bulk,
+            },
         }
     }
 

@@ -19,9 +19,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::access_log::TcpEnd;
-use super::copy::{self, ForwardError, Side, Transfer};
+use super::access_log::{TcpEnd, TcpRecord};
+use super::copy::{self, ForwardError, Side, Start, Transfer};
 use super::dial::{Dial, dial_until, failure_reason};
+use super::resume;
 use super::throttle::LogThrottle;
 
 static NO_BACKEND_LOG: LogThrottle = LogThrottle::new();
@@ -156,34 +157,59 @@ pub fn serve(mut conn: Admitted, plane: Arc<DataPlane>) -> impl Future<Output = 
         let counters = (stats, record.tally());
         let (result, moved) = copy::forward(
             legs,
-            from_client,
+            Start::Fresh { sent: from_client },
             idle,
             plane.mode(),
             &plane.pipes,
             counters,
+            Some(&plane.handoff),
         )
         .await;
-        match &result {
-            Ok(()) => record.end(TcpEnd::Closed),
-            Err(ForwardError::Idle { .. }) => record.end(TcpEnd::Idle),
-            Err(e @ ForwardError::Io { side, source, .. }) => {
-                let end = match e.aborted() {
-                    Some((_, Failure::Reset)) => TcpEnd::Reset(*side),
-                    _ => TcpEnd::Error(*side),
-                };
-                record.failed(end, &format_args!("{e}: {source}"));
-            }
+        if let Err(ForwardError::Frozen(frozen)) = result {
+            let state = resume::state(&frozen, &listener, conn.peer, &backend, &mut record);
+            let legs = (conn.client, upstream);
+            return resume::hand_off(legs, *frozen, state, Some(conn.guard), &plane);
         }
-        if let Some((side, why)) = result.as_ref().err().and_then(ForwardError::aborted) {
-            live.0.aborted(side, why).fetch_add(1, Ordering::Relaxed);
-        }
-        log_end(&result, moved, (&listener, conn.peer, backend.address));
+        ended(
+            &result,
+            moved,
+            &mut record,
+            &live,
+            (&listener, conn.peer, backend.address),
+        );
         // The line is written before the drain can see this connection finished.
         drop(record);
         drop(conn.slot);
         drop(conn.ticket);
         drop(conn.guard);
     }
+}
+
+/// Accounts for a forwarding that ended (not frozen): the access-log line's end, the
+/// listener's aborted count when a leg failed, and the connection's log line.
+pub(super) fn ended(
+    result: &Result<(), ForwardError>,
+    moved: Transfer,
+    record: &mut TcpRecord<'_>,
+    live: &Active,
+    who: Who<'_>,
+) {
+    match result {
+        Ok(()) => record.end(TcpEnd::Closed),
+        Err(ForwardError::Idle { .. }) => record.end(TcpEnd::Idle),
+        Err(e @ ForwardError::Io { side, source, .. }) => {
+            let end = match e.aborted() {
+                Some((_, Failure::Reset)) => TcpEnd::Reset(*side),
+                _ => TcpEnd::Error(*side),
+            };
+            record.failed(end, &format_args!("{e}: {source}"));
+        }
+        Err(ForwardError::Frozen(_)) => {}
+    }
+    if let Some((side, why)) = result.as_ref().err().and_then(ForwardError::aborted) {
+        live.0.aborted(side, why).fetch_add(1, Ordering::Relaxed);
+    }
+    log_end(result, moved, who);
 }
 
 /// Writes to the backend what it gets before the forwarding: the PROXY header when one is
@@ -231,7 +257,7 @@ async fn send_first(
 }
 
 /// Which connection a log line is about: listener, client, backend.
-type Who<'a> = (&'a str, SocketAddr, SocketAddr);
+pub(super) type Who<'a> = (&'a str, SocketAddr, SocketAddr);
 
 fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
     let (up, down) = (moved.to_backend, moved.to_client);
@@ -263,6 +289,7 @@ fn log_end(result: &Result<(), ForwardError>, moved: Transfer, who: Who<'_>) {
         Err(e @ ForwardError::Io { source, .. }) => {
             debug!(listener, %client, %backend, to_backend = up, to_client = down, error = %source, "{e}; both legs reset")
         }
+        Err(ForwardError::Frozen(_)) => {}
     }
 }
 
@@ -346,10 +373,10 @@ async fn write_all(upstream: &TcpStream, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// A connection counted in its listener's `active` gauge for as long as this lives.
-struct Active(Arc<ListenerLive>);
+pub(super) struct Active(Arc<ListenerLive>);
 
 impl Active {
-    fn enter(live: Arc<ListenerLive>) -> Active {
+    pub(super) fn enter(live: Arc<ListenerLive>) -> Active {
         live.active.fetch_add(1, Ordering::Relaxed);
         Active(live)
     }
@@ -363,7 +390,7 @@ impl Drop for Active {
 
 /// Runs `f` when dropped: keeps a gauge right on every exit path, including cancellation at
 /// the drain deadline.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+pub(super) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
     impl<F: FnOnce()> Drop for Guard<F> {
         fn drop(&mut self) {

@@ -89,7 +89,7 @@ impl Upgrades {
                     listening_sockets = handed.listeners,
                     took_ms = handed.took.as_millis() as u64,
                     open_connections = open_connections(control),
-                    "binary upgrade: the new process serves every listener and the admin API; this one finishes its open connections and exits"
+                    "binary upgrade: the new process serves every listener and the admin API; this one hands its open connections over, then exits"
                 );
                 answer(reply, Ok(handed.pid));
                 Some(handed.rest)

@@ -36,6 +36,8 @@ impl ConnectFailure {
 /// Live counters of one backend; kept by identity (pool, address) across snapshots.
 #[derive(Debug, Default)]
 pub struct BackendStats {
+    /// The pool of its identity (a handed-over connection names it).
+    pub pool: Arc<str>,
     pub active: AtomicU64,
     pub connections: AtomicU64,
     /// By [`ConnectFailure`], in `ConnectFailure::ALL` order.

@@ -184,7 +184,19 @@ pub fn spawn_inheriting(cmd: &mut Command, fd: BorrowedFd<'_>, at: RawFd) -> io:
             Ok(())
         });
     }
-    cmd.spawn()
+    // A binary just written (a package upgrade, a copy) may still be open for writing in a
+    // process that forked meanwhile, until that one execs: the kernel then says ETXTBSY.
+    // That lasts moments; wait them out rather than fail the upgrade.
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            spawned => return spawned,
+        }
+    }
 }
 
 /// Takes ownership of descriptor `fd`, inherited from the parent, after checking that it is

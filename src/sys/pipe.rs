@@ -86,6 +86,74 @@ impl Pipe {
         Ok(n)
     }
 
+    /// Writes `bytes` into the pipe (a buffer's bytes that are to travel as a pipe, in a
+    /// binary upgrade); fails when they do not all fit.
+    pub fn fill_from_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        while written < bytes.len() {
+            let rest = &bytes[written..];
+            // SAFETY: `write` is an open pipe descriptor; the kernel reads at most
+            // `rest.len()` bytes from a pointer into a live slice of that length.
+            let n =
+                unsafe { libc::write(self.write.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            written += n as usize;
+            self.held += n as usize;
+        }
+        Ok(())
+    }
+
+    /// The read and write ends, borrowed (to send them to another process).
+    pub fn ends(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.read.as_fd(), self.write.as_fd())
+    }
+
+    /// The pipe's two descriptors (read end, write end); what it holds stays in it.
+    pub fn into_parts(self) -> (OwnedFd, OwnedFd) {
+        (self.read, self.write)
+    }
+
+    /// A pipe from its two descriptors, as another process handed them over: checked to be
+    /// the two ends of a pipe, made non-blocking, its capacity and the bytes it holds read
+    /// from the kernel.
+    pub fn from_parts(read: OwnedFd, write: OwnedFd) -> io::Result<Pipe> {
+        for fd in [&read, &write] {
+            // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags; it
+            // fails with EBADF on a closed one, which is reported.
+            let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+            if flags < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: F_SETFL takes an int of flags; the descriptor is open (owned here).
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: F_GETPIPE_SZ takes no argument; it fails (EBADF, EINVAL) on anything but a
+        // pipe, which is how a wrong descriptor is refused.
+        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        if got <= 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a pipe"));
+        }
+        let mut held: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, through a pointer to a live c_int.
+        if unsafe { libc::ioctl(read.as_raw_fd(), libc::FIONREAD, &raw mut held) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Pipe {
+            read,
+            write,
+            capacity: usize::try_from(got).unwrap_or(0),
+            held: usize::try_from(held).unwrap_or(0),
+        })
+    }
+
     /// Moves what the pipe holds into `dst` (a socket). `WouldBlock` means `dst` is full.
     pub fn drain_into(&mut self, dst: BorrowedFd<'_>) -> io::Result<usize> {
         let n = splice(self.read.as_fd(), dst, self.held)?;

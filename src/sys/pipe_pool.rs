@@ -244,6 +244,16 @@ impl PipePool {
         })
     }
 
+    /// Takes in a pipe made elsewhere (handed over by a binary upgrade, bytes and all): it
+    /// counts as open, even past the bound, and comes back to the pool like any other.
+    pub fn adopt(&self, pipe: Pipe) -> PooledPipe<'_> {
+        self.shared.open.fetch_add(1, AcqRel);
+        PooledPipe {
+            pipe: Some(pipe),
+            pool: self,
+        }
+    }
+
     fn make(&self, now: impl Fn() -> Instant) -> Option<Pipe> {
         let s = &self.shared;
         let until = s.refused_until.load(Relaxed);
@@ -336,6 +346,16 @@ impl std::ops::DerefMut for PooledPipe<'_> {
         self.pipe
             .as_mut()
             .unwrap_or_else(|| unreachable!("pooled pipe used after drop"))
+    }
+}
+
+impl PooledPipe<'_> {
+    /// The pipe itself, out of the pool (it no longer counts as open): a binary upgrade
+    /// hands it over with the bytes it holds.
+    pub fn detach(mut self) -> Option<Pipe> {
+        let pipe = self.pipe.take()?;
+        self.pool.shared.open.fetch_sub(1, AcqRel);
+        Some(pipe)
     }
 }
 

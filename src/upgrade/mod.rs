@@ -11,16 +11,25 @@
 //!    its counters, then `Done`.
 //! 4. The new process serves those sockets (binding whatever its config adds), adds the
 //!    old counters to its own, and says `Ready`; it tells systemd `MAINPID=` and `READY=1`.
-//! 5. The old process stops its admin API and drains its open connections, then exits.
+//! 5. The old process stops its admin API and freezes its established TCP connections
+//!    (`crate::proxy::handoff`): in batches, each with its two sockets, a pipe per
+//!    direction that holds bytes, and its state (`Connections`); the new one resumes them
+//!    at once and acknowledges the batch (`Adopted`, naming those it cannot serve: their
+//!    listener or backend is gone), and only then does the old one close its copies.
+//! 6. Once it owns nothing, the old process sends what the connections it finished itself
+//!    added to the counters, and `Done`, and exits.
 //!
 //! Until `Ready`, the old process owns everything: if the new one fails at any step (a
 //! refused config, a crash, a timeout, a protocol mismatch), it is killed if still running,
-//! the old process's listeners resume, and nothing queued is lost.
+//! the old process's listeners resume, and nothing queued is lost. After it, a connection
+//! is owned by exactly one process at any instant: one the new process has not
+//! acknowledged (it refused it, or died) is resumed by the old one.
 //!
 //! `wire.rs` is the messages, `channel.rs` one end of the socket, `old.rs` and `new.rs`
-//! the two sides. The descriptors themselves move through `crate::sys::fdpass`.
+//! the two sides (`connections.rs`: the old side's established connections). The descriptors themselves move through `crate::sys::fdpass`.
 
 mod channel;
+mod connections;
 pub mod new;
 pub mod old;
 pub mod wire;

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::warn;
 
 use super::channel::Channel;
-use super::wire::{ListenerSocket, Message, Sample, SocketKind};
+use super::wire::{Connection, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, STEP, UpgradeError};
-use crate::app::Inherited;
+use crate::app::{Handover, Inherited};
+use crate::proxy::handoff::Frozen;
 use crate::proxy::listener::{BindKey, Listening};
 use crate::state::Transport;
+use crate::sys::Pipe;
 
 /// The most listening sockets and counter samples taken from the old process: far above
 /// any real config, and a bound on what a confused peer can make this process hold.
@@ -140,24 +142,35 @@ impl Incoming {
         )
     }
 
-    /// Takes, on a thread of its own, what the old process sends once it has finished its
-    /// own connections (what its counters grew by meanwhile), until it closes the socket.
-    pub fn follow(self) {
+    /// Takes, on a thread of its own, what the old process sends after `Ready`: its
+    /// established connections (resumed on this process's workers), then what its counters
+    /// grew by, until it closes the socket.
+    pub fn follow(self, handover: Handover) {
         let spawned = std::thread::Builder::new()
             .name("tollgate-upgrade".into())
-            .spawn(move || self.take_last_counts());
+            .spawn(move || self.take_the_rest(&handover));
         if let Err(e) = spawned {
             warn!(error = %e, "cannot wait for the previous process's last counts");
         }
     }
 
-    fn take_last_counts(self) {
+    fn take_the_rest(self, handover: &Handover) {
         if let Err(e) = self.channel.unbounded() {
             warn!(error = %e, "cannot wait for the previous process's last counts");
             return;
         }
+        let mut next = 0;
         loop {
             match self.channel.recv("the last counts") {
+                Ok((Message::Connections { conns }, fds)) => {
+                    failpoint("connections");
+                    let refused = adopt_connections(conns, fds, handover, &mut next);
+                    let answer = Message::Adopted { refused };
+                    if let Err(e) = self.channel.send(&answer, &[]) {
+                        warn!(error = %e, "cannot answer the previous process's connections");
+                        return;
+                    }
+                }
                 Ok((Message::Counters { samples }, _)) => crate::metrics::carry_over(
                     samples.into_iter().map(|s| (s.name, s.labels, s.value)),
                 ),
@@ -188,9 +201,73 @@ impl Incoming {
     }
 }
 
+/// Resumes handed-over connections on this process's workers (`next` turns over them);
+/// returns the positions of those refused: their listener or backend is not in this
+/// config, or their descriptors are not what they say.
+fn adopt_connections(
+    conns: Vec<Connection>,
+    fds: Vec<OwnedFd>,
+    handover: &Handover,
+    next: &mut usize,
+) -> Vec<u32> {
+    let snapshot = handover.control().snapshot();
+    let mut fds = fds.into_iter();
+    let mut refused = Vec::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let taken: Vec<OwnedFd> = fds.by_ref().take(conn.fds()).collect();
+        let known = snapshot.listener(&conn.state.listener).is_some()
+            && crate::proxy::resume::backend_of(&snapshot, &conn.state).is_some();
+        let frozen = known.then(|| frozen(conn, taken)).flatten();
+        let Some(frozen) = frozen else {
+            refused.push(i as u32);
+            continue;
+        };
+        match handover.resume(*next, frozen) {
+            Ok(()) => {
+                *next += 1;
+                handover.control().count_handed_over();
+            }
+            Err(_) => refused.push(i as u32),
+        }
+    }
+    refused
+}
+
+/// A frozen connection from its state and descriptors (client, backend, then the pipes'
+/// ends), each checked to be what it should be.
+fn frozen(conn: Connection, fds: Vec<OwnedFd>) -> Option<Box<Frozen>> {
+    let mut fds = fds.into_iter();
+    let mut socket = || -> Option<std::net::TcpStream> {
+        let sock = socket2::Socket::from(fds.next()?);
+        (sock.r#type().ok()? == socket2::Type::STREAM).then_some(())?;
+        sock.set_nonblocking(true).ok()?;
+        Some(sock.into())
+    };
+    let (client, backend) = (socket()?, socket()?);
+    let mut pipe = |wanted: bool| -> Option<Option<Pipe>> {
+        if !wanted {
+            return Some(None);
+        }
+        let (read, write) = (fds.next()?, fds.next()?);
+        Pipe::from_parts(read, write).ok().map(Some)
+    };
+    let up = pipe(conn.up_pipe)?;
+    let down = pipe(conn.down_pipe)?;
+    Some(Box::new(Frozen {
+        client,
+        backend,
+        up,
+        down,
+        state: conn.state,
+        guard: None,
+        stays: false,
+    }))
+}
+
 /// The environment variable that makes a new process crash at a named step of the
-/// handover (`hello`: once it has said hello; `sockets`: once it holds every socket), for
-/// the tests that check the old process survives that. Unset in any real use.
+/// handover (`hello`: once it has said hello; `sockets`: once it holds every socket;
+/// `connections`: when the first established connections come), for the tests that check
+/// the old process survives that. Unset in any real use.
 pub const FAILPOINT: &str = "TOLLGATE_UPGRADE_FAILPOINT";
 
 fn failpoint(step: &str) {

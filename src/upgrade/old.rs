@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::channel::Channel;
+pub use super::connections::{Moved, Moving, Rest};
 use super::wire::{self, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, INHERITED_FD, Launch, STEP, UpgradeError};
 use crate::app::Handover;
@@ -27,33 +28,7 @@ pub struct Handed {
     pub rest: Rest,
 }
 
-/// What is still owed to the new process once this one has finished its connections: what
-/// its counters grew by since they were sent.
-pub struct Rest {
-    channel: Channel,
-    sent: Vec<CounterSample>,
-}
-
-impl Rest {
-    /// Sends what the counters grew by since the handover (the bytes and ends of the
-    /// connections this process finished meanwhile), then `Done`. Blocking.
-    pub fn finish(self, control: &crate::control::Handle) {
-        let now = crate::metrics::counter_samples(control);
-        let grown: Vec<Sample> = crate::metrics::growth(&self.sent, now)
-            .into_iter()
-            .map(sample)
-            .collect();
-        let sent = send_parts(&self.channel, grown, |samples| Message::Counters {
-            samples,
-        })
-        .and_then(|()| self.channel.send(&Message::Done, &[]));
-        if let Err(e) = sent {
-            warn!(error = %e, "cannot send the new process the last counts of the connections finished here");
-        }
-    }
-}
-
-fn sample((name, labels, value): CounterSample) -> Sample {
+pub(super) fn sample((name, labels, value): CounterSample) -> Sample {
     Sample {
         name,
         labels,
@@ -121,7 +96,11 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
                 pid,
                 listeners,
                 took: started.elapsed(),
-                rest: Rest { channel, sent },
+                rest: Rest {
+                    channel,
+                    sent,
+                    handover: server.clone(),
+                },
             })
         }
         Err(e) => {
@@ -190,7 +169,7 @@ fn send_everything(
 
 /// Sends `items` in as few messages as fit: halves a part whose message would be over the
 /// payload limit, and leaves out (with a warning) a single item that is too long alone.
-fn send_parts<T: Clone>(
+pub(super) fn send_parts<T: Clone>(
     channel: &Channel,
     items: Vec<T>,
     make: impl Fn(Vec<T>) -> Message,

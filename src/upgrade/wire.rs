@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::control::Carried;
+use crate::proxy::handoff::ConnectionState;
 
 /// The protocol this build speaks. A peer with another version is refused.
 pub const PROTOCOL: u16 = 1;
@@ -56,10 +57,29 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// One frozen connection: its state, and which directions bring a pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    pub state: ConnectionState,
+    pub up_pipe: bool,
+    pub down_pipe: bool,
+}
+
+impl Connection {
+    /// The descriptors it brings: two sockets, and two per pipe.
+    pub fn fds(&self) -> usize {
+        2 + 2 * usize::from(self.up_pipe) + 2 * usize::from(self.down_pipe)
+    }
+}
+
 /// Everything said on the handover socket, in the order it is said: `Hello` (or
 /// `Refused`) from the new process; then from the old, which has stopped accepting,
 /// `Listeners`, `Counters` and `State` (any number of each), `Admin` (when it has an admin
-/// API) and `Done`; `Ready` from the new once it serves. `Abort` may come from either at any point.
+/// API) and `Done`; `Ready` from the new once it serves. Then, from the old, `Connections`
+/// (each answered by `Adopted`) as its established connections freeze, and once it has none
+/// left what its counters grew by (`Counters`) and `Done`. `Abort` may come from either
+/// before `Ready`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
@@ -75,6 +95,13 @@ pub enum Message {
     Counters { samples: Vec<Sample> },
     /// Old → new: overrides, health and runtime deny lists (as many messages as they need).
     State { state: Carried },
+    /// Old → new, after `Ready`: established connections, frozen. Each brings its client
+    /// and backend sockets, then a pipe (read end, write end) for each direction that holds
+    /// bytes, in that order.
+    Connections { conns: Vec<Connection> },
+    /// New → old: the last `Connections` is taken, but for those at these positions (their
+    /// listener or backend is not in the new config): the old process keeps them.
+    Adopted { refused: Vec<u32> },
     /// Old → new: everything has been sent.
     Done,
     /// New → old: serving on every socket.
@@ -88,6 +115,7 @@ impl Message {
     pub fn fds(&self) -> usize {
         match self {
             Message::Listeners { sockets } => sockets.len(),
+            Message::Connections { conns } => conns.iter().map(Connection::fds).sum(),
             Message::Admin { .. } => 1,
             _ => 0,
         }
@@ -102,6 +130,8 @@ impl Message {
             Message::Admin { .. } => "admin",
             Message::Counters { .. } => "counters",
             Message::State { .. } => "state",
+            Message::Connections { .. } => "connections",
+            Message::Adopted { .. } => "adopted",
             Message::Done => "done",
             Message::Ready { .. } => "ready",
             Message::Abort { .. } => "abort",

@@ -98,7 +98,18 @@ fn launch(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("tollgate binary starts");
+    // A binary copied just now may be open for writing in a child another test thread
+    // forked meanwhile (until it execs): ETXTBSY for a moment.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            spawned => break spawned.expect("tollgate binary starts"),
+        }
+    };
     let logs = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().unwrap();
     let sink = logs.clone();

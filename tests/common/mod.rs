@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod sources;
 pub mod tls;
 pub mod udp;
+pub mod upgrade;
 
 /// Starts tollgate in-process from YAML.
 pub fn start(yaml: &str) -> Server {

@@ -1,0 +1,198 @@
+//! The old process's side after `Ready`: its established connections, frozen as they stand
+//! (`crate::proxy::handoff`), go to the new process in batches; each batch is acknowledged
+//! before this process closes its copies, and what the new process refuses (or everything,
+//! once it fails) is resumed here. Then what the counters grew by, and `Done`.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::UpgradeError;
+use super::channel::Channel;
+use super::old::{sample, send_parts};
+use super::wire::{Connection, Message, Sample};
+use crate::app::Handover;
+use crate::metrics::CounterSample;
+use crate::proxy::handoff::Frozen;
+
+/// What is still owed to the new process after `Ready`: this process's established
+/// connections, and then what its counters grew by since they were sent.
+pub struct Rest {
+    pub(super) channel: Channel,
+    pub(super) sent: Vec<CounterSample>,
+    pub(super) handover: Handover,
+}
+
+/// Connections in at most this many per message: with two pipes each, 6 descriptors, so
+/// a batch stays under [`wire::MAX_FDS`].
+const BATCH: usize = 32;
+
+impl Rest {
+    /// Freezes this process's established connections and hands them over, on a thread
+    /// of its own, until [`Moving::finish`].
+    pub fn move_connections(self) -> Moving {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let plane = self.handover.control().plane().clone();
+        let frozen = plane.handoff.start();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-handover".into())
+            .spawn(move || {
+                let moved = self.connections(&frozen, &flag);
+                (self, moved)
+            });
+        match thread {
+            Ok(thread) => Moving {
+                stop,
+                thread: Some(thread),
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot start handing connections over; they finish here");
+                plane.handoff.stop();
+                Moving { stop, thread: None }
+            }
+        }
+    }
+
+    /// Sends frozen connections in batches as they come, until `stop` and none is left.
+    fn connections(&self, frozen: &Receiver<Box<Frozen>>, stop: &AtomicBool) -> Moved {
+        let mut moved = Moved::default();
+        let mut failed = false;
+        loop {
+            let first = match frozen.recv_timeout(Duration::from_millis(50)) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
+                Err(_) => return moved,
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match frozen.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            if failed {
+                moved.kept += self.keep(batch);
+                continue;
+            }
+            match self.send(&batch) {
+                Ok(refused) => {
+                    let mut kept = Vec::new();
+                    for (i, conn) in batch.into_iter().enumerate() {
+                        if refused.contains(&(i as u32)) {
+                            kept.push(conn);
+                        } else {
+                            // The new process holds it: this copy closes.
+                            moved.handed += 1;
+                        }
+                    }
+                    moved.kept += self.keep(kept);
+                }
+                Err(e) => {
+                    warn!(error = %e, "handing connections over failed; the rest finish here");
+                    failed = true;
+                    self.handover.control().plane().handoff.stop();
+                    moved.kept += self.keep(batch);
+                }
+            }
+        }
+    }
+
+    /// One batch: sent, and the positions the new process refused.
+    fn send(&self, batch: &[Box<Frozen>]) -> Result<Vec<u32>, UpgradeError> {
+        let conns = batch
+            .iter()
+            .map(|f| Connection {
+                state: f.state.clone(),
+                up_pipe: f.up.is_some(),
+                down_pipe: f.down.is_some(),
+            })
+            .collect();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        for f in batch {
+            fds.push(f.client.as_fd());
+            fds.push(f.backend.as_fd());
+            for pipe in [&f.up, &f.down].into_iter().flatten() {
+                let (read, write) = pipe.ends();
+                fds.extend([read, write]);
+            }
+        }
+        self.channel.send(&Message::Connections { conns }, &fds)?;
+        match self.channel.recv("adopted")? {
+            (Message::Adopted { refused }, _) => Ok(refused),
+            (other, _) => Err(UpgradeError::Protocol(format!(
+                "expected adopted, got {}",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Connections this process serves on to their end: resumed on its workers.
+    // The boxes go on to the workers as they are.
+    #[allow(clippy::vec_box)]
+    fn keep(&self, conns: Vec<Box<Frozen>>) -> usize {
+        let n = conns.len();
+        for (i, mut conn) in conns.into_iter().enumerate() {
+            conn.stays = true;
+            if let Err(lost) = self.handover.resume(i, conn) {
+                warn!(listener = lost.state.listener, client = %lost.state.client, "no worker left to resume a connection; it is closed");
+            }
+        }
+        n
+    }
+
+    /// Sends what the counters grew by since the handover (the bytes and ends of the
+    /// connections this process finished meanwhile), then `Done`. Blocking.
+    fn finish(self, control: &crate::control::Handle) {
+        let now = crate::metrics::counter_samples(control);
+        let grown: Vec<Sample> = crate::metrics::growth(&self.sent, now)
+            .into_iter()
+            .map(sample)
+            .collect();
+        let sent = send_parts(&self.channel, grown, |samples| Message::Counters {
+            samples,
+        })
+        .and_then(|()| self.channel.send(&Message::Done, &[]));
+        if let Err(e) = sent {
+            warn!(error = %e, "cannot send the new process the last counts of the connections finished here");
+        }
+    }
+}
+
+/// Connections handed over, and kept (refused by the new process, or after a failure).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    pub handed: usize,
+    pub kept: usize,
+}
+
+/// The thread handing connections over.
+pub struct Moving {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(Rest, Moved)>>,
+}
+
+impl Moving {
+    /// Once this process has no connection left of its own (its workers have drained):
+    /// the last frozen ones go, then what the counters grew by, and `Done`.
+    pub fn finish(self, control: &crate::control::Handle) -> Moved {
+        self.stop.store(true, Ordering::Release);
+        let Some(thread) = self.thread else {
+            return Moved::default();
+        };
+        match thread.join() {
+            Ok((rest, moved)) => {
+                rest.finish(control);
+                moved
+            }
+            Err(_) => {
+                warn!("the handover thread panicked");
+                Moved::default()
+            }
+        }
+    }
+}

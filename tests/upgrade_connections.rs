@@ -1,0 +1,148 @@
+//! Binary upgrade, established connections: idle ones and transfers in flight both ways
+//! (some half-closed) move to the new process byte for byte and the old one exits while
+//! they are open; one the new config cannot serve stays with the old process; a new process
+//! that dies taking them leaves every one with the old process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::binary;
+use common::upgrade::*;
+use common::*;
+
+/// Established connections move to the new process: idle held ones, and echo transfers in
+/// flight both ways (some half-closed), byte for byte; the old process exits while they are
+/// all still open, and the new one serves them to their end.
+#[test]
+fn established_connections_move_to_the_new_process() {
+    let install = Install::new(&yaml_with(&[echo_backend(), echo_backend()]));
+    let mut old = install.start();
+    let front = old.addr();
+    let admin = admin_of(&old);
+    let mut held: Vec<std::net::TcpStream> = (0..200).map(|i| held_echo(front, i as u8)).collect();
+    const LEN: u64 = 24 * 1024 * 1024;
+    let transfers: Vec<_> = (0..6)
+        .map(|i| (i, paced_echo(front, 100 + i, LEN, i % 2 == 1)))
+        .collect();
+    let churn = Churn::start(front);
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = upgrade(admin);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    // The old process owns nothing once its connections are handed over: it exits while
+    // every one of them is still open.
+    let code = old.wait_exit(Duration::from_secs(5));
+    assert_eq!(code.code(), Some(0));
+    for (i, t) in transfers {
+        let (n, digest) = t.join().unwrap();
+        assert_eq!(n, LEN, "transfer {i}");
+        assert_eq!(
+            digest,
+            digest_of(100 + i, LEN),
+            "transfer {i}: every byte exact"
+        );
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        s.write_all(&[i as u8, 9]).unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b, [i as u8, 9], "held connection {i} still echoes");
+    }
+    let (made, errors) = churn.finish();
+    assert!(
+        errors.is_empty(),
+        "{} of {made} connections failed: {errors:?}",
+        errors.len()
+    );
+    let moved = metric(admin, "tollgate_upgrade_connections_handed_over_total");
+    assert!(moved >= 200.0, "{moved} connections handed over");
+    old.wait_log(
+        "this process's connections are handed over or finished",
+        Duration::from_secs(1),
+    );
+    drop(held);
+    new.stop(Duration::from_secs(10));
+}
+
+/// A connection whose backend the new config does not have stays with the old process,
+/// which finishes it and only then exits.
+#[test]
+fn a_connection_the_new_config_cannot_serve_stays_with_the_old_process() {
+    let (gone, kept) = (echo_backend(), echo_backend());
+    let install = Install::new(&yaml(gone));
+    let mut old = install.start();
+    let front = old.addr();
+    let admin = admin_of(&old);
+    let mut held = held_echo(front, 5);
+    std::fs::write(install.config(), yaml(kept)).unwrap();
+    let answer = upgrade(admin);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process still serves it; logs:\n{}",
+        old.logs().join("\n")
+    );
+    held.write_all(b"still").unwrap();
+    let mut b = [0u8; 5];
+    held.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"still");
+    // New connections reach the new config's backend.
+    assert_eq!(round_trip(front, b"new").unwrap(), b"new");
+    drop(held);
+    assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    new.stop(Duration::from_secs(10));
+}
+
+/// A new process that crashes as the established connections come (after it said it
+/// serves): the old process keeps every one of them, and they go on to their end, byte for
+/// byte.
+#[test]
+fn a_new_process_that_dies_taking_connections_leaves_them_with_the_old_one() {
+    let install = Install::new(&yaml_with(&[echo_backend(), echo_backend()]));
+    let mut old = binary::spawn_exe_env(
+        &install.exe(),
+        &install.config(),
+        &[(tollgate::upgrade::new::FAILPOINT, "connections")],
+    );
+    let front = old.addr();
+    let admin = admin_of(&old);
+    let mut held: Vec<std::net::TcpStream> = (0..50).map(|i| held_echo(front, i as u8)).collect();
+    const LEN: u64 = 8 * 1024 * 1024;
+    let transfers: Vec<_> = (0..2)
+        .map(|i| (i, paced_echo(front, 200 + i, LEN, i == 1)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let answer = upgrade(admin);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    old.wait_log(
+        "handing connections over failed; the rest finish here",
+        Duration::from_secs(10),
+    );
+    for (i, t) in transfers {
+        let (n, digest) = t.join().unwrap();
+        assert_eq!(n, LEN, "transfer {i}");
+        assert_eq!(
+            digest,
+            digest_of(200 + i, LEN),
+            "transfer {i}: every byte exact"
+        );
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        s.write_all(&[i as u8]).unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b, [i as u8], "held connection {i} still echoes");
+    }
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process still serves them"
+    );
+    drop(held);
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
