@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::app::Server;
+use crate::app::{Inherited, Server};
 use crate::config::{self, ConfigErrors};
 use crate::control::Handle;
 use crate::signals::{Asked, Signals};
@@ -57,7 +57,11 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
     let incoming = crate::upgrade::new::incoming()
         .map_err(|e| RunError::Failed(anyhow::anyhow!("binary upgrade: {e}")))?;
     let upgraded = incoming.is_some();
-    let mut starting = tokio::task::spawn_blocking(move || start(path, incoming));
+    // Taken before the admin API answers anything, so that an upgrade asked for the moment
+    // it does is not refused as impossible.
+    let (upgrade_asks, asks) = crate::control::upgrade_channel();
+    let mut asks = Some(asks);
+    let mut starting = tokio::task::spawn_blocking(move || start(path, incoming, upgrade_asks));
     let (mut reload_asked, mut upgrade_asked) = (false, false);
     let server = loop {
         tokio::select! {
@@ -85,7 +89,6 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
     }
     let stop = server.stop_handle();
     let mut upgrades = Upgrades::new(&server);
-    let mut asks = control.take_upgrade_asks();
     if upgrade_asked {
         info!("a binary upgrade was asked for during start-up; upgrading now");
         upgrades.begin(&control, None);
@@ -166,7 +169,11 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
 
 /// Loads the config and starts the server, taking over the old process's sockets when an
 /// upgrade started this one (and telling it how that went).
-fn start(path: PathBuf, incoming: Option<Incoming>) -> Result<Server, RunError> {
+fn start(
+    path: PathBuf,
+    incoming: Option<Incoming>,
+    upgrades: tokio::sync::mpsc::Sender<crate::control::UpgradeAsk>,
+) -> Result<Server, RunError> {
     let cfg = match config::load(&path) {
         Ok(cfg) => cfg,
         Err(errors) => {
@@ -177,7 +184,8 @@ fn start(path: PathBuf, incoming: Option<Incoming>) -> Result<Server, RunError> 
         }
     };
     let Some(incoming) = incoming else {
-        return Server::start_from(&cfg, Some(path)).map_err(RunError::Failed);
+        return Server::start_run(&cfg, Some(path), Inherited::default(), Some(upgrades))
+            .map_err(RunError::Failed);
     };
     let failed = |e: anyhow::Error| RunError::Failed(e.context("binary upgrade"));
     let received = incoming.receive().map_err(|e| failed(e.into()))?;
@@ -187,7 +195,7 @@ fn start(path: PathBuf, incoming: Option<Incoming>) -> Result<Server, RunError> 
             .into_iter()
             .map(|s| (s.name, s.labels, s.value)),
     );
-    let server = match Server::start_inherited(&cfg, Some(path), received.sockets) {
+    let server = match Server::start_run(&cfg, Some(path), received.sockets, Some(upgrades)) {
         Ok(server) => server,
         Err(e) => {
             incoming.abort(&format!("{e:#}"));

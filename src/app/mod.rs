@@ -118,15 +118,18 @@ impl Server {
     /// Binds every listener (and the admin API) and starts the workers and the control
     /// plane. `path` is the file that reloads re-read.
     pub fn start_from(config: &Config, path: Option<PathBuf>) -> Result<Server> {
-        Server::start_inherited(config, path, Inherited::default())
+        Server::start_run(config, path, Inherited::default(), None)
     }
 
-    /// [`Server::start_from`], serving the sockets a binary upgrade handed over where the
-    /// config still names them (and binding the rest).
-    pub fn start_inherited(
+    /// [`Server::start_from`] as `tollgate run` starts it: serving the sockets a binary
+    /// upgrade handed over where the config still names them (and binding the rest), and
+    /// passing binary upgrades asked for through the admin API to `upgrades` (taken before
+    /// the admin API answers its first request).
+    pub fn start_run(
         config: &Config,
         path: Option<PathBuf>,
         mut inherited: Inherited,
+        upgrades: Option<mpsc::Sender<crate::control::UpgradeAsk>>,
     ) -> Result<Server> {
         let fd_limit = match crate::sys::raise_nofile_limit() {
             Ok(limit) => limit,
@@ -186,6 +189,9 @@ impl Server {
                 plane.access.configure(logging.access, logging.access_rate);
                 plane
             });
+        if let Some(upgrades) = upgrades {
+            control.accept_upgrades(upgrades);
+        }
         let stop = StopHandle::new();
         let drain_timeout = config.drain_timeout;
         // Under systemd's watchdog, each worker stamps a heartbeat and one thread pings

@@ -39,7 +39,9 @@ pub use handle::{Handle, Verdict};
 pub use owner::{Channels, Owner};
 pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};
 pub use reloaded::{Changes, Counts, Masked, MaskedBy, Reloaded};
-pub use upgrades::{RESULTS as UPGRADE_RESULTS, UpgradeAsk, UpgradeFailure};
+pub use upgrades::{
+    RESULTS as UPGRADE_RESULTS, UpgradeAsk, UpgradeFailure, channel as upgrade_channel,
+};
 pub use view::{BackendView, Reloads, View};
 
 use crate::admission::Cidr;

@@ -27,6 +27,11 @@ pub struct UpgradeFailure {
     pub reason: String,
 }
 
+/// Where asked-for upgrades go, and where they are taken from.
+pub fn channel() -> (mpsc::Sender<UpgradeAsk>, mpsc::Receiver<UpgradeAsk>) {
+    mpsc::channel(4)
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Upgrades {
     asks: OnceLock<mpsc::Sender<UpgradeAsk>>,
@@ -35,12 +40,10 @@ pub(super) struct Upgrades {
 }
 
 impl Handle {
-    /// Makes this caller the one that carries out asked-for upgrades; `None` if another
-    /// already is.
-    pub fn take_upgrade_asks(&self) -> Option<mpsc::Receiver<UpgradeAsk>> {
-        let (tx, rx) = mpsc::channel(4);
-        self.0.upgrades.asks.set(tx).ok()?;
-        Some(rx)
+    /// Passes upgrades asked for through the admin API to `to` (whoever runs the process,
+    /// [`channel`]); false when something already takes them.
+    pub fn accept_upgrades(&self, to: mpsc::Sender<UpgradeAsk>) -> bool {
+        self.0.upgrades.asks.set(to).is_ok()
     }
 
     /// Asks for a binary upgrade and waits for its outcome.
