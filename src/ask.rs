@@ -42,9 +42,8 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 /// binary to the one now installed at its path.
 pub fn upgrade(path: &Path, admin: Option<SocketAddr>) -> Outcome {
     // An invalid file is still sent for: the new process reads it, and refuses it itself.
-    let (_, from_file) = admin_from(path);
-    let token = from_file.as_ref().and_then(|(_, t)| t.clone());
-    let Some(addr) = admin.or(from_file.map(|(bind, _)| bind)) else {
+    let (_, target) = target(path, admin);
+    let Some((addr, token)) = target else {
         return Outcome::Failed(format!(
             "{} has no admin section and --admin was not given: tollgate upgrade asks the \
              running instance through its admin API (or send it SIGUSR2: systemctl kill -s USR2 \
@@ -52,14 +51,7 @@ pub fn upgrade(path: &Path, admin: Option<SocketAddr>) -> Outcome {
             path.display()
         ));
     };
-    let addr = admin_client::reachable(addr);
-    let asked = admin_client::block_on(admin_client::request(
-        addr,
-        Method::POST,
-        "/api/v1/upgrade",
-        token.as_deref(),
-        UPGRADE_TIMEOUT,
-    ));
+    let (addr, asked) = post(addr, token.as_deref(), "/api/v1/upgrade", UPGRADE_TIMEOUT);
     let (status, body) = match asked {
         Ok(answer) => answer,
         Err(e) => {
@@ -98,9 +90,8 @@ pub fn upgrade(path: &Path, admin: Option<SocketAddr>) -> Outcome {
 
 /// Asks the instance whose admin API the file at `path` (or `admin`) names to reload.
 pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
-    let (local_errors, from_file) = admin_from(path);
-    let token = from_file.as_ref().and_then(|(_, t)| t.clone());
-    let Some(addr) = admin.or(from_file.map(|(bind, _)| bind)) else {
+    let (local_errors, target) = target(path, admin);
+    let Some((addr, token)) = target else {
         return match local_errors {
             Some(errors) => Outcome::Refused(errors),
             None => Outcome::Failed(format!(
@@ -110,14 +101,7 @@ pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
             )),
         };
     };
-    let addr = admin_client::reachable(addr);
-    let asked = admin_client::block_on(admin_client::request(
-        addr,
-        Method::POST,
-        "/api/v1/reload",
-        token.as_deref(),
-        TIMEOUT,
-    ));
+    let (addr, asked) = post(addr, token.as_deref(), "/api/v1/reload", TIMEOUT);
     match asked {
         Ok((status, body)) => answer(addr, status, &body),
         Err(e) => match local_errors {
@@ -134,6 +118,32 @@ pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
             )),
         },
     }
+}
+
+/// The admin API to ask (`admin`, else the file's `admin.bind`, with the file's token), and
+/// the file's errors when it is invalid.
+fn target(path: &Path, admin: Option<SocketAddr>) -> (Option<Vec<String>>, Option<AdminApi>) {
+    let (errors, from_file) = admin_from(path);
+    let token = from_file.as_ref().and_then(|(_, t)| t.clone());
+    (
+        errors,
+        admin
+            .or(from_file.map(|(bind, _)| bind))
+            .map(|a| (a, token)),
+    )
+}
+
+/// POSTs to `route` of the admin API at `addr` (made reachable: a wildcard bind is asked on
+/// loopback); the address asked, and its answer.
+fn post(
+    addr: SocketAddr,
+    token: Option<&str>,
+    route: &str,
+    timeout: Duration,
+) -> (SocketAddr, Result<(StatusCode, Value), String>) {
+    let addr = admin_client::reachable(addr);
+    let request = admin_client::request(addr, Method::POST, route, token, timeout);
+    (addr, admin_client::block_on(request))
 }
 
 /// The admin API's address, and its token when it has one.

@@ -189,12 +189,7 @@ fn start(
     };
     let failed = |e: anyhow::Error| RunError::Failed(e.context("binary upgrade"));
     let received = incoming.receive().map_err(|e| failed(e.into()))?;
-    crate::metrics::carry_over(
-        received
-            .counters
-            .into_iter()
-            .map(|s| (s.name, s.labels, s.value)),
-    );
+    crate::metrics::carry_over(received.counters.into_iter().map(Into::into));
     let server = match Server::start_run(&cfg, Some(path), received.sockets, Some(upgrades)) {
         Ok(server) => server,
         Err(e) => {

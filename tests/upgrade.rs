@@ -291,3 +291,41 @@ fn a_new_process_killed_halfway_leaves_every_connection_with_the_old_one() {
         assert_eq!(lb.wait_exit(Duration::from_secs(10)).code(), Some(0));
     }
 }
+
+/// Under systemd: the new process says `MAINPID=` (itself) and `READY=1`, so the service
+/// follows it, and the old one, which only hands over and exits, never says `STOPPING=1`.
+#[test]
+fn the_new_process_tells_systemd_it_is_the_main_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let notes = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let next = |within: Duration| -> Option<String> {
+        notes.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = notes.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned())
+    };
+    let install = Install::new(&yaml(echo_backend()));
+    let mut old = binary::spawn_exe_env(
+        &install.exe(),
+        &install.config(),
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let admin = admin_of(&old);
+    let ready = next(Duration::from_secs(15)).expect("READY=1 from the first process");
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    let answer = upgrade(admin);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let main_pid = next(Duration::from_secs(10)).expect("MAINPID= from the new process");
+    assert_eq!(main_pid, format!("MAINPID={}", new.0));
+    let ready = next(Duration::from_secs(15)).expect("READY=1 from the new process");
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert_eq!(
+        next(Duration::from_millis(300)),
+        None,
+        "the old process said nothing more"
+    );
+    new.stop(Duration::from_secs(10));
+}

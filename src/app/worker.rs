@@ -72,7 +72,11 @@ pub(super) fn run_worker(
         }
         let open = tracker.open();
         if open > 0 {
-            info!(worker = id, open, timeout = ?drain, "draining connections and UDP sessions");
+            if plane.handoff.freezing() {
+                info!(worker = id, open, timeout = ?drain, "handing connections over to the new process (UDP sessions and what it cannot take finish here)");
+            } else {
+                info!(worker = id, open, timeout = ?drain, "draining connections and UDP sessions");
+            }
             let deadline = tokio::time::Instant::now() + drain;
             loop {
                 tokio::select! {

@@ -1,4 +1,7 @@
-//! Forwarding with real sockets on loopback: bytes, half-closes, counters, pipes.
+//! Forwarding with real sockets on loopback: bytes, half-closes, counters, pipes, and a
+//! forwarding frozen and resumed.
+#![cfg(test)] // test code only: unwraps here fail a test, never a running tollgate
+
 use super::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

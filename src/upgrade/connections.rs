@@ -13,7 +13,7 @@ use tracing::warn;
 
 use super::UpgradeError;
 use super::channel::Channel;
-use super::old::{sample, send_parts};
+use super::old::send_parts;
 use super::wire::{Connection, Message, Sample};
 use crate::app::Handover;
 use crate::metrics::CounterSample;
@@ -151,7 +151,7 @@ impl Rest {
         let now = crate::metrics::counter_samples(control);
         let grown: Vec<Sample> = crate::metrics::growth(&self.sent, now)
             .into_iter()
-            .map(sample)
+            .map(Sample::from)
             .collect();
         let sent = send_parts(&self.channel, grown, |samples| Message::Counters {
             samples,

@@ -19,6 +19,8 @@ use crate::sys::Pipe;
 /// any real config, and a bound on what a confused peer can make this process hold.
 const MAX_SOCKETS: usize = 65_536;
 const MAX_SAMPLES: usize = 1_000_000;
+/// Backends with a state and deny lists carried (each deny block may come on its own).
+const MAX_STATE: usize = 1_000_000;
 
 /// The handover socket of a process started by an upgrade.
 pub struct Incoming {
@@ -110,9 +112,10 @@ impl Incoming {
                 }
                 Message::State { state } => {
                     let carried = sockets.control.get_or_insert_with(Default::default);
-                    if carried.backends.len() + carried.deny.len() > MAX_SAMPLES {
+                    let entries = carried.backends.len() + carried.deny.len();
+                    if entries + state.backends.len() + state.deny.len() > MAX_STATE {
                         return Err(UpgradeError::Protocol(format!(
-                            "more than {MAX_SAMPLES} entries of control state"
+                            "more than {MAX_STATE} entries of control state"
                         )));
                     }
                     carried.extend(state);
@@ -150,18 +153,18 @@ impl Incoming {
             .name("tollgate-upgrade".into())
             .spawn(move || self.take_the_rest(&handover));
         if let Err(e) = spawned {
-            warn!(error = %e, "cannot wait for the previous process's last counts");
+            warn!(error = %e, "cannot take the previous process's connections and last counts");
         }
     }
 
     fn take_the_rest(self, handover: &Handover) {
         if let Err(e) = self.channel.unbounded() {
-            warn!(error = %e, "cannot wait for the previous process's last counts");
+            warn!(error = %e, "cannot take the previous process's connections and last counts");
             return;
         }
         let mut next = 0;
         loop {
-            match self.channel.recv("the last counts") {
+            match self.channel.recv("the previous process's connections") {
                 Ok((Message::Connections { conns }, fds)) => {
                     failpoint("connections");
                     let refused = adopt_connections(conns, fds, handover, &mut next);
@@ -171,9 +174,9 @@ impl Incoming {
                         return;
                     }
                 }
-                Ok((Message::Counters { samples }, _)) => crate::metrics::carry_over(
-                    samples.into_iter().map(|s| (s.name, s.labels, s.value)),
-                ),
+                Ok((Message::Counters { samples }, _)) => {
+                    crate::metrics::carry_over(samples.into_iter().map(Into::into));
+                }
                 Ok((Message::Done, _)) | Err(UpgradeError::Closed(_)) => return,
                 Ok((other, _)) => {
                     warn!(
@@ -183,7 +186,7 @@ impl Incoming {
                     return;
                 }
                 Err(e) => {
-                    warn!(error = %e, "the previous process's last counts did not come");
+                    warn!(error = %e, "the previous process stopped handing over before its end; what it still has, it finishes itself");
                     return;
                 }
             }

@@ -28,14 +28,6 @@ pub struct Handed {
     pub rest: Rest,
 }
 
-pub(super) fn sample((name, labels, value): CounterSample) -> Sample {
-    Sample {
-        name,
-        labels,
-        value,
-    }
-}
-
 /// Starts `launch` and hands everything over to it. On success the caller stops serving
 /// (`Server::handed_over`, then a drain); on failure the listeners are serving again and the
 /// new process is gone.
@@ -151,7 +143,7 @@ fn send_everything(
         channel.send(&Message::Admin { addr }, &[fd.as_fd()])?;
     }
     let counted = crate::metrics::counter_samples(server.control());
-    let samples: Vec<Sample> = counted.iter().cloned().map(sample).collect();
+    let samples: Vec<Sample> = counted.iter().cloned().map(Sample::from).collect();
     send_parts(channel, samples, |samples| Message::Counters { samples })?;
     let state = server
         .control()

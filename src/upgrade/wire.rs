@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::control::Carried;
+use crate::metrics::CounterSample;
 use crate::proxy::handoff::ConnectionState;
 
 /// The protocol this build speaks. A peer with another version is refused.
@@ -70,6 +71,22 @@ impl Connection {
     /// The descriptors it brings: two sockets, and two per pipe.
     pub fn fds(&self) -> usize {
         2 + 2 * usize::from(self.up_pipe) + 2 * usize::from(self.down_pipe)
+    }
+}
+
+impl From<CounterSample> for Sample {
+    fn from((name, labels, value): CounterSample) -> Sample {
+        Sample {
+            name,
+            labels,
+            value,
+        }
+    }
+}
+
+impl From<Sample> for CounterSample {
+    fn from(s: Sample) -> CounterSample {
+        (s.name, s.labels, s.value)
     }
 }
 
