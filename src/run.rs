@@ -183,7 +183,7 @@ fn start(
             return Err(RunError::Config(errors));
         }
     };
-    let Some(incoming) = incoming else {
+    let Some(mut incoming) = incoming else {
         return Server::start_run(&cfg, Some(path), Inherited::default(), Some(upgrades))
             .map_err(RunError::Failed);
     };

@@ -131,13 +131,21 @@ fn upgrade_wire_corpus_replays_cleanly() {
         }),
         (
             "adopted",
-            |a| matches!(a, Ok(Message::Adopted { refused }) if refused == &[1, 3]),
+            |a| matches!(a, Ok(Message::Adopted { refused, room: 600 }) if refused == &[1, 3]),
         ),
         (
             "state",
             |a| matches!(a, Ok(Message::State { state }) if state.backends.len() == 1 && state.deny.len() == 1),
         ),
-        ("ready", |a| matches!(a, Ok(Message::Ready { pid: 4243 }))),
+        ("ready", |a| {
+            matches!(
+                a,
+                Ok(Message::Ready {
+                    pid: 4243,
+                    room: 19000
+                })
+            )
+        }),
         ("abort", |a| matches!(a, Ok(Message::Abort { .. }))),
         ("version_2", |a| *a == Err(WireError::Version { theirs: 2 })),
         ("bad_magic", |a| *a == Err(WireError::Magic)),

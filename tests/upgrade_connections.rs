@@ -1,7 +1,8 @@
 //! Binary upgrade, established connections: idle ones and transfers in flight both ways
 //! (some half-closed) move to the new process byte for byte and the old one exits while
 //! they are open; one the new config cannot serve stays with the old process; a new process
-//! that dies taking them leaves every one with the old process.
+//! that dies taking them leaves every one with the old process, and so do those the new
+//! process has no descriptors for.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,4 +146,69 @@ fn a_new_process_that_dies_taking_connections_leaves_them_with_the_old_one() {
     );
     drop(held);
     assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// The new process takes no more descriptors than its open-file limit leaves room for
+/// (less a reserve for new clients): with both processes under a limit of 1 024 and the old
+/// one holding connections up to near it, the new one takes what fits and the rest stay
+/// with the old process, which serves them on; every one still echoes.
+#[test]
+fn connections_the_new_process_has_no_descriptors_for_stay_with_the_old_one() {
+    const LIMIT: u64 = 1024;
+    raise_own_nofile(4 * LIMIT);
+    let yaml = yaml(echo_backend()).replace(
+        "    pool: back\n",
+        "    pool: back\n    limits: { max_connections: 4000 }\n",
+    );
+    let install = Install::new(&yaml);
+    let mut old = binary::spawn_exe_nofile(&install.exe(), &install.config(), LIMIT);
+    let front = old.addr();
+    let admin = admin_of(&old);
+    // Up to 24 descriptors short of the limit: two per connection.
+    let mut held = Vec::new();
+    while open_descriptors(old.pid()) + 24 < LIMIT && held.len() < 600 {
+        held.push(held_echo(front, held.len() as u8));
+    }
+    assert!(held.len() > 300, "only {} connections fit", held.len());
+    let answer = upgrade(admin);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    old.wait_log(
+        "the new process's open-file limit leaves no room for more connections",
+        Duration::from_secs(10),
+    );
+    let moved = metric(admin, "tollgate_upgrade_connections_handed_over_total") as usize;
+    assert!(
+        moved > held.len() / 2 && moved < held.len(),
+        "{moved} of {} handed over",
+        held.len()
+    );
+    for (i, s) in held.iter_mut().enumerate() {
+        s.write_all(&[i as u8, 7]).unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b, [i as u8, 7], "held connection {i} still echoes");
+    }
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process still serves what it kept"
+    );
+    drop(held);
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    new.stop(Duration::from_secs(10));
+}
+
+fn open_descriptors(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+/// This test process holds both ends of every connection: its own limit must fit them.
+fn raise_own_nofile(want: u64) {
+    let lim = tollgate::sys::raise_nofile_limit().unwrap();
+    assert!(
+        lim.soft >= want,
+        "this test needs an open-file limit of {want}: {lim:?}"
+    );
 }

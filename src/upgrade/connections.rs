@@ -25,6 +25,8 @@ pub struct Rest {
     pub(super) channel: Channel,
     pub(super) sent: Vec<CounterSample>,
     pub(super) handover: Handover,
+    /// Descriptors the new process can still take (it says so in `Ready` and `Adopted`).
+    pub(super) room: u32,
 }
 
 /// Connections in at most this many per message: with two pipes each, 6 descriptors, so
@@ -42,8 +44,9 @@ impl Rest {
         let thread = std::thread::Builder::new()
             .name("tollgate-handover".into())
             .spawn(move || {
-                let moved = self.connections(&frozen, &flag);
-                (self, moved)
+                let mut rest = self;
+                let moved = rest.connections(&frozen, &flag);
+                (rest, moved)
             });
         match thread {
             Ok(thread) => Moving {
@@ -59,25 +62,45 @@ impl Rest {
     }
 
     /// Sends frozen connections in batches as they come, until `stop` and none is left.
-    fn connections(&self, frozen: &Receiver<Box<Frozen>>, stop: &AtomicBool) -> Moved {
+    /// A batch holds at most [`BATCH`] connections and no more descriptors than the new
+    /// process has room for; once one connection does not fit, it and the rest are kept.
+    fn connections(&mut self, frozen: &Receiver<Box<Frozen>>, stop: &AtomicBool) -> Moved {
         let mut moved = Moved::default();
         let mut failed = false;
+        let mut next: Option<Box<Frozen>> = None;
         loop {
-            let first = match frozen.recv_timeout(Duration::from_millis(50)) {
-                Ok(first) => first,
-                Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
-                Err(_) => return moved,
+            let first = match next.take() {
+                Some(first) => first,
+                None => match frozen.recv_timeout(Duration::from_millis(50)) {
+                    Ok(first) => first,
+                    Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
+                    Err(_) => return moved,
+                },
             };
+            if failed {
+                moved.kept += self.keep(vec![first]);
+                continue;
+            }
+            if descriptors(&first) > self.room as usize {
+                warn!(
+                    room = self.room,
+                    "the new process's open-file limit leaves no room for more connections; the rest finish here"
+                );
+                failed = true;
+                self.handover.control().plane().handoff.stop();
+                moved.kept += self.keep(vec![first]);
+                continue;
+            }
+            let mut fds = descriptors(&first);
             let mut batch = vec![first];
             while batch.len() < BATCH {
-                match frozen.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
+                let Ok(more) = frozen.try_recv() else { break };
+                if fds + descriptors(&more) > self.room as usize {
+                    next = Some(more);
+                    break;
                 }
-            }
-            if failed {
-                moved.kept += self.keep(batch);
-                continue;
+                fds += descriptors(&more);
+                batch.push(more);
             }
             match self.send(&batch) {
                 Ok(refused) => {
@@ -102,8 +125,8 @@ impl Rest {
         }
     }
 
-    /// One batch: sent, and the positions the new process refused.
-    fn send(&self, batch: &[Box<Frozen>]) -> Result<Vec<u32>, UpgradeError> {
+    /// One batch: sent, and the positions the new process refused (its room is updated).
+    fn send(&mut self, batch: &[Box<Frozen>]) -> Result<Vec<u32>, UpgradeError> {
         let conns = batch
             .iter()
             .map(|f| Connection {
@@ -123,7 +146,10 @@ impl Rest {
         }
         self.channel.send(&Message::Connections { conns }, &fds)?;
         match self.channel.recv("adopted")? {
-            (Message::Adopted { refused }, _) => Ok(refused),
+            (Message::Adopted { refused, room }, _) => {
+                self.room = room;
+                Ok(refused)
+            }
             (other, _) => Err(UpgradeError::Protocol(format!(
                 "expected adopted, got {}",
                 other.name()
@@ -161,6 +187,11 @@ impl Rest {
             warn!(error = %e, "cannot send the new process the last counts of the connections finished here");
         }
     }
+}
+
+/// The descriptors a frozen connection brings: two sockets and two per pipe.
+fn descriptors(f: &Frozen) -> usize {
+    2 + 2 * usize::from(f.up.is_some()) + 2 * usize::from(f.down.is_some())
 }
 
 /// Connections handed over, and kept (refused by the new process, or after a failure).

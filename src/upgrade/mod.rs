@@ -10,12 +10,15 @@
 //!    rather than being refused) and sends every listening socket, the admin socket and
 //!    its counters, then `Done`.
 //! 4. The new process serves those sockets (binding whatever its config adds), adds the
-//!    old counters to its own, and says `Ready`; it tells systemd `MAINPID=` and `READY=1`.
+//!    old counters to its own, and says `Ready` with the descriptors its open-file limit
+//!    leaves room for (`room.rs`); it tells systemd `MAINPID=` and `READY=1`.
 //! 5. The old process stops its admin API and freezes its established TCP connections
 //!    (`crate::proxy::handoff`): in batches, each with its two sockets, a pipe per
 //!    direction that holds bytes, and its state (`Connections`); the new one resumes them
 //!    at once and acknowledges the batch (`Adopted`, naming those it cannot serve: their
-//!    listener or backend is gone), and only then does the old one close its copies.
+//!    listener or backend is gone, and its room left), and only then does the old one
+//!    close its copies. No batch is sent that does not fit the new process's room: from
+//!    the first connection that does not, the old process keeps the rest.
 //! 6. Once it owns nothing, the old process sends what the connections it finished itself
 //!    added to the counters, and `Done`, and exits.
 //!
@@ -26,12 +29,15 @@
 //! acknowledged (it refused it, or died) is resumed by the old one.
 //!
 //! `wire.rs` is the messages, `channel.rs` one end of the socket, `old.rs` and `new.rs`
-//! the two sides (`connections.rs`: the old side's established connections). The descriptors themselves move through `crate::sys::fdpass`.
+//! the two sides (`connections.rs`: the old side's established connections; `room.rs`: the
+//! new side's descriptor room). The descriptors themselves move through
+//! `crate::sys::fdpass`.
 
 mod channel;
 mod connections;
 pub mod new;
 pub mod old;
+mod room;
 pub mod wire;
 
 use std::ffi::OsString;

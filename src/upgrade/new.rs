@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::warn;
 
 use super::channel::Channel;
+use super::room::Room;
 use super::wire::{Connection, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, STEP, UpgradeError};
 use crate::app::{Handover, Inherited};
@@ -25,6 +26,8 @@ const MAX_STATE: usize = 1_000_000;
 /// The handover socket of a process started by an upgrade.
 pub struct Incoming {
     channel: Channel,
+    /// The descriptors this process can still take, counted at `Ready`.
+    room: Option<Room>,
 }
 
 /// What the old process handed over.
@@ -52,7 +55,10 @@ pub fn incoming() -> Result<Option<Incoming>, String> {
     let socket = crate::sys::fdpass::adopt_inherited(fd)
         .map_err(|e| format!("{ENV_FD}={fd}: not a handover socket: {e}"))?;
     let channel = Channel::new(socket, STEP).map_err(|e| format!("{ENV_FD}={fd}: {e}"))?;
-    Ok(Some(Incoming { channel }))
+    Ok(Some(Incoming {
+        channel,
+        room: None,
+    }))
 }
 
 impl Incoming {
@@ -135,11 +141,16 @@ impl Incoming {
         }
     }
 
-    /// Tells the old process this one serves everything it was given.
-    pub fn ready(&self) -> Result<(), UpgradeError> {
+    /// Tells the old process this one serves everything it was given, and how many
+    /// descriptors it can take.
+    pub fn ready(&mut self) -> Result<(), UpgradeError> {
+        let mut room = Room::count();
+        let free = room.free();
+        self.room = Some(room);
         self.channel.send(
             &Message::Ready {
                 pid: std::process::id(),
+                room: free,
             },
             &[],
         )
@@ -157,7 +168,8 @@ impl Incoming {
         }
     }
 
-    fn take_the_rest(self, handover: &Handover) {
+    fn take_the_rest(mut self, handover: &Handover) {
+        let mut room = self.room.take().unwrap_or_else(Room::count);
         if let Err(e) = self.channel.unbounded() {
             warn!(error = %e, "cannot take the previous process's connections and last counts");
             return;
@@ -167,8 +179,12 @@ impl Incoming {
             match self.channel.recv("the previous process's connections") {
                 Ok((Message::Connections { conns }, fds)) => {
                     failpoint("connections");
+                    room.took(fds.len());
                     let refused = adopt_connections(conns, fds, handover, &mut next);
-                    let answer = Message::Adopted { refused };
+                    let answer = Message::Adopted {
+                        refused,
+                        room: room.free(),
+                    };
                     if let Err(e) = self.channel.send(&answer, &[]) {
                         warn!(error = %e, "cannot answer the previous process's connections");
                         return;

@@ -75,14 +75,14 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
     };
     server.pause_accepting(true);
     match send_everything(server, &channel).and_then(|sent| match channel.recv("ready")? {
-        (Message::Ready { pid: ready }, _) if ready == pid => Ok(sent),
+        (Message::Ready { pid: ready, room }, _) if ready == pid => Ok((sent, room)),
         (Message::Abort { reason }, _) => Err(UpgradeError::Aborted(reason)),
         (other, _) => Err(UpgradeError::Protocol(format!(
             "expected ready from {pid}, got {}",
             other.name()
         ))),
     }) {
-        Ok((listeners, sent)) => {
+        Ok(((listeners, sent), room)) => {
             child.release();
             Ok(Handed {
                 pid,
@@ -91,6 +91,7 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
                 rest: Rest {
                     channel,
                     sent,
+                    room,
                     handover: server.clone(),
                 },
             })

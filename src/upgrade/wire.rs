@@ -117,12 +117,15 @@ pub enum Message {
     /// bytes, in that order.
     Connections { conns: Vec<Connection> },
     /// New → old: the last `Connections` is taken, but for those at these positions (their
-    /// listener or backend is not in the new config): the old process keeps them.
-    Adopted { refused: Vec<u32> },
+    /// listener or backend is not in the new config): the old process keeps them. `room`:
+    /// the descriptors the new process can still take (see `Ready`).
+    Adopted { refused: Vec<u32>, room: u32 },
     /// Old → new: everything has been sent.
     Done,
-    /// New → old: serving on every socket.
-    Ready { pid: u32 },
+    /// New → old: serving on every socket. `room`: the descriptors it can still take under
+    /// its open-file limit, some kept for new clients; the old process sends no batch that
+    /// does not fit, and keeps what does not.
+    Ready { pid: u32, room: u32 },
     /// Either way: the upgrade stops here, and why.
     Abort { reason: String },
 }
@@ -298,7 +301,7 @@ mod tests {
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&huge, 1), Err(WireError::TooLong(u32::MAX as usize)));
         // The header and the payload disagree about the descriptors.
-        let mut lying = encode(&Message::Ready { pid: 1 }).unwrap();
+        let mut lying = encode(&Message::Ready { pid: 1, room: 0 }).unwrap();
         lying[6] = 1;
         assert!(matches!(
             decode(&lying, 1),

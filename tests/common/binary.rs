@@ -65,6 +65,13 @@ pub fn spawn_exe(exe: &std::path::Path, path: &std::path::Path) -> Running {
     )
 }
 
+/// [`spawn_exe`] under `prlimit` with the open-file limit `nofile` (soft and hard).
+pub fn spawn_exe_nofile(exe: &std::path::Path, path: &std::path::Path, nofile: u64) -> Running {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}")).arg(exe);
+    launch(cmd, path, tempfile::tempdir().unwrap(), "json")
+}
+
 /// [`spawn_exe`] with environment variables set for the process.
 pub fn spawn_exe_env(
     exe: &std::path::Path,
