@@ -156,6 +156,12 @@ impl TollgateCollector {
             &[],
             self.control.handed_over() as f64,
         );
+        push(
+            out,
+            "tollgate_upgrade_udp_sessions_handed_over_total",
+            &[],
+            self.control.sessions_handed_over() as f64,
+        );
         for (result, n) in self.control.upgrades() {
             push(
                 out,

@@ -141,6 +141,8 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
             info!(
                 handed_over = moved.handed,
                 kept = moved.kept,
+                udp_sessions_handed_over = moved.sessions,
+                udp_sessions_ended = moved.sessions_ended,
                 "binary upgrade: this process's connections are handed over or finished"
             );
         }

@@ -137,6 +137,10 @@ fn upgrade_wire_corpus_replays_cleanly() {
             "state",
             |a| matches!(a, Ok(Message::State { state }) if state.backends.len() == 1 && state.deny.len() == 1),
         ),
+        (
+            "sessions",
+            |a| matches!(a, Ok(Message::Sessions { sessions }) if sessions.len() == 1 && sessions[0].requests == 3),
+        ),
         ("ready", |a| {
             matches!(
                 a,

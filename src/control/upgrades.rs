@@ -37,6 +37,7 @@ pub(super) struct Upgrades {
     asks: OnceLock<mpsc::Sender<UpgradeAsk>>,
     counts: [AtomicU64; 4],
     handed_over: AtomicU64,
+    sessions_handed_over: AtomicU64,
 }
 
 impl Handle {
@@ -77,6 +78,19 @@ impl Handle {
     /// Counts one established connection taken over from the previous process.
     pub fn count_handed_over(&self) {
         self.0.upgrades.handed_over.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one UDP session taken over from the previous process.
+    pub fn count_sessions_handed_over(&self) {
+        self.0
+            .upgrades
+            .sessions_handed_over
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// UDP sessions taken over from previous processes.
+    pub fn sessions_handed_over(&self) -> u64 {
+        self.0.upgrades.sessions_handed_over.load(Ordering::Relaxed)
     }
 
     /// Established connections taken over from previous processes.

@@ -37,6 +37,12 @@ pub(super) const FAMILIES: &[(&str, &str, &[&str], MetricType)] = &[
         MetricType::COUNTER,
     ),
     (
+        "tollgate_upgrade_udp_sessions_handed_over_total",
+        "UDP sessions taken over from the previous process by binary upgrades, each on the upstream socket it had (counted by the process that took them, and carried on by later ones).",
+        &[],
+        MetricType::COUNTER,
+    ),
+    (
         "tollgate_config_last_reload_successful",
         "1 when the last reload was applied (or, before any reload, start-up loaded the config); 0 when it was refused and an older config stays in force.",
         &[],

@@ -1,6 +1,6 @@
 //! Handing established connections to another process (a binary upgrade's second half,
 //! `crate::upgrade`): freezing a connection where it stands, and resuming one that was
-//! frozen, here or in the new process.
+//! frozen, here or in the new process. UDP sessions go the same way (`udp/handover.rs`).
 //!
 //! A connection is frozen only while it forwards (`copy.rs` checks [`Handoff::freezing`] each
 //! time it is polled). Its state is then plain: two sockets, and per direction a pipe that
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::TrackerGuard;
+use super::udp::handover::FrozenSession;
 use crate::sys::Pipe;
 
 /// One direction of a frozen connection.
@@ -82,12 +83,19 @@ pub struct Frozen {
     pub stays: bool,
 }
 
+/// What the handoff hands on: a frozen TCP connection, or a UDP session.
+#[derive(Debug)]
+pub enum Handed {
+    Tcp(Box<Frozen>),
+    Udp(Box<FrozenSession>),
+}
+
 /// The switch that freezes connections, and where frozen ones go.
 #[derive(Debug)]
 pub struct Handoff {
     freezing: AtomicBool,
     wake: watch::Sender<u64>,
-    to: Mutex<Option<std::sync::mpsc::Sender<Box<Frozen>>>>,
+    to: Mutex<Option<std::sync::mpsc::Sender<Handed>>>,
 }
 
 impl Default for Handoff {
@@ -107,8 +115,8 @@ impl Handoff {
     }
 
     /// Freezes every forwarding connection (and any that starts forwarding later) and
-    /// sends it to the returned receiver.
-    pub fn start(&self) -> std::sync::mpsc::Receiver<Box<Frozen>> {
+    /// every UDP session, and sends them to the returned receiver.
+    pub fn start(&self) -> std::sync::mpsc::Receiver<Handed> {
         let (tx, rx) = std::sync::mpsc::channel();
         *self.to.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
         self.freezing.store(true, Ordering::Release);
@@ -124,10 +132,25 @@ impl Handoff {
 
     /// Hands a frozen connection on; gives it back when nobody takes them any more.
     pub fn deliver(&self, frozen: Box<Frozen>) -> Result<(), Box<Frozen>> {
+        match self.hand(Handed::Tcp(frozen)) {
+            Err(Handed::Tcp(frozen)) => Err(frozen),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands a UDP session on; gives it back when nobody takes them any more.
+    pub fn deliver_session(&self, session: Box<FrozenSession>) -> Result<(), Box<FrozenSession>> {
+        match self.hand(Handed::Udp(session)) {
+            Err(Handed::Udp(session)) => Err(session),
+            _ => Ok(()),
+        }
+    }
+
+    fn hand(&self, what: Handed) -> Result<(), Handed> {
         let to = self.to.lock().unwrap_or_else(PoisonError::into_inner);
         match to.as_ref() {
-            Some(tx) => tx.send(frozen).map_err(|e| e.0),
-            None => Err(frozen),
+            Some(tx) => tx.send(what).map_err(|e| e.0),
+            None => Err(what),
         }
     }
 

@@ -68,6 +68,9 @@ pub struct DataPlane {
     pub listening: Arc<sockets::Listening>,
     /// Freezing established connections for a binary upgrade to hand over.
     pub handoff: handoff::Handoff,
+    /// The UDP listening sockets' loops that take sessions handed over by the previous
+    /// process.
+    pub udp_adopters: Arc<udp::handover::Adopters>,
 }
 
 /// A backend whose connect failures in a row just reached its pool's passive limit; the
@@ -93,6 +96,7 @@ impl DataPlane {
             access: Arc::default(),
             listening: Arc::default(),
             handoff: handoff::Handoff::default(),
+            udp_adopters: Arc::default(),
         }
     }
 

@@ -132,6 +132,12 @@ impl UdpLive {
             .is_ok()
     }
 
+    /// Counts a session that is open already (handed over by the previous process), cap
+    /// or not.
+    pub fn count_session(&self) {
+        self.sessions_active.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn release_session(&self) {
         self.sessions_active.fetch_sub(1, Ordering::AcqRel);
     }

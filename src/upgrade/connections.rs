@@ -1,7 +1,8 @@
 //! The old process's side after `Ready`: its established connections, frozen as they stand
-//! (`crate::proxy::handoff`), go to the new process in batches; each batch is acknowledged
-//! before this process closes its copies, and what the new process refuses (or everything,
-//! once it fails) is resumed here. Then what the counters grew by, and `Done`.
+//! (`crate::proxy::handoff`), and its UDP sessions go to the new process in batches; each
+//! batch is acknowledged before this process closes its copies, and what the new process
+//! refuses (or everything, once it fails) is resumed here (UDP sessions end: the next
+//! datagram opens one in the new process). Then what the counters grew by, and `Done`.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::old::send_parts;
 use super::wire::{Connection, Message, Sample};
 use crate::app::Handover;
 use crate::metrics::CounterSample;
-use crate::proxy::handoff::Frozen;
+use crate::proxy::handoff::Handed;
 
 /// What is still owed to the new process after `Ready`: this process's established
 /// connections, and then what its counters grew by since they were sent.
@@ -32,6 +33,9 @@ pub struct Rest {
 /// Connections in at most this many per message: with two pipes each, 6 descriptors, so
 /// a batch stays under [`wire::MAX_FDS`].
 const BATCH: usize = 32;
+/// UDP sessions per message: one descriptor each, and a state of at most ~500 bytes of
+/// JSON, so a batch stays under [`wire::MAX_PAYLOAD`].
+const SESSIONS: usize = 96;
 
 impl Rest {
     /// Freezes this process's established connections and hands them over, on a thread
@@ -61,13 +65,14 @@ impl Rest {
         }
     }
 
-    /// Sends frozen connections in batches as they come, until `stop` and none is left.
-    /// A batch holds at most [`BATCH`] connections and no more descriptors than the new
-    /// process has room for; once one connection does not fit, it and the rest are kept.
-    fn connections(&mut self, frozen: &Receiver<Box<Frozen>>, stop: &AtomicBool) -> Moved {
+    /// Sends frozen connections and UDP sessions in batches as they come, until `stop` and
+    /// none is left. A batch is of one kind, holds at most [`BATCH`] connections or
+    /// [`SESSIONS`] sessions and no more descriptors than the new process has room for;
+    /// once one does not fit, it and the rest are kept.
+    fn connections(&mut self, frozen: &Receiver<Handed>, stop: &AtomicBool) -> Moved {
         let mut moved = Moved::default();
         let mut failed = false;
-        let mut next: Option<Box<Frozen>> = None;
+        let mut next: Option<Handed> = None;
         loop {
             let first = match next.take() {
                 Some(first) => first,
@@ -78,7 +83,7 @@ impl Rest {
                 },
             };
             if failed {
-                moved.kept += self.keep(vec![first]);
+                self.keep(vec![first], &mut moved);
                 continue;
             }
             if descriptors(&first) > self.room as usize {
@@ -88,14 +93,22 @@ impl Rest {
                 );
                 failed = true;
                 self.handover.control().plane().handoff.stop();
-                moved.kept += self.keep(vec![first]);
+                self.keep(vec![first], &mut moved);
                 continue;
             }
             let mut fds = descriptors(&first);
+            let most = match first {
+                Handed::Tcp(_) => BATCH,
+                Handed::Udp(_) => SESSIONS,
+            };
             let mut batch = vec![first];
-            while batch.len() < BATCH {
+            while batch.len() < most {
                 let Ok(more) = frozen.try_recv() else { break };
-                if fds + descriptors(&more) > self.room as usize {
+                let same = matches!(
+                    (&batch[0], &more),
+                    (Handed::Tcp(_), Handed::Tcp(_)) | (Handed::Udp(_), Handed::Udp(_))
+                );
+                if !same || fds + descriptors(&more) > self.room as usize {
                     next = Some(more);
                     break;
                 }
@@ -105,46 +118,61 @@ impl Rest {
             match self.send(&batch) {
                 Ok(refused) => {
                     let mut kept = Vec::new();
-                    for (i, conn) in batch.into_iter().enumerate() {
+                    for (i, handed) in batch.into_iter().enumerate() {
                         if refused.contains(&(i as u32)) {
-                            kept.push(conn);
+                            kept.push(handed);
                         } else {
                             // The new process holds it: this copy closes.
-                            moved.handed += 1;
+                            match handed {
+                                Handed::Tcp(_) => moved.handed += 1,
+                                Handed::Udp(_) => moved.sessions += 1,
+                            }
                         }
                     }
-                    moved.kept += self.keep(kept);
+                    self.keep(kept, &mut moved);
                 }
                 Err(e) => {
                     warn!(error = %e, "handing connections over failed; the rest finish here");
                     failed = true;
                     self.handover.control().plane().handoff.stop();
-                    moved.kept += self.keep(batch);
+                    self.keep(batch, &mut moved);
                 }
             }
         }
     }
 
     /// One batch: sent, and the positions the new process refused (its room is updated).
-    fn send(&mut self, batch: &[Box<Frozen>]) -> Result<Vec<u32>, UpgradeError> {
-        let conns = batch
-            .iter()
-            .map(|f| Connection {
-                state: f.state.clone(),
-                up_pipe: f.up.is_some(),
-                down_pipe: f.down.is_some(),
-            })
-            .collect();
+    fn send(&mut self, batch: &[Handed]) -> Result<Vec<u32>, UpgradeError> {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        for f in batch {
-            fds.push(f.client.as_fd());
-            fds.push(f.backend.as_fd());
-            for pipe in [&f.up, &f.down].into_iter().flatten() {
-                let (read, write) = pipe.ends();
-                fds.extend([read, write]);
+        let mut conns = Vec::new();
+        let mut sessions = Vec::new();
+        for handed in batch {
+            match handed {
+                Handed::Tcp(f) => {
+                    conns.push(Connection {
+                        state: f.state.clone(),
+                        up_pipe: f.up.is_some(),
+                        down_pipe: f.down.is_some(),
+                    });
+                    fds.push(f.client.as_fd());
+                    fds.push(f.backend.as_fd());
+                    for pipe in [&f.up, &f.down].into_iter().flatten() {
+                        let (read, write) = pipe.ends();
+                        fds.extend([read, write]);
+                    }
+                }
+                Handed::Udp(s) => {
+                    sessions.push(s.state.clone());
+                    fds.push(s.upstream.as_fd());
+                }
             }
         }
-        self.channel.send(&Message::Connections { conns }, &fds)?;
+        let message = if sessions.is_empty() {
+            Message::Connections { conns }
+        } else {
+            Message::Sessions { sessions }
+        };
+        self.channel.send(&message, &fds)?;
         match self.channel.recv("adopted")? {
             (Message::Adopted { refused, room }, _) => {
                 self.room = room;
@@ -157,18 +185,22 @@ impl Rest {
         }
     }
 
-    /// Connections this process serves on to their end: resumed on its workers.
-    // The boxes go on to the workers as they are.
-    #[allow(clippy::vec_box)]
-    fn keep(&self, conns: Vec<Box<Frozen>>) -> usize {
-        let n = conns.len();
-        for (i, mut conn) in conns.into_iter().enumerate() {
-            conn.stays = true;
-            if let Err(lost) = self.handover.resume(i, conn) {
-                warn!(listener = lost.state.listener, client = %lost.state.client, "no worker left to resume a connection; it is closed");
+    /// What stays here: connections are resumed on this process's workers and served to
+    /// their end; UDP sessions end (this process no longer reads the listening sockets; the
+    /// client's next datagram opens a session in the new process).
+    fn keep(&self, handed: Vec<Handed>, moved: &mut Moved) {
+        for (i, handed) in handed.into_iter().enumerate() {
+            match handed {
+                Handed::Tcp(mut conn) => {
+                    moved.kept += 1;
+                    conn.stays = true;
+                    if let Err(lost) = self.handover.resume(i, conn) {
+                        warn!(listener = lost.state.listener, client = %lost.state.client, "no worker left to resume a connection; it is closed");
+                    }
+                }
+                Handed::Udp(_) => moved.sessions_ended += 1,
             }
         }
-        n
     }
 
     /// Sends what the counters grew by since the handover (the bytes and ends of the
@@ -189,16 +221,23 @@ impl Rest {
     }
 }
 
-/// The descriptors a frozen connection brings: two sockets and two per pipe.
-fn descriptors(f: &Frozen) -> usize {
-    2 + 2 * usize::from(f.up.is_some()) + 2 * usize::from(f.down.is_some())
+/// The descriptors a frozen connection brings (two sockets and two per pipe), or a UDP
+/// session (its upstream socket).
+fn descriptors(handed: &Handed) -> usize {
+    match handed {
+        Handed::Tcp(f) => 2 + 2 * usize::from(f.up.is_some()) + 2 * usize::from(f.down.is_some()),
+        Handed::Udp(_) => 1,
+    }
 }
 
-/// Connections handed over, and kept (refused by the new process, or after a failure).
+/// Connections handed over, and kept (refused by the new process, or after a failure);
+/// UDP sessions handed over, and ended here.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Moved {
     pub handed: usize,
     pub kept: usize,
+    pub sessions: usize,
+    pub sessions_ended: usize,
 }
 
 /// The thread handing connections over.

@@ -13,6 +13,7 @@ use super::{ENV_FD, STEP, UpgradeError};
 use crate::app::{Handover, Inherited};
 use crate::proxy::handoff::Frozen;
 use crate::proxy::listener::{BindKey, Listening};
+use crate::proxy::udp::handover::{FrozenSession, SessionState};
 use crate::state::Transport;
 use crate::sys::Pipe;
 
@@ -190,6 +191,18 @@ impl Incoming {
                         return;
                     }
                 }
+                Ok((Message::Sessions { sessions }, fds)) => {
+                    room.took(fds.len());
+                    let refused = adopt_sessions(sessions, fds, handover);
+                    let answer = Message::Adopted {
+                        refused,
+                        room: room.free(),
+                    };
+                    if let Err(e) = self.channel.send(&answer, &[]) {
+                        warn!(error = %e, "cannot answer the previous process's UDP sessions");
+                        return;
+                    }
+                }
                 Ok((Message::Counters { samples }, _)) => {
                     crate::metrics::carry_over(samples.into_iter().map(Into::into));
                 }
@@ -246,6 +259,36 @@ fn adopt_connections(
                 *next += 1;
                 handover.control().count_handed_over();
             }
+            Err(_) => refused.push(i as u32),
+        }
+    }
+    refused
+}
+
+/// Gives handed-over UDP sessions to the loops serving their listening sockets; returns the
+/// positions of those refused: their listener or backend is not in this config, no loop
+/// here serves their socket, or their descriptor is not a UDP socket.
+fn adopt_sessions(sessions: Vec<SessionState>, fds: Vec<OwnedFd>, handover: &Handover) -> Vec<u32> {
+    let snapshot = handover.control().snapshot();
+    let plane = handover.control().plane();
+    let mut refused = Vec::new();
+    for (i, (state, fd)) in sessions.into_iter().zip(fds).enumerate() {
+        let known = snapshot.listener(&state.listener).is_some()
+            && snapshot
+                .pool(&state.pool)
+                .is_some_and(|pool| pool.backends.iter().any(|b| b.address == state.backend));
+        let sock = socket2::Socket::from(fd);
+        let datagram = sock.r#type().is_ok_and(|t| t == socket2::Type::DGRAM);
+        if !known || !datagram {
+            refused.push(i as u32);
+            continue;
+        }
+        let session = Box::new(FrozenSession {
+            upstream: sock.into(),
+            state,
+        });
+        match plane.udp_adopters.give(session) {
+            Ok(()) => handover.control().count_sessions_handed_over(),
             Err(_) => refused.push(i as u32),
         }
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::Carried;
 use crate::metrics::CounterSample;
 use crate::proxy::handoff::ConnectionState;
+use crate::proxy::udp::handover::SessionState;
 
 /// The protocol this build speaks. A peer with another version is refused.
 pub const PROTOCOL: u16 = 1;
@@ -94,7 +95,8 @@ impl From<Sample> for CounterSample {
 /// `Refused`) from the new process; then from the old, which has stopped accepting,
 /// `Listeners`, `Counters` and `State` (any number of each), `Admin` (when it has an admin
 /// API) and `Done`; `Ready` from the new once it serves. Then, from the old, `Connections`
-/// (each answered by `Adopted`) as its established connections freeze, and once it has none
+/// and `Sessions` (each answered by `Adopted`) as its established connections and UDP
+/// sessions freeze, and once it has none
 /// left what its counters grew by (`Counters`) and `Done`. `Abort` may come from either
 /// before `Ready`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,7 +118,9 @@ pub enum Message {
     /// and backend sockets, then a pipe (read end, write end) for each direction that holds
     /// bytes, in that order.
     Connections { conns: Vec<Connection> },
-    /// New → old: the last `Connections` is taken, but for those at these positions (their
+    /// Old → new, after `Ready`: UDP sessions, each bringing its connected upstream socket.
+    Sessions { sessions: Vec<SessionState> },
+    /// New → old: the last `Connections` or `Sessions` is taken, but for those at these positions (their
     /// listener or backend is not in the new config): the old process keeps them. `room`:
     /// the descriptors the new process can still take (see `Ready`).
     Adopted { refused: Vec<u32>, room: u32 },
@@ -136,6 +140,7 @@ impl Message {
         match self {
             Message::Listeners { sockets } => sockets.len(),
             Message::Connections { conns } => conns.iter().map(Connection::fds).sum(),
+            Message::Sessions { sessions } => sessions.len(),
             Message::Admin { .. } => 1,
             _ => 0,
         }
@@ -151,6 +156,7 @@ impl Message {
             Message::Counters { .. } => "counters",
             Message::State { .. } => "state",
             Message::Connections { .. } => "connections",
+            Message::Sessions { .. } => "sessions",
             Message::Adopted { .. } => "adopted",
             Message::Done => "done",
             Message::Ready { .. } => "ready",

@@ -58,8 +58,29 @@ impl Link {
         // key) for runs a session's replies rarely form. GSO needs no probe of its own: the
         // listening socket's says whether this kernel takes `UDP_SEGMENT`.
         let bound = udp::connect_upstream(backend, udp::Offloads::NONE)?;
+        Link::serve(bound.socket, backend, live, shared)
+    }
+
+    /// A socket already connected to `backend` (handed over by the previous process), read
+    /// for `shared`'s sessions from now on: what it had queued is read first.
+    pub fn adopt(
+        socket: std::net::UdpSocket,
+        backend: SocketAddr,
+        live: &Arc<ListenerLive>,
+        shared: &Arc<Shared>,
+    ) -> std::io::Result<Link> {
+        socket.set_nonblocking(true)?;
+        Link::serve(socket, backend, live, shared)
+    }
+
+    fn serve(
+        socket: std::net::UdpSocket,
+        backend: SocketAddr,
+        live: &Arc<ListenerLive>,
+        shared: &Arc<Shared>,
+    ) -> std::io::Result<Link> {
         let state = Arc::new(LinkState {
-            socket: UdpSocket::from_std(bound.socket)?,
+            socket: UdpSocket::from_std(socket)?,
             owner: Mutex::new(None),
             live: live.clone(),
             offload: OffloadState::sending(shared.offload.gso()),
@@ -70,6 +91,16 @@ impl Link {
             task: task.abort_handle(),
             backend,
         })
+    }
+
+    /// A duplicate of its socket, for the handover: the socket (and what is queued on it)
+    /// outlives this link as long as the duplicate is open.
+    pub fn duplicate(&self) -> std::io::Result<std::net::UdpSocket> {
+        self.state
+            .socket
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::net::UdpSocket::from)
     }
 
     pub fn backend(&self) -> SocketAddr {

@@ -5,7 +5,8 @@
 //! reuse (`reuse.rs`, pure), and under them the per-listener session table (`flows.rs`, pure; what a
 //! session is in `session.rs`, its idle deadlines in `deadlines.rs`), with a reference model
 //! of it (`model.rs`) that the deterministic simulation and the fuzz target drive side by
-//! side with the real table. The batched socket calls live in [`crate::sys::udp`].
+//! side with the real table. Sessions handed to a new binary are `handover.rs`'s. The
+//! batched socket calls live in [`crate::sys::udp`].
 //!
 //! Like the rest of the data plane it never imports `config`, `control` or admin code.
 
@@ -13,6 +14,7 @@ mod deadlines;
 pub mod flows;
 #[cfg(test)]
 mod flows_tests;
+pub mod handover;
 mod link;
 #[doc(hidden)]
 pub mod model;

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::flows::{FlowTable, Limits, Lookup};
+use super::handover;
 use super::outbound::Outbound;
 use super::reuse::KEEP_MS;
 use super::session::{FlowKey, SessionId};
@@ -68,6 +69,17 @@ pub async fn serve(
     // In the set a binary upgrade hands over while this serves the socket; while the upgrade
     // takes it over, nothing is read from it (replies to open sessions still go out).
     let _entered = plane.listening.enter(&key, shared.socket.as_fd());
+    // A binary upgrade moves the sessions, found by this socket's inode in both processes:
+    // the old one hands them over once it starts freezing, the new one takes them here.
+    let inode = handover::inode(shared.socket.as_fd()).ok();
+    let (_adopting, mut adopt) = match inode {
+        Some(ino) => {
+            let (adopting, rx) = plane.udp_adopters.enter(ino);
+            (Some(adopting), Some(rx))
+        }
+        None => (None, None),
+    };
+    let mut freezing = plane.handoff.woken();
     let mut pause = plane.listening.paused();
     let mut paused = *pause.borrow_and_update();
     let mut batch = RecvBatch::new(MAX_BATCH);
@@ -114,6 +126,19 @@ pub async fn serve(
                 expire(&shared);
             }
             () = sockets::until(&mut pause, !paused) => paused = !paused,
+            r = freezing.changed() => {
+                if r.is_ok() && plane.handoff.freezing() {
+                    // The new process serves this socket now: nothing more is read here,
+                    // and every session goes over to it.
+                    handover::freeze(&shared, &spec.name, inode, &plane);
+                    return;
+                }
+            }
+            Some(frozen) = async { adopt.as_mut()?.recv().await } => {
+                if !handover::adopt(frozen, (&spec, &settings), &shared, &tracker) {
+                    debug!(listener = %spec.name, "a handed-over UDP session could not be resumed; the client's next datagram opens a new one");
+                }
+            }
             r = shared.socket.readable(), if !paused => {
                 if r.is_err() {
                     return;
@@ -175,6 +200,25 @@ fn expire(shared: &Shared) {
     for session in ended {
         shared.write(shared.line(&session, UdpEnd::Idle, now));
     }
+}
+
+/// The PROXY v2 header a session of `key` sends its backend first, when the listener sends
+/// one (`proxy_protocol.send`).
+pub(super) fn proxy_header(spec: &ListenerSpec, key: FlowKey) -> Option<Box<[u8]>> {
+    spec.proxy_send?;
+    let addresses = proxy_protocol::Addresses {
+        source: key.client,
+        destination: key.local,
+        transport: proxy_protocol::Transport::Datagram,
+    };
+    let mut header = Vec::with_capacity(52);
+    proxy_protocol::encode(
+        proxy_protocol::Version::V2,
+        Some(addresses),
+        &[],
+        &mut header,
+    );
+    Some(header.into_boxed_slice())
 }
 
 /// What handling one client datagram needs.
@@ -302,22 +346,9 @@ impl Ctx<'_> {
     /// With `proxy_protocol.send: v2`, the session's first datagram to its backend starts
     /// with a header naming the client and the address it sent to (sozu's practice).
     fn announce(&self, handle: &mut Handle, key: FlowKey) {
-        if self.spec.proxy_send.is_none() {
-            return;
+        if let Some(header) = proxy_header(self.spec, key) {
+            handle.announce(header);
         }
-        let addresses = proxy_protocol::Addresses {
-            source: key.client,
-            destination: key.local,
-            transport: proxy_protocol::Transport::Datagram,
-        };
-        let mut header = Vec::with_capacity(52);
-        proxy_protocol::encode(
-            proxy_protocol::Version::V2,
-            Some(addresses),
-            &[],
-            &mut header,
-        );
-        handle.announce(header.into_boxed_slice());
     }
 
     /// The pool's pick for `client` and a socket connected to it (a kept one when there is

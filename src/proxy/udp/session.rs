@@ -65,6 +65,21 @@ impl<B, H> Session<B, H> {
         }
     }
 
+    /// What a session handed over by the previous process had done: its start and counts.
+    /// Not its activity: it counts as active now, so the idle deadline only moves forward,
+    /// as the deadline heap needs.
+    pub(super) fn restore(
+        &mut self,
+        created: u64,
+        (requests, replies): (u32, u32),
+        forwarded: UdpCounts,
+    ) {
+        self.created = created;
+        self.requests = requests;
+        self.replies = replies;
+        self.forwarded = forwarded;
+    }
+
     pub fn key(&self) -> FlowKey {
         self.key
     }

@@ -198,6 +198,20 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// The slot of a session handed over by the previous process, which counted it in
+    /// `sessions_total` already: it takes its place under `udp.max_sessions` even over the
+    /// cap (it is open already; only new ones wait), and holds no per-source ticket.
+    pub fn adopted(live: Arc<ListenerLive>, open: TrackerGuard) -> Slot {
+        live.udp.count_session();
+        Slot {
+            live,
+            _ticket: None,
+            _open: open,
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.live.udp.release_session();
@@ -229,6 +243,34 @@ impl Handle {
             slot: Some(slot),
             header: None,
         })
+    }
+
+    /// A session's handle on a socket handed over by the previous process (already counted
+    /// in the backend's connections there).
+    pub fn adopt(
+        backend: &Backend,
+        socket: std::net::UdpSocket,
+        slot: Slot,
+        shared: &Arc<Shared>,
+    ) -> std::io::Result<Handle> {
+        let link = Link::adopt(socket, backend.address, &slot.live, shared)?;
+        backend.stats.active.fetch_add(1, Ordering::Relaxed);
+        Ok(Handle {
+            link: Some(link),
+            stats: backend.stats.clone(),
+            slot: Some(slot),
+            header: None,
+        })
+    }
+
+    /// A duplicate of its upstream socket (see [`Link::duplicate`]).
+    pub fn duplicate(&self) -> Option<std::io::Result<std::net::UdpSocket>> {
+        self.link.as_ref().map(Link::duplicate)
+    }
+
+    /// Whether a PROXY header is still owed to the backend.
+    pub fn header_pending(&self) -> bool {
+        self.header.is_some()
     }
 
     /// The first datagram sent from now on starts with `header` (a PROXY v2 header naming
