@@ -2,7 +2,7 @@
 //!
 //! Owns the iperf3 server (bulk), the nginx HTTP responder that answers `ok` (conns/s and
 //! req/resp), its HTTPS twin that terminates TLS (tls-sni), and the echo server that holds
-//! connections open (memory, startup, reload).
+//! connections open (memory, startup, reload, upgrade).
 //! The echo server is this same bench binary re-executed with `TOLLGATE_COMPARE_ECHO_PORT`
 //! set, so that its ~9000 sockets do not count against the harness's own descriptor budget
 //! and it dies with the harness.
@@ -190,16 +190,23 @@ fn serve_echo(port: &str) -> Result<()> {
     })
 }
 
-/// Echoes every byte back until the peer closes (or the connection fails).
+/// Echoes every byte back until the peer closes (or the connection fails). The buffer
+/// starts small, since thousands of held connections each keep one, and grows to 64 KiB the
+/// first time a read fills it: a stream (the upgrade workload's transfers) would otherwise
+/// cost a read and a write per 512 bytes, and the backend's CPU would blur the balancer's
+/// stalls.
 async fn echo_conn(mut conn: TcpStream) {
     let _ = conn.set_nodelay(true);
-    let mut buf = [0u8; 512];
+    let mut buf = vec![0u8; 512];
     loop {
         match conn.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if conn.write_all(&buf[..n]).await.is_err() {
                     return;
+                }
+                if n == buf.len() && buf.len() < 64 * 1024 {
+                    buf.resize(64 * 1024, 0);
                 }
             }
         }

@@ -3,7 +3,8 @@
 //!
 //! Owns opening N idle proxied connections (each sends one byte and reads its echo, so the
 //! backend leg provably exists), checking that they all still echo, closing them and
-//! checking that the balancer and the backend let go of them; the PSS readings; the 1 ms
+//! checking that the balancer and the backend let go of them (`upgrade` opens and checks
+//! its held connections with the same functions); the PSS readings; the 1 ms
 //! connect-and-echo poll from spawn; and the timed `POST /api/v1/reload`.
 
 use std::io::{Read, Write};
@@ -178,7 +179,7 @@ fn check_weight(admin: u16, generation: Option<u64>, weight: u64) -> Result<()> 
 }
 
 /// Opens `n` connections to `addr`, each sending one byte and reading its echo, in batches.
-fn open(addr: SocketAddr, n: usize, c: Contender) -> Result<Vec<TcpStream>> {
+pub fn open(addr: SocketAddr, n: usize, c: Contender) -> Result<Vec<TcpStream>> {
     let mut conns: Vec<TcpStream> = Vec::with_capacity(n);
     while conns.len() < n {
         crate::procs::check_interrupt()?;
@@ -205,7 +206,7 @@ fn open(addr: SocketAddr, n: usize, c: Contender) -> Result<Vec<TcpStream>> {
 }
 
 /// Sends one byte on every connection and reads it back; returns how many failed.
-fn echo_all(conns: &[TcpStream], byte: u8) -> usize {
+pub fn echo_all(conns: &[TcpStream], byte: u8) -> usize {
     let mut failed = 0;
     for batch in conns.chunks(BATCH) {
         let sent: Vec<bool> = batch

@@ -8,22 +8,32 @@
 //! (tls-sni: TLS passthrough routed by SNI, with h2load) and `held` (memory, startup,
 //! reload); the UDP ones in `dns` (dnsperf, over `nsd`) and `udp_bulk` (udp-bulk,
 //! udp-memory, over `dgram`'s echo backend and load generator), with the UDP fronts in
-//! `udp`; processes in `procs`, contenders in `contenders`, backends in `backends`, the
-//! summary and JSON in `report`. Configs and logs go to a temp dir, kept
-//! (and named) when something failed.
+//! `udp`; `upgrade` (binary upgrade under load; its load in `upgrade_load`, each
+//! contender's way of upgrading in `upgrade_balancer`); processes in `procs` (and
+//! `adopted`: an upgrade's new process, which the bench did not start itself), contenders
+//! in `contenders`, backends in `backends`, the summary and JSON in `report`. Configs and
+//! logs go to a temp dir, kept (and named) when something failed.
 //!
 //! Environment:
 //! * `TOLLGATE_COMPARE_SMOKE=1`: one repetition, 1 s per run, 300 held connections and 300
 //!   UDP sessions (CI);
 //! * `TOLLGATE_COMPARE_REPS`: repetitions of every workload (default 5 for bulk, conns,
-//!   reqresp, tls-sni, udp-dns and udp-bulk, 3 for memory, startup, reload and udp-memory);
+//!   reqresp, tls-sni, udp-dns and udp-bulk, 3 for memory, startup, reload, udp-memory and
+//!   upgrade);
 //! * `TOLLGATE_COMPARE_SECS`: seconds per iperf3/wrk/h2load/dnsperf/UDP load run (default 5;
 //!   h2load's run is counted in connections, sized from a pilot run to last about that long);
-//! * `TOLLGATE_COMPARE_HELD`: idle connections held for memory and reload (default 9000);
+//! * `TOLLGATE_COMPARE_HELD`: idle connections held for memory, reload and upgrade (default
+//!   9000; upgrade holds fewer, and says so, when the open-file limit fits fewer);
 //! * `TOLLGATE_COMPARE_UDP_SESSIONS`: idle UDP sessions opened by udp-memory (default 10000);
-//! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,tls-sni,memory,startup,reload,udp-dns,udp-bulk,udp-memory`:
+//! * `TOLLGATE_COMPARE_ONLY=bulk,conns,reqresp,tls-sni,memory,startup,reload,udp-dns,udp-bulk,udp-memory,upgrade`:
 //!   a subset (`tls-sni`: new TLS connections per second through SNI routing, no TLS
-//!   termination in the balancer, and the balancer's CPU per connection);
+//!   termination in the balancer, and the balancer's CPU per connection; `upgrade`, tollgate
+//!   and haproxy only, since nginx upgrades its binary only when daemonised: with N
+//!   connections held, paced echo transfers (4; smoke 2) and ~300 new connections a second
+//!   running, tollgate's `POST /api/v1/upgrade` against HAProxy's master-worker reload with
+//!   `-x` and `hard-stop-after 2s`: the time from the request to the old process gone, the
+//!   longest gap any transfer's echo saw meanwhile, and every client-visible failure; any
+//!   failure fails tollgate's run);
 //! * `TOLLGATE_COMPARE_CONTENDERS=direct,tollgate,tollgate-access-log,haproxy,haproxy-splice,nginx,nginx-half-close`:
 //!   a subset (HAProxy community has no UDP: its UDP cells say so; tls-sni runs haproxy, not
 //!   haproxy-splice; nginx-half-close, nginx passing half-closes on as tollgate does, runs
@@ -34,6 +44,7 @@
 //! summary of whatever did complete. Results: stdout (Markdown) and
 //! `target/compare/results.json`.
 
+mod adopted;
 mod backends;
 mod bulk;
 mod contenders;
@@ -50,6 +61,9 @@ mod settings;
 mod tls;
 mod udp;
 mod udp_bulk;
+mod upgrade;
+mod upgrade_balancer;
+mod upgrade_load;
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -150,6 +164,7 @@ fn run() -> Result<bool> {
         work,
         seq: Cell::new(0),
     };
+    // `upgrade` holds as many as fit instead, and says so (`upgrade::plan`).
     let holds = [Workload::Memory, Workload::Reload]
         .iter()
         .any(|w| ctx.settings.workloads.contains(w));
@@ -207,6 +222,7 @@ fn run() -> Result<bool> {
         "tls_sni": {"h2load_clients": tls::CLIENTS, "h2load_threads": tls::THREADS, "server_name": tls::SERVER_NAME},
         "udp_dns": {"dnsperf_clients": dns::CLIENTS, "dnsperf_outstanding": dns::OUTSTANDING},
         "udp_bulk": {"sockets": udp_bulk::BULK.0, "window": udp_bulk::BULK.1, "datagram_bytes": udp_bulk::BULK.2},
+        "upgrade": upgrade::meta(s),
         "workloads": s.workloads.iter().map(|w| w.name()).collect::<Vec<_>>(),
         "contenders": s.contenders.iter().map(|c| c.name()).collect::<Vec<_>>(),
     });
@@ -263,6 +279,7 @@ fn rounds(ctx: &Ctx, w: Workload, res: &mut Results) {
                 Workload::UdpDns => dns::run(ctx, c, &tag, res),
                 Workload::UdpBulk => udp_bulk::bulk(ctx, c, &tag, res),
                 Workload::UdpMemory => udp_bulk::memory(ctx, c, &tag, res),
+                Workload::Upgrade => upgrade::run(ctx, c, &tag, res),
             };
             if let Err(e) = done {
                 let failure = format!("{} / {c}, rep {}: {e:#}", w.name(), rep + 1);

@@ -5,7 +5,8 @@
 //! on drop so that nothing outlives the harness, running a tool to completion within a
 //! deadline, and the `/proc` readings the workloads need: CPU ticks, PSS, RSS and open
 //! descriptors summed over a process tree (nginx's master and workers), listening TCP ports
-//! and bound UDP ports.
+//! and bound UDP ports (`adopted` keeps the same promises for a process this harness did
+//! not spawn itself).
 //! Every signal goes to a process this harness started or to one of its descendants.
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use crate::procfs::stat_fields;
 pub use crate::procfs::{clk_tck, cpu_ticks};
 
 const TAIL_LINES: usize = 25;
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(2);
 
 /// Set by SIGINT or SIGTERM to the harness: every wait loop then stops with an error, so
@@ -153,10 +154,12 @@ impl Proc {
     }
 
     pub fn tail(&self) -> String {
-        let text = fs::read(&self.log).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+        tail_of(&self.log)
+    }
+
+    /// The file its stdout and stderr go to (and those of any process it starts).
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {
@@ -299,6 +302,14 @@ impl Drop for Proc {
     }
 }
 
+/// The last lines of a log file (empty when unreadable).
+pub fn tail_of(log: &Path) -> String {
+    let text = fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
 /// Runs a tool to completion within `timeout`, stdout and stderr into files in `dir`.
 /// Returns stdout; a failure status is an error quoting both.
 pub fn run_tool(name: &str, cmd: &mut Command, dir: &Path, timeout: Duration) -> Result<String> {
@@ -317,14 +328,15 @@ pub fn run_tool(name: &str, cmd: &mut Command, dir: &Path, timeout: Duration) ->
     Ok(stdout)
 }
 
-/// Every pid passed here is our own unreaped child or one of its descendants; one that has
-/// exited meanwhile is not an error worth reporting.
-fn signal(pid: i32, sig: libc::c_int) {
+/// Every pid passed here is our own unreaped child or one of its descendants (an `Adopted`
+/// one checked by its start time); one that has exited meanwhile is not an error worth
+/// reporting.
+pub fn signal(pid: i32, sig: libc::c_int) {
     let _ = tollgate::sys::signals::kill(pid, sig);
 }
 
 /// `pid` and every process descending from it, breadth first.
-fn descendants(pid: i32) -> Vec<i32> {
+pub fn descendants(pid: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(child) = entry

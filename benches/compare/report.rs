@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::contenders::Contender;
-use crate::{Settings, Workload, dns, tls, udp_bulk};
+use crate::{Settings, Workload, dns, tls, udp_bulk, upgrade};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Better {
@@ -378,7 +378,7 @@ pub fn header(s: &Settings, machine: &Machine) -> String {
     let mut out = format!(
         "## tollgate vs HAProxy vs nginx{mode}\n\n{}\n\
          - runs: {} rep(s) of bulk, conns/s, req/resp, tls-sni, udp-dns and udp-bulk, {} of memory, \
-         startup, reload and udp-memory; {} s per iperf3/wrk/h2load/dnsperf/UDP load run; contenders alternate, \
+         startup, reload, udp-memory and upgrade; {} s per iperf3/wrk/h2load/dnsperf/UDP load run; contenders alternate, \
          order rotated each round; client, backend and balancer share the cores, all on 127.0.0.1",
         machine.describe(),
         s.reps.0,
@@ -397,6 +397,9 @@ pub fn header(s: &Settings, machine: &Machine) -> String {
              memory/startup/reload over an echo server, {} held connections",
             s.held
         );
+    }
+    if s.uses(Workload::Upgrade) {
+        out += &format!("\n{}", upgrade::describe(s));
     }
     if s.uses(Workload::TlsSni) {
         out += &format!(

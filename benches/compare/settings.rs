@@ -7,7 +7,7 @@ use std::env;
 use anyhow::{Context, Result, bail};
 
 use crate::contenders::Contender;
-use crate::{dns, http, tls, udp_bulk};
+use crate::{dns, http, tls, udp_bulk, upgrade};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Workload {
@@ -21,10 +21,11 @@ pub enum Workload {
     UdpDns,
     UdpBulk,
     UdpMemory,
+    Upgrade,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Bulk,
         Workload::Conns,
         Workload::ReqResp,
@@ -35,6 +36,7 @@ impl Workload {
         Workload::UdpDns,
         Workload::UdpBulk,
         Workload::UdpMemory,
+        Workload::Upgrade,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +51,7 @@ impl Workload {
             Workload::UdpDns => "udp-dns",
             Workload::UdpBulk => "udp-bulk",
             Workload::UdpMemory => "udp-memory",
+            Workload::Upgrade => "upgrade",
         }
     }
 
@@ -80,12 +83,22 @@ impl Workload {
                 self.unsupported(c).is_none()
             }
             Workload::UdpMemory => c != Contender::Direct && self.unsupported(c).is_none(),
+            Workload::Upgrade => matches!(c, Contender::Tollgate | Contender::Haproxy),
         }
     }
 
     /// Why a contender cannot take part at all, shown in its cells instead of a bare n/a.
     pub fn unsupported(self, c: Contender) -> Option<&'static str> {
         let haproxy = matches!(c, Contender::Haproxy | Contender::HaproxySplice);
+        if self == Workload::Upgrade && c == Contender::Nginx {
+            // nginx ignores USR2 while its master's parent is the one that started it (its
+            // "changing binary signal is ignored"): only a daemonised master, which would
+            // outlive the harness, can upgrade.
+            return Some("n/a (not run: nginx upgrades its binary only when daemonised)");
+        }
+        if self == Workload::Upgrade && c == Contender::HaproxySplice {
+            return Some("n/a (not run: splice changes nothing in a reload)");
+        }
         if self == Workload::TlsSni && c == Contender::HaproxySplice {
             return Some("n/a (not run: a handshake has no bulk data to splice)");
         }
@@ -114,6 +127,7 @@ impl Workload {
             Workload::UdpDns => &[dns::WORKLOAD, dns::FIXED_WORKLOAD],
             Workload::UdpBulk => &[udp_bulk::BULK_WORKLOAD],
             Workload::UdpMemory => &[udp_bulk::MEMORY_WORKLOAD],
+            Workload::Upgrade => &[upgrade::WORKLOAD],
         }
     }
 }
@@ -121,7 +135,7 @@ impl Workload {
 pub struct Settings {
     pub smoke: bool,
     /// Repetitions of bulk, conns, reqresp, tls-sni, udp-dns and udp-bulk; and of memory,
-    /// startup, reload and udp-memory.
+    /// startup, reload, udp-memory and upgrade.
     pub reps: (usize, usize),
     pub secs: u64,
     pub held: usize,
