@@ -77,11 +77,19 @@ pub(super) fn run_worker(
             } else {
                 info!(worker = id, open, timeout = ?drain, "draining connections and UDP sessions");
             }
-            let deadline = tokio::time::Instant::now() + drain;
+            let mut deadline = tokio::time::Instant::now() + drain;
+            let mut handed = plane.handoff.handed();
             loop {
                 tokio::select! {
                     () = tracker.wait_idle() => break,
                     () = tokio::time::sleep_until(deadline) => {
+                        // A binary upgrade still freezing connections is not cut short: the
+                        // deadline counts from its last progress.
+                        if plane.handoff.handed() != handed {
+                            handed = plane.handoff.handed();
+                            deadline = tokio::time::Instant::now() + drain;
+                            continue;
+                        }
                         info!(worker = id, open = tracker.open(), "drain timeout reached; closing the rest");
                         break;
                     }

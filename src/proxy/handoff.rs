@@ -16,7 +16,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
@@ -96,11 +96,15 @@ pub struct Handoff {
     freezing: AtomicBool,
     wake: watch::Sender<u64>,
     to: Mutex<Option<std::sync::mpsc::Sender<Handed>>>,
+    /// Connections and sessions handed on so far, and batches the new process took: a
+    /// drain waits as long as this moves.
+    handed: AtomicU64,
 }
 
 impl Default for Handoff {
     fn default() -> Self {
         Handoff {
+            handed: AtomicU64::new(0),
             freezing: AtomicBool::new(false),
             wake: watch::channel(0).0,
             to: Mutex::new(None),
@@ -149,9 +153,23 @@ impl Handoff {
     fn hand(&self, what: Handed) -> Result<(), Handed> {
         let to = self.to.lock().unwrap_or_else(PoisonError::into_inner);
         match to.as_ref() {
-            Some(tx) => tx.send(what).map_err(|e| e.0),
-            None => Err(what),
+            Some(tx) => tx.send(what).map_err(|e| e.0)?,
+            None => return Err(what),
         }
+        self.handed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Progress of a handover: connections and sessions handed on, and batches the new
+    /// process took. A worker's drain deadline does not cut a handover that still moves:
+    /// it counts from the last progress.
+    pub fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// The new process took a batch (see [`Handoff::handed`]).
+    pub fn progressed(&self) {
+        self.handed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Ticks each time freezing starts: each worker's [`wake_all`] task follows it.
@@ -208,15 +226,23 @@ impl Drop for Registered {
     }
 }
 
+/// Wakers woken at a time before the worker gets a turn for its other tasks.
+const WAKE_CHUNK: usize = 64;
+
 /// One per worker: each time freezing starts, wakes every forwarding connection of this
-/// thread, so that idle ones freeze too.
+/// thread, so that idle ones freeze too. A few at a time, yielding between: connections
+/// that are moving data are polled by their own readiness meanwhile, so they freeze first
+/// and go over in the first batches, instead of stalling behind thousands of idle ones.
 pub async fn wake_all(mut woken: watch::Receiver<u64>) {
     while woken.changed().await.is_ok() {
         let wakers: Vec<Waker> = FORWARDING
             .try_with(|r| r.borrow().slots.iter().flatten().cloned().collect())
             .unwrap_or_default();
-        for waker in wakers {
-            waker.wake();
+        for chunk in wakers.chunks(WAKE_CHUNK) {
+            for waker in chunk {
+                waker.wake_by_ref();
+            }
+            tokio::task::yield_now().await;
         }
     }
 }

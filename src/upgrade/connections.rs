@@ -5,6 +5,7 @@
 //! datagram opens one in the new process). Then what the counters grew by, and `Done`.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -66,57 +67,41 @@ impl Rest {
     }
 
     /// Sends frozen connections and UDP sessions in batches as they come, until `stop` and
-    /// none is left. A batch is of one kind, holds at most [`BATCH`] connections or
-    /// [`SESSIONS`] sessions and no more descriptors than the new process has room for;
-    /// once one does not fit, it and the rest are kept.
+    /// none is left. Connections moving data go first ([`Queues`]): an idle one does not
+    /// mind waiting, a transfer stalls until it is across. A batch is of one kind, holds
+    /// at most [`BATCH`] connections or [`SESSIONS`] sessions and no more descriptors than
+    /// the new process has room for; once one does not fit, it and the rest are kept.
     fn connections(&mut self, frozen: &Receiver<Handed>, stop: &AtomicBool) -> Moved {
         let mut moved = Moved::default();
         let mut failed = false;
-        let mut next: Option<Handed> = None;
+        let mut queues = Queues::default();
         loop {
-            let first = match next.take() {
-                Some(first) => first,
-                None => match frozen.recv_timeout(Duration::from_millis(50)) {
-                    Ok(first) => first,
+            if queues.is_empty() {
+                match frozen.recv_timeout(Duration::from_millis(50)) {
+                    Ok(first) => queues.push(first),
                     Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
                     Err(_) => return moved,
-                },
-            };
+                }
+            }
+            while let Ok(more) = frozen.try_recv() {
+                queues.push(more);
+            }
             if failed {
-                self.keep(vec![first], &mut moved);
+                self.keep(queues.take_all(), &mut moved);
                 continue;
             }
-            if descriptors(&first) > self.room as usize {
+            let Some(batch) = queues.batch(self.room as usize) else {
                 warn!(
                     room = self.room,
                     "the new process's open-file limit leaves no room for more connections; the rest finish here"
                 );
                 failed = true;
                 self.handover.control().plane().handoff.stop();
-                self.keep(vec![first], &mut moved);
                 continue;
-            }
-            let mut fds = descriptors(&first);
-            let most = match first {
-                Handed::Tcp(_) => BATCH,
-                Handed::Udp(_) => SESSIONS,
             };
-            let mut batch = vec![first];
-            while batch.len() < most {
-                let Ok(more) = frozen.try_recv() else { break };
-                let same = matches!(
-                    (&batch[0], &more),
-                    (Handed::Tcp(_), Handed::Tcp(_)) | (Handed::Udp(_), Handed::Udp(_))
-                );
-                if !same || fds + descriptors(&more) > self.room as usize {
-                    next = Some(more);
-                    break;
-                }
-                fds += descriptors(&more);
-                batch.push(more);
-            }
             match self.send(&batch) {
                 Ok(refused) => {
+                    self.handover.control().plane().handoff.progressed();
                     let mut kept = Vec::new();
                     for (i, handed) in batch.into_iter().enumerate() {
                         if refused.contains(&(i as u32)) {
@@ -218,6 +203,64 @@ impl Rest {
         if let Err(e) = sent {
             warn!(error = %e, "cannot send the new process the last counts of the connections finished here");
         }
+    }
+}
+
+/// What waits to go over: connections that moved data in the last second (or hold bytes
+/// in a pipe) first, then the idle ones, then UDP sessions.
+#[derive(Default)]
+struct Queues {
+    hot: VecDeque<Handed>,
+    cold: VecDeque<Handed>,
+    sessions: VecDeque<Handed>,
+}
+
+/// A connection idle for less than this goes first.
+const HOT_MS: u64 = 1_000;
+
+impl Queues {
+    fn push(&mut self, handed: Handed) {
+        match &handed {
+            Handed::Tcp(f) if f.up.is_some() || f.down.is_some() || f.state.idle_for_ms < HOT_MS => {
+                self.hot.push_back(handed);
+            }
+            Handed::Tcp(_) => self.cold.push_back(handed),
+            Handed::Udp(_) => self.sessions.push_back(handed),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hot.is_empty() && self.cold.is_empty() && self.sessions.is_empty()
+    }
+
+    fn take_all(&mut self) -> Vec<Handed> {
+        let mut all: Vec<Handed> = self.hot.drain(..).collect();
+        all.extend(self.cold.drain(..));
+        all.extend(self.sessions.drain(..));
+        all
+    }
+
+    /// The next batch that fits in `room` descriptors, from the first queue that has any;
+    /// `None` when its first one does not fit (nothing is taken then).
+    fn batch(&mut self, room: usize) -> Option<Vec<Handed>> {
+        let (queue, most) = if !self.hot.is_empty() {
+            (&mut self.hot, BATCH)
+        } else if !self.cold.is_empty() {
+            (&mut self.cold, BATCH)
+        } else {
+            (&mut self.sessions, SESSIONS)
+        };
+        let mut fds = 0;
+        let mut batch = Vec::new();
+        while batch.len() < most {
+            let Some(next) = queue.front() else { break };
+            if fds + descriptors(next) > room {
+                break;
+            }
+            fds += descriptors(next);
+            batch.extend(queue.pop_front());
+        }
+        (!batch.is_empty()).then_some(batch)
     }
 }
 
