@@ -3,7 +3,9 @@
 //! checks found, so that the new process serves exactly the backends the old one did from
 //! its first connection: a drained backend stays drained, a dead one stays out, and a
 //! recovering one keeps its slow start. Taken from the registry by the owner
-//! (`Command::Carry`), seeded into the new registry before its first snapshot.
+//! (`Command::Carry`), seeded into the new registry before its first snapshot. The DNS
+//! answers in force come along (`crate::discovery::CarriedName`), so that a pool of names
+//! has its backends from the first connection.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -11,15 +13,18 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::registry::{AdminState, Override, Registry};
+use crate::discovery::CarriedName;
 use crate::health::HealthState;
 use crate::health::state::HealthParts;
 
-/// Overrides, health and runtime deny lists.
+/// Overrides, health, runtime deny lists and DNS answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Carried {
     pub backends: Vec<CarriedBackend>,
     pub deny: Vec<CarriedDeny>,
+    #[serde(default)]
+    pub names: Vec<CarriedName>,
 }
 
 /// One backend with an override or a health state.
@@ -44,13 +49,19 @@ pub struct CarriedDeny {
 
 impl Carried {
     pub fn is_empty(&self) -> bool {
-        self.backends.is_empty() && self.deny.is_empty()
+        self.backends.is_empty() && self.deny.is_empty() && self.names.is_empty()
+    }
+
+    /// Its entries, as the handover bounds them.
+    pub fn len(&self) -> usize {
+        self.backends.len() + self.deny.len() + self.names.len()
     }
 
     /// Adds what `more` carries (a state sent in several messages).
     pub fn extend(&mut self, more: Carried) {
         self.backends.extend(more.backends);
         self.deny.extend(more.deny);
+        self.names.extend(more.names);
     }
 
     /// Splits into parts of at most `per` entries each (backends and deny blocks).
@@ -61,17 +72,24 @@ impl Carried {
             .chunks(per)
             .map(|b| Carried {
                 backends: b.to_vec(),
-                deny: Vec::new(),
+                ..Carried::default()
             })
             .collect();
+        // A name's state can hold many records: a few per part.
+        for names in self.names.chunks(per.div_ceil(16)) {
+            parts.push(Carried {
+                names: names.to_vec(),
+                ..Carried::default()
+            });
+        }
         for list in self.deny {
             for blocks in list.blocks.chunks(per) {
                 parts.push(Carried {
-                    backends: Vec::new(),
                     deny: vec![CarriedDeny {
                         listener: list.listener.clone(),
                         blocks: blocks.to_vec(),
                     }],
+                    ..Carried::default()
                 });
             }
         }
@@ -110,7 +128,11 @@ impl Registry {
                 blocks: blocks.iter().map(ToString::to_string).collect(),
             })
             .collect();
-        Carried { backends, deny }
+        Carried {
+            backends,
+            deny,
+            names: Vec::new(),
+        }
     }
 
     /// Takes on what the previous process carried, before the first snapshot is built.

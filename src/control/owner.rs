@@ -96,17 +96,24 @@ impl Owner {
         carried: Option<super::Carried>,
         plane: impl FnOnce(crate::state::Snapshot) -> DataPlane,
     ) -> (Owner, Handle) {
-        let served = Served::new(config, carried, plane);
+        // The DNS answers the previous process had (a binary upgrade) are in force from the
+        // first snapshot: its pools of names are not empty until the first round.
+        let mut names = Names::default();
+        let carried = carried.map(|mut c| {
+            names.seed(std::mem::take(&mut c.names));
+            c
+        });
+        let served = Served::new(&names.expand(config), carried, plane);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
         let (answers_tx, answers) = mpsc::channel(REPORT_QUEUE);
-        let written = served.effective().clone();
+        let (written, effective) = (Arc::new(config.clone()), served.effective().clone());
         let bound = Arc::new(bound);
         let started_at = SystemTime::now();
         let view = View {
             generation: 1,
             written: written.clone(),
-            effective: written.clone(),
+            effective,
             snapshot: served.plane().snapshot.load_full(),
             health: Arc::default(),
             overrides: Arc::default(),
@@ -129,7 +136,7 @@ impl Owner {
         let owner = Owner {
             shared: shared.clone(),
             served,
-            names: Names::default(),
+            names,
             tasks: Tasks::new(reports_tx, answers_tx),
             written,
             bound,
@@ -212,7 +219,9 @@ impl Owner {
                 let _ = reply.send(result);
             }
             Command::Carry { reply } => {
-                let _ = reply.send(Ok(self.served.registry().carry()));
+                let mut carried = self.served.registry().carry();
+                carried.names = self.names.carry();
+                let _ = reply.send(Ok(carried));
             }
             Command::Reload { prepared, reply } => {
                 let result = prepared.and_then(|p| self.apply_reload(*p));

@@ -52,7 +52,8 @@ impl<T> Reply<T> {
 }
 
 /// One SRV record.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Srv {
     pub priority: u16,
     pub weight: u16,
@@ -72,11 +73,11 @@ pub struct Round {
 #[derive(Debug, Clone)]
 pub(super) struct Held<T> {
     pub(super) records: Vec<T>,
-    ttl: u32,
+    pub(super) ttl: u32,
     /// When the records in force were received.
-    received_at: Option<Instant>,
+    pub(super) received_at: Option<Instant>,
     /// Since when it has been NXDOMAIN or empty while records were still held.
-    negative_since: Option<Instant>,
+    pub(super) negative_since: Option<Instant>,
 }
 
 impl<T> Default for Held<T> {
@@ -154,9 +155,9 @@ pub struct NameState {
     /// What the last failure was, for operators.
     pub last_error: Option<String>,
     /// Rounds in a row with a failed or negative question, for the back-off.
-    streak: u32,
+    pub(super) streak: u32,
     /// Whether any round has brought records (before that, the pool waits on DNS).
-    answered: bool,
+    pub(super) answered: bool,
     /// When the oldest records in force were received: the age of the answer in use.
     pub answered_at: Option<Instant>,
     /// The smallest TTL (seconds, as served) among the records in force.

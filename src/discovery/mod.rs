@@ -12,6 +12,7 @@ mod addresses;
 pub mod answer;
 #[cfg(test)]
 mod answer_tests;
+mod carry;
 mod resolve;
 #[cfg(test)]
 mod srv_tests;
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, BACKUP_TIER, Backend, Config, Lookup};
 pub use answer::{NameState, Round, Timing};
+pub use carry::CarriedName;
 pub use resolve::Dns;
 
 /// One entry: (pool name, what it looks up).

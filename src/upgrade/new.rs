@@ -119,8 +119,7 @@ impl Incoming {
                 }
                 Message::State { state } => {
                     let carried = sockets.control.get_or_insert_with(Default::default);
-                    let entries = carried.backends.len() + carried.deny.len();
-                    if entries + state.backends.len() + state.deny.len() > MAX_STATE {
+                    if carried.len() + state.len() > MAX_STATE {
                         return Err(UpgradeError::Protocol(format!(
                             "more than {MAX_STATE} entries of control state"
                         )));
