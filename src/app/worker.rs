@@ -77,29 +77,43 @@ pub(super) fn run_worker(
             } else {
                 info!(worker = id, open, timeout = ?drain, "draining connections and UDP sessions");
             }
-            let mut deadline = tokio::time::Instant::now() + drain;
-            let mut handed = plane.handoff.handed();
-            loop {
-                tokio::select! {
-                    () = tracker.wait_idle() => break,
-                    () = tokio::time::sleep_until(deadline) => {
-                        // A binary upgrade still freezing connections is not cut short: the
-                        // deadline counts from its last progress.
-                        if plane.handoff.handed() != handed {
-                            handed = plane.handoff.handed();
-                            deadline = tokio::time::Instant::now() + drain;
-                            continue;
-                        }
-                        info!(worker = id, open = tracker.open(), "drain timeout reached; closing the rest");
+        }
+        let mut deadline = tokio::time::Instant::now() + drain;
+        let mut handed = plane.handoff.handed();
+        let mut closed = false;
+        loop {
+            tokio::select! {
+                () = tracker.wait_idle() => {
+                    // Nothing left here: this worker takes no more. A connection a handover
+                    // sent back meanwhile (it brings the guard of the worker it came from,
+                    // which may be another) is served here first.
+                    if closed {
                         break;
                     }
-                    _ = now.wait_for(|n| *n) => {
-                        info!(worker = id, open = tracker.open(), "stopping now; closing the rest");
-                        break;
+                    adopt.close();
+                    closed = true;
+                    // (`recv`, not `try_recv`: it waits for a send caught halfway.)
+                    while let Some(frozen) = adopt.recv().await {
+                        resume(frozen);
                     }
-                    // Back from a handover that failed: it is served here to its end.
-                    Some(frozen) = adopt.recv() => resume(frozen),
                 }
+                () = tokio::time::sleep_until(deadline) => {
+                    // A binary upgrade still freezing connections is not cut short: the
+                    // deadline counts from its last progress.
+                    if plane.handoff.handed() != handed {
+                        handed = plane.handoff.handed();
+                        deadline = tokio::time::Instant::now() + drain;
+                        continue;
+                    }
+                    info!(worker = id, open = tracker.open(), "drain timeout reached; closing the rest");
+                    break;
+                }
+                _ = now.wait_for(|n| *n) => {
+                    info!(worker = id, open = tracker.open(), "stopping now; closing the rest");
+                    break;
+                }
+                // Back from a handover that failed: it is served here to its end.
+                Some(frozen) = adopt.recv(), if !closed => resume(frozen),
             }
         }
     });

@@ -4,8 +4,8 @@
 //! refuses (or everything, once it fails) is resumed here (UDP sessions end: the next
 //! datagram opens one in the new process). Then what the counters grew by, and `Done`.
 
-use std::os::fd::{AsFd, BorrowedFd};
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -221,7 +221,9 @@ const HOT_MS: u64 = 1_000;
 impl Queues {
     fn push(&mut self, handed: Handed) {
         match &handed {
-            Handed::Tcp(f) if f.up.is_some() || f.down.is_some() || f.state.idle_for_ms < HOT_MS => {
+            Handed::Tcp(f)
+                if f.up.is_some() || f.down.is_some() || f.state.idle_for_ms < HOT_MS =>
+            {
                 self.hot.push_back(handed);
             }
             Handed::Tcp(_) => self.cold.push_back(handed),
