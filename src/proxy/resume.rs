@@ -92,8 +92,8 @@ pub fn backend_of(snapshot: &Snapshot, state: &ConnectionState) -> Option<Arc<Ba
     })
 }
 
-/// Serves a frozen connection from where it stood to its end. `guard`: this worker's
-/// drain guard, when the connection does not bring one of its own. A connection whose
+/// Serves a frozen connection from where it stood to its end. `guard`: the drain guard of
+/// the worker it is resumed on (it replaces the one the connection brought). A connection whose
 /// listener or backend this process does not have is closed (the receiving side checks
 /// before it takes one, so that the old process keeps it instead).
 pub async fn resume(frozen: Box<Frozen>, plane: Arc<DataPlane>, guard: Option<TrackerGuard>) {
@@ -107,7 +107,10 @@ pub async fn resume(frozen: Box<Frozen>, plane: Arc<DataPlane>, guard: Option<Tr
             guard: brought,
             stays,
         } = *frozen;
-        let _guard = brought.or(guard);
+        // The guard of the worker it runs on, when it has one: a worker waits for its own
+        // tasks only, so a connection counted by another one would be cut when this one
+        // ends its drain. The guard it brought is let go once this one is held.
+        let _guard = guard.or(brought);
         let snapshot = plane.snapshot.load_full();
         let (Some(spec), Some(backend)) = (
             snapshot.listener(&state.listener).cloned(),
