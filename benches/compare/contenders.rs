@@ -275,8 +275,8 @@ fn write(dir: &Path, name: &str, text: String) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// tollgate's `shutdown.drain_timeout`; it also bounds how long an upgrade's old process
-/// waits for its connections to be handed over (the upgrade workload says so).
+/// tollgate's `shutdown.drain_timeout` (an upgrade's old process counts it from the
+/// handover's last progress, so it does not cut a longer handover short).
 pub const TOLLGATE_DRAIN: &str = "1s";
 
 fn tollgate_yaml(port: u16, admin: u16, backend: u16, weight: u32, max_conns: u64) -> String {

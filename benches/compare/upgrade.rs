@@ -86,8 +86,8 @@ pub fn describe(s: &Settings) -> String {
         "- upgrade: {} held connections (each echoing first; fewer if the open-file limit \
          fits fewer, as the notes then say), {} echo transfers of {} KiB \
          every {} ms each way and ~{} new connections/s running; tollgate `POST \
-         /api/v1/upgrade` (the same binary re-executed; `shutdown.drain_timeout: {}`, which \
-         also bounds how long its old process's workers wait for the handover); haproxy `-W` master-worker, SIGUSR2 \
+         /api/v1/upgrade` (the same binary re-executed; `shutdown.drain_timeout: {}`, counted \
+         from the handover's last progress); haproxy `-W` master-worker, SIGUSR2 \
          reload (the new worker takes the listeners with `-x`), `hard-stop-after {}s`. \
          upgrade_ms = request to the old process (haproxy: old worker) gone; max_stall_ms = \
          longest gap between reads in any transfer from the request to the end of the load, \
