@@ -170,6 +170,7 @@ impl Incoming {
 
     fn take_the_rest(mut self, handover: &Handover) {
         let mut room = self.room.take().unwrap_or_else(Room::count);
+        let mut loops_waited = false;
         if let Err(e) = self.channel.unbounded() {
             warn!(error = %e, "cannot take the previous process's connections and last counts");
             return;
@@ -192,6 +193,10 @@ impl Incoming {
                 }
                 Ok((Message::Sessions { sessions }, fds)) => {
                     room.took(fds.len());
+                    if !loops_waited {
+                        loops_waited = true;
+                        wait_for_udp_loops(&sessions, handover);
+                    }
                     let refused = adopt_sessions(sessions, fds, handover);
                     let answer = Message::Adopted {
                         refused,
@@ -262,6 +267,21 @@ fn adopt_connections(
         }
     }
     refused
+}
+
+/// The longest the first UDP sessions wait for the loops of their listening sockets.
+const UDP_LOOPS_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Waits, once and at most [`UDP_LOOPS_WAIT`], until a loop serves each listening socket
+/// the first sessions name: `Ready` comes once the workers are started, and a loop takes
+/// sessions from its first turn, which a busy worker may not have had yet. A socket this
+/// process does not serve (fewer workers than the old one) only costs the wait once.
+fn wait_for_udp_loops(sessions: &[SessionState], handover: &Handover) {
+    let adopters = &handover.control().plane().udp_adopters;
+    let until = std::time::Instant::now() + UDP_LOOPS_WAIT;
+    while std::time::Instant::now() < until && !sessions.iter().all(|s| adopters.serves(s.socket)) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Gives handed-over UDP sessions to the loops serving their listening sockets; returns the

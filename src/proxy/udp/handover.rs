@@ -110,6 +110,11 @@ impl Adopters {
         (adopting, rx)
     }
 
+    /// Whether a loop takes sessions of the socket `socket`.
+    pub fn serves(&self, socket: u64) -> bool {
+        self.lock().contains_key(&socket)
+    }
+
     /// Gives a session to the loop serving its socket; back when none does.
     pub fn give(&self, session: Box<FrozenSession>) -> Result<(), Box<FrozenSession>> {
         match self.lock().get(&session.state.socket) {
