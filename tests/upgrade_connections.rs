@@ -46,21 +46,8 @@ fn established_connections_move_to_the_new_process() {
     // every one of them is still open.
     let code = old.wait_exit(Duration::from_secs(5));
     assert_eq!(code.code(), Some(0));
-    for (i, t) in transfers {
-        let (n, digest) = t.join().unwrap();
-        assert_eq!(n, LEN, "transfer {i}");
-        assert_eq!(
-            digest,
-            digest_of(100 + i, LEN),
-            "transfer {i}: every byte exact"
-        );
-    }
-    for (i, s) in held.iter_mut().enumerate() {
-        s.write_all(&[i as u8, 9]).unwrap();
-        let mut b = [0u8; 2];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(b, [i as u8, 9], "held connection {i} still echoes");
-    }
+    assert_transfers_exact(transfers, 100, LEN);
+    assert_held_echo(&mut held, 9);
     let (made, errors) = churn.finish();
     assert!(
         errors.is_empty(),
@@ -136,15 +123,7 @@ fn a_new_process_that_dies_taking_connections_leaves_them_with_the_old_one() {
         "handing connections over failed; the rest finish here",
         Duration::from_secs(10),
     );
-    for (i, t) in transfers {
-        let (n, digest) = t.join().unwrap();
-        assert_eq!(n, LEN, "transfer {i}");
-        assert_eq!(
-            digest,
-            digest_of(200 + i, LEN),
-            "transfer {i}: every byte exact"
-        );
-    }
+    assert_transfers_exact(transfers, 200, LEN);
     for (i, s) in held.iter_mut().enumerate() {
         s.write_all(&[i as u8]).unwrap();
         let mut b = [0u8; 1];
@@ -194,12 +173,7 @@ fn connections_the_new_process_has_no_descriptors_for_stay_with_the_old_one() {
         "{moved} of {} handed over",
         held.len()
     );
-    for (i, s) in held.iter_mut().enumerate() {
-        s.write_all(&[i as u8, 7]).unwrap();
-        let mut b = [0u8; 2];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(b, [i as u8, 7], "held connection {i} still echoes");
-    }
+    assert_held_echo(&mut held, 7);
     assert!(
         old.child.try_wait().unwrap().is_none(),
         "the old process still serves what it kept"
@@ -262,21 +236,8 @@ fn ten_upgrades_in_a_row_under_load_lose_nothing() {
         accepted = now;
         previous = Some(Adopted(pid));
     }
-    for (i, t) in transfers {
-        let (n, digest) = t.join().unwrap();
-        assert_eq!(n, LEN, "transfer {i}");
-        assert_eq!(
-            digest,
-            digest_of(300 + i, LEN),
-            "transfer {i}: every byte exact"
-        );
-    }
-    for (i, s) in held.iter_mut().enumerate() {
-        s.write_all(&[i as u8, 3]).unwrap();
-        let mut b = [0u8; 2];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(b, [i as u8, 3], "held connection {i} still echoes");
-    }
+    assert_transfers_exact(transfers, 300, LEN);
+    assert_held_echo(&mut held, 3);
     let (made, errors) = churn.finish();
     assert!(
         errors.is_empty(),

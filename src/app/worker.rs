@@ -79,7 +79,7 @@ pub(super) fn run_worker(
             }
         }
         let mut deadline = tokio::time::Instant::now() + drain;
-        let mut handed = plane.handoff.handed();
+        let mut progress = plane.handoff.progress();
         let mut closed = false;
         loop {
             tokio::select! {
@@ -100,8 +100,8 @@ pub(super) fn run_worker(
                 () = tokio::time::sleep_until(deadline) => {
                     // A binary upgrade still freezing connections is not cut short: the
                     // deadline counts from its last progress.
-                    if plane.handoff.handed() != handed {
-                        handed = plane.handoff.handed();
+                    if plane.handoff.progress() != progress {
+                        progress = plane.handoff.progress();
                         deadline = tokio::time::Instant::now() + drain;
                         continue;
                     }

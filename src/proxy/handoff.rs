@@ -98,13 +98,13 @@ pub struct Handoff {
     to: Mutex<Option<std::sync::mpsc::Sender<Handed>>>,
     /// Connections and sessions handed on so far, and batches the new process took: a
     /// drain waits as long as this moves.
-    handed: AtomicU64,
+    progress: AtomicU64,
 }
 
 impl Default for Handoff {
     fn default() -> Self {
         Handoff {
-            handed: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
             freezing: AtomicBool::new(false),
             wake: watch::channel(0).0,
             to: Mutex::new(None),
@@ -156,20 +156,20 @@ impl Handoff {
             Some(tx) => tx.send(what).map_err(|e| e.0)?,
             None => return Err(what),
         }
-        self.handed.fetch_add(1, Ordering::Relaxed);
+        self.progress.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Progress of a handover: connections and sessions handed on, and batches the new
     /// process took. A worker's drain deadline does not cut a handover that still moves:
     /// it counts from the last progress.
-    pub fn handed(&self) -> u64 {
-        self.handed.load(Ordering::Relaxed)
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
-    /// The new process took a batch (see [`Handoff::handed`]).
+    /// The new process took a batch (see [`Handoff::progress`]).
     pub fn progressed(&self) {
-        self.handed.fetch_add(1, Ordering::Relaxed);
+        self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Ticks each time freezing starts: each worker's [`wake_all`] task follows it.

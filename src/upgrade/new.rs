@@ -182,12 +182,7 @@ impl Incoming {
                     failpoint("connections");
                     room.took(fds.len());
                     let refused = adopt_connections(conns, fds, handover, &mut next);
-                    let answer = Message::Adopted {
-                        refused,
-                        room: room.free(),
-                    };
-                    if let Err(e) = self.channel.send(&answer, &[]) {
-                        warn!(error = %e, "cannot answer the previous process's connections");
+                    if !self.adopted(refused, &mut room) {
                         return;
                     }
                 }
@@ -198,12 +193,7 @@ impl Incoming {
                         wait_for_udp_loops(&sessions, handover);
                     }
                     let refused = adopt_sessions(sessions, fds, handover);
-                    let answer = Message::Adopted {
-                        refused,
-                        room: room.free(),
-                    };
-                    if let Err(e) = self.channel.send(&answer, &[]) {
-                        warn!(error = %e, "cannot answer the previous process's UDP sessions");
+                    if !self.adopted(refused, &mut room) {
                         return;
                     }
                 }
@@ -222,6 +212,22 @@ impl Incoming {
                     warn!(error = %e, "the previous process stopped handing over before its end; what it still has, it finishes itself");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Acknowledges a batch (but for `refused`) with the room left; false when the old
+    /// process cannot be told (it finishes what it still has itself).
+    fn adopted(&self, refused: Vec<u32>, room: &mut Room) -> bool {
+        let answer = Message::Adopted {
+            refused,
+            room: room.free(),
+        };
+        match self.channel.send(&answer, &[]) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "cannot acknowledge the previous process's batch");
+                false
             }
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::binary::{self, Running};
 use super::http::{get, request};
-use super::{Pattern, round_trip, wait_for};
+use super::{Pattern, digest_of, round_trip, wait_for};
 
 /// A copy of the tollgate binary in its own directory, and a config file beside it.
 pub struct Install {
@@ -237,4 +237,31 @@ pub fn paced_echo(
         drop(writer);
         (total, sha2::Digest::finalize(h).into())
     })
+}
+
+/// A [`paced_echo`] transfer in flight: its number and its thread.
+pub type Transfer = (u64, std::thread::JoinHandle<(u64, [u8; 32])>);
+
+/// Every [`paced_echo`] transfer (`(i, thread)`, seeded `seed + i`) came back whole and
+/// byte-exact.
+pub fn assert_transfers_exact(transfers: Vec<Transfer>, seed: u64, len: u64) {
+    for (i, t) in transfers {
+        let (n, digest) = t.join().unwrap();
+        assert_eq!(n, len, "transfer {i}");
+        assert_eq!(
+            digest,
+            digest_of(seed + i, len),
+            "transfer {i}: every byte exact"
+        );
+    }
+}
+
+/// Every held connection still echoes (two bytes: its index and `tag`).
+pub fn assert_held_echo(held: &mut [std::net::TcpStream], tag: u8) {
+    for (i, s) in held.iter_mut().enumerate() {
+        s.write_all(&[i as u8, tag]).unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b, [i as u8, tag], "held connection {i} still echoes");
+    }
 }
