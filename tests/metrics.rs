@@ -38,7 +38,7 @@ fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
 #[test]
 fn exposition_parses_and_counters_move() {
     let echo = echo_backend();
-    let refused = refused_addr();
+    let refused = reserved_refused_addr();
     let top = "admin:\n  bind: \"127.0.0.1:0\"";
     let server = start(&config(&[(echo, 1), (refused, 1)], "", "", top));
     let admin = server.admin_addr().unwrap();
@@ -136,7 +136,7 @@ fn exposition_parses_and_counters_move() {
 fn a_rejected_connection_is_counted_with_its_reason() {
     let top = "admin:\n  bind: \"127.0.0.1:0\"";
     let server = start(&config(
-        &[(refused_addr(), 1)],
+        &[(reserved_refused_addr(), 1)],
         "",
         "connect_retries: 0",
         top,
