@@ -41,15 +41,19 @@ const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Asks the instance whose admin API the file at `path` (or `admin`) names to upgrade its
 /// binary to the one now installed at its path.
 pub fn upgrade(path: &Path, admin: Option<SocketAddr>) -> Outcome {
-    // An invalid file is still sent for: the new process reads it, and refuses it itself.
-    let (_, target) = target(path, admin);
+    // An invalid file is still sent for when its admin section can be read: the new process
+    // reads it, and refuses it itself. When it cannot be, its errors say why nobody is asked.
+    let (local_errors, target) = target(path, admin);
     let Some((addr, token)) = target else {
-        return Outcome::Failed(format!(
-            "{} has no admin section and --admin was not given: tollgate upgrade asks the \
-             running instance through its admin API (or send it SIGUSR2: systemctl kill -s USR2 \
-             --kill-whom=main tollgate)",
-            path.display()
-        ));
+        return match local_errors {
+            Some(errors) => not_asked(errors, "upgrade"),
+            None => Outcome::Failed(format!(
+                "{} has no admin section and --admin was not given: tollgate upgrade asks the \
+                 running instance through its admin API (or send it SIGUSR2: systemctl kill -s \
+                 USR2 --kill-whom=main tollgate)",
+                path.display()
+            )),
+        };
     };
     let (addr, asked) = post(addr, token.as_deref(), "/api/v1/upgrade", UPGRADE_TIMEOUT);
     let (status, body) = match asked {
@@ -93,7 +97,7 @@ pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
     let (local_errors, target) = target(path, admin);
     let Some((addr, token)) = target else {
         return match local_errors {
-            Some(errors) => Outcome::Refused(errors),
+            Some(errors) => not_asked(errors, "reload"),
             None => Outcome::Failed(format!(
                 "{} has no admin section and --admin was not given: tollgate reload asks the \
                  running instance through its admin API (or send it SIGHUP: systemctl kill -s HUP tollgate)",
@@ -118,6 +122,17 @@ pub fn reload(path: &Path, admin: Option<SocketAddr>) -> Outcome {
             )),
         },
     }
+}
+
+/// The file at `-c` cannot be read, or is invalid and its admin section with it, and no
+/// `--admin` was given: a refusal of the file (exit 78), with every error (each names the file
+/// and what failed), and a last line saying that no running instance was asked.
+fn not_asked(mut errors: Vec<String>, command: &str) -> Outcome {
+    errors.push(format!(
+        "tollgate {command}: no running instance was asked: its admin address comes from the \
+         file's admin section, or from --admin ADDR"
+    ));
+    Outcome::Refused(errors)
 }
 
 /// The admin API to ask (`admin`, else the file's `admin.bind`, with the file's token), and

@@ -1,8 +1,10 @@
 //! `tollgate reload` (the unit's `ExecReload`), the built binary against a running instance:
 //! an applied reload exits 0 and says the new generation and what changed; a refused file
 //! exits 78 with every error (and the instance records the refusal); a wrong token and an
-//! instance that cannot be reached exit 1 saying why. Also `tollgate completions` and
-//! `tollgate man`, generated from the same clap definitions.
+//! instance that cannot be reached exit 1 saying why. A file at `-c` that cannot be read or
+//! parsed (and no `--admin`) makes `tollgate reload` and `tollgate upgrade` exit 78 with that
+//! error, naming the file. Also `tollgate completions` and `tollgate man`, generated from the
+//! same clap definitions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -111,6 +113,71 @@ fn reload_exits_1_saying_why_when_the_instance_cannot_be_asked() {
     assert_eq!(out.status.code(), Some(1), "{why}");
     assert!(why.contains("could not be asked to reload"), "{why}");
     server.shutdown();
+}
+
+/// Runs `tollgate COMMAND -c FILE` with no `--admin`.
+fn ask_without_admin(command: &str, file: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([command, "-c"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_file_that_cannot_be_read_or_parsed_is_reported_as_such_with_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    for command in ["upgrade", "reload"] {
+        let out = ask_without_admin(command, &missing);
+        let why = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{command}: {why}");
+        assert!(
+            why.contains(&format!(
+                "{}: cannot read: No such file or directory",
+                missing.display()
+            )),
+            "{command}: {why}"
+        );
+        assert!(!why.contains("no admin section"), "{command}: {why}");
+        assert!(
+            why.contains("no running instance was asked"),
+            "{command}: {why}"
+        );
+        assert!(out.stdout.is_empty(), "{command}");
+    }
+
+    // Not YAML: the parse error, at its place in the file.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "admin: [\n  bind: nowhere\n").unwrap();
+    for command in ["upgrade", "reload"] {
+        let out = ask_without_admin(command, &broken);
+        let why = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{command}: {why}");
+        assert!(
+            why.contains(&format!("{}:1:", broken.display())),
+            "{command}: {why}"
+        );
+        assert!(why.contains("unclosed bracket"), "{command}: {why}");
+        assert!(!why.contains("no admin section"), "{command}: {why}");
+    }
+
+    // A valid file that just has no admin section: nobody to ask, which is not a config error.
+    let plain = dir.path().join("plain.yaml");
+    let yaml = "listeners:\n  web:\n    bind: \"127.0.0.1:0\"\n    pool: back\npools:\n  back:\n    backends: [{ address: \"127.0.0.1:1\" }]\n";
+    std::fs::write(&plain, yaml).unwrap();
+    for command in ["upgrade", "reload"] {
+        let out = ask_without_admin(command, &plain);
+        let why = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {why}");
+        assert!(
+            why.contains(&format!(
+                "{} has no admin section and --admin was not given",
+                plain.display()
+            )),
+            "{command}: {why}"
+        );
+    }
 }
 
 #[test]
