@@ -6,6 +6,7 @@
 //! arithmetic is tested deterministically. The per-source table is the only shared mutable
 //! state, sharded so workers do not queue on one lock.
 
+mod carry;
 pub mod cidr;
 pub mod gcra;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use carry::{Debts, Seeded, rate_from_parts, rate_parts};
 pub use cidr::Cidr;
 pub use gcra::Rate;
 pub use prefix::PrefixSet;
@@ -202,6 +204,14 @@ impl Policy {
             None => Ok(None),
             Some(ps) => ps.admit(ip, Instant::now()),
         }
+    }
+
+    /// The ticket of a connection from `ip` admitted elsewhere and served here now (a binary
+    /// upgrade handed it over): it counts against its source's `max_connections` like one
+    /// admitted here, but nothing is checked, as it is open already.
+    pub fn readmit(&self, ip: IpAddr) -> Option<Ticket> {
+        let ps = self.per_source.as_ref()?;
+        (!ps.exempt.contains(ip)).then(|| ps.table.readmit(ip))
     }
 
     /// Decides on a new connection from `ip` at `now`. An admitted connection limited per

@@ -321,6 +321,16 @@ impl Shard {
         }
     }
 
+    /// What each source still owes at `now`: its key and how far its TAT runs ahead (ns).
+    /// Sources that owe nothing are as good as unknown and are left out.
+    pub fn debts(&self, now: u64, out: &mut Vec<(Key, u64)>) {
+        out.extend(
+            (self.entries.iter())
+                .filter(|e| e.tat > now)
+                .map(|e| (e.key, e.tat - now)),
+        );
+    }
+
     /// Entries from least to most recently seen, idle ones only (for tests).
     #[cfg(test)]
     pub fn idle_keys(&self) -> Vec<Key> {
@@ -335,6 +345,18 @@ impl Shard {
 }
 
 impl Entry {
+    /// An entry carried from elsewhere (another process's table), to [`Shard::merge`] in.
+    pub fn carried(key: Key, tat: u64, open: u32) -> Entry {
+        Entry {
+            key,
+            tat,
+            open,
+            newer: NIL,
+            older: NIL,
+            logged: 0,
+        }
+    }
+
     /// True at most once per `LOG_EVERY_SECS` per source.
     fn should_log(&mut self, now: u64) -> bool {
         let second = u32::try_from(now / 1_000_000_000)

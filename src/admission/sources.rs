@@ -214,6 +214,26 @@ impl SourceTable {
         }
     }
 
+    /// A connection admitted elsewhere (by the process a binary upgrade replaced, or before
+    /// it was frozen for a handover that then failed), counted against its source like one
+    /// admitted here: without the rate or `max_connections` check, as it is open already and
+    /// refusing it would close it. Its source always gets an entry, even in a full shard:
+    /// forgetting it would forget its count (as a reshape does, see `reshape.rs`).
+    pub fn readmit(self: &Arc<Self>, ip: IpAddr) -> Ticket {
+        let key = self.key(ip);
+        let hash = self.hasher.hash_one(key);
+        let mut shard = match self.place(hash, &key) {
+            Place::Here(shard) => shard,
+            Place::Moved(next) => return next.readmit(ip),
+        };
+        shard.merge(hash, &Entry::carried(key, 0, 1), &self.hasher);
+        Ticket {
+            table: self.clone(),
+            key,
+            hash,
+        }
+    }
+
     /// A connection admitted with `key` in this table ended. Forwarded, the key is mapped
     /// to the group it was merged into; a group that was split (a finer prefix) started
     /// afresh without this connection, so there is nothing to release.

@@ -123,6 +123,18 @@ impl Builder {
         }
     }
 
+    /// Each limited listener's limiter table.
+    pub fn limiter_tables(&self) -> impl Iterator<Item = (&str, &Arc<SourceTable>)> {
+        self.tables
+            .iter()
+            .map(|(name, t)| (name.as_str(), &t.table))
+    }
+
+    /// The limiter table of `listener`, when it is limited per source.
+    pub fn limiter_table(&self, listener: &str) -> Option<&Arc<SourceTable>> {
+        self.tables.get(listener).map(|t| &t.table)
+    }
+
     /// A reshape finished: `to` holds what `from` held. Ignored when the listener's table
     /// is no longer `from` (the listener lost its limits meanwhile).
     pub fn moved(&mut self, listener: &str, from: &Arc<SourceTable>, to: Arc<SourceTable>) {

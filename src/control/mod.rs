@@ -21,6 +21,7 @@
 
 mod build;
 mod carried;
+mod carried_limits;
 mod handle;
 mod owner;
 pub mod registry;
@@ -35,6 +36,7 @@ pub mod view;
 use std::net::SocketAddr;
 
 pub use carried::{Carried, CarriedBackend, CarriedDeny};
+pub use carried_limits::CarriedLimits;
 pub use handle::{Handle, Verdict};
 pub use owner::{Channels, Owner};
 pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};

@@ -221,6 +221,7 @@ impl Owner {
             Command::Carry { reply } => {
                 let mut carried = self.served.registry().carry();
                 carried.names = self.names.carry();
+                carried.limits = self.served.carry_limits();
                 let _ = reply.send(Ok(carried));
             }
             Command::Reload { prepared, reply } => {

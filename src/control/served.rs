@@ -64,11 +64,15 @@ impl Served {
         plane: impl FnOnce(crate::state::Snapshot) -> DataPlane,
     ) -> Served {
         let mut registry = Registry::default();
-        if let Some(carried) = carried {
+        let mut limits = Vec::new();
+        if let Some(mut carried) = carried {
+            limits = std::mem::take(&mut carried.limits);
             registry.seed(carried);
         }
         let mut builder = Builder::default();
         let first = builder.build(config, &mut registry, 1);
+        // In the tables the first build made, before any worker serves them.
+        builder.seed_limits(limits);
         Served {
             plane: Arc::new(plane(first.snapshot)),
             registry,
@@ -95,6 +99,11 @@ impl Served {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// What the limited sources of every listener owe their rates, for a binary upgrade.
+    pub fn carry_limits(&self) -> Vec<super::CarriedLimits> {
+        self.builder.carry_limits()
     }
 
     /// The limiter moves asked for by the snapshots published since the last call.

@@ -135,6 +135,9 @@ pub async fn resume(frozen: Box<Frozen>, plane: Arc<DataPlane>, guard: Option<Tr
         let live = Active::enter(spec.live.clone());
         // At the cap, a connection already open is served anyway: only new ones wait.
         let _slot = super::slot::Slot::try_take(&spec.live);
+        // Counted against its source here, where it is served now (the process it was
+        // admitted in released its count when it froze it); never refused.
+        let _ticket = spec.admission.readmit(state.client.ip());
         let mut record = plane.access.tcp(&spec.name, state.client);
         record.backend(backend.address);
         record.started_ago(Duration::from_millis(state.age_ms));

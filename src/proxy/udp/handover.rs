@@ -202,11 +202,12 @@ pub(super) fn adopt(
     let Some(backend) = backend else {
         return false;
     };
-    let slot = Slot::adopted(spec.live.clone(), tracker.enter());
+    let key = state.key();
+    let ticket = spec.admission.readmit(key.client.ip());
+    let slot = Slot::adopted(spec.live.clone(), ticket, tracker.enter());
     let Ok(mut handle) = Handle::adopt(&backend, upstream, slot, shared) else {
         return false;
     };
-    let key = state.key();
     if state.header_pending
         && let Some(header) = super::serve::proxy_header(spec, key)
     {

@@ -201,12 +201,13 @@ impl Slot {
 impl Slot {
     /// The slot of a session handed over by the previous process, which counted it in
     /// `sessions_total` already: it takes its place under `udp.max_sessions` even over the
-    /// cap (it is open already; only new ones wait), and holds no per-source ticket.
-    pub fn adopted(live: Arc<ListenerLive>, open: TrackerGuard) -> Slot {
+    /// cap (it is open already; only new ones wait), and its source's ticket in this
+    /// process ([`crate::admission::Policy::readmit`]).
+    pub fn adopted(live: Arc<ListenerLive>, ticket: Option<Ticket>, open: TrackerGuard) -> Slot {
         live.udp.count_session();
         Slot {
             live,
-            _ticket: None,
+            _ticket: ticket,
             _open: open,
         }
     }
