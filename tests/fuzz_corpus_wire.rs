@@ -138,6 +138,10 @@ fn upgrade_wire_corpus_replays_cleanly() {
             |a| matches!(a, Ok(Message::State { state }) if state.backends.len() == 1 && state.deny.len() == 1),
         ),
         (
+            "state_limits",
+            |a| matches!(a, Ok(Message::State { state }) if state.limits.len() == 1 && state.limits[0].sources.len() == 2),
+        ),
+        (
             "sessions",
             |a| matches!(a, Ok(Message::Sessions { sessions }) if sessions.len() == 1 && sessions[0].requests == 3),
         ),
