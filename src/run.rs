@@ -19,6 +19,7 @@ use crate::config::{self, ConfigErrors};
 use crate::control::Handle;
 use crate::signals::{Asked, Signals};
 use crate::upgrade::new::Incoming;
+use crate::upgrade::old::Settled;
 use upgrades::Upgrades;
 
 mod upgrades;
@@ -116,7 +117,19 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                 }
                 if let Some(rest) = upgrades.settle(&control, done) {
                     // Every established connection freezes and goes to the new process.
-                    break Some(rest.move_connections());
+                    let mut moving = rest.move_connections();
+                    // Listeners and workers stay until the handover settles (a moment
+                    // after the last connection went across, at most a few seconds).
+                    match moving.settled().await {
+                        Settled::Handed => {
+                            server.handover_settled(true);
+                            break Some(moving);
+                        }
+                        Settled::Died { pid, status } => {
+                            server.handover_settled(false);
+                            upgrades::serve_again(&control, moving, (pid, status));
+                        }
+                    }
                 }
             }
             () = stop.draining() => break None,

@@ -292,6 +292,68 @@ fn a_new_process_killed_halfway_leaves_every_connection_with_the_old_one() {
     }
 }
 
+/// A new process that dies after it said it serves, before the handover settled: right
+/// after `Ready` (no connection is across yet: the old process sees it gone once no
+/// connection came for a moment), or as the first established connections come (a send
+/// fails). The old process keeps every connection it still has, takes its listeners and
+/// admin API back, and serves new clients as before.
+#[test]
+fn a_new_process_that_dies_after_it_took_over_leaves_the_old_one_serving() {
+    for step in ["ready", "connections"] {
+        let install = Install::new(&yaml_with(&[echo_backend(), echo_backend()]));
+        let mut lb = binary::spawn_exe_env(
+            &install.exe(),
+            &install.config(),
+            &[(tollgate::upgrade::new::FAILPOINT, step)],
+        );
+        let front = lb.addr();
+        let admin = admin_of(&lb);
+        let mut held: Vec<_> = (0..20).map(|i| held_echo(front, i)).collect();
+        let answer = upgrade(admin);
+        assert_eq!(answer.status, 200, "{step}: {}", answer.body);
+        lb.wait_log(
+            "the new process died after it took over; this process serves again",
+            Duration::from_secs(10),
+        );
+        for (i, s) in held.iter_mut().enumerate() {
+            s.write_all(&[i as u8]).unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(b, [i as u8], "{step}: held connection {i} still echoes");
+        }
+        for i in 0..20u8 {
+            assert_eq!(
+                round_trip(front, &[i]).unwrap(),
+                [i],
+                "{step}: new client {i}"
+            );
+        }
+        let status = get(admin, "/api/v1/status");
+        assert_eq!(status.status, 200, "{step}: the admin API answers again");
+        assert_eq!(
+            status.json()["pid"].as_u64(),
+            Some(u64::from(lb.child.id())),
+            "{step}"
+        );
+        assert_eq!(
+            metric(admin, "tollgate_upgrades_total{result=\"failed\"}"),
+            1.0,
+            "{step}"
+        );
+        assert!(
+            lb.child.try_wait().unwrap().is_none(),
+            "{step}: it serves on"
+        );
+        lb.signal(libc::SIGTERM);
+        drop(held);
+        assert_eq!(
+            lb.wait_exit(Duration::from_secs(10)).code(),
+            Some(0),
+            "{step}"
+        );
+    }
+}
+
 /// Under systemd: the new process says `MAINPID=` (itself) and `READY=1`, so the service
 /// follows it, and the old one, which only hands over and exits, never says `STOPPING=1`.
 #[test]

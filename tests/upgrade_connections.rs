@@ -100,7 +100,7 @@ fn a_connection_the_new_config_cannot_serve_stays_with_the_old_process() {
 
 /// A new process that crashes as the established connections come (after it said it
 /// serves): the old process keeps every one of them, and they go on to their end, byte for
-/// byte.
+/// byte (`upgrade.rs` checks that it then serves again).
 #[test]
 fn a_new_process_that_dies_taking_connections_leaves_them_with_the_old_one() {
     let install = Install::new(&yaml_with(&[echo_backend(), echo_backend()]));
@@ -134,6 +134,9 @@ fn a_new_process_that_dies_taking_connections_leaves_them_with_the_old_one() {
         old.child.try_wait().unwrap().is_none(),
         "the old process still serves them"
     );
+    // It serves new clients too: the new process died before the handover settled.
+    assert_eq!(common::round_trip(front, b"new").unwrap(), b"new");
+    old.signal(libc::SIGTERM);
     drop(held);
     assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }

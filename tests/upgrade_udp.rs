@@ -107,3 +107,44 @@ fn udp_sessions_move_to_the_new_process_on_their_own_upstream_sockets() {
     assert_eq!(ask(&fresh, front, "fresh").0, "fresh");
     new.stop(Duration::from_secs(10));
 }
+
+/// A new process that dies as the UDP sessions come (a send fails, or it is found gone
+/// once nothing more comes): the old process reads its UDP socket again. Sessions it had
+/// handed over died with the new process; a client's next datagram opens a new one here.
+#[test]
+fn a_udp_listener_is_served_again_when_the_new_process_dies_after_it_took_over() {
+    let backend = port_reporter();
+    let yaml = format!(
+        "workers: 2\nshutdown: {{ drain_timeout: 5s }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n\
+         listeners:\n  front:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
+         pools:\n  back:\n    backends:\n      - address: \"{backend}\"\n"
+    );
+    let install = Install::new(&yaml);
+    let mut old = common::binary::spawn_exe_env(
+        &install.exe(),
+        &install.config(),
+        &[(tollgate::upgrade::new::FAILPOINT, "ready")],
+    );
+    let front = old.addr();
+    let admin = admin_of(&old);
+    let clients: Vec<UdpSocket> = (0..5).map(|_| client("127.0.0.1")).collect();
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(
+            ask(c, front, &format!("before {i}")).0,
+            format!("before {i}")
+        );
+    }
+    let answer_ = upgrade(admin);
+    assert_eq!(answer_.status, 200, "{}", answer_.body);
+    old.wait_log(
+        "the new process died after it took over; this process serves again",
+        Duration::from_secs(10),
+    );
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(ask(c, front, &format!("after {i}")).0, format!("after {i}"));
+    }
+    let fresh = client("127.0.0.1");
+    assert_eq!(ask(&fresh, front, "fresh").0, "fresh");
+    old.signal(libc::SIGTERM);
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}

@@ -84,8 +84,11 @@ pub enum AdminOff {
     Serving,
     /// Asked to stop accepting.
     Asked,
-    /// Accepts nothing more (requests already accepted are still answered).
+    /// Accepts nothing more (requests already accepted are still answered), until the
+    /// handover settles: back to `Serving` if the new process died, else `Gone`.
     Stopped,
+    /// The new process serves for good: the admin API ends once its requests are answered.
+    Gone,
 }
 
 /// What every admin request can reach.
@@ -159,8 +162,22 @@ pub async fn serve(socket: Socket, control: Handle, off: Arc<watch::Sender<Admin
             () = handed_over(&mut asked) => {
                 task.abort();
                 let _ = (&mut task).await;
-                off.send_replace(AdminOff::Stopped);
+                // Unless the handover has settled meanwhile.
+                off.send_if_modified(|o| {
+                    let asked = *o == AdminOff::Asked;
+                    if asked {
+                        *o = AdminOff::Stopped;
+                    }
+                    asked
+                });
                 info!("admin API handed over to the new process; no longer accepting here");
+                let _ = asked
+                    .wait_for(|o| matches!(o, AdminOff::Serving | AdminOff::Gone))
+                    .await;
+                if *asked.borrow() == AdminOff::Serving {
+                    info!("admin API accepting again: the new process died before the handover settled");
+                    continue;
+                }
                 let _ = tokio::time::timeout(HANDOVER_GRACE, server.conns.wait_idle()).await;
                 return;
             }

@@ -289,11 +289,12 @@ impl Server {
         }
     }
 
-    /// After a binary upgrade: the listeners stay paused for good, and the admin API stops
-    /// accepting (the new process serves both). Returns once this process accepts nothing
-    /// more on the admin socket (at most a second), so that whoever hears of the upgrade
-    /// next reaches the new process. Open connections carry on; a drain
-    /// ([`Server::begin_shutdown`]) ends them.
+    /// After a binary upgrade: the listeners stay paused, and the admin API stops
+    /// accepting (the new process serves both), until the handover settles
+    /// ([`Server::handover_settled`]). Returns once this process accepts nothing more on the
+    /// admin socket (at most a second), so that whoever hears of the upgrade next reaches
+    /// the new process. Open connections carry on; a drain ([`Server::begin_shutdown`])
+    /// ends them.
     pub async fn handed_over(&self) {
         self.control.plane().listening.pause(true);
         self.stop.admin_off.send_replace(AdminOff::Asked);
@@ -301,6 +302,19 @@ impl Server {
             let mut off = self.stop.admin_off.subscribe();
             let stopped = off.wait_for(|o| *o == AdminOff::Stopped);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stopped).await;
+        }
+    }
+
+    /// The handover of a binary upgrade has settled. `serves`: the new process serves for
+    /// good, and this one's admin API ends (its listeners stay paused until the drain).
+    /// Otherwise the new process died first: this one accepts on its listeners and admin
+    /// socket again.
+    pub fn handover_settled(&self, serves: bool) {
+        if serves {
+            self.stop.admin_off.send_replace(AdminOff::Gone);
+        } else {
+            self.control.plane().listening.pause(false);
+            self.stop.admin_off.send_replace(AdminOff::Serving);
         }
     }
 
@@ -364,6 +378,14 @@ fn spawn_control_plane(
                 // Handed over to a new process: the requests this one accepted (the upgrade's
                 // own) are answered before it exits (bounded by the admin API's grace).
                 let handed_over = *stop.admin_off.borrow() != AdminOff::Serving;
+                // Exiting: a handover still unsettled never will be.
+                stop.admin_off.send_if_modified(|o| {
+                    let open = matches!(o, AdminOff::Asked | AdminOff::Stopped);
+                    if open {
+                        *o = AdminOff::Gone;
+                    }
+                    open
+                });
                 if let Some(admin) = admin
                     && handed_over
                 {

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::app::{Handover, Server};
 use crate::control::{Handle, UpgradeAsk, UpgradeFailure};
 use crate::upgrade::UpgradeError;
-use crate::upgrade::old::{self, Handed, Rest};
+use crate::upgrade::old::{self, Handed, Moving, Rest};
 
 type Reply = oneshot::Sender<Result<u32, UpgradeFailure>>;
 /// The thread carrying out an upgrade, and who waits to hear how it ended.
@@ -84,11 +84,13 @@ impl Upgrades {
         let reply = self.running.take().and_then(|(_, reply)| reply);
         match done {
             Ok(handed) => {
+                let (open_connections, open_udp_sessions) = open_now(control);
                 info!(
                     pid = handed.pid,
                     listening_sockets = handed.listeners,
                     took_ms = handed.took.as_millis() as u64,
-                    open_connections = open_connections(control),
+                    open_connections,
+                    open_udp_sessions,
                     "binary upgrade: the new process serves every listener and the admin API; this one hands its open connections over, then exits"
                 );
                 answer(reply, Ok(handed.pid));
@@ -104,14 +106,37 @@ impl Upgrades {
     }
 }
 
-/// Connections open on every listener now: what this process still has to finish.
-fn open_connections(control: &Handle) -> u64 {
-    control
-        .snapshot()
-        .listeners
-        .values()
-        .map(|l| l.live.active.load(std::sync::atomic::Ordering::Relaxed))
-        .sum()
+/// The new process died after it said it serves, before the handover settled: this one
+/// serves again (its listeners and admin API are back, [`crate::app::Server::handover_settled`]),
+/// and systemd hears that it is the main process once more. The connections the new one had
+/// taken died with it; those still here carry on.
+pub fn serve_again(control: &Handle, moving: Moving, (new_pid, status): (u32, String)) {
+    control.count_upgrade("failed");
+    crate::notify::main_pid();
+    crate::notify::ready("serving again: the new process of a binary upgrade died");
+    drop(tokio::task::spawn_blocking(move || {
+        let moved = moving.abandon();
+        warn!(
+            new_pid,
+            status,
+            lost_with_it = moved.handed,
+            kept = moved.kept,
+            udp_sessions_lost_with_it = moved.sessions,
+            "binary upgrade failed: the new process died after it took over; this process serves again"
+        );
+    }));
+}
+
+/// TCP connections and UDP sessions open on every listener now: what this process still
+/// has to hand over or finish.
+fn open_now(control: &Handle) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let snapshot = control.snapshot();
+    let live = || snapshot.listeners.values().map(|l| &l.live);
+    (
+        live().map(|l| l.active.load(Relaxed)).sum(),
+        live().map(|l| l.udp.sessions_active.load(Relaxed)).sum(),
+    )
 }
 
 fn answer(reply: Option<Reply>, outcome: Result<u32, UpgradeError>) {

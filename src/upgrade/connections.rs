@@ -3,19 +3,27 @@
 //! batch is acknowledged before this process closes its copies, and what the new process
 //! refuses (or everything, once it fails) is resumed here (UDP sessions end: the next
 //! datagram opens one in the new process). Then what the counters grew by, and `Done`.
+//!
+//! Until the handover settles ([`Settled`]: every connection frozen so far is across and
+//! none came for a moment, or a send failed), this process keeps its paused listeners and
+//! workers: if the new process has died by then, this one serves again instead of leaving
+//! the listeners to nobody.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use tracing::warn;
 
 use super::UpgradeError;
 use super::channel::Channel;
 use super::old::send_parts;
+use super::queues::Queues;
 use super::wire::{Connection, Message, Sample};
 use crate::app::Handover;
 use crate::metrics::CounterSample;
@@ -29,14 +37,27 @@ pub struct Rest {
     pub(super) handover: Handover,
     /// Descriptors the new process can still take (it says so in `Ready` and `Adopted`).
     pub(super) room: u32,
+    /// The new process (this one started it), watched until the handover settles.
+    pub(super) child: Option<Child>,
 }
 
-/// Connections in at most this many per message: with two pipes each, 6 descriptors, so
-/// a batch stays under [`wire::MAX_FDS`].
-const BATCH: usize = 32;
-/// UDP sessions per message: one descriptor each, and a state of at most ~500 bytes of
-/// JSON, so a batch stays under [`wire::MAX_PAYLOAD`].
-const SESSIONS: usize = 96;
+/// How a handover ended for the listeners, decided once after `Ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The new process lives and serves: this one drains what it kept.
+    Handed,
+    /// The new process died before the handover settled (its pid, how it ended): this one
+    /// serves again. The connections it had taken died with it; the rest are here.
+    Died { pid: u32, status: String },
+}
+
+/// No connection frozen for this long: every one there was is across, the handover has
+/// settled.
+const QUIET: Duration = Duration::from_millis(200);
+/// A handover settles within this, however many connections still come.
+const SETTLE_WITHIN: Duration = Duration::from_secs(5);
+/// After a failed send, how long the new process may take to finish dying.
+const DYING: Duration = Duration::from_secs(1);
 
 impl Rest {
     /// Freezes this process's established connections and hands them over, on a thread
@@ -46,22 +67,28 @@ impl Rest {
         let flag = stop.clone();
         let plane = self.handover.control().plane().clone();
         let frozen = plane.handoff.start();
+        let (settle, settled) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("tollgate-handover".into())
             .spawn(move || {
                 let mut rest = self;
-                let moved = rest.connections(&frozen, &flag);
+                let moved = rest.connections(&frozen, &flag, settle);
                 (rest, moved)
             });
         match thread {
             Ok(thread) => Moving {
                 stop,
                 thread: Some(thread),
+                settled: Some(settled),
             },
             Err(e) => {
                 warn!(error = %e, "cannot start handing connections over; they finish here");
                 plane.handoff.stop();
-                Moving { stop, thread: None }
+                Moving {
+                    stop,
+                    thread: None,
+                    settled: None,
+                }
             }
         }
     }
@@ -69,16 +96,32 @@ impl Rest {
     /// Sends frozen connections and UDP sessions in batches as they come, until `stop` and
     /// none is left. Connections moving data go first ([`Queues`]): an idle one does not
     /// mind waiting, a transfer stalls until it is across. A batch is of one kind, holds
-    /// at most [`BATCH`] connections or [`SESSIONS`] sessions and no more descriptors than
+    /// at most 32 connections or 96 sessions (`queues.rs`) and no more descriptors than
     /// the new process has room for; once one does not fit, it and the rest are kept.
-    fn connections(&mut self, frozen: &Receiver<Handed>, stop: &AtomicBool) -> Moved {
+    fn connections(
+        &mut self,
+        frozen: &Receiver<Handed>,
+        stop: &AtomicBool,
+        settle: oneshot::Sender<Settled>,
+    ) -> Moved {
         let mut moved = Moved::default();
         let mut failed = false;
         let mut queues = Queues::default();
+        let (started, mut last) = (Instant::now(), Instant::now());
+        let mut settle = Some(settle);
         loop {
+            if settle.is_some()
+                && (last.elapsed() >= QUIET && queues.is_empty()
+                    || started.elapsed() >= SETTLE_WITHIN)
+            {
+                failed |= self.settle(&mut settle, Duration::ZERO);
+            }
             if queues.is_empty() {
                 match frozen.recv_timeout(Duration::from_millis(50)) {
-                    Ok(first) => queues.push(first),
+                    Ok(first) => {
+                        last = Instant::now();
+                        queues.push(first);
+                    }
                     Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
                     Err(_) => return moved,
                 }
@@ -121,9 +164,43 @@ impl Rest {
                     failed = true;
                     self.handover.control().plane().handoff.stop();
                     self.keep(batch, &mut moved);
+                    self.settle(&mut settle, DYING);
                 }
             }
         }
+    }
+
+    /// Decides, once, whether the new process lives on ([`Settled`]), waiting at most
+    /// `dying` for it to end (a failed send may come just before it has). True when it
+    /// died: nothing more is frozen, and what is queued stays here.
+    fn settle(&mut self, settle: &mut Option<oneshot::Sender<Settled>>, dying: Duration) -> bool {
+        let Some(tx) = settle.take() else {
+            return false;
+        };
+        let deadline = Instant::now() + dying;
+        let died = loop {
+            let Some(child) = self.child.as_mut() else {
+                break None;
+            };
+            match child.try_wait() {
+                Ok(Some(status)) => break Some((child.id(), status.to_string())),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(None) => break None,
+                Err(e) => {
+                    warn!(error = %e, "cannot tell whether the new process still runs; taking it that it does");
+                    break None;
+                }
+            }
+        };
+        let died = died.is_some_and(|(pid, status)| {
+            self.handover.control().plane().handoff.stop();
+            let _ = tx.send(Settled::Died { pid, status });
+            true
+        });
+        // Dropped unsent when it lives: the receiver takes that as `Handed`.
+        died
     }
 
     /// One batch: sent, and the positions the new process refused (its room is updated).
@@ -206,75 +283,6 @@ impl Rest {
     }
 }
 
-/// What waits to go over: connections that moved data in the last second (or hold bytes
-/// in a pipe) first, then the idle ones, then UDP sessions.
-#[derive(Default)]
-struct Queues {
-    hot: VecDeque<Handed>,
-    cold: VecDeque<Handed>,
-    sessions: VecDeque<Handed>,
-}
-
-/// A connection idle for less than this goes first.
-const HOT_MS: u64 = 1_000;
-
-impl Queues {
-    fn push(&mut self, handed: Handed) {
-        match &handed {
-            Handed::Tcp(f)
-                if f.up.is_some() || f.down.is_some() || f.state.idle_for_ms < HOT_MS =>
-            {
-                self.hot.push_back(handed);
-            }
-            Handed::Tcp(_) => self.cold.push_back(handed),
-            Handed::Udp(_) => self.sessions.push_back(handed),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.hot.is_empty() && self.cold.is_empty() && self.sessions.is_empty()
-    }
-
-    fn take_all(&mut self) -> Vec<Handed> {
-        let mut all: Vec<Handed> = self.hot.drain(..).collect();
-        all.extend(self.cold.drain(..));
-        all.extend(self.sessions.drain(..));
-        all
-    }
-
-    /// The next batch that fits in `room` descriptors, from the first queue that has any;
-    /// `None` when its first one does not fit (nothing is taken then).
-    fn batch(&mut self, room: usize) -> Option<Vec<Handed>> {
-        let (queue, most) = if !self.hot.is_empty() {
-            (&mut self.hot, BATCH)
-        } else if !self.cold.is_empty() {
-            (&mut self.cold, BATCH)
-        } else {
-            (&mut self.sessions, SESSIONS)
-        };
-        let mut fds = 0;
-        let mut batch = Vec::new();
-        while batch.len() < most {
-            let Some(next) = queue.front() else { break };
-            if fds + descriptors(next) > room {
-                break;
-            }
-            fds += descriptors(next);
-            batch.extend(queue.pop_front());
-        }
-        (!batch.is_empty()).then_some(batch)
-    }
-}
-
-/// The descriptors a frozen connection brings (two sockets and two per pipe), or a UDP
-/// session (its upstream socket).
-fn descriptors(handed: &Handed) -> usize {
-    match handed {
-        Handed::Tcp(f) => 2 + 2 * usize::from(f.up.is_some()) + 2 * usize::from(f.down.is_some()),
-        Handed::Udp(_) => 1,
-    }
-}
-
 /// Connections handed over, and kept (refused by the new process, or after a failure);
 /// UDP sessions handed over, and ended here.
 #[derive(Debug, Default, Clone, Copy)]
@@ -289,9 +297,32 @@ pub struct Moved {
 pub struct Moving {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<(Rest, Moved)>>,
+    settled: Option<oneshot::Receiver<Settled>>,
 }
 
 impl Moving {
+    /// Resolves once the handover has settled (within [`SETTLE_WITHIN`] and a moment).
+    pub async fn settled(&mut self) -> Settled {
+        match self.settled.take() {
+            Some(rx) => rx.await.unwrap_or(Settled::Handed),
+            None => Settled::Handed,
+        }
+    }
+
+    /// After the new process died: the thread ends once it has given back what was
+    /// queued, and nothing more is sent (nobody is there to hear it).
+    pub fn abandon(self) -> Moved {
+        self.stop.store(true, Ordering::Release);
+        match self.thread.map(std::thread::JoinHandle::join) {
+            Some(Ok((_, moved))) => moved,
+            Some(Err(_)) => {
+                warn!("the handover thread panicked");
+                Moved::default()
+            }
+            None => Moved::default(),
+        }
+    }
+
     /// Once this process has no connection left of its own (its workers have drained):
     /// the last frozen ones go, then what the counters grew by, and `Done`.
     pub fn finish(self, control: &crate::control::Handle) -> Moved {

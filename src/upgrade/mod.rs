@@ -37,6 +37,7 @@ mod channel;
 mod connections;
 pub mod new;
 pub mod old;
+mod queues;
 mod room;
 pub mod wire;
 

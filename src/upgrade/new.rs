@@ -153,7 +153,9 @@ impl Incoming {
                 room: free,
             },
             &[],
-        )
+        )?;
+        failpoint("ready");
+        Ok(())
     }
 
     /// Takes, on a thread of its own, what the old process sends after `Ready`: its
@@ -353,8 +355,9 @@ fn frozen(conn: Connection, fds: Vec<OwnedFd>) -> Option<Box<Frozen>> {
 
 /// The environment variable that makes a new process crash at a named step of the
 /// handover (`hello`: once it has said hello; `sockets`: once it holds every socket;
-/// `connections`: when the first established connections come), for the tests that check
-/// the old process survives that. Unset in any real use.
+/// `ready`: once it has said it serves; `connections`: when the first established
+/// connections come), for the tests that check the old process survives that. Unset in
+/// any real use.
 pub const FAILPOINT: &str = "TOLLGATE_UPGRADE_FAILPOINT";
 
 fn failpoint(step: &str) {

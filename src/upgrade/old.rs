@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::channel::Channel;
-pub use super::connections::{Moved, Moving, Rest};
+pub use super::connections::{Moved, Moving, Rest, Settled};
 use super::wire::{self, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, INHERITED_FD, Launch, STEP, UpgradeError};
 use crate::app::Handover;
@@ -83,7 +83,8 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
         ))),
     }) {
         Ok(((listeners, sent), room)) => {
-            child.release();
+            // Kept, not killed: watched until the handover settles (`Rest`).
+            let child = child.release();
             Ok(Handed {
                 pid,
                 listeners,
@@ -93,6 +94,7 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
                     sent,
                     room,
                     handover: server.clone(),
+                    child,
                 },
             })
         }
@@ -242,8 +244,9 @@ impl Reaper {
     }
 
     /// The upgrade succeeded: the new process lives on.
-    fn release(&mut self) {
-        self.0 = None;
+    /// The process serves now: it is no longer killed when this drops.
+    fn release(&mut self) -> Option<Child> {
+        self.0.take()
     }
 }
 

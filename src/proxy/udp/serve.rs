@@ -85,7 +85,17 @@ pub async fn serve(
     let mut batch = RecvBatch::new(MAX_BATCH);
     let mut outbound = Outbound::new();
     let mut draining = *shutdown.borrow();
+    // Its sessions went to the new process of a binary upgrade.
+    let mut handed = false;
     loop {
+        if handed {
+            // Nothing is read here until the drain, or until this process serves again
+            // (the new one died before the handover settled: the listeners resume).
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = sockets::until(&mut pause, false) => (handed, paused) = (false, false),
+            }
+        }
         if draining && shared.table().is_empty() {
             return;
         }
@@ -131,7 +141,7 @@ pub async fn serve(
                     // The new process serves this socket now: nothing more is read here,
                     // and every session goes over to it.
                     handover::freeze(&shared, &spec.name, inode, &plane);
-                    return;
+                    handed = true;
                 }
             }
             Some(frozen) = async { adopt.as_mut()?.recv().await } => {
