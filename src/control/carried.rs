@@ -60,13 +60,15 @@ impl Carried {
             && self.limits.is_empty()
     }
 
-    /// Its entries, as the handover bounds them. A source's debt is 24 bytes where a
-    /// backend's state is a few hundred: 64 of them weigh about one entry.
+    /// Its entries, as the handover bounds them (sources' debts are bounded on their own,
+    /// [`Carried::debts`]).
     pub fn len(&self) -> usize {
-        let debts: usize = (self.limits.iter())
-            .map(|l| l.sources.len().div_ceil(64))
-            .sum();
-        self.backends.len() + self.deny.len() + self.names.len() + debts
+        self.backends.len() + self.deny.len() + self.names.len() + self.limits.len()
+    }
+
+    /// The sources' debts it carries.
+    pub fn debts(&self) -> usize {
+        self.limits.iter().map(|l| l.sources.len()).sum()
     }
 
     /// Adds what `more` carries (a state sent in several messages).

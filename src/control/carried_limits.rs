@@ -15,6 +15,9 @@ use crate::admission::{Debts, Seeded, rate_from_parts, rate_parts};
 /// Debts carried per listener at most: beyond it (a flood from more sources than that
 /// still paying their rate), the remaining sources start afresh in the new process.
 pub const MAX_DEBTS_PER_LISTENER: usize = 1_000_000;
+/// Debts carried in all (24 bytes each in the new process while it takes them): the new
+/// process refuses a handover that sends more.
+pub const MAX_DEBTS: usize = 4_000_000;
 /// Sources per part of the state (a part must fit one handover message with room to spare:
 /// a source is at most ~60 bytes of JSON).
 const PER_PART: usize = 512;
@@ -76,26 +79,30 @@ impl CarriedLimits {
 }
 
 impl Builder {
-    /// What the sources of every limited listener owe now, largest listeners' first parts
-    /// included whole up to [`MAX_DEBTS_PER_LISTENER`].
+    /// What the sources of every limited listener owe now: at most
+    /// [`MAX_DEBTS_PER_LISTENER`] per listener and [`MAX_DEBTS`] in all (listeners in name
+    /// order).
     pub fn carry_limits(&self) -> Vec<CarriedLimits> {
         let (now, taken_ms) = (Instant::now(), unix_ms(SystemTime::now()));
-        let mut all: Vec<CarriedLimits> = self
-            .limiter_tables()
-            .filter_map(|(listener, table)| {
-                let mut debts = table.debts(now);
-                debts.owed.truncate(MAX_DEBTS_PER_LISTENER);
-                (!debts.owed.is_empty()).then(|| CarriedLimits {
+        let mut tables: Vec<_> = self.limiter_tables().collect();
+        tables.sort_by_key(|(listener, _)| *listener);
+        let mut left = MAX_DEBTS;
+        let mut all = Vec::new();
+        for (listener, table) in tables {
+            let mut debts = table.debts(now);
+            debts.owed.truncate(MAX_DEBTS_PER_LISTENER.min(left));
+            left -= debts.owed.len();
+            if !debts.owed.is_empty() {
+                all.push(CarriedLimits {
                     listener: listener.to_owned(),
                     ipv4_prefix: debts.ipv4_prefix,
                     ipv6_prefix: debts.ipv6_prefix,
                     rate: debts.basis.as_ref().map(rate_parts),
                     taken_ms,
                     sources: debts.owed,
-                })
-            })
-            .collect();
-        all.sort_by(|a, b| a.listener.cmp(&b.listener));
+                });
+            }
+        }
         all
     }
 

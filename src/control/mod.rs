@@ -36,7 +36,7 @@ pub mod view;
 use std::net::SocketAddr;
 
 pub use carried::{Carried, CarriedBackend, CarriedDeny};
-pub use carried_limits::CarriedLimits;
+pub use carried_limits::{CarriedLimits, MAX_DEBTS};
 pub use handle::{Handle, Verdict};
 pub use owner::{Channels, Owner};
 pub use registry::{AdminState, BackendKey, MAX_RUNTIME_DENY, Override};

@@ -11,6 +11,7 @@ use super::room::Room;
 use super::wire::{Connection, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, STEP, UpgradeError};
 use crate::app::{Handover, Inherited};
+use crate::control::MAX_DEBTS;
 use crate::proxy::handoff::Frozen;
 use crate::proxy::listener::{BindKey, Listening};
 use crate::proxy::udp::handover::{FrozenSession, SessionState};
@@ -122,6 +123,11 @@ impl Incoming {
                     if carried.len() + state.len() > MAX_STATE {
                         return Err(UpgradeError::Protocol(format!(
                             "more than {MAX_STATE} entries of control state"
+                        )));
+                    }
+                    if carried.debts() + state.debts() > MAX_DEBTS {
+                        return Err(UpgradeError::Protocol(format!(
+                            "more than {MAX_DEBTS} sources' rate debts"
                         )));
                     }
                     carried.extend(state);
