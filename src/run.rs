@@ -3,7 +3,8 @@
 //! and a reload or upgrade asked for meanwhile is done once it is up; then SIGHUP reloads,
 //! SIGUSR2 (or `POST /api/v1/upgrade`) upgrades the binary (`upgrades.rs`, `crate::upgrade`),
 //! and SIGTERM or SIGINT drains (a second one closes what is left at once). After an upgrade
-//! has handed everything over, the process drains what it still has and exits 0.
+//! has handed everything over, the process drains what it still has and exits 0; if the new
+//! process dies before the handover settles, this one serves on instead.
 //!
 //! No stuck file read (a token file on a dead network mount; FIFOs and devices are refused
 //! before they are opened) can keep the process from exiting: start-up and reload
