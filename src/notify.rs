@@ -58,11 +58,19 @@ pub fn reloaded(status: &str) {
     }
 }
 
-/// This process took over from the one the service manager started (a binary upgrade):
-/// systemd follows it as the service's main process from now on (the unit's
-/// `NotifyAccess=all` lets it say so).
+/// This process is the service's main process (again: the new process of a binary upgrade
+/// died before the handover settled), as systemd is to follow it.
 pub fn main_pid() {
-    send(&[NotifyState::MainPid(std::process::id())]);
+    main_pid_is(std::process::id());
+}
+
+/// The new process of a binary upgrade serves for good: systemd follows it as the service's
+/// main process from now on (the unit's `NotifyAccess=all` lets this one say so). Said by
+/// the old process once the handover has settled, not by the new one when it is ready: a
+/// new process that dies before then leaves the old one serving, and systemd must not
+/// take that death for the service's.
+pub fn main_pid_is(pid: u32) {
+    send(&[NotifyState::MainPid(pid)]);
 }
 
 /// The drain has begun.

@@ -20,7 +20,7 @@ use crate::config::{self, ConfigErrors};
 use crate::control::Handle;
 use crate::signals::{Asked, Signals};
 use crate::upgrade::new::Incoming;
-use crate::upgrade::old::Settled;
+use crate::upgrade::old::{Moving, SETTLE_LIMIT, Settled};
 use upgrades::Upgrades;
 
 mod upgrades;
@@ -82,8 +82,9 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
     };
     let control = server.control().clone();
     if upgraded {
+        // systemd hears of this process as the main one from the old process, once the
+        // handover has settled (`crate::notify::main_pid_is`).
         control.count_upgrade("success");
-        crate::notify::main_pid();
     }
     if reload_asked {
         info!("a reload was asked for during start-up; reloading now");
@@ -120,10 +121,11 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                     // Every established connection freezes and goes to the new process.
                     let mut moving = rest.move_connections();
                     // Listeners and workers stay until the handover settles (a moment
-                    // after the last connection went across, at most a few seconds).
-                    match moving.settled().await {
+                    // after the last connection went across, at most SETTLE_LIMIT).
+                    match settled(&mut moving, &mut signals).await {
                         Settled::Handed => {
                             server.handover_settled(true);
+                            crate::notify::main_pid_is(moving.new_pid());
                             break Some(moving);
                         }
                         Settled::Died { pid, status } => {
@@ -257,6 +259,32 @@ async fn first_round(control: Handle) -> String {
         }
         drop(view);
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How the handover of a binary upgrade settles, at most [`SETTLE_LIMIT`] from now (past
+/// it, the new process is taken to serve). A stop signal meanwhile settles it as handed:
+/// this process drains then, as it would have a moment later. Reloads and upgrades asked
+/// for meanwhile are refused: the new process takes them.
+async fn settled(moving: &mut Moving, signals: &mut Signals) -> Settled {
+    let deadline = tokio::time::sleep(SETTLE_LIMIT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            settled = moving.settled() => return settled,
+            () = &mut deadline => {
+                warn!(limit = ?SETTLE_LIMIT, "binary upgrade: the handover has not settled in time; the new process is taken to serve");
+                return Settled::Handed;
+            }
+            asked = signals.next() => match asked {
+                Asked::Stop => {
+                    info!("stop signal during a binary upgrade's handover; this process drains once its connections are handed over");
+                    return Settled::Handed;
+                }
+                Asked::Reload => warn!("SIGHUP during a binary upgrade's handover is ignored: the new process serves"),
+                Asked::Upgrade => warn!("SIGUSR2 during a binary upgrade's handover is ignored: the new process serves"),
+            },
+        }
     }
 }
 

@@ -68,7 +68,8 @@ fn established_connections_move_to_the_new_process() {
 }
 
 /// A connection whose backend the new config does not have stays with the old process,
-/// which finishes it and only then exits.
+/// which finishes it and only then exits; until then the new process starts no upgrade of
+/// its own.
 #[test]
 fn a_connection_the_new_config_cannot_serve_stays_with_the_old_process() {
     let (gone, kept) = (echo_backend(), echo_backend());
@@ -93,9 +94,23 @@ fn a_connection_the_new_config_cannot_serve_stays_with_the_old_process() {
     assert_eq!(&b, b"still");
     // New connections reach the new config's backend.
     assert_eq!(round_trip(front, b"new").unwrap(), b"new");
+    // The new process upgrades in turn only once the old one has finished.
+    let refused = upgrade(admin);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.body.contains("still handing its connections over"),
+        "{}",
+        refused.body
+    );
     drop(held);
     assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));
-    new.stop(Duration::from_secs(10));
+    let again = upgrade(admin);
+    assert_eq!(again.status, 200, "{}", again.body);
+    let third = Adopted(u32::try_from(again.json()["pid"].as_u64().unwrap()).unwrap());
+    wait_for("the second process to exit", Duration::from_secs(5), || {
+        !new.alive()
+    });
+    third.stop(Duration::from_secs(10));
 }
 
 /// A new process that crashes as the established connections come (after it said it

@@ -116,7 +116,9 @@ const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves the admin API until the future is dropped, or until `off` is asked (a binary
 /// upgrade handed the socket to the new process: from then on only it accepts, while
-/// requests already accepted here, the upgrade's own among them, are answered). The accept
+/// requests already accepted here, the upgrade's own among them, are answered), and the
+/// handover settles (`Gone`); if the new process died first (`Serving` again), it accepts
+/// again. The accept
 /// loop runs in a task of its own; should it ever end (a bug), it is logged and started
 /// again in a second on the same socket, so one bad request cannot take the operator's view
 /// away for good. (Nothing is duplicated to restart: at the open-file limit a `dup` would

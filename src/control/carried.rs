@@ -25,10 +25,12 @@ use crate::health::state::HealthParts;
 pub struct Carried {
     pub backends: Vec<CarriedBackend>,
     pub deny: Vec<CarriedDeny>,
-    #[serde(default)]
+    // Left out when empty, so that a binary that knows neither (an earlier release, when
+    // upgrading back to it) still reads the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<CarriedName>,
     /// What limited sources owe their rates, per listener.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<CarriedLimits>,
 }
 

@@ -12,12 +12,11 @@ use tracing::info;
 use super::build::Builder;
 use crate::admission::{Debts, Seeded, rate_from_parts, rate_parts};
 
-/// Debts carried per listener at most: beyond it (a flood from more sources than that
-/// still paying their rate), the remaining sources start afresh in the new process.
-pub const MAX_DEBTS_PER_LISTENER: usize = 1_000_000;
-/// Debts carried in all (24 bytes each in the new process while it takes them): the new
-/// process refuses a handover that sends more.
-pub const MAX_DEBTS: usize = 4_000_000;
+/// Debts carried in all, shared evenly by the listeners that have any: beyond it (a flood
+/// from more sources than that still paying their rate), the sources that owe least start
+/// afresh in the new process. The new process refuses a handover that sends more. A
+/// million is ~33 MB of JSON, encoded in ~0.3 s, while the listeners are paused.
+pub const MAX_DEBTS: usize = 1_000_000;
 /// Sources per part of the state (a part must fit one handover message with room to spare:
 /// a source is at most ~60 bytes of JSON).
 const PER_PART: usize = 512;
@@ -78,20 +77,29 @@ impl CarriedLimits {
     }
 }
 
+/// Keeps the `n` largest debts of `owed` (in no particular order).
+fn keep_largest(owed: &mut Vec<([u64; 2], u64)>, n: usize) {
+    if owed.len() > n {
+        if n > 0 {
+            owed.select_nth_unstable_by_key(n - 1, |&(_, debt)| std::cmp::Reverse(debt));
+        }
+        owed.truncate(n);
+    }
+}
+
 impl Builder {
-    /// What the sources of every limited listener owe now: at most
-    /// [`MAX_DEBTS_PER_LISTENER`] per listener and [`MAX_DEBTS`] in all (listeners in name
-    /// order).
+    /// What the sources of every limited listener owe now: at most [`MAX_DEBTS`] in all,
+    /// an even share per listener, the largest debts (the sources most over their rate)
+    /// kept.
     pub fn carry_limits(&self) -> Vec<CarriedLimits> {
         let (now, taken_ms) = (Instant::now(), unix_ms(SystemTime::now()));
         let mut tables: Vec<_> = self.limiter_tables().collect();
         tables.sort_by_key(|(listener, _)| *listener);
-        let mut left = MAX_DEBTS;
+        let share = MAX_DEBTS / tables.len().max(1);
         let mut all = Vec::new();
         for (listener, table) in tables {
             let mut debts = table.debts(now);
-            debts.owed.truncate(MAX_DEBTS_PER_LISTENER.min(left));
-            left -= debts.owed.len();
+            keep_largest(&mut debts.owed, share);
             if !debts.owed.is_empty() {
                 all.push(CarriedLimits {
                     listener: listener.to_owned(),
@@ -147,6 +155,19 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_debts_are_kept() {
+        let mut owed: Vec<_> = (0..100u64).map(|i| ([0, i], (i * 37) % 101)).collect();
+        let mut want: Vec<u64> = owed.iter().map(|o| o.1).collect();
+        want.sort_unstable_by(|a, b| b.cmp(a));
+        keep_largest(&mut owed, 10);
+        let mut kept: Vec<u64> = owed.iter().map(|o| o.1).collect();
+        kept.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(kept, want[..10]);
+        keep_largest(&mut owed, 0);
+        assert!(owed.is_empty());
+    }
 
     #[test]
     fn parts_join_back() {

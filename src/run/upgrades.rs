@@ -1,7 +1,8 @@
 //! Binary upgrades of a running `tollgate run`: at most one at a time, carried out on a
 //! blocking thread (`crate::upgrade::old`) while the process keeps serving, asked for by
 //! SIGUSR2 or through the admin API (whose caller waits for the outcome). Each outcome is
-//! logged once here and counted.
+//! logged once here and counted; a new process that dies after it said it serves, before
+//! the handover settled, is a second outcome ([`serve_again`]).
 
 use std::future::pending;
 
@@ -53,6 +54,9 @@ impl Upgrades {
         if self.running.is_some() {
             return refuse(UpgradeError::Busy, reply);
         }
+        if crate::upgrade::new::still_taking() {
+            return refuse(UpgradeError::StillTaking, reply);
+        }
         if control.draining() {
             return refuse(UpgradeError::Draining, reply);
         }
@@ -91,7 +95,7 @@ impl Upgrades {
                     took_ms = handed.took.as_millis() as u64,
                     open_connections,
                     open_udp_sessions,
-                    "binary upgrade: the new process serves every listener and the admin API; this one hands its open connections over, then exits"
+                    "binary upgrade: the new process serves every listener and the admin API; this one hands its open connections over, then exits (unless the new process dies before the handover settles)"
                 );
                 answer(reply, Ok(handed.pid));
                 Some(handed.rest)

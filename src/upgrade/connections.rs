@@ -37,8 +37,10 @@ pub struct Rest {
     pub(super) handover: Handover,
     /// Descriptors the new process can still take (it says so in `Ready` and `Adopted`).
     pub(super) room: u32,
-    /// The new process (this one started it), watched until the handover settles.
+    /// The new process (this one started it), watched until the handover settles, and
+    /// its pid.
     pub(super) child: Option<Child>,
+    pub(super) pid: u32,
 }
 
 /// How a handover ended for the listeners, decided once after `Ready`.
@@ -56,18 +58,23 @@ pub enum Settled {
 const QUIET: Duration = Duration::from_millis(200);
 /// A handover settles within this, however many connections still come.
 const SETTLE_WITHIN: Duration = Duration::from_secs(5);
+/// The longest the old process waits for the handover to settle (a batch in flight when
+/// [`SETTLE_WITHIN`] passes may wait for its acknowledgement): past it, the new process is
+/// taken to serve.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(8);
 /// After a failed send, how long the new process may take to finish dying.
 const DYING: Duration = Duration::from_secs(1);
 
 impl Rest {
     /// Freezes this process's established connections and hands them over, on a thread
-    /// of its own, until [`Moving::finish`].
+    /// of its own, until [`Moving::finish`] (or [`Moving::abandon`]).
     pub fn move_connections(self) -> Moving {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let plane = self.handover.control().plane().clone();
         let frozen = plane.handoff.start();
         let (settle, settled) = oneshot::channel();
+        let pid = self.pid;
         let thread = std::thread::Builder::new()
             .name("tollgate-handover".into())
             .spawn(move || {
@@ -80,6 +87,7 @@ impl Rest {
                 stop,
                 thread: Some(thread),
                 settled: Some(settled),
+                pid,
             },
             Err(e) => {
                 warn!(error = %e, "cannot start handing connections over; they finish here");
@@ -88,6 +96,7 @@ impl Rest {
                     stop,
                     thread: None,
                     settled: None,
+                    pid,
                 }
             }
         }
@@ -127,6 +136,7 @@ impl Rest {
                 }
             }
             while let Ok(more) = frozen.try_recv() {
+                last = Instant::now();
                 queues.push(more);
             }
             if failed {
@@ -144,6 +154,9 @@ impl Rest {
             };
             match self.send(&batch) {
                 Ok(refused) => {
+                    // The quiet that settles the handover counts from here too: a long
+                    // batch is not a quiet moment.
+                    last = Instant::now();
                     self.handover.control().plane().handoff.progressed();
                     let mut kept = Vec::new();
                     for (i, handed) in batch.into_iter().enumerate() {
@@ -183,6 +196,9 @@ impl Rest {
                 break None;
             };
             match child.try_wait() {
+                // A clean exit is a process that handed over in turn, or was stopped: it
+                // did serve, and no one is to serve in its place.
+                Ok(Some(status)) if status.success() => break None,
                 Ok(Some(status)) => break Some((child.id(), status.to_string())),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -255,7 +271,10 @@ impl Rest {
             match handed {
                 Handed::Tcp(mut conn) => {
                     moved.kept += 1;
-                    conn.stays = true;
+                    // Not frozen again by this handover (it would come straight back), but
+                    // by the next one when this one has stopped freezing: after a failed
+                    // handover this process may serve on and upgrade again.
+                    conn.stays = self.handover.control().plane().handoff.freezing();
                     if let Err(lost) = self.handover.resume(i, conn) {
                         warn!(listener = lost.state.listener, client = %lost.state.client, "no worker left to resume a connection; it is closed");
                     }
@@ -298,15 +317,25 @@ pub struct Moving {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<(Rest, Moved)>>,
     settled: Option<oneshot::Receiver<Settled>>,
+    pid: u32,
 }
 
 impl Moving {
-    /// Resolves once the handover has settled (within [`SETTLE_WITHIN`] and a moment).
+    /// Resolves once the handover has settled; cancel-safe (a later call waits on). A
+    /// batch in flight can hold the decision past [`SETTLE_WITHIN`]: the caller bounds the
+    /// wait ([`SETTLE_LIMIT`]).
     pub async fn settled(&mut self) -> Settled {
-        match self.settled.take() {
+        let settled = match &mut self.settled {
             Some(rx) => rx.await.unwrap_or(Settled::Handed),
             None => Settled::Handed,
-        }
+        };
+        self.settled = None;
+        settled
+    }
+
+    /// The pid of the new process.
+    pub fn new_pid(&self) -> u32 {
+        self.pid
     }
 
     /// After the new process died: the thread ends once it has given back what was

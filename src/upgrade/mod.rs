@@ -7,11 +7,12 @@
 //!    exits 78; the old one keeps serving and reports the upgrade refused.
 //! 2. It says `Hello` (its pid and version; another protocol version is refused by name).
 //! 3. The old process pauses its listeners (they stay open, so clients queue in the kernel
-//!    rather than being refused) and sends every listening socket, the admin socket and
-//!    its counters, then `Done`.
+//!    rather than being refused) and sends every listening socket, the admin socket, its
+//!    counters and its control state (overrides, health, deny lists, DNS answers, what
+//!    limited sources owe their rates), then `Done`.
 //! 4. The new process serves those sockets (binding whatever its config adds), adds the
 //!    old counters to its own, and says `Ready` with the descriptors its open-file limit
-//!    leaves room for (`room.rs`); it tells systemd `MAINPID=` and `READY=1`.
+//!    leaves room for (`room.rs`); it tells systemd `READY=1`.
 //! 5. The old process stops its admin API and freezes its established TCP connections
 //!    (`crate::proxy::handoff`): in batches, each with its two sockets, a pipe per
 //!    direction that holds bytes, and its state (`Connections`); the new one resumes them
@@ -19,14 +20,21 @@
 //!    listener or backend is gone, and its room left), and only then does the old one
 //!    close its copies. No batch is sent that does not fit the new process's room: from
 //!    the first connection that does not, the old process keeps the rest.
-//! 6. Once it owns nothing, the old process sends what the connections it finished itself
-//!    added to the counters, and `Done`, and exits.
+//!    UDP sessions follow, each with its upstream socket (`Sessions`).
+//! 6. The handover settles once every connection frozen so far is across and none came
+//!    for a moment (or a send failed): the old process then tells systemd `MAINPID=` (the
+//!    new process) and drains. Once it owns nothing, it sends what the connections it
+//!    finished itself added to the counters, and `Done`, and exits.
 //!
 //! Until `Ready`, the old process owns everything: if the new one fails at any step (a
 //! refused config, a crash, a timeout, a protocol mismatch), it is killed if still running,
 //! the old process's listeners resume, and nothing queued is lost. After it, a connection
 //! is owned by exactly one process at any instant: one the new process has not
-//! acknowledged (it refused it, or died) is resumed by the old one.
+//! acknowledged (it refused it, or died) is resumed by the old one. Until the handover
+//! settles, the old process keeps its paused listeners, workers and admin socket: a new
+//! process that dies by then leaves it serving again (`connections.rs`, [`old::Settled`]).
+//! The new process starts no upgrade of its own until the old one has finished
+//! ([`new::still_taking`]).
 //!
 //! `wire.rs` is the messages, `channel.rs` one end of the socket, `old.rs` and `new.rs`
 //! the two sides (`connections.rs`: the old side's established connections; `room.rs`: the
@@ -85,6 +93,10 @@ pub fn launch() -> Option<&'static Launch> {
 pub enum UpgradeError {
     #[error("an upgrade is already in progress")]
     Busy,
+    #[error(
+        "the previous process is still handing its connections over to this one; upgrade again once it has exited"
+    )]
+    StillTaking,
     #[error("tollgate is draining for shutdown; upgrades are refused")]
     Draining,
     #[error("this instance cannot upgrade: {0}")]
@@ -124,9 +136,10 @@ impl UpgradeError {
     pub fn result(&self) -> &'static str {
         match self {
             UpgradeError::Refused(_) => "refused",
-            UpgradeError::Busy | UpgradeError::Draining | UpgradeError::Unavailable(_) => {
-                "rejected"
-            }
+            UpgradeError::Busy
+            | UpgradeError::StillTaking
+            | UpgradeError::Draining
+            | UpgradeError::Unavailable(_) => "rejected",
             _ => "failed",
         }
     }

@@ -168,10 +168,15 @@ impl Incoming {
     /// established connections (resumed on this process's workers), then what its counters
     /// grew by, until it closes the socket.
     pub fn follow(self, handover: Handover) {
+        TAKING.store(true, Ordering::Release);
         let spawned = std::thread::Builder::new()
             .name("tollgate-upgrade".into())
-            .spawn(move || self.take_the_rest(&handover));
+            .spawn(move || {
+                self.take_the_rest(&handover);
+                TAKING.store(false, Ordering::Release);
+            });
         if let Err(e) = spawned {
+            TAKING.store(false, Ordering::Release);
             warn!(error = %e, "cannot take the previous process's connections and last counts");
         }
     }
@@ -357,6 +362,17 @@ fn frozen(conn: Connection, fds: Vec<OwnedFd>) -> Option<Box<Frozen>> {
         guard: None,
         stays: false,
     }))
+}
+
+/// Set while this process takes what the previous one still sends after `Ready`.
+static TAKING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the previous process of the upgrade that started this one is still handing
+/// over: until it has, this one starts no upgrade of its own. The previous process may yet
+/// find this one dead and serve again (the handover has not settled), and two handovers
+/// at once would have it and a third process both take this one's place.
+pub fn still_taking() -> bool {
+    TAKING.load(Ordering::Acquire)
 }
 
 /// The environment variable that makes a new process crash at a named step of the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::channel::Channel;
-pub use super::connections::{Moved, Moving, Rest, Settled};
+pub use super::connections::{Moved, Moving, Rest, SETTLE_LIMIT, Settled};
 use super::wire::{self, ListenerSocket, Message, Sample, SocketKind};
 use super::{ENV_FD, INHERITED_FD, Launch, STEP, UpgradeError};
 use crate::app::Handover;
@@ -24,13 +24,15 @@ pub struct Handed {
     pub pid: u32,
     pub listeners: usize,
     pub took: Duration,
-    /// The handover socket, kept until this process has finished its own connections.
+    /// The handover socket, kept until this process has finished its own connections, and
+    /// the new process, watched until the handover settles.
     pub rest: Rest,
 }
 
 /// Starts `launch` and hands everything over to it. On success the caller stops serving
-/// (`Server::handed_over`, then a drain); on failure the listeners are serving again and the
-/// new process is gone.
+/// (`Server::handed_over`), hands its connections over, and drains once the handover has
+/// settled, or serves again if the new process died before then ([`Settled`]); on failure
+/// the listeners are serving again and the new process is gone.
 pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeError> {
     let started = Instant::now();
     let (ours, theirs) = fdpass::seqpacket_pair()
@@ -95,6 +97,7 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
                     room,
                     handover: server.clone(),
                     child,
+                    pid,
                 },
             })
         }
@@ -243,8 +246,7 @@ impl Reaper {
         }
     }
 
-    /// The upgrade succeeded: the new process lives on.
-    /// The process serves now: it is no longer killed when this drops.
+    /// The new process serves now: it is no longer killed when this drops.
     fn release(&mut self) -> Option<Child> {
         self.0.take()
     }
