@@ -40,8 +40,10 @@ pub fn hand_over(server: &Handover, launch: &Launch) -> Result<Handed, UpgradeEr
     let mut cmd = Command::new(&launch.exe);
     cmd.args(&launch.args)
         .env(ENV_FD, INHERITED_FD.to_string())
-        // systemd's watchdog names the process it watches; the new one pings once it is
-        // the main process (MAINPID=), so it must not think the watchdog is someone else's.
+        // systemd's watchdog names the process it watches; the new one pings as it serves
+        // (`NotifyAccess=all` takes pings from any process of the service) and is the main
+        // process once the handover settles, so it must not think the watchdog is
+        // someone else's.
         .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null());
     let child =
