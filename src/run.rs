@@ -128,9 +128,9 @@ async fn lifecycle(path: PathBuf) -> Result<(), RunError> {
                             crate::notify::main_pid_is(moving.new_pid());
                             break Some(moving);
                         }
-                        Settled::Died { pid, status } => {
+                        Settled::Died(status) => {
                             server.handover_settled(false);
-                            upgrades::serve_again(&control, moving, (pid, status));
+                            upgrades::serve_again(&control, moving, &status);
                         }
                     }
                 }

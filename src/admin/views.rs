@@ -7,16 +7,12 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use crate::config::{Config, Lookup};
+use crate::control::view::unix_ms;
 use crate::control::{AdminState, BackendView, Counts, Handle, MaskedBy, Reloaded, View};
 use crate::discovery::NameState;
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 pub(crate) fn status(control: &Handle) -> Value {
     let view = control.view();
@@ -103,8 +99,7 @@ fn name_json(state: Option<&NameState>, lookup: &Lookup) -> Value {
         } else {
             wall - (now - at)
         };
-        at.duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        crate::control::view::unix_ms(at)
     };
     let port = match lookup {
         Lookup::Host { port, .. } => Some(*port),

@@ -4,12 +4,13 @@
 //! the new process's tables right after its first build, before any worker serves (see
 //! `crate::admission` `carry.rs` for how a changed rate or prefix takes them).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::build::Builder;
+use super::view::unix_ms;
 use crate::admission::{Debts, Seeded, rate_from_parts, rate_parts};
 
 /// Debts carried in all, shared evenly by the listeners that have any: beyond it (a flood
@@ -36,11 +37,6 @@ pub struct CarriedLimits {
     /// Each group's key (its masked address, high and low halves; IPv4 as IPv4-mapped
     /// IPv6) and what it owes (ns of the rate's clock).
     pub sources: Vec<([u64; 2], u64)>,
-}
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl CarriedLimits {

@@ -11,6 +11,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::registry::{AdminState, BackendKey, Override};
+
+/// A wall-clock time as milliseconds since the Unix epoch (0 before it), as the admin API
+/// and the binary upgrade's state write the view's times.
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 use crate::config::Config;
 use crate::discovery::{self, NameState};
 use crate::health::HealthState;

@@ -114,10 +114,11 @@ impl Upgrades {
 /// serves again (its listeners and admin API are back, [`crate::app::Server::handover_settled`]),
 /// and systemd hears that it is the main process once more. The connections the new one had
 /// taken died with it; those still here carry on.
-pub fn serve_again(control: &Handle, moving: Moving, (new_pid, status): (u32, String)) {
+pub fn serve_again(control: &Handle, moving: Moving, status: &str) {
     control.count_upgrade("failed");
     crate::notify::main_pid();
     crate::notify::ready("serving again: the new process of a binary upgrade died");
+    let (new_pid, status) = (moving.new_pid(), status.to_owned());
     drop(tokio::task::spawn_blocking(move || {
         let moved = moving.abandon();
         warn!(

@@ -44,13 +44,13 @@ pub struct Rest {
 }
 
 /// How a handover ended for the listeners, decided once after `Ready`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Settled {
     /// The new process lives and serves: this one drains what it kept.
     Handed,
-    /// The new process died before the handover settled (its pid, how it ended): this one
-    /// serves again. The connections it had taken died with it; the rest are here.
-    Died { pid: u32, status: String },
+    /// The new process died before the handover settled (how it ended): this one serves
+    /// again. The connections it had taken died with it; the rest are here.
+    Died(String),
 }
 
 /// No connection frozen for this long: every one there was is across, the handover has
@@ -190,33 +190,34 @@ impl Rest {
         let Some(tx) = settle.take() else {
             return false;
         };
+        // Dropped unsent when it lives: the receiver takes that as `Handed`.
+        let Some(status) = self.died_within(dying) else {
+            return false;
+        };
+        self.handover.control().plane().handoff.stop();
+        let _ = tx.send(Settled::Died(status));
+        true
+    }
+
+    /// How the new process ended, if it died (killed, or exited with an error) by now or
+    /// within `dying`. A clean exit is a process that handed over in turn, or was stopped:
+    /// it did serve, and no one is to serve in its place.
+    fn died_within(&mut self, dying: Duration) -> Option<String> {
+        let child = self.child.as_mut()?;
         let deadline = Instant::now() + dying;
-        let died = loop {
-            let Some(child) = self.child.as_mut() else {
-                break None;
-            };
+        loop {
             match child.try_wait() {
-                // A clean exit is a process that handed over in turn, or was stopped: it
-                // did serve, and no one is to serve in its place.
-                Ok(Some(status)) if status.success() => break None,
-                Ok(Some(status)) => break Some((child.id(), status.to_string())),
+                Ok(Some(status)) => return (!status.success()).then(|| status.to_string()),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Ok(None) => break None,
+                Ok(None) => return None,
                 Err(e) => {
                     warn!(error = %e, "cannot tell whether the new process still runs; taking it that it does");
-                    break None;
+                    return None;
                 }
             }
-        };
-        let died = died.is_some_and(|(pid, status)| {
-            self.handover.control().plane().handoff.stop();
-            let _ = tx.send(Settled::Died { pid, status });
-            true
-        });
-        // Dropped unsent when it lives: the receiver takes that as `Handed`.
-        died
+        }
     }
 
     /// One batch: sent, and the positions the new process refused (its room is updated).
