@@ -137,9 +137,8 @@ fn sigusr2_during_start_up_upgrades_once_up() {
         Duration::from_secs(10),
     );
     let serves: serde_json::Value = serde_json::from_str(&serves).unwrap();
-    let pid = serves["fields"]["pid"].as_u64().expect("the new pid");
     // Stopped (SIGKILL at worst) however this test ends: it is nobody's child here.
-    let new = common::upgrade::Adopted(u32::try_from(pid).unwrap());
+    let new = common::upgrade::Adopted::pid(&serves["fields"]);
     assert_eq!(lb.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert_eq!(round_trip(front, b"serving").unwrap(), b"serving");
     new.stop(Duration::from_secs(10));

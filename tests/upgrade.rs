@@ -43,7 +43,7 @@ fn an_upgrade_moves_the_listeners_admin_api_and_connections_without_refusing_any
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
     let body = answer.json();
-    let new = Adopted(u32::try_from(body["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::pid(&body);
     assert_ne!(new.0, old.child.id());
     assert_eq!(
         body["previous_pid"].as_u64(),
@@ -79,12 +79,7 @@ fn an_upgrade_moves_the_listeners_admin_api_and_connections_without_refusing_any
         metric(admin, "tollgate_upgrades_total{result=\"success\"}"),
         1.0
     );
-    let (made, errors) = churn.finish();
-    assert!(
-        errors.is_empty(),
-        "{} of {made} connections failed: {errors:?}",
-        errors.len()
-    );
+    churn.finish_clean();
     // The held connection moved to the new process with the rest: the old one exits while
     // it is open, and the bytes it moves from now on count in the new one.
     let exited = Instant::now();
@@ -166,12 +161,7 @@ fn upgrades_can_follow_one_another_and_sigusr2_and_the_cli_ask_for_one() {
         metric(admin, "tollgate_upgrades_total{result=\"success\"}"),
         4.0
     );
-    let (made, errors) = churn.finish();
-    assert!(
-        errors.is_empty(),
-        "{} of {made} connections failed: {errors:?}",
-        errors.len()
-    );
+    churn.finish_clean();
     Adopted(u32::try_from(*pids.last().unwrap()).unwrap()).stop(Duration::from_secs(10));
 }
 
@@ -233,14 +223,9 @@ fn a_new_binary_that_refuses_the_config_or_crashes_leaves_the_old_one_serving() 
     install.restore();
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     assert_eq!(lb.wait_exit(Duration::from_secs(5)).code(), Some(0));
-    let (made, errors) = churn.finish();
-    assert!(
-        errors.is_empty(),
-        "{} of {made} connections failed: {errors:?}",
-        errors.len()
-    );
+    churn.finish_clean();
     new.stop(Duration::from_secs(10));
 }
 
@@ -337,12 +322,7 @@ fn a_new_process_that_dies_after_it_took_over_leaves_the_old_one_serving() {
                 .any(|m| m.contains(&format!("MAINPID={new_pid}"))),
             "{step}: {said:?}"
         );
-        for (i, s) in held.iter_mut().enumerate() {
-            s.write_all(&[i as u8]).unwrap();
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).unwrap();
-            assert_eq!(b, [i as u8], "{step}: held connection {i} still echoes");
-        }
+        assert_held_echo(&mut held, 1);
         for i in 0..20u8 {
             assert_eq!(
                 round_trip(front, &[i]).unwrap(),
@@ -402,14 +382,9 @@ fn connections_kept_after_a_failed_handover_move_at_the_next_upgrade() {
     install.restore();
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));
-    for (i, s) in held.iter_mut().enumerate() {
-        s.write_all(&[i as u8]).unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(b, [i as u8], "held connection {i} still echoes");
-    }
+    assert_held_echo(&mut held, 2);
     assert_eq!(
         metric(admin, "tollgate_upgrade_connections_handed_over_total"),
         20.0
@@ -443,7 +418,7 @@ fn systemd_follows_the_new_process_once_the_handover_settles() {
     assert!(ready.starts_with("READY=1\n"), "{ready:?}");
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     // In either order: the new process is ready when its first health round is in, the
     // old one names it when the handover has settled.
     let mut two: Vec<String> = (0..2)

@@ -41,19 +41,14 @@ fn established_connections_move_to_the_new_process() {
     assert!(accepted >= (HELD + 20) as f64, "{accepted} accepted");
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     // The old process owns nothing once its connections are handed over: it exits while
     // every one of them is still open.
     let code = old.wait_exit(Duration::from_secs(5));
     assert_eq!(code.code(), Some(0));
     assert_transfers_exact(transfers, 100, LEN);
     assert_held_echo(&mut held, 9);
-    let (made, errors) = churn.finish();
-    assert!(
-        errors.is_empty(),
-        "{} of {made} connections failed: {errors:?}",
-        errors.len()
-    );
+    churn.finish_clean();
     let moved = metric(admin, "tollgate_upgrade_connections_handed_over_total");
     assert!(moved >= HELD as f64, "{moved} connections handed over");
     // The count continues from the old process's (and the churn kept adding to it).
@@ -81,7 +76,7 @@ fn a_connection_the_new_config_cannot_serve_stays_with_the_old_process() {
     std::fs::write(install.config(), yaml(kept)).unwrap();
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         old.child.try_wait().unwrap().is_none(),
@@ -106,7 +101,7 @@ fn a_connection_the_new_config_cannot_serve_stays_with_the_old_process() {
     assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));
     let again = upgrade(admin);
     assert_eq!(again.status, 200, "{}", again.body);
-    let third = Adopted(u32::try_from(again.json()["pid"].as_u64().unwrap()).unwrap());
+    let third = Adopted::of(&again);
     wait_for("the second process to exit", Duration::from_secs(5), || {
         !new.alive()
     });
@@ -139,12 +134,7 @@ fn a_new_process_that_dies_taking_connections_leaves_them_with_the_old_one() {
         Duration::from_secs(10),
     );
     assert_transfers_exact(transfers, 200, LEN);
-    for (i, s) in held.iter_mut().enumerate() {
-        s.write_all(&[i as u8]).unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(b, [i as u8], "held connection {i} still echoes");
-    }
+    assert_held_echo(&mut held, 2);
     assert!(
         old.child.try_wait().unwrap().is_none(),
         "the old process still serves them"
@@ -180,7 +170,7 @@ fn connections_the_new_process_has_no_descriptors_for_stay_with_the_old_one() {
     assert!(held.len() > 300, "only {} connections fit", held.len());
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     old.wait_log(
         "the new process's open-file limit leaves no room for more connections",
         Duration::from_secs(10),
@@ -256,12 +246,7 @@ fn ten_upgrades_in_a_row_under_load_lose_nothing() {
     }
     assert_transfers_exact(transfers, 300, LEN);
     assert_held_echo(&mut held, 3);
-    let (made, errors) = churn.finish();
-    assert!(
-        errors.is_empty(),
-        "{} of {made} connections failed: {errors:?}",
-        errors.len()
-    );
+    churn.finish_clean();
     let moved = metric(admin, "tollgate_upgrade_connections_handed_over_total");
     assert!(
         moved >= 1000.0,

@@ -49,7 +49,7 @@ fn dns_answers_move_with_the_upgrade_and_held_connections_to_dns_backends_too() 
     dns.set_mode(Mode::Drop);
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     // The held connection's backend is known to the new process: it is handed over, and
     // the old process, owning nothing, exits.
     assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));

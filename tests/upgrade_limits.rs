@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -50,7 +49,7 @@ fn a_spent_burst_stays_spent_and_handed_over_connections_keep_counting() {
 
     let answer = upgrade(admin);
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let new = Adopted(u32::try_from(answer.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer);
     assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));
     assert_eq!(
         metric(admin, "tollgate_upgrade_connections_handed_over_total"),
@@ -69,12 +68,7 @@ fn a_spent_burst_stays_spent_and_handed_over_connections_keep_counting() {
         probe_from(b, front).is_none(),
         "b is still at its max_connections"
     );
-    for s in &mut held {
-        s.write_all(b"y").unwrap();
-        let mut x = [0u8; 1];
-        s.read_exact(&mut x).unwrap();
-        assert_eq!(&x, b"y");
-    }
+    assert_held_echo(&mut held, b'y');
     // One of b's ends: its place comes back, and b has tokens left for it.
     drop(held.pop());
     wait_for("b has a place again", Duration::from_secs(5), || {

@@ -37,6 +37,16 @@ fn port_reporter() -> SocketAddr {
     addr
 }
 
+/// One UDP listener over `backend`, sessions idle for 30 s, a 5 s drain.
+fn udp_yaml(backend: SocketAddr) -> String {
+    format!(
+        "workers: 2\nshutdown: {{ drain_timeout: 5s }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n\
+         listeners:\n  front:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
+         \x20   udp: {{ session_idle: 30s }}\n\
+         pools:\n  back:\n    backends:\n      - address: \"{backend}\"\n"
+    )
+}
+
 fn ask(s: &UdpSocket, to: SocketAddr, what: &str) -> (String, String) {
     s.send_to(what.as_bytes(), to).unwrap();
     answer(s)
@@ -54,13 +64,7 @@ fn answer(s: &UdpSocket) -> (String, String) {
 #[test]
 fn udp_sessions_move_to_the_new_process_on_their_own_upstream_sockets() {
     let backend = port_reporter();
-    let yaml = format!(
-        "workers: 2\nshutdown: {{ drain_timeout: 5s }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n\
-         listeners:\n  front:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
-         \x20   udp: {{ session_idle: 30s }}\n\
-         pools:\n  back:\n    backends:\n      - address: \"{backend}\"\n"
-    );
-    let install = Install::new(&yaml);
+    let install = Install::new(&udp_yaml(backend));
     let mut old = install.start();
     let front = old.addr();
     let admin = admin_of(&old);
@@ -75,7 +79,7 @@ fn udp_sessions_move_to_the_new_process_on_their_own_upstream_sockets() {
     let started = Instant::now();
     let answer_ = upgrade(admin);
     assert_eq!(answer_.status, 200, "{}", answer_.body);
-    let new = Adopted(u32::try_from(answer_.json()["pid"].as_u64().unwrap()).unwrap());
+    let new = Adopted::of(&answer_);
     // The old process owns nothing once the sessions are over: it exits long before the
     // 5 s drain (or their 30 s idle time) would have ended them.
     assert_eq!(old.wait_exit(Duration::from_secs(5)).code(), Some(0));
@@ -114,12 +118,7 @@ fn udp_sessions_move_to_the_new_process_on_their_own_upstream_sockets() {
 #[test]
 fn a_udp_listener_is_served_again_when_the_new_process_dies_after_it_took_over() {
     let backend = port_reporter();
-    let yaml = format!(
-        "workers: 2\nshutdown: {{ drain_timeout: 5s }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n\
-         listeners:\n  front:\n    protocol: udp\n    bind: \"127.0.0.1:0\"\n    pool: back\n\
-         pools:\n  back:\n    backends:\n      - address: \"{backend}\"\n"
-    );
-    let install = Install::new(&yaml);
+    let install = Install::new(&udp_yaml(backend));
     let mut old = common::binary::spawn_exe_env(
         &install.exe(),
         &install.config(),

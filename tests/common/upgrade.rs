@@ -88,6 +88,19 @@ impl Adopted {
     }
 }
 
+impl Adopted {
+    /// The new process an upgrade's answer names (`{"pid": N}`).
+    pub fn of(answer: &super::http::Answer) -> Adopted {
+        Adopted::pid(&answer.json())
+    }
+
+    /// The new process `body["pid"]` names.
+    pub fn pid(body: &serde_json::Value) -> Adopted {
+        let pid = body["pid"].as_u64().expect("the new process's pid");
+        Adopted(u32::try_from(pid).unwrap())
+    }
+}
+
 impl Drop for Adopted {
     fn drop(&mut self) {
         if self.alive() {
@@ -157,6 +170,16 @@ impl Churn {
         self.stop.store(true, Ordering::Relaxed);
         let errors = self.thread.take().unwrap().join().unwrap();
         (self.made(), errors)
+    }
+
+    /// Stops it, and asserts that not one of its connections failed.
+    pub fn finish_clean(self) {
+        let (made, errors) = self.finish();
+        assert!(
+            errors.is_empty(),
+            "{} of {made} connections failed: {errors:?}",
+            errors.len()
+        );
     }
 }
 
